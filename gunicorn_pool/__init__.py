@@ -1,0 +1,52 @@
+"""gunicorn-pool: per-worker database connection pools for gunicorn.
+
+``gunicorn -k gunicorn_pool.Worker app:app`` boots workers that, once the app
+is loaded and before the first request, open the connections of every
+registered pool service: one independent pool set per worker process.
+
+Public API:
+
+- :class:`DatabasePool` named MySQL/SQLite pools; :class:`PoolInterface`, the
+  contract of any pool service.
+- :func:`register`, :func:`get`, :func:`configure`: the registry.
+- Worker classes :class:`Worker` (sync), :class:`ThreadWorker` (gthread),
+  :class:`GeventWorker` (gevent); :mod:`gunicorn_pool.hooks` for stock workers.
+- Errors: :class:`PoolError` and its subclasses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import PoolInterface
+from .config import DatabaseConfig, mask_dsn, parse_config
+from .database import DatabasePool
+from .errors import (
+    ConfigError,
+    ConnectError,
+    PoolClosed,
+    PoolError,
+    PoolStartupError,
+    PoolTimeout,
+    TooManyRequests,
+)
+from .pool import ConnectionPool
+from .registry import configure, get, register, registered, unregister
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError", "ConnectError", "ConnectionPool", "DatabaseConfig", "DatabasePool",
+    "GeventWorker", "PoolClosed", "PoolError", "PoolInterface", "PoolStartupError",
+    "PoolTimeout", "ThreadWorker", "TooManyRequests", "Worker", "configure", "get",
+    "mask_dsn", "parse_config", "register", "registered", "unregister",
+]  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    # Worker classes import gunicorn (and gevent): load them only when asked.
+    if name in ("Worker", "ThreadWorker", "GeventWorker"):
+        from . import workers
+
+        return getattr(workers, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,170 @@
+"""DatabasePool: named database pools for one worker, the seed's DatabasePool.
+
+Register it in gunicorn.conf.py (or in app code) and use it in views::
+
+    # gunicorn.conf.py
+    import gunicorn_pool
+    db = gunicorn_pool.register(gunicorn_pool.DatabasePool({
+        "default": "mysql://app:secret@127.0.0.1:3306/shop",
+    }), name="db")
+    worker_class = "gunicorn_pool.Worker"
+
+    # app.py
+    import gunicorn_pool
+    def app(environ, start_response):
+        with gunicorn_pool.get("db").connection("default") as conn:
+            cur = conn.cursor()
+            cur.execute("SELECT 1")
+        ...
+
+Every worker opens its own connections in ``init_pool()`` (after fork, before
+the first request) and closes them when it exits.
+
+Transactions
+------------
+``connection()`` lends the driver's own connection (a ``pymysql.Connection``
+or ``sqlite3.Connection``). Connections run in autocommit mode by default, so
+plain statements need no commit. A transaction you open (``conn.begin()``,
+or any statement with ``autocommit=False``) is committed when the ``with``
+block exits cleanly and rolled back when it exits with an exception, as in
+psycopg_pool. The pool reads the driver's transaction flag, so a block that
+opened no transaction costs no extra round trip, and no open transaction
+ever reaches the next user.
+
+Boot policy
+-----------
+``init_pool()`` never raises for a server that cannot be reached: it logs one
+error naming the pool, ``host:port`` and the server's message (never the
+password), and the pool connects on demand later, backing off between
+attempts. A pool with ``strict=True`` instead stops the server's *first*
+start (:class:`~gunicorn_pool.errors.PoolStartupError`); a worker respawned
+later (max_requests, crash, SIGHUP) never fails, because gunicorn would halt
+the whole server.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Mapping, Optional, Union
+
+from .base import PoolInterface, current_profile
+from .config import ConfigValue, DatabaseConfig, parse_config
+from .connectors import make_connector
+from .errors import ConfigError, ConnectError, PoolStartupError
+from .pool import ConnectionPool
+
+__all__ = ["DatabasePool"]
+
+logger = logging.getLogger("gunicorn_pool")
+
+
+class DatabasePool(PoolInterface):
+    """Connection pools keyed by name, one :class:`ConnectionPool` each.
+
+    *configs* maps names to dicts or URLs (see :mod:`gunicorn_pool.config`);
+    a single dict or URL means ``{"default": value}``. Every config is
+    validated here, so a typo fails at import of gunicorn.conf.py.
+    """
+
+    def __init__(self, configs: Union[Mapping[str, ConfigValue], str], *, name: str = "database") -> None:
+        if isinstance(configs, str) or (isinstance(configs, Mapping) and _looks_like_one_config(configs)):
+            configs = {"default": configs}
+        if not configs:
+            raise ConfigError(f"DatabasePool {name!r}: no database configured")
+        self.name = name
+        self.configs: dict[str, DatabaseConfig] = {key: parse_config(key, val) for key, val in configs.items()}
+        self._pools: dict[str, ConnectionPool] = {}
+
+    # -- PoolInterface ---------------------------------------------------------
+
+    def init_pool(self) -> None:
+        """Open ``min_size`` connections of every named pool in this process."""
+        profile = current_profile()
+        for key, cfg in self.configs.items():
+            pool = self.pool(key)
+            pool.min_size, pool.max_size = self._sizes(cfg)
+            start = time.monotonic()
+            try:
+                opened = pool.open(deadline=profile.deadline)
+            except ConnectError as exc:
+                if cfg.strict and profile.first_boot:
+                    raise PoolStartupError(f"{exc} (strict pool, first start)") from None
+                logger.error(
+                    "pool %s (%s): warm-up failed, will connect on demand: %s", key, cfg.dsn, exc
+                )  # the ConnectError already names host:port and the server's message
+                continue
+            logger.info(
+                "pool %s (%s): opened %d connection(s) in %.1f ms [min=%d max=%d]",
+                key, cfg.dsn, opened, (time.monotonic() - start) * 1000, pool.min_size, pool.max_size,
+            )  # fmt: skip
+
+    def close_pool(self) -> None:
+        """Close every named pool opened in this process."""
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
+
+    def stats(self) -> dict[str, Any]:
+        """``{pool name: ConnectionPool.stats()}`` for the pools in use."""
+        return {key: pool.stats() for key, pool in self._pools.items()}
+
+    # -- use -------------------------------------------------------------------
+
+    def connection(self, name: str = "default", *, timeout: Optional[float] = None) -> Any:
+        """``with db.connection("default") as conn:`` lends a driver connection."""
+        return self.pool(name).connection(timeout)
+
+    def pool(self, name: str = "default") -> ConnectionPool:
+        """The :class:`ConnectionPool` for *name*, built on first use."""
+        pool = self._pools.get(name)
+        if pool is None or pool.closed:
+            cfg = self._config(name)
+            lo, hi = self._sizes(cfg)
+            pool = self._pools[name] = ConnectionPool(
+                make_connector(cfg),
+                name=name,
+                dsn=cfg.dsn,
+                min_size=lo,
+                max_size=hi,
+                timeout=cfg.timeout,
+                max_waiting=cfg.max_waiting,
+                max_lifetime=cfg.max_lifetime,
+                max_idle=cfg.max_idle,
+                check_interval=cfg.check_interval,
+                check_timeout=cfg.check_timeout,
+                reconnect_backoff_max=cfg.reconnect_backoff_max,
+            )
+        return pool
+
+    def prefix(self, name: str = "default") -> str:
+        """The table prefix configured for *name* (the seed's ``prefix``)."""
+        return self._config(name).prefix
+
+    def _config(self, name: str) -> DatabaseConfig:
+        try:
+            return self.configs[name]
+        except KeyError:
+            raise KeyError(
+                f"DatabasePool {self.name!r} has no database {name!r} (known: {', '.join(sorted(self.configs))})"
+            ) from None
+
+    @staticmethod
+    def _sizes(cfg: DatabaseConfig) -> tuple[int, int]:
+        """Explicit min_size/max_size win; the worker profile fills the rest."""
+        lo, hi = current_profile().default_sizes()
+        if cfg.max_size is not None:
+            hi, lo = cfg.max_size, min(lo, cfg.max_size)
+        if cfg.min_size is not None:
+            lo = cfg.min_size
+            hi = max(hi, lo)
+        return lo, hi
+
+    def __repr__(self) -> str:
+        return f"<DatabasePool {self.name!r} {', '.join(f'{k}={c.dsn}' for k, c in self.configs.items())}>"
+
+
+def _looks_like_one_config(value: Mapping[str, Any]) -> bool:
+    """``DatabasePool({"host": ...})``: a single config, not a mapping of them."""
+    keys = {"adapter", "host", "port", "user"}
+    return any(k in keys for k in value) and not any(isinstance(v, Mapping) for v in value.values())

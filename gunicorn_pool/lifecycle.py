@@ -1,0 +1,121 @@
+"""The life cycle of a worker's pools, in one place.
+
+Both the worker classes (:mod:`gunicorn_pool.workers`) and the hooks for
+stock workers (:mod:`gunicorn_pool.hooks`) call these two functions::
+
+    fork (gunicorn)
+      -> gevent patching, privilege drop, signals (gunicorn)
+      -> app loaded (gunicorn: load_wsgi)
+      -> boot(worker):      discover services, init_pool() each, start metrics
+      -> user's post_worker_init (gunicorn)
+      -> serve requests
+      -> shutdown(worker):  close_pool() each, in the worker's own pid only
+    (SIGTERM, SIGQUIT/SIGINT, max_requests, SIGHUP's old workers; nothing runs
+    on SIGKILL: the kernel closes the sockets and the server drops the sessions.)
+
+``boot`` never lets a failing pool out of the boot path: an exception there
+would make gunicorn halt the whole server, also on a routine respawn. The one
+exception is a ``strict`` pool on the server's first start (worker age <=
+workers), which is meant to stop the deploy loudly. Warm-up has a total
+deadline (``configure(warmup_timeout=...)``, 30 s by default), because gunicorn
+never times out a worker's boot.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any, Optional
+
+from .base import PoolInterface, WorkerProfile, set_profile
+from .errors import PoolStartupError
+from .registry import discover, settings
+
+__all__ = ["boot", "profile_for", "shutdown"]
+
+logger = logging.getLogger("gunicorn_pool")
+
+_booted: dict[str, Any] = {"pid": None, "services": [], "reporter": None}
+
+
+def profile_for(worker: Any) -> WorkerProfile:
+    """The sizing profile of a gunicorn worker, read off its class."""
+    modules = {cls.__module__ for cls in type(worker).__mro__}
+    if "gunicorn.workers.ggevent" in modules:
+        kind = "gevent"
+    elif "gunicorn.workers.gthread" in modules:
+        kind = "thread"
+    else:
+        kind = "sync"
+    cfg = worker.cfg
+    return WorkerProfile(
+        kind=kind,
+        threads=int(getattr(cfg, "threads", 1) or 1),
+        first_boot=int(getattr(worker, "age", 0)) <= int(getattr(cfg, "workers", 1) or 1),
+        deadline=time.monotonic() + settings.warmup_timeout,
+    )
+
+
+def boot(worker: Any) -> list[tuple[str, PoolInterface]]:
+    """Open every pool service for this worker; return them as (name, service)."""
+    _route_logs_to_gunicorn(worker)
+    profile = profile_for(worker)
+    set_profile(profile)
+    services = discover(getattr(worker, "wsgi", None))
+    start = time.monotonic()
+    for name, service in services:
+        try:
+            service.init_pool()
+        except PoolStartupError as exc:
+            logger.critical("%s", exc)
+            raise  # strict pool on first start: gunicorn halts the server, as asked
+        except Exception as exc:  # noqa: BLE001 - never halt the server for a pool
+            logger.error("pool service %s: init_pool() failed, it will connect on demand: %s", name, exc)
+    _booted.update(pid=os.getpid(), services=services, reporter=_start_reporter(worker, services))
+    logger.info(
+        "gunicorn_pool: %d pool service(s) ready in %.1f ms (%s worker)",
+        len(services), (time.monotonic() - start) * 1000, profile.kind,
+    )  # fmt: skip
+    return services
+
+
+def shutdown(worker: Optional[Any] = None) -> None:
+    """Close the pools this process opened; do nothing in any other process."""
+    if _booted["pid"] != os.getpid():
+        return
+    reporter = _booted["reporter"]
+    if reporter is not None:
+        reporter.stop()
+    for name, service in _booted["services"]:
+        try:
+            service.close_pool()
+        except Exception as exc:  # noqa: BLE001 - one failing close must not skip the others
+            logger.warning("pool service %s: close_pool() failed: %s", name, exc)
+    _booted.update(pid=None, services=[], reporter=None)
+
+
+def active_services() -> list[tuple[str, PoolInterface]]:
+    """The services booted in this process (empty elsewhere)."""
+    return list(_booted["services"]) if _booted["pid"] == os.getpid() else []
+
+
+def _start_reporter(worker: Any, services: list[tuple[str, PoolInterface]]) -> Any:
+    from .metrics import start_reporter
+
+    try:
+        return start_reporter(worker, services, interval=settings.stats_interval)
+    except Exception as exc:  # noqa: BLE001 - metrics must never stop a worker
+        logger.warning("gunicorn_pool: metrics reporter not started: %s", exc)
+        return None
+
+
+def _route_logs_to_gunicorn(worker: Any) -> None:
+    """Send the ``gunicorn_pool`` logger to gunicorn's error log, in its format."""
+    source = logging.getLogger("gunicorn.error")
+    if not source.handlers:
+        return
+    target = logging.getLogger("gunicorn_pool")
+    target.handlers = list(source.handlers)
+    target.setLevel(source.level)
+    target.propagate = False

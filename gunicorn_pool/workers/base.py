@@ -1,0 +1,36 @@
+"""The shared part of every gunicorn_pool worker class.
+
+:class:`PoolWorkerMixin` adds two steps to gunicorn's worker life cycle
+(gunicorn/workers/base.py), and nothing else:
+
+- ``load_wsgi()``: gunicorn loads the app, then :func:`gunicorn_pool.lifecycle.
+  boot` opens every pool service. This runs in the worker, after fork, after
+  gevent patching and the user switch, and before the user's
+  ``post_worker_init`` and the first request, for every concurrency model.
+- ``init_process()``: wrapped in ``try/finally`` so the pools close however
+  the worker leaves its loop (SIGTERM, SIGQUIT/SIGINT's SystemExit,
+  max_requests, the old workers of a SIGHUP).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import lifecycle
+
+
+class PoolWorkerMixin:
+    """Mix into a gunicorn worker class before the gunicorn base class."""
+
+    def load_wsgi(self) -> None:
+        super().load_wsgi()  # type: ignore[misc]
+        lifecycle.boot(self)
+
+    def init_process(self) -> None:
+        try:
+            super().init_process()  # type: ignore[misc]
+        finally:
+            lifecycle.shutdown(self)
+
+    def __getattr__(self, name: str) -> Any:  # pragma: no cover - mypy aid only
+        raise AttributeError(name)
