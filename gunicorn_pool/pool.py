@@ -277,7 +277,8 @@ class ConnectionPool:
             elif self.max_waiting and len(self._waiters) >= self.max_waiting:
                 self._stats["requests_errors"] += 1
                 raise TooManyRequests(
-                    f"pool {self.name!r}: {len(self._waiters)} requests already waiting (max_waiting={self.max_waiting})"
+                    f"pool {self.name!r}: {len(self._waiters)} requests already waiting"
+                    f" (max_waiting={self.max_waiting})"
                 )
             else:
                 waiter = _Waiter()

@@ -1,0 +1,95 @@
+"""WSGI app used by the integration tests (served by real gunicorn processes).
+
+Routes (all answer JSON):
+  /conn                 pid and the server-side CONNECTION_ID() of the connection used
+  /sleep/<s>            SELECT SLEEP(s) on a pooled connection
+  /hold/<s>             hold a connection s seconds without a query
+  /stats                the pool service's stats()
+  /gevent-timeout/<s>   run SELECT SLEEP(1) under gevent.Timeout(s) (gevent workers)
+  /rows                 count rows of gp_poison (stray-row check)
+  /poison               insert a row inside a transaction, then get killed by gevent.Timeout
+Pool errors map to status codes: PoolTimeout 503, TooManyRequests 429,
+ConnectError 502, anything else 500; the body names the error class.
+"""
+
+import json
+import os
+import time
+
+import gunicorn_pool
+
+POOL = os.environ.get("GP_TEST_SERVICE", "db")
+KEY = os.environ.get("GP_TEST_POOL", "default")
+STATUS = {
+    "PoolTimeout": "503 Service Unavailable",
+    "TooManyRequests": "429 Too Many Requests",
+    "ConnectError": "502 Bad Gateway",
+}
+
+
+def _query(sql, args=None):
+    with gunicorn_pool.get(POOL).connection(KEY) as conn:
+        cur = conn.cursor()
+        cur.execute("SELECT CONNECTION_ID()")
+        (conn_id,) = cur.fetchone()
+        cur.execute(sql, args)
+        rows = cur.fetchall()
+    return conn_id, rows
+
+
+def _route(path):
+    parts = path.strip("/").split("/")
+    if parts[0] == "conn":
+        conn_id, _ = _query("SELECT 1")
+        return {"conn_id": conn_id}
+    if parts[0] == "sleep":
+        conn_id, _ = _query("SELECT SLEEP(%s)", (float(parts[1]),))
+        return {"conn_id": conn_id}
+    if parts[0] == "hold":
+        with gunicorn_pool.get(POOL).connection(KEY):
+            time.sleep(float(parts[1]))
+        return {}
+    if parts[0] == "stats":
+        return {"stats": gunicorn_pool.get(POOL).stats()}
+    if parts[0] == "gevent-timeout":
+        import gevent
+
+        try:
+            with gevent.Timeout(float(parts[1])):
+                _query("SELECT SLEEP(1)")
+        except gevent.Timeout:
+            return {"timed_out": True}
+        return {"timed_out": False}
+    if parts[0] == "poison":
+        import gevent
+
+        try:
+            with gevent.Timeout(float(parts[1]) if len(parts) > 1 else 0.05):
+                with gunicorn_pool.get(POOL).connection(KEY) as conn:
+                    cur = conn.cursor()
+                    conn.begin()
+                    cur.execute("INSERT INTO gp_poison (v) VALUES (1)")
+                    cur.execute("SELECT SLEEP(1)")
+        except gevent.Timeout:
+            return {"timed_out": True}
+        return {"timed_out": False}
+    if parts[0] == "rows":
+        conn_id, rows = _query("SELECT COUNT(*) FROM gp_poison")
+        return {"conn_id": conn_id, "rows": rows[0][0]}
+    raise LookupError(path)
+
+
+def app(environ, start_response):
+    start = time.monotonic()
+    try:
+        body = _route(environ.get("PATH_INFO", "/"))
+        status = "200 OK"
+    except LookupError as exc:
+        body, status = {"error": "NotFound", "message": str(exc)}, "404 Not Found"
+    except Exception as exc:  # noqa: BLE001 - report every failure to the test
+        name = type(exc).__name__
+        body, status = {"error": name, "message": str(exc)}, STATUS.get(name, "500 Internal Server Error")
+    body.update(pid=os.getpid(), elapsed=time.monotonic() - start)
+    data = json.dumps(body).encode()
+    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+    return [data]

@@ -1,0 +1,222 @@
+"""Test support: real gunicorn processes, HTTP calls, MySQL admin helpers.
+
+Every loop here is bounded in count and time; servers are stopped by pid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import pymysql
+
+ROOT = Path(__file__).resolve().parent.parent
+APPS = Path(__file__).resolve().parent / "apps"
+
+MYSQL_HOST = os.environ.get("GP_MYSQL_HOST", "127.0.0.1")
+MYSQL_PORT = int(os.environ.get("GP_MYSQL_PORT", "3306"))
+MYSQL_USER = os.environ.get("GP_MYSQL_USER", "root")
+MYSQL_PASSWORD = os.environ.get("GP_MYSQL_PASSWORD", "")
+MYSQL_DB = os.environ.get("GP_MYSQL_DB", "test")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.05, what: str = "") -> Any:
+    """Poll *predicate* until truthy; fail after *timeout* seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+def admin_connect(**kw: Any) -> pymysql.connections.Connection:
+    args = dict(host=MYSQL_HOST, port=MYSQL_PORT, user=MYSQL_USER, password=MYSQL_PASSWORD,
+                database=MYSQL_DB, autocommit=True, connect_timeout=3, ssl_disabled=True)  # fmt: skip
+    args.update(kw)
+    return pymysql.connect(**args)
+
+
+def mysql_reachable() -> Optional[str]:
+    """None if the test server answers, else the reason it does not."""
+    try:
+        admin_connect().close()
+        return None
+    except Exception as exc:  # noqa: BLE001
+        return f"{MYSQL_HOST}:{MYSQL_PORT}: {exc}"
+
+
+class MySQLUser:
+    """A dedicated login, so a test can count exactly its own connections."""
+
+    def __init__(self, name: str, password: str) -> None:
+        self.name = name
+        self.password = password
+        self.admin = admin_connect()
+        with self.admin.cursor() as cur:
+            cur.execute(f"DROP USER IF EXISTS '{name}'@'%'")
+            cur.execute(f"CREATE USER '{name}'@'%%' IDENTIFIED BY %s", (password,))
+            cur.execute(f"GRANT ALL ON `{MYSQL_DB}`.* TO '{name}'@'%'")
+
+    def url(self, **query: Any) -> str:
+        q = "&".join(f"{k}={v}" for k, v in query.items())
+        return f"mysql://{self.name}:{self.password}@{MYSQL_HOST}:{MYSQL_PORT}/{MYSQL_DB}" + (f"?{q}" if q else "")
+
+    def config(self, **extra: Any) -> dict[str, Any]:
+        cfg = dict(host=MYSQL_HOST, port=MYSQL_PORT, user=self.name, password=self.password, database=MYSQL_DB)
+        cfg.update(extra)
+        return cfg
+
+    def connection_ids(self) -> list[int]:
+        with self.admin.cursor() as cur:
+            cur.execute("SELECT ID FROM information_schema.PROCESSLIST WHERE USER = %s", (self.name,))
+            return sorted(r[0] for r in cur.fetchall())
+
+    def count(self) -> int:
+        return len(self.connection_ids())
+
+    def kill_all(self) -> int:
+        ids = self.connection_ids()
+        with self.admin.cursor() as cur:
+            for cid in ids:
+                try:
+                    cur.execute(f"KILL CONNECTION {cid}")
+                except pymysql.err.OperationalError:
+                    pass
+        return len(ids)
+
+    def drop(self) -> None:
+        try:
+            self.kill_all()
+            with self.admin.cursor() as cur:
+                cur.execute(f"DROP USER IF EXISTS '{self.name}'@'%'")
+        finally:
+            self.admin.close()
+
+
+def http_get(port: int, path: str, timeout: float = 10.0) -> tuple[int, dict[str, Any]]:
+    """GET http://127.0.0.1:port/path; return (status, JSON body)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        try:
+            return exc.code, json.loads(raw)
+        except ValueError:
+            return exc.code, {"raw": raw.decode("latin1")}
+
+
+class Gunicorn:
+    """A real gunicorn master serving tests/apps on a free loopback port.
+
+    *conf* is the text of a gunicorn.conf.py (dedented); it is written to the
+    test's tmp dir. Output (both streams) goes to ``log_path``.
+    """
+
+    def __init__(self, tmp_path: Path, conf: str, *args: str, app: str = "webapp:app",
+                 env: Optional[dict[str, str]] = None) -> None:  # fmt: skip
+        self.port = free_port()
+        self.tmp = tmp_path
+        self.conf_path = tmp_path / f"gunicorn_{self.port}.conf.py"
+        self.conf_path.write_text(textwrap.dedent(conf))
+        self.log_path = tmp_path / f"gunicorn_{self.port}.log"
+        self.args = [sys.executable, "-m", "gunicorn", "-c", str(self.conf_path), "-b", f"127.0.0.1:{self.port}",
+                     "--chdir", str(APPS), "--no-control-socket", *args, app]  # fmt: skip
+        self.env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(APPS)]), **(env or {}))
+        self.proc: Optional[subprocess.Popen[bytes]] = None
+
+    def start(self, wait: bool = True, timeout: float = 30.0, workers_ready: int = 0) -> Gunicorn:
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
+                                     cwd=str(self.tmp))  # fmt: skip
+        if wait:
+            self.wait_listening(timeout)
+        if workers_ready:
+            self.wait_log("pool service(s) ready", count=workers_ready, timeout=timeout)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_log(self, text: str, count: int = 1, timeout: float = 30.0) -> None:
+        wait_until(lambda: self.log().count(text) >= count or self._dead(), timeout, what=f"{count}x {text!r}")
+        if self.log().count(text) < count:
+            raise AssertionError(f"gunicorn exited before logging {text!r}:\n{self.log()[-3000:]}")
+
+    def _dead(self) -> bool:
+        return not self.alive()
+
+    def wait_listening(self, timeout: float = 30.0) -> None:
+        def up() -> bool:
+            if not self.alive():
+                raise AssertionError(f"gunicorn exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return True
+            except OSError:
+                return False
+
+        wait_until(up, timeout, what=f"gunicorn listening on {self.port}")
+
+    def worker_pids(self) -> list[int]:
+        try:
+            text = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text()
+        except OSError:
+            return []
+        return sorted(int(p) for p in text.split())
+
+    def get(self, path: str, timeout: float = 10.0) -> tuple[int, dict[str, Any]]:
+        return http_get(self.port, path, timeout)
+
+    def send_signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> Optional[int]:
+        if self.proc is None:
+            return None
+        if self.alive():
+            try:
+                os.kill(self.proc.pid, sig)
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+            except ProcessLookupError:
+                pass
+        for pid in self.worker_pids():  # should be none; never leave strays
+            os.kill(pid, signal.SIGKILL)
+        self._log.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> Gunicorn:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
