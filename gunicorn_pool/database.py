@@ -121,7 +121,7 @@ class DatabasePool(PoolInterface):
         if pool is None or pool.closed:
             cfg = self._config(name)
             lo, hi = self._sizes(cfg)
-            pool = self._pools[name] = ConnectionPool(
+            candidate = ConnectionPool(
                 make_connector(cfg),
                 name=name,
                 dsn=cfg.dsn,
@@ -135,6 +135,12 @@ class DatabasePool(PoolInterface):
                 check_timeout=cfg.check_timeout,
                 reconnect_backoff_max=cfg.reconnect_backoff_max,
             )
+            if pool is None:
+                # Two threads racing here get the same pool (setdefault is
+                # atomic; the loser's pool has opened nothing).
+                pool = self._pools.setdefault(name, candidate)
+            else:
+                pool = self._pools[name] = candidate
         return pool
 
     def prefix(self, name: str = "default") -> str:

@@ -53,11 +53,13 @@ patching, e.g. by ``--preload``.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import random
 import threading
 import time
+import weakref
 from collections import deque
 from typing import Any, Optional
 
@@ -87,6 +89,19 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+# Every pool, so connections still open at interpreter exit are closed by
+# their owner (e.g. the master's, with --preload); close() drops inherited ones.
+_all_pools: weakref.WeakSet[ConnectionPool] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    for pool in list(_all_pools):
+        try:
+            pool.close()
+        except Exception:  # noqa: BLE001 - best effort at exit
+            pass
 
 
 class _Slot:
@@ -157,6 +172,7 @@ class ConnectionPool:
         self.reconnect_backoff_max = reconnect_backoff_max
         self._connector = connector
         self._reset_state()
+        _all_pools.add(self)
 
     # -- process-local state ------------------------------------------------
 
