@@ -1,0 +1,446 @@
+"""``gunicorn-pool check``: will this gunicorn config fit the database servers?
+
+::
+
+    gunicorn-pool check [-c gunicorn.conf.py] [--hosts N] [--json] [--app module:app]
+    python -m gunicorn_pool check ...
+
+Loads the gunicorn config the way gunicorn does (the file, then
+``GUNICORN_CMD_ARGS``, then ``-w/--threads/-k`` given here), so the pools the
+file registers are built with the sizes a worker would use. For every pool it
+prints the masked DSN and sizes, connects once (bounded by the pool's
+``connect_timeout``) and reads the server's version, ``@@max_connections``
+and current connections. The budget per server is::
+
+    sum over its pools of  workers x max_size  x 2 (SIGHUP: old and new workers overlap)  x hosts
+
+Exit codes: 0 everything fits; 1 a server is over budget or a pool cannot
+connect; 2 the configuration is wrong (bad file, unknown option, no pool).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import importlib
+import importlib.util
+import json
+import os
+import re
+import sys
+import time
+import traceback
+from typing import Any, Optional, Sequence
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_BUDGET, EXIT_CONFIG = 0, 1, 2
+_URL_PASSWORD = re.compile(r"(\w+://[^:/@\s]*):[^@\s]+@")
+
+
+class CheckConfigError(Exception):
+    """The configuration cannot be loaded (exit code 2)."""
+
+
+def _mask(text: str, *passwords: str) -> str:
+    text = _URL_PASSWORD.sub(r"\1:***@", text)
+    for password in passwords:
+        if password:
+            text = text.replace(password, "***")
+    return text
+
+
+# -- loading the config like gunicorn -----------------------------------------------
+
+
+def _load_gunicorn_config(path: Optional[str], overrides: dict[str, Any]) -> tuple[Any, str, dict[str, Any]]:
+    """Return (gunicorn Config, config path, the file's namespace)."""
+    from gunicorn.app.base import Application
+    from gunicorn.config import get_default_config_file
+
+    class ConfigLoader(Application):
+        """gunicorn's Application, minus argv parsing, printing and sys.exit."""
+
+        def __init__(self) -> None:
+            self.path = ""
+            self.namespace: dict[str, Any] = {}
+            super().__init__(usage=None, prog="gunicorn-pool")
+
+        def do_load_config(self) -> None:
+            self.load_default_config()
+            self.load_config()
+            validate = getattr(self.cfg, "validate", None)  # gunicorn >= 27
+            if validate is not None:
+                validate()
+
+        def init(self, parser: Any, opts: Any, args: Any) -> None:
+            return None
+
+        def load(self) -> Any:
+            raise NotImplementedError
+
+        def load_config(self) -> None:
+            env_args = self.cfg.parser().parse_args(self.cfg.get_cmd_args_from_env())
+            location = path or env_args.config or get_default_config_file()
+            if not location:
+                raise CheckConfigError("no gunicorn config file: pass -c gunicorn.conf.py")
+            self.path = location
+            self.namespace = self.load_config_from_file(location)
+            for key, value in [*vars(env_args).items(), *overrides.items()]:
+                if value is not None and key not in ("args", "config"):
+                    self.cfg.set(key.lower(), value)
+
+        def load_config_from_module_name_or_filename(self, location: str) -> dict[str, Any]:
+            # As gunicorn, but a bad value raises instead of printing it.
+            if location.startswith("python:"):
+                namespace = vars(importlib.import_module(location[len("python:") :]))
+            else:
+                namespace = self.get_config_from_filename(location.removeprefix("file:"))
+            for key, value in namespace.items():
+                if key in self.cfg.settings:
+                    try:
+                        self.cfg.set(key.lower(), value)
+                    except Exception as exc:
+                        raise CheckConfigError(f"invalid value for gunicorn setting {key!r}: {exc}") from None
+            return namespace
+
+        def get_config_from_filename(self, filename: str) -> dict[str, Any]:
+            # As gunicorn, but the error is one line: a traceback would print
+            # the file's source lines, passwords included.
+            if not os.path.exists(filename):
+                raise CheckConfigError(f"{filename!r} doesn't exist")
+            from importlib.machinery import SourceFileLoader
+
+            loader = SourceFileLoader("__config__", filename)
+            spec = importlib.util.spec_from_file_location("__config__", filename, loader=loader)
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            sys.modules["__config__"] = module
+            try:
+                spec.loader.exec_module(module)
+            except Exception as exc:
+                raise CheckConfigError(f"{filename}{_where(exc, filename)}: {type(exc).__name__}: {exc}") from None
+            return vars(module)
+
+    try:
+        loader = ConfigLoader()
+    except CheckConfigError:
+        raise
+    except SystemExit as exc:  # argparse on a bad GUNICORN_CMD_ARGS
+        raise CheckConfigError(f"bad GUNICORN_CMD_ARGS (exit {exc.code})") from None
+    except Exception as exc:
+        raise CheckConfigError(f"{type(exc).__name__}: {exc}") from None
+    return loader.cfg, os.path.abspath(loader.path), loader.namespace
+
+
+def _where(exc: BaseException, filename: str) -> str:
+    if isinstance(exc, SyntaxError) and exc.lineno:
+        return f", line {exc.lineno}"
+    target = os.path.abspath(filename)
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if os.path.abspath(f.filename) == target]
+    return f", line {frames[-1].lineno}" if frames else ""
+
+
+def _typo_warnings(namespace: dict[str, Any], settings: Any) -> list[str]:
+    """Names in the file that gunicorn will ignore but look like a setting."""
+    out = []
+    for name in namespace:
+        if name.startswith("_") or name in settings or name.upper() == name:
+            continue
+        close = difflib.get_close_matches(name, list(settings), n=1, cutoff=0.85)
+        if close:
+            out.append(f"{name!r} is not a gunicorn setting and is ignored; did you mean {close[0]!r}?")
+    return out
+
+
+# -- what the workers will run ---------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Plan:
+    """The worker side of the budget."""
+
+    worker_class: str
+    kind: str
+    workers: int
+    threads: int
+    pool_worker: bool
+
+
+def _plan(cfg: Any) -> Plan:
+    from .base import WorkerProfile, set_profile
+    from .workers.base import PoolWorkerMixin
+    from .workers.sync import Worker
+
+    try:
+        cls = cfg.worker_class
+    except Exception as exc:
+        raise CheckConfigError(f"worker_class {cfg.worker_class_str!r}: {type(exc).__name__}: {exc}") from None
+    threads = max(1, int(cfg.threads or 1))
+    if cls is Worker and threads > 1:
+        from .workers.gthread import ThreadWorker
+
+        cls = ThreadWorker  # what gunicorn_pool.Worker runs with threads > 1
+    modules = {c.__module__ for c in getattr(cls, "__mro__", ())}
+    kind = "sync"
+    if "gunicorn.workers.ggevent" in modules:
+        kind = "gevent"
+    elif "gunicorn.workers.gthread" in modules:
+        kind = "thread"
+    set_profile(WorkerProfile(kind=kind, threads=threads))  # before any pool size is resolved
+    name = f"{cls.__module__}.{cls.__qualname__}" if isinstance(cls, type) else str(cfg.worker_class_str)
+    pool_worker = isinstance(cls, type) and issubclass(cls, PoolWorkerMixin)
+    return Plan(name, kind, max(1, int(cfg.workers or 1)), threads, pool_worker)
+
+
+# -- pools and servers ---------------------------------------------------------------------
+
+
+def _pools(services: list[tuple[str, Any]], plan: Plan, hosts: int) -> tuple[list[dict[str, Any]], list[str]]:
+    from .database import DatabasePool
+
+    pools, others = [], []
+    for service_name, service in services:
+        if not isinstance(service, DatabasePool):
+            others.append(f"service {service_name!r} ({type(service).__name__}) is not a DatabasePool: not checked")
+            continue
+        for key, cfg in service.configs.items():
+            lo, hi = DatabasePool._sizes(cfg)
+            row: dict[str, Any] = {
+                "service": service_name, "pool": key, "adapter": cfg.adapter, "dsn": cfg.dsn,
+                "address": cfg.address, "user": cfg.user if cfg.adapter == "mysql" else None,
+                "min_size": lo, "max_size": hi,
+            }  # fmt: skip
+            if cfg.adapter == "mysql":
+                per_host = plan.workers * hi
+                row.update(per_host=per_host, sighup_peak=2 * per_host, total=2 * per_host * hosts)
+            row["_cfg"] = cfg
+            pools.append(row)
+    return pools, others
+
+
+def _probe(row: dict[str, Any]) -> dict[str, Any]:
+    """Connect once with the pool's own settings; read what the budget needs."""
+    from .connectors import make_connector
+
+    cfg = row["_cfg"]
+    start = time.monotonic()
+    try:
+        steady = make_connector(cfg).open()
+    except Exception as exc:
+        return {"ok": False, "error": _mask(_describe(exc), cfg.password)}
+    ms = (time.monotonic() - start) * 1000
+    raw = steady.dbapi_connection
+    raw._read_timeout = raw._write_timeout = cfg.connect_timeout  # bound our queries too
+    try:
+        cur = raw.cursor()
+        cur.execute("SELECT VERSION(), @@max_connections, @@max_user_connections")
+        version, max_conn, max_user = cur.fetchone()
+        cur.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST")
+        (visible,) = cur.fetchone()
+        cur.execute("SHOW GLOBAL STATUS LIKE 'Threads_connected'")
+        found = cur.fetchone()
+        now = int(found[1]) if found else int(visible)
+    except Exception as exc:
+        return {"ok": False, "error": _mask(_describe(exc), cfg.password)}
+    finally:
+        try:
+            steady.close()
+        except Exception:  # noqa: BLE001
+            pass
+    return {
+        "ok": True, "connect_ms": round(ms, 1), "version": version, "max_connections": int(max_conn),
+        "max_user_connections": int(max_user), "connections_now": now, "processlist_visible": int(visible),
+    }  # fmt: skip
+
+
+def _describe(exc: BaseException) -> str:
+    args = getattr(exc, "args", ())
+    if len(args) == 2 and isinstance(args[0], int):
+        return f"({args[0]}) {args[1]}"
+    return str(exc) or type(exc).__name__
+
+
+def _servers(pools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    servers: dict[str, dict[str, Any]] = {}
+    for row in pools:
+        if row["adapter"] != "mysql":
+            continue
+        srv = servers.setdefault(row["address"], {"address": row["address"], "pools": [], "steady": 0, "needed": 0})
+        srv["pools"].append(f"{row['service']}/{row['pool']}")
+        srv["steady"] += row["total"] // 2
+        srv["needed"] += row["total"]
+        probe = row["connect"]
+        if probe["ok"] and "max_connections" not in srv:
+            srv.update({k: probe[k] for k in ("version", "max_connections", "connections_now", "processlist_visible")})
+        if probe["ok"] and probe["max_user_connections"] > 0:
+            limits = srv.setdefault("max_user_connections", {})
+            limits[row["user"]] = probe["max_user_connections"]
+    for srv in servers.values():
+        if "max_connections" not in srv:
+            srv.update(version=None, max_connections=None, connections_now=None, spare=None, fits=None)
+            continue
+        srv["spare"] = srv["max_connections"] - srv["needed"]
+        srv["fits"] = srv["spare"] >= 0
+        for user, limit in srv.get("max_user_connections", {}).items():
+            wanted = sum(r["total"] for r in pools if r["address"] == srv["address"] and r["user"] == user)
+            if wanted > limit:
+                srv["fits"] = False
+                srv.setdefault("over_user_limit", {})[user] = {"needed": wanted, "max_user_connections": limit}
+    return list(servers.values())
+
+
+# -- output ------------------------------------------------------------------------------
+
+
+def _table(headers: Sequence[str], rows: list[Sequence[Any]]) -> str:
+    cells = [[("-" if c is None else str(c)) for c in row] for row in [headers, *rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+
+
+def _render(report: dict[str, Any]) -> str:
+    plan = report["plan"]
+    if plan is None:  # the config did not load
+        return "\n".join([*(f"error: {e}" for e in report["errors"]), "FAIL: configuration error"])
+    out = [
+        f"gunicorn-pool check: {report['config']}",
+        f"workers: {plan['workers']} x {plan['worker_class']} ({plan['kind']}"
+        + (f", {plan['threads']} threads" if plan["kind"] == "thread" else "")
+        + f"); hosts: {report['hosts']}",
+        "",
+    ]
+    rows = []
+    for p in report["pools"]:
+        c = p.get("connect") or {}
+        status = (
+            "sqlite: no server budget" if p["adapter"] == "sqlite"
+            else f"ok {c['connect_ms']} ms" if c.get("ok") else "FAILED"
+        )  # fmt: skip
+        rows.append([p["service"], p["pool"], p["dsn"], p["min_size"], p["max_size"],
+                     p.get("per_host"), p.get("sighup_peak"), status])  # fmt: skip
+    out.append(_table(["SERVICE", "POOL", "DSN", "MIN", "MAX", "PER HOST", "SIGHUP PEAK", "CONNECT"], rows))
+    if report["servers"]:
+        rows = []
+        for s in report["servers"]:
+            verdict = "unknown" if s["fits"] is None else "fits" if s["fits"] else "OVER BUDGET"
+            rows.append([s["address"], s["version"], s["max_connections"], s["connections_now"],
+                         s["steady"], s["needed"], s["spare"], verdict])  # fmt: skip
+        out += ["", _table(["SERVER", "VERSION", "MAX_CONNECTIONS", "NOW", "STEADY", "PEAK", "SPARE", "VERDICT"], rows)]
+        out.append(
+            f"PEAK = sum of workers x max_size, x2 while SIGHUP runs old and new workers, x {report['hosts']} host(s);"
+            " STEADY = without the SIGHUP overlap; NOW = Threads_connected."
+        )
+    out.append("")
+    out += [f"warning: {w}" for w in report["warnings"]]
+    out += [f"error: {e}" for e in report["errors"]]
+    out.append(
+        {
+            EXIT_OK: "OK: every server fits the peak",
+            EXIT_BUDGET: "FAIL: over budget or unreachable",
+            EXIT_CONFIG: "FAIL: configuration error",
+        }[report["exit_code"]]  # fmt: skip
+    )
+    return "\n".join(out)
+
+
+# -- the command ---------------------------------------------------------------------------
+
+
+def check(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
+    """Run the check; return (exit code, report)."""
+    from . import registry
+
+    report: dict[str, Any] = {"config": args.config, "hosts": args.hosts, "plan": None, "pools": [], "servers": [],
+                              "warnings": [], "errors": []}  # fmt: skip
+    overrides = {"workers": args.workers, "threads": args.threads, "worker_class": args.worker_class}
+    try:
+        cfg, report["config"], namespace = _load_gunicorn_config(args.config, overrides)
+        report["warnings"] += _typo_warnings(namespace, cfg.settings)
+        plan = _plan(cfg)
+        app = _import_app(args.app, cfg) if args.app else None
+        services = registry.discover(app)
+        if not services:
+            raise CheckConfigError("no pool service found: register one in the config file (or pass --app)")
+    except CheckConfigError as exc:
+        report["errors"].append(_mask(str(exc)))
+        return EXIT_CONFIG, report
+    except Exception as exc:  # a service's own import/validation error
+        report["errors"].append(_mask(f"{type(exc).__name__}: {exc}"))
+        return EXIT_CONFIG, report
+    report["plan"] = dataclasses.asdict(plan)
+    if not plan.pool_worker and getattr(cfg.post_worker_init, "__module__", "") == "gunicorn.config":
+        report["warnings"].append(
+            f"worker_class {plan.worker_class} is not a gunicorn_pool worker and post_worker_init is not set:"
+            " gunicorn will not open these pools (use gunicorn_pool.Worker or gunicorn_pool.hooks)"
+        )
+    pools, others = _pools(services, plan, args.hosts)
+    report["warnings"] += others
+    for row in pools:
+        if row["adapter"] == "mysql":
+            row["connect"] = _probe(row)
+            if not row["connect"]["ok"]:
+                report["errors"].append(
+                    f"pool {row['service']}/{row['pool']} ({row['dsn']}): cannot connect: {row['connect']['error']}"
+                )
+    report["servers"] = _servers(pools)
+    for srv in report["servers"]:
+        if srv["fits"] is False:
+            report["errors"].append(
+                f"server {srv['address']}: peak {srv['needed']} connections > max_connections {srv['max_connections']}"
+                if srv["spare"] < 0 else f"server {srv['address']}: over max_user_connections {srv['over_user_limit']}"
+            )  # fmt: skip
+    report["pools"] = [{k: v for k, v in row.items() if k != "_cfg"} for row in pools]
+    return (EXIT_BUDGET if report["errors"] else EXIT_OK), report
+
+
+def _import_app(spec: str, cfg: Any) -> Any:
+    from gunicorn import util
+
+    for path in [*(cfg.pythonpath or "").split(","), cfg.chdir]:
+        if path and os.path.abspath(path) not in sys.path:
+            sys.path.insert(0, os.path.abspath(path))
+    try:
+        return util.import_app(spec)
+    except Exception as exc:
+        raise CheckConfigError(f"cannot import app {spec!r}: {type(exc).__name__}: {exc}") from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gunicorn-pool", description="gunicorn-pool tools")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser(
+        "check",
+        help="list pools, connect once to each, check the connection budget",
+        description=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("-c", "--config", help="gunicorn config file (default: ./gunicorn.conf.py, as gunicorn)")
+    p.add_argument("--hosts", type=_positive, default=1, help="hosts running this config (default 1)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--app", help="module:app to import, for pools registered or held by the app")
+    p.add_argument("-w", "--workers", type=_positive, help="override the config's workers")
+    p.add_argument("--threads", type=_positive, help="override the config's threads")
+    p.add_argument("-k", "--worker-class", help="override the config's worker_class")
+    return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``gunicorn-pool`` console script."""
+    args = _parser().parse_args(argv)
+    code, report = check(args)
+    report["exit_code"] = code
+    report["ok"] = code == EXIT_OK
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        print(_render(report))
+    return code
