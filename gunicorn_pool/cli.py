@@ -328,10 +328,8 @@ def _render(report: dict[str, Any]) -> str:
             rows.append([s["address"], s["version"], s["max_connections"], s["connections_now"],
                          s["steady"], s["needed"], s["spare"], verdict])  # fmt: skip
         out += ["", _table(["SERVER", "VERSION", "MAX_CONNECTIONS", "NOW", "STEADY", "PEAK", "SPARE", "VERDICT"], rows)]
-        out.append(
-            f"PEAK = sum of workers x max_size, x2 while SIGHUP runs old and new workers, x {report['hosts']} host(s);"
-            " STEADY = without the SIGHUP overlap; NOW = Threads_connected."
-        )
+        out.append(f"PEAK = workers x max_size, x2 while SIGHUP runs old and new workers, x {report['hosts']} host(s)")
+        out.append("STEADY = PEAK without the SIGHUP overlap; NOW = Threads_connected (every client of the server)")
     out.append("")
     out += [f"warning: {w}" for w in report["warnings"]]
     out += [f"error: {e}" for e in report["errors"]]

@@ -49,8 +49,8 @@ GAUGES = ("pool_min", "pool_max", "pool_size", "pool_available", "requests_waiti
 COUNTERS = tuple(key for key in STATS_KEYS if key not in GAUGES)
 
 _HELP = {
-    "pool_min": "connections opened at warm-up (min_size), per worker",
-    "pool_max": "connections a worker's pool may hold (max_size)",
+    "pool_min": "connections opened at warm-up (min_size)",
+    "pool_max": "connections the pool may hold (max_size)",
     "pool_size": "connections open or being opened",
     "pool_available": "idle connections ready to lend",
     "requests_waiting": "callers waiting for a connection now",
@@ -126,6 +126,7 @@ class PrometheusSink:
         metric = self._metrics.get(key)
         if metric is None:
             name, doc = "gunicorn_pool_" + re.sub(r"\W+", "_", key), _HELP.get(key, key)
+            doc += " (sum over live workers)" if gauge else " (all workers, exited ones included)"
             labels = ("service", "pool")
             if gauge:
                 metric = self._client.Gauge(name, doc, labels, registry=None, multiprocess_mode="livesum")
