@@ -6,20 +6,25 @@ Routes (all answer JSON):
   /hold/<s>             hold a connection s seconds without a query
   /stats                the pool service's stats()
   /gevent-timeout/<s>   run SELECT SLEEP(1) under gevent.Timeout(s) (gevent workers)
-  /rows                 count rows of gp_poison (stray-row check)
-  /poison               insert a row inside a transaction, then get killed by gevent.Timeout
+  /rows                 count rows of the poison table (stray-row check)
+  /poison[/<s>]         insert a row inside a transaction, then get killed by gevent.Timeout(s)
+                        (0.05 s by default); answers the CONNECTION_ID() it used
+The poison table is gp_poison, or GP_POISON_TABLE if set; the test creates it.
 Pool errors map to status codes: PoolTimeout 503, TooManyRequests 429,
 ConnectError 502, anything else 500; the body names the error class.
 """
 
 import json
 import os
+import re
 import time
 
 import gunicorn_pool
 
 POOL = os.environ.get("GP_TEST_SERVICE", "db")
 KEY = os.environ.get("GP_TEST_POOL", "default")
+POISON = os.environ.get("GP_POISON_TABLE", "gp_poison")
+assert re.fullmatch(r"\w+", POISON), "GP_POISON_TABLE must be a plain table name"
 STATUS = {
     "PoolTimeout": "503 Service Unavailable",
     "TooManyRequests": "429 Too Many Requests",
@@ -63,18 +68,21 @@ def _route(path):
     if parts[0] == "poison":
         import gevent
 
+        used = {}
         try:
             with gevent.Timeout(float(parts[1]) if len(parts) > 1 else 0.05):
                 with gunicorn_pool.get(POOL).connection(KEY) as conn:
                     cur = conn.cursor()
+                    cur.execute("SELECT CONNECTION_ID()")
+                    (used["conn_id"],) = cur.fetchone()
                     conn.begin()
-                    cur.execute("INSERT INTO gp_poison (v) VALUES (1)")
+                    cur.execute(f"INSERT INTO {POISON} (v) VALUES (1)")
                     cur.execute("SELECT SLEEP(1)")
         except gevent.Timeout:
-            return {"timed_out": True}
-        return {"timed_out": False}
+            return {"timed_out": True, **used}
+        return {"timed_out": False, **used}
     if parts[0] == "rows":
-        conn_id, rows = _query("SELECT COUNT(*) FROM gp_poison")
+        conn_id, rows = _query(f"SELECT COUNT(*) FROM {POISON}")
         return {"conn_id": conn_id, "rows": rows[0][0]}
     raise LookupError(path)
 
