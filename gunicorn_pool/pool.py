@@ -264,7 +264,8 @@ class ConnectionPool:
             logger.info("pool %s (%s): reconnected to %s", self.name, self.dsn, self._address())
         self._backoff = 0.0
         self._stats["connections_num"] += 1
-        self._stats["connections_ms"] += int((monotonic() - start) * 1000)
+        ms = int((monotonic() - start) * 1000)  # before the read-modify-write: no thread switch inside it
+        self._stats["connections_ms"] += ms
         return _Slot(owner, self.max_lifetime)
 
     def _address(self) -> str:
@@ -334,7 +335,8 @@ class ConnectionPool:
                         f" (max_size={self.max_size}, in use={len(self._in_use)})"
                     )
             # Handed a connection just as the wait ran out: take it.
-        self._stats["requests_wait_ms"] += int((monotonic() - start) * 1000)
+        ms = int((monotonic() - start) * 1000)  # computed first: see connections_ms
+        self._stats["requests_wait_ms"] += ms
         if waiter.error is not None:
             raise waiter.error
         return waiter.slot  # None: leave to open a new connection
@@ -382,7 +384,8 @@ class ConnectionPool:
                 return  # taken before fork; the child's pool never lent it
             raise PoolError(f"pool {self.name!r}: putconn() of a connection this pool did not lend")
         now = monotonic()
-        self._stats["usage_ms"] += int((now - slot.checked_out) * 1000)
+        ms = int((now - slot.checked_out) * 1000)  # computed first: see connections_ms
+        self._stats["usage_ms"] += ms
         slot.last_used = now
         if discard:
             self._connector.discard(raw)
