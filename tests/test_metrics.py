@@ -404,3 +404,44 @@ def test_state_changes_logged_with_name_and_masked_dsn(gunicorn, mysql_user):
     for line in log.splitlines():
         if "pool default" in line:
             assert tag in line, f"a pool line without the masked DSN: {line}"
+
+
+def test_ms_counters_lose_no_update_under_thread_contention(tmp_path, monkeypatch):
+    """``stats["usage_ms"] += int(...)`` read the counter before calling int(): a thread
+    switch there lost the other threads' increments (no lock on this path, on purpose).
+
+    The pool module's ``int`` is replaced by one that yields the GIL and returns 1,
+    so every ms figure is exactly 1 and every increment meets other threads: each
+    ms counter must equal the count it goes with. (SQLite: this is the pool's own
+    accounting, no server decides it.)
+    """
+    from gunicorn_pool import pool as pool_module
+
+    def yielding_int(value: float) -> int:
+        time.sleep(0)  # let other threads run between the counter's read and write
+        return 1
+
+    cfg = {"adapter": "sqlite", "database": str(tmp_path / "c.db"), "min_size": 0, "max_size": 4}
+    db = DatabasePool({"default": cfg})
+    pool = db.pool()
+    monkeypatch.setattr(pool_module, "int", yielding_int, raising=False)
+    threads, uses = 8, 2000
+
+    def work() -> None:
+        for _ in range(uses):
+            raw = pool.getconn()
+            pool.putconn(raw)
+
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    try:
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join(120)
+    finally:
+        db.close_pool()
+    s = pool.stats()
+    assert s["requests_num"] == threads * uses
+    assert s["usage_ms"] == threads * uses, s
+    assert s["connections_ms"] == s["connections_num"] >= 4, s
+    assert s["requests_wait_ms"] == s["requests_queued"] > 0, s
