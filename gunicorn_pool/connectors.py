@@ -29,6 +29,8 @@ The waiting, fairness, limits and health rules live in
 
 from __future__ import annotations
 
+import _socket
+import socket
 import sqlite3
 import ssl
 from typing import Any, Optional, Protocol
@@ -48,6 +50,9 @@ class Connector(Protocol):
 
     def ping(self, raw: Any, timeout: float) -> None:
         """Raise if *raw* is dead; take at most *timeout* seconds."""
+
+    def suspect(self, raw: Any) -> bool:
+        """True if idle *raw* shows signs of death without a round trip (ping it then)."""
 
     def in_transaction(self, raw: Any) -> bool:
         """True if *raw* has a transaction open."""
@@ -112,6 +117,29 @@ class MySQLConnector:
         finally:
             raw._read_timeout, raw._write_timeout = old
 
+    def suspect(self, raw: Any) -> bool:
+        # An idle session's socket has nothing to read. EOF, a reset or bytes
+        # (a KILLed session, a server restart) mean the server ended it:
+        # costs one non-blocking recv, no round trip (go-sql-driver's connCheck).
+        sock = raw._sock
+        if sock is None:
+            return True
+        base = getattr(sock, "_sock", sock)  # gevent wraps the real socket
+        try:
+            old = _socket.socket.gettimeout(base)
+            _socket.socket.settimeout(base, 0.0)  # with a timeout, recv() would first wait for data
+        except (OSError, TypeError):
+            return True
+        try:
+            _socket.socket.recv(base, 1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+        finally:
+            _socket.socket.settimeout(base, old)
+        return True
+
     def in_transaction(self, raw: Any) -> bool:
         return bool(raw.server_status & 1)  # SERVER_STATUS_IN_TRANS
 
@@ -146,6 +174,9 @@ class SQLiteConnector:
 
     def ping(self, raw: Any, timeout: float) -> None:
         raw.execute("SELECT 1")
+
+    def suspect(self, raw: Any) -> bool:
+        return False
 
     def in_transaction(self, raw: Any) -> bool:
         return bool(raw.in_transaction)

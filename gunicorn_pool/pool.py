@@ -21,8 +21,9 @@ Life cycle of a connection
    connections stay hot and surplus ones age out). If it outlived its
    ``max_lifetime`` (each connection gets -10 % jitter, so a worker's
    connections do not all expire together) it is replaced. If it was last used
-   more than ``check_interval`` (0.5 s, HikariCP's rule) ago it is pinged, with
-   ``check_timeout`` as a hard bound; a dead one is replaced. Only this
+   more than ``check_interval`` (0.5 s, HikariCP's rule) ago, or its socket
+   already shows the server closed it (a non-blocking peek, no round trip),
+   it is pinged, with ``check_timeout`` as a hard bound; a dead one is replaced. Only this
    checkout step retries: a statement that failed is never re-run.
 3. *Wait*: when ``max_size`` connections are out, the caller queues. Waiters
    are served strictly in arrival order: a returned connection is handed to
@@ -359,7 +360,7 @@ class ConnectionPool:
             if now >= slot.expires:
                 self._close_slot(slot)
                 slot = None
-            elif now - slot.last_used > self.check_interval:
+            elif now - slot.last_used > self.check_interval or self._connector.suspect(slot.raw):
                 try:
                     self._connector.ping(slot.raw, self.check_timeout)
                 except Exception as exc:
