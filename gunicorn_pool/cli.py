@@ -81,6 +81,7 @@ def _load_gunicorn_config(path: Optional[str], overrides: dict[str, Any]) -> tup
             raise NotImplementedError
 
         def load_config(self) -> None:
+            self.chdir()  # as gunicorn: the working directory is importable from the config file
             env_args = self.cfg.parser().parse_args(self.cfg.get_cmd_args_from_env())
             location = path or env_args.config or get_default_config_file()
             if not location:
@@ -90,6 +91,7 @@ def _load_gunicorn_config(path: Optional[str], overrides: dict[str, Any]) -> tup
             for key, value in [*vars(env_args).items(), *overrides.items()]:
                 if value is not None and key not in ("args", "config"):
                     self.cfg.set(key.lower(), value)
+            self.chdir()  # the config's chdir, where the workers will run
 
         def load_config_from_module_name_or_filename(self, location: str) -> dict[str, Any]:
             # As gunicorn, but a bad value raises instead of printing it.

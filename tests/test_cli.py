@@ -162,12 +162,16 @@ def test_config_errors_exit_2(tmp_path, mysql_user):
 
 
 def test_default_config_file_and_warnings(tmp_path, mysql_user):
-    _write(tmp_path, {"default": mysql_user.url()}, worker="sync", extra="wokers = 8")
-    proc = _run(cwd=tmp_path)  # ./gunicorn.conf.py, as gunicorn
+    # The config imports a module from the working directory, as gunicorn allows.
+    (tmp_path / "dbsettings.py").write_text(f"URL = {mysql_user.url()!r}\n")
+    extra = "import dbsettings\ngunicorn_pool.register(gunicorn_pool.DatabasePool(dbsettings.URL), name='db2')\n"
+    _write(tmp_path, {"default": mysql_user.url()}, worker="sync", extra=extra + "wokers = 8")
+    proc = _run(cwd=tmp_path, module=False)  # ./gunicorn.conf.py, as gunicorn
     assert proc.returncode == 0, proc.stdout
     assert "'wokers' is not a gunicorn setting and is ignored; did you mean 'workers'?" in proc.stdout
     assert "gunicorn will not open these pools" in proc.stdout
     assert "2 x gunicorn.workers.sync.SyncWorker (sync)" in proc.stdout
+    assert "db2      default" in proc.stdout
 
 
 def test_pools_registered_by_the_app(tmp_path, mysql_user):
