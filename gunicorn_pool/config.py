@@ -143,8 +143,8 @@ def mask_dsn(text: str, password: str = "") -> str:
     """
     parts = urlsplit(text) if "://" in text else None
     if parts is not None and parts.password:
-        host = parts.hostname or ""
-        netloc = f"{parts.username or ''}:{_MASK}@{host}" + (f":{parts.port}" if parts.port else "")
+        # host[:port] as written: parts.port would raise on a bad port, the error being reported
+        netloc = f"{parts.username or ''}:{_MASK}@{parts.netloc.rpartition('@')[2]}"
         text = parts._replace(netloc=netloc).geturl()
     if password:
         text = text.replace(password, _MASK)
