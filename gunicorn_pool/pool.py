@@ -438,9 +438,12 @@ class ConnectionPool:
         try:
             if connector.in_transaction(raw):
                 raw.commit() if ok else raw.rollback()
-        except Exception:
+        except BaseException as exc:
+            # A failed commit/rollback, or one interrupted mid-way (gevent.Timeout,
+            # GreenletExit): state unknown, discard; otherwise the slot would stay
+            # "in use" for good and the pool would shrink by one.
             self.putconn(raw, discard=True)
-            if ok:
+            if ok or not isinstance(exc, Exception):
                 raise
             return
         self.putconn(raw, discard=not connector.reusable(raw))
