@@ -13,6 +13,9 @@ Modes:
                    ``with pool.connection()``; reports the old and next CONNECTION_ID
   waiter-killed    a greenlet waiting for the only connection is killed by
                    gevent.Timeout; reports whether capacity survived
+  rollback-killed TABLE   an error leaves ``with pool.connection()`` after a
+                   300,000-row INSERT into TABLE; gevent.Timeout fires during
+                   the pool's ROLLBACK; reports what the next borrower gets
 """
 
 import json
@@ -124,6 +127,30 @@ def waiter_killed():
     return {"killed": killed, "next_wait": time.monotonic() - start, "stats": POOL.stats()}
 
 
+def rollback_killed(table):
+    old = [None]
+    outcome = "no exception"
+    try:
+        with DB.connection("default") as conn:
+            old[0] = conn_id(conn)
+            conn.begin()
+            conn.cursor().execute(f"INSERT INTO {table} (v) SELECT seq FROM seq_1_to_300000")
+            gevent.Timeout(0.05).start()  # fires while the pool rolls the INSERT back
+            raise ValueError("application error")
+    except gevent.Timeout:
+        outcome = "Timeout"
+    except ValueError:
+        outcome = "ValueError"
+    start = time.monotonic()
+    try:
+        with DB.connection("default", timeout=1) as conn:
+            new = conn_id(conn)
+    except Exception as exc:  # noqa: BLE001 - reported to the test
+        new = f"{type(exc).__name__}: {exc}"
+    return {"outcome": outcome, "old": old[0], "new": new, "next_wait": time.monotonic() - start,
+            "stats": POOL.stats()}  # fmt: skip
+
+
 def main():
     mode = sys.argv[1]
     if mode == "burst":
@@ -132,6 +159,8 @@ def main():
         result = timeout_discard()
     elif mode == "waiter-killed":
         result = waiter_killed()
+    elif mode == "rollback-killed":
+        result = rollback_killed(sys.argv[2])
     else:
         raise SystemExit(f"unknown mode {mode!r}")
     result["patched"] = PATCHED
