@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from proxy import FaultProxy
 from support import Gunicorn, MySQLUser, mysql_reachable
 
 
@@ -53,3 +54,13 @@ def gunicorn(tmp_path: Path) -> Iterator[Callable[..., Gunicorn]]:
     finally:
         for server in servers:
             server.stop()
+
+
+@pytest.fixture
+def tcp_proxy(mysql_server: None) -> Iterator[FaultProxy]:
+    """A controllable TCP proxy to the test server (tests/proxy.py); stopped and joined after the test."""
+    proxy = FaultProxy().start()
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
