@@ -127,7 +127,8 @@ class MySQLConnector:
         base = getattr(sock, "_sock", sock)  # gevent wraps the real socket
         try:
             old = _socket.socket.gettimeout(base)
-            _socket.socket.settimeout(base, 0.0)  # with a timeout, recv() would first wait for data
+            if old:  # with a timeout, recv() would first wait for data; None (blocking) and 0 do not
+                _socket.socket.settimeout(base, 0.0)
         except (OSError, TypeError):
             return True
         try:
@@ -137,7 +138,8 @@ class MySQLConnector:
         except OSError:
             return True
         finally:
-            _socket.socket.settimeout(base, old)
+            if old:
+                _socket.socket.settimeout(base, old)
         return True
 
     def in_transaction(self, raw: Any) -> bool:
