@@ -1,0 +1,185 @@
+"""Shared helpers of the benchmark scripts: server settings, a dedicated login,
+interleaved rounds, statistics and Markdown tables.
+
+The server comes from the same variables as the tests: GP_MYSQL_HOST, _PORT,
+_USER, _PASSWORD, _DB (default 127.0.0.1:3306, root, no password, ``test``).
+The admin login creates a dedicated benchmark login with a random password,
+so the server-side connection counts are exactly the benchmark's own.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import secrets
+import statistics
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+import pymysql
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = Path(__file__).resolve().parent
+
+HOST = os.environ.get("GP_MYSQL_HOST", "127.0.0.1")
+PORT = int(os.environ.get("GP_MYSQL_PORT", "3306"))
+ADMIN_USER = os.environ.get("GP_MYSQL_USER", "root")
+ADMIN_PASSWORD = os.environ.get("GP_MYSQL_PASSWORD", "")
+DB = os.environ.get("GP_MYSQL_DB", "test")
+
+
+def admin_connect() -> pymysql.connections.Connection:
+    return pymysql.connect(host=HOST, port=PORT, user=ADMIN_USER, password=ADMIN_PASSWORD, database=DB,
+                           autocommit=True, connect_timeout=3, ssl_disabled=True)  # fmt: skip
+
+
+class BenchUser:
+    """A dedicated MySQL login for one benchmark run; dropped on exit."""
+
+    def __init__(self) -> None:
+        self.name = f"gpb_{secrets.token_hex(4)}"
+        self.password = "pw-" + secrets.token_hex(8)
+        self.admin = admin_connect()
+        with self.admin.cursor() as cur:
+            cur.execute(f"CREATE USER '{self.name}'@'%%' IDENTIFIED BY %s", (self.password,))
+            cur.execute(f"GRANT ALL ON `{DB}`.* TO '{self.name}'@'%'")
+
+    def kwargs(self) -> dict[str, Any]:
+        """PyMySQL keyword arguments for this login."""
+        return dict(host=HOST, port=PORT, user=self.name, password=self.password, database=DB, autocommit=True)
+
+    def url(self, scheme: str = "mysql") -> str:
+        return f"{scheme}://{self.name}:{self.password}@{HOST}:{PORT}/{DB}"
+
+    def env(self) -> dict[str, str]:
+        """Environment for subprocesses and gunicorn apps (read by bench/apps)."""
+        return {"GPB_HOST": HOST, "GPB_PORT": str(PORT), "GPB_USER": self.name, "GPB_PASSWORD": self.password,
+                "GPB_DB": DB}  # fmt: skip
+
+    def count(self) -> int:
+        """Server-side sessions of this login (PROCESSLIST)."""
+        with self.admin.cursor() as cur:
+            cur.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = %s", (self.name,))
+            return int(cur.fetchone()[0])
+
+    def kill_all(self) -> None:
+        with self.admin.cursor() as cur:
+            cur.execute("SELECT ID FROM information_schema.PROCESSLIST WHERE USER = %s", (self.name,))
+            for (cid,) in cur.fetchall():
+                try:
+                    cur.execute(f"KILL CONNECTION {int(cid)}")
+                except pymysql.err.OperationalError:
+                    pass
+
+    def close(self) -> None:
+        try:
+            self.kill_all()
+            with self.admin.cursor() as cur:
+                cur.execute(f"DROP USER IF EXISTS '{self.name}'@'%'")
+        finally:
+            self.admin.close()
+
+    def __enter__(self) -> BenchUser:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def interleave(variants: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
+    """Run every variant once per round, in forward then reverse order, to cancel drift."""
+    names = list(variants)
+    out: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else reversed(names):
+            out[name].append(variants[name]())
+    return out
+
+
+def bracketed(base: Callable[[], float], variants: dict[str, Callable[[], float]], rounds: int
+              ) -> tuple[list[float], dict[str, list[float]], dict[str, list[float]]]:
+    """Run each variant between two runs of *base*, round after round, alternating the order.
+
+    Returns (all base values, values per variant, ratios per variant), where a
+    ratio is the variant's value over the mean of the two base runs around it:
+    drift on a shared machine hits both sides of the ratio alike.
+    """
+    names = list(variants)
+    values: dict[str, list[float]] = {name: [] for name in names}
+    rel: dict[str, list[float]] = {name: [] for name in names}
+    base_values = [base()]
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else reversed(names):
+            value = variants[name]()
+            base_values.append(base())
+            values[name].append(value)
+            rel[name].append(value / ((base_values[-2] + base_values[-1]) / 2))
+    return base_values, values, rel
+
+
+def spread(values: Sequence[float]) -> tuple[float, float, float]:
+    """(median, min, max)."""
+    return statistics.median(values), min(values), max(values)
+
+
+def ratios(values: Sequence[float], base: Sequence[float], invert: bool = False) -> list[float]:
+    """Per-round ratios value/base (base/value with *invert*), rounds paired."""
+    return [(b / v if invert else v / b) for v, b in zip(values, base)]
+
+
+def fmt(value: float, digits: int = 1) -> str:
+    return f"{value:,.{digits}f}"
+
+
+def fmt_spread(values: Sequence[float], digits: int = 1) -> str:
+    med, lo, hi = spread(values)
+    return f"{fmt(med, digits)} ({fmt(lo, digits)}–{fmt(hi, digits)})"
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A Markdown table."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def versions(*names: str) -> str:
+    parts = [f"Python {platform.python_version()}"]
+    for name in ("gunicorn-pool", "PyMySQL", "DBUtils", "SQLAlchemy", "gevent", "gunicorn", *names):
+        try:
+            parts.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            pass
+    return ", ".join(dict.fromkeys(parts))
+
+
+def server_version() -> str:
+    conn = admin_connect()
+    try:
+        return str(conn.get_server_info())
+    finally:
+        conn.close()
+
+
+def preamble(title: str, settings: str) -> str:
+    """Heading lines: what ran, when, on what."""
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (
+        f"## {title}\n\n"
+        f"{time.strftime('%Y-%m-%d %H:%M %Z')}; {versions()}; server {server_version()} at {HOST}:{PORT}; "
+        f"{os.cpu_count()} CPUs, load {load}\n\n"
+        f"`{' '.join([Path(sys.executable).name, *sys.argv])}`: {settings}\n"
+    )
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.02) -> Optional[Any]:
+    """Poll *predicate* until truthy or *timeout* seconds pass; return its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(interval)

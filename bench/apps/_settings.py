@@ -1,0 +1,31 @@
+"""Server settings of the benchmark apps, from the GPB_* variables set by the runner."""
+
+import os
+
+KW = dict(
+    host=os.environ.get("GPB_HOST", "127.0.0.1"),
+    port=int(os.environ.get("GPB_PORT", "3306")),
+    user=os.environ.get("GPB_USER", "root"),
+    password=os.environ.get("GPB_PASSWORD", ""),
+    database=os.environ.get("GPB_DB", "test"),
+    autocommit=True,
+)
+#: PyMySQL TLS arguments of the baseline apps: off (the cheapest connect) unless GPB_SSL=default,
+#: which keeps PyMySQL's "preferred" mode (a TLS context built on every connect)
+SSL = {} if os.environ.get("GPB_SSL") == "default" else {"ssl_disabled": True}
+#: explicit gunicorn_pool sizes (bench/boot.py warm-up): min_size = max_size = GPB_MIN
+POOL_SIZES = {"min_size": int(os.environ["GPB_MIN"]), "max_size": int(os.environ["GPB_MIN"])} if os.environ.get(
+    "GPB_MIN"
+) else {}
+#: pool size under gevent (one worker's share); sync workers use one connection at a time
+SIZE = int(os.environ.get("GPB_SIZE", "10"))
+BODY = b"1"
+HEADERS = [("Content-Type", "text/plain"), ("Content-Length", "1")]
+
+
+def select1(conn):
+    """The request's work: one SELECT 1 round trip."""
+    cur = conn.cursor()
+    cur.execute("SELECT 1")
+    cur.fetchall()
+    cur.close()

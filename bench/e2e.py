@@ -1,0 +1,139 @@
+"""End to end: real gunicorn workers driven by wrk on loopback, SELECT 1 per request.
+
+Two modes, each with every variant's server up at once (one MySQL login per
+variant, so the server-side session counts are exact) and wrk runs
+interleaved over rounds (forward, then reverse order):
+
+- sync:   ``-w 2`` sync workers (``gunicorn_pool.Worker`` for gunicorn_pool),
+          wrk ``-c 4``; baseline: one module-global connection per worker.
+- gevent: ``-w 2`` gevent workers (``gunicorn_pool.GeventWorker``), wrk
+          ``-c 16``, pools of 10 per worker; baseline: SQLAlchemy QueuePool.
+
+Reports req/s, latency p50/p99 (wrk's), errors (socket errors and non-2xx)
+and the largest number of server sessions seen in PROCESSLIST during the run.
+Needs ``wrk`` (``apt-get install wrk``).
+
+    python bench/e2e.py [--rounds 3] [--seconds 5] [--only sync|gevent]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import threading
+from typing import Any
+
+from _common import BenchUser, fmt, preamble, spread, table
+from _server import Server
+
+MODES = {
+    # mode: (worker class for others, for gunicorn_pool, wrk connections, pool size, variants, baseline)
+    "sync": ("sync", "gunicorn_pool.Worker", 4, 1,
+             ["global_conn_app", "connect_app", "dbutils_app", "sqlalchemy_app", "gunicorn_pool_app"],
+             "global_conn_app"),
+    "gevent": ("gevent", "gunicorn_pool.GeventWorker", 16, 10,
+               ["sqlalchemy_app", "connect_app", "dbutils_app", "gunicorn_pool_app"], "sqlalchemy_app"),
+}  # fmt: skip
+LABELS = {
+    "global_conn_app": "module-global connection per worker",
+    "connect_app": "connect per request",
+    "dbutils_app": "DBUtils PooledDB (defaults)",
+    "sqlalchemy_app": "SQLAlchemy QueuePool",
+    "gunicorn_pool_app": "gunicorn_pool",
+}
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+
+
+def parse_wrk(text: str) -> dict[str, Any]:
+    def latency(pct: str) -> float:
+        m = re.search(rf"^\s*{pct}%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+        return float(m.group(1)) * UNITS[m.group(2)] if m else float("nan")
+
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    errors = (sum(int(x) for x in sock.groups()) if sock else 0) + (int(non2xx.group(1)) if non2xx else 0)
+    return {"rps": float(rps.group(1)) if rps else 0.0, "p50": latency("50"), "p99": latency("99"), "errors": errors}
+
+
+def drive(server: Server, user: BenchUser, connections: int, seconds: float) -> dict[str, Any]:
+    """One wrk run against *server*, sampling the login's sessions meanwhile."""
+    peak = [user.count()]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.2):
+            peak.append(user.count())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", server.url]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30, check=False).stdout
+    finally:
+        done.set()
+        sampler.join(5)
+    result = parse_wrk(out)
+    result["sessions"] = max(peak)
+    return result
+
+
+def run_mode(mode: str, rounds: int, seconds: float) -> str:
+    klass, gp_klass, conns, size, variants, baseline = MODES[mode]
+    users = {v: BenchUser() for v in variants}
+    servers: dict[str, Server] = {}
+    results: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+    try:
+        for v in variants:
+            env = dict(users[v].env(), GPB_SIZE=str(size))
+            servers[v] = Server(v, gp_klass if v == "gunicorn_pool_app" else klass, 2, env).start()
+        for v in variants:
+            servers[v].wait_ready()
+        for v in variants:  # warm-up, not reported
+            drive(servers[v], users[v], conns, 1)
+        for r in range(rounds):
+            for v in variants if r % 2 == 0 else list(reversed(variants)):
+                results[v].append(drive(servers[v], users[v], conns, seconds))
+    finally:
+        for server in servers.values():
+            server.stop()
+        for user in users.values():
+            user.close()
+    base = [x["rps"] for x in results[baseline]]
+    rows = []
+    for v in variants:
+        runs = results[v]
+        rps = [x["rps"] for x in runs]
+        rel = [a / b if b else float("nan") for a, b in zip(rps, base)]
+        med, lo, hi = spread(rel)
+        rows.append([LABELS[v], fmt(spread(rps)[0], 0), f"{fmt(min(rps), 0)}–{fmt(max(rps), 0)}",
+                     f"**{med:.2f}** ({lo:.2f}–{hi:.2f})", f"{spread([x['p50'] for x in runs])[0]:.2f}",
+                     f"{spread([x['p99'] for x in runs])[0]:.2f}", sum(x["errors"] for x in runs),
+                     max(x["sessions"] for x in runs)])  # fmt: skip
+    heads = ["row", "median req/s", "min–max", f"÷ {LABELS[baseline]}", "p50 ms", "p99 ms", "errors",
+             "max sessions"]  # fmt: skip
+    title = f"{mode}: gunicorn -w 2 -k {klass} (gunicorn_pool: -k {gp_klass}), wrk -t1 -c{conns}"
+    return f"### {title}\n\n" + table(heads, rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5.0, help="duration of one wrk run")
+    parser.add_argument("--only", choices=tuple(MODES))
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk not found: apt-get install wrk")
+    out = [run_mode(mode, args.rounds, args.seconds) for mode in MODES if args.only in (None, mode)]
+    print(preamble("End to end: gunicorn + wrk, SELECT 1 per request",
+                   f"{args.rounds} interleaved rounds × {args.seconds:g} s wrk runs per row; ratios per round, "
+                   "median (min–max); p50/p99 are medians of wrk's per-run percentiles; max sessions = most "
+                   "PROCESSLIST rows of the row's own login seen during its runs"))  # fmt: skip
+    print("\n\n".join(out))
+    print("\nTargets: sync gunicorn_pool ≥ 0.97 × module-global; gevent gunicorn_pool ≥ 1.3 × SQLAlchemy.")
+
+
+if __name__ == "__main__":
+    main()

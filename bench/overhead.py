@@ -1,0 +1,150 @@
+"""Per-operation cost of a checkout + SELECT 1 + checkin, against a raw connection.
+
+Every row runs the same operation on one connection of its own (no sharing):
+``cursor(); execute("SELECT 1"); fetchall(); close()``, wrapped in the pool's
+checkout and checkin. The raw persistent PyMySQL connection is the floor.
+Every block of a row runs between two blocks of the raw row, and rows take
+turns (forward, then reverse order): the ratio of a block is its µs/op over
+the mean of the two raw blocks around it, so drift on a shared machine hits
+both sides alike. The table gives medians with min and max over the rounds.
+
+    python bench/overhead.py [--rounds 40] [--ops 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import time
+from typing import Any, Callable
+
+import pymysql
+from _common import BenchUser, bracketed, fmt, preamble, spread, table
+
+from gunicorn_pool import DatabasePool
+
+SQL = "SELECT 1"
+RAW = "raw persistent PyMySQL connection"
+
+
+def _op(conn: Any) -> None:
+    cur = conn.cursor()
+    cur.execute(SQL)
+    cur.fetchall()
+    cur.close()
+
+
+def timed(ops: int, body: Callable[[], None]) -> Callable[[], float]:
+    """A round: *ops* calls of *body*; returns microseconds per call."""
+
+    def run() -> float:
+        gc.collect()
+        start = time.perf_counter()
+        for _ in range(ops):
+            body()
+        return (time.perf_counter() - start) / ops * 1e6
+
+    return run
+
+
+def build(user: BenchUser, ops: int) -> tuple[dict[str, Callable[[], float]], list[Callable[[], None]]]:
+    kw = user.kwargs()
+    closers: list[Callable[[], None]] = []
+    variants: dict[str, Callable[[], float]] = {}
+
+    raw = pymysql.connect(**kw)
+    closers.append(raw.close)
+    variants[RAW] = timed(ops, lambda: _op(raw))
+
+    def connect_per_op() -> None:
+        conn = pymysql.connect(**kw)
+        _op(conn)
+        conn.close()
+
+    def connect_per_op_plain() -> None:
+        conn = pymysql.connect(ssl_disabled=True, **kw)
+        _op(conn)
+        conn.close()
+
+    few = max(5, ops // 40)
+    variants["connect per operation (PyMySQL defaults: TLS preferred)"] = timed(few, connect_per_op)
+    variants["connect per operation (ssl_disabled=True)"] = timed(few, connect_per_op_plain)
+
+    from dbutils.pooled_db import PooledDB
+
+    for label, ping in (("DBUtils PooledDB (ping=1, default)", 1), ("DBUtils PooledDB (ping=0)", 0)):
+        pdb = PooledDB(pymysql, mincached=1, maxcached=1, maxconnections=1, blocking=True, ping=ping, **kw)
+        closers.append(pdb.close)
+
+        def dbutils_op(pdb: Any = pdb) -> None:
+            conn = pdb.connection()
+            _op(conn)
+            conn.close()
+
+        variants[label] = timed(ops, dbutils_op)
+
+    import sqlalchemy
+
+    for label, pre_ping in (("SQLAlchemy QueuePool", False), ("SQLAlchemy QueuePool (pre_ping)", True)):
+        engine = sqlalchemy.create_engine(user.url("mysql+pymysql"), pool_size=1, max_overflow=0,
+                                          pool_pre_ping=pre_ping)  # fmt: skip
+        engine.raw_connection().close()  # first connect: dialect initialisation
+        closers.append(engine.dispose)
+
+        def sa_op(engine: Any = engine) -> None:
+            conn = engine.raw_connection()
+            _op(conn)
+            conn.close()
+
+        variants[label] = timed(ops, sa_op)
+
+    db = DatabasePool({"default": dict(kw, min_size=1, max_size=1)}, name="bench")
+    db.init_pool()
+    closers.append(db.close_pool)
+    pool = db.pool("default")
+
+    def gp_database() -> None:
+        with db.connection() as conn:
+            _op(conn)
+
+    def gp_pool() -> None:
+        with pool.connection() as conn:
+            _op(conn)
+
+    variants["gunicorn_pool DatabasePool.connection()"] = timed(ops, gp_database)
+    variants["gunicorn_pool ConnectionPool.connection()"] = timed(ops, gp_pool)
+    return variants, closers
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=40, help="rounds (default 40)")
+    parser.add_argument("--ops", type=int, default=200, help="operations per block (default 200)")
+    args = parser.parse_args()
+    with BenchUser() as user:
+        variants, closers = build(user, args.ops)
+        try:
+            for run in variants.values():  # warm-up, not reported
+                run()
+            base = variants.pop(RAW)
+            base_values, values, rel = bracketed(base, variants, args.rounds)
+        finally:
+            for close in closers:
+                close()
+    med, lo, hi = spread(base_values)
+    rows = [[RAW, fmt(med), fmt(lo), fmt(hi), "**1.00**"]]
+    for name in values:
+        med, lo, hi = spread(values[name])
+        rmed, rlo, rhi = spread(rel[name])
+        rows.append([name, fmt(med), fmt(lo), fmt(hi), f"**{rmed:.2f}** ({rlo:.2f}–{rhi:.2f})"])
+    print(preamble("Overhead: checkout + SELECT 1 + checkin, one connection",
+                   f"{args.rounds} rounds, {args.ops} operations per block ({max(5, args.ops // 40)} for "
+                   "connect-per-operation); every block runs between two raw blocks; ratio = block µs/op "
+                   "÷ mean of the raw blocks around it, median (min–max)"))  # fmt: skip
+    print(table(["row", "median µs/op", "min", "max", "÷ raw"], rows))
+    print()
+    print("Target: gunicorn_pool ≤ 1.05 × raw.")
+
+
+if __name__ == "__main__":
+    main()
