@@ -62,7 +62,7 @@ def poll_until_ok(server: Any, path: str, limit: float, streak: int = 1) -> floa
     return time.monotonic() - start
 
 
-def test_db_refused_while_workers_respawn(gunicorn, mysql_user, tcp_proxy):
+def test_db_refused_while_workers_respawn(mysql_user, tcp_proxy, gunicorn):
     """Respawns (max_requests=3) while connects are refused: master lives, heals within 5 s."""
     pools = {"default": mysql_user.config(port=tcp_proxy.port)}
     server = gunicorn(conf(pools, extra="max_requests = 3"), app=APP)
@@ -96,7 +96,7 @@ WORKER_KINDS = {
 
 
 @pytest.mark.parametrize("kind", list(WORKER_KINDS))
-def test_kill_every_pooled_connection(gunicorn, mysql_user, kind):
+def test_kill_every_pooled_connection(mysql_user, gunicorn, kind):
     """KILL CONNECTION of every pooled session: the next 20 requests all succeed."""
     worker, extra = WORKER_KINDS[kind]
     server = gunicorn(conf({"default": mysql_user.config()}, worker=worker, extra=extra), app=APP)
@@ -114,7 +114,7 @@ def test_kill_every_pooled_connection(gunicorn, mysql_user, kind):
     assert_no_secret(server, mysql_user.password)
 
 
-def test_sigkill_of_a_worker(gunicorn, mysql_user):
+def test_sigkill_of_a_worker(mysql_user, gunicorn):
     """SIGKILL of a worker: the server-side count is back to W within 5 s."""
     workers = 3
     server = gunicorn(conf({"default": mysql_user.config()}, workers=workers), app=APP)
@@ -138,7 +138,7 @@ def test_sigkill_of_a_worker(gunicorn, mysql_user):
     assert_no_secret(server, mysql_user.password)
 
 
-def test_blackholed_db_at_boot(gunicorn, mysql_user, tcp_proxy):
+def test_blackholed_db_at_boot(mysql_user, tcp_proxy, gunicorn):
     """A server that accepts and never answers: bounded by connect_timeout, heals after."""
     timeout = 2.0
     tcp_proxy.blackhole()
@@ -159,7 +159,7 @@ def test_blackholed_db_at_boot(gunicorn, mysql_user, tcp_proxy):
     assert_no_secret(server, mysql_user.password)
 
 
-def test_preload_app_querying_at_import(gunicorn, mysql_user):
+def test_preload_app_querying_at_import(mysql_user, gunicorn):
     """--preload with a query at import: workers never use the master's connection."""
     workers = 3
     # The pool service is registered by the app module itself, in the master.
@@ -189,7 +189,7 @@ def test_preload_app_querying_at_import(gunicorn, mysql_user):
     assert_no_secret(server, mysql_user.password)
 
 
-def test_wrong_password_beside_healthy_pool(gunicorn, mysql_user):
+def test_wrong_password_beside_healthy_pool(mysql_user, gunicorn):
     """One pool with a wrong password: master alive, error within 5 s, the other pool serves."""
     wrong = "wrong-" + mysql_user.password[3:]
     pools = {"default": mysql_user.config(), "bad": mysql_user.config(password=wrong)}
@@ -199,6 +199,9 @@ def test_wrong_password_beside_healthy_pool(gunicorn, mysql_user):
     server.wait_log("pool bad (", timeout=30)
     figure("wrong password: first error logged after gunicorn was started", time.monotonic() - start)
     assert time.monotonic() - start < 5 + 3  # + gunicorn's own start-up on a busy box
+    server.wait_log("pool service(s) ready", count=2)
+    opened = [line for line in server.log().splitlines() if "pool default (" in line and "opened 1 conn" in line]
+    assert len(opened) == 2, "the healthy pool did not open in every worker"
     t = time.monotonic()
     status, body = server.get("/q/bad")
     figure("wrong password: error answer to a request", time.monotonic() - t)
@@ -215,7 +218,7 @@ def test_wrong_password_beside_healthy_pool(gunicorn, mysql_user):
 
 
 @pytest.mark.parametrize("where", ["dict", "url"])
-def test_typo_in_pool_option_refuses_startup(gunicorn, mysql_user, where):
+def test_typo_in_pool_option_refuses_startup(mysql_user, gunicorn, where):
     """A misspelled option stops gunicorn at start-up, naming the option and the pool."""
     if where == "dict":
         pools: dict[str, Any] = {"default": mysql_user.config(max_sise=4)}
@@ -225,6 +228,7 @@ def test_typo_in_pool_option_refuses_startup(gunicorn, mysql_user, where):
     server.start(wait=False)
     assert server.proc is not None
     code = server.proc.wait(30)
+    figure("typo: gunicorn exit code", code, "")
     assert code != 0
     log = server.log()
     assert "unknown option 'max_sise'" in log and "pool 'default'" in log, log[-2000:]

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.mysql
 # -- strict boot policy ------------------------------------------------------------
 
 
-def test_strict_pool_fails_the_first_start(gunicorn, mysql_user):
+def test_strict_pool_fails_the_first_start(mysql_user, gunicorn):
     """strict=True and no server on the first start: the master exits non-zero, naming the pool."""
     pools = {"orders": mysql_user.config(port=free_port(), strict=True)}  # nothing listens there
     server = gunicorn(conf(pools), app=APP)
@@ -41,7 +41,7 @@ def test_strict_pool_fails_the_first_start(gunicorn, mysql_user):
     assert_no_secret(server, mysql_user.password)
 
 
-def test_strict_pool_does_not_halt_a_respawn(gunicorn, mysql_user, tcp_proxy):
+def test_strict_pool_does_not_halt_a_respawn(mysql_user, tcp_proxy, gunicorn):
     """A strict pool whose DB dies later: respawned workers (max_requests) boot anyway."""
     pools = {"default": mysql_user.config(port=tcp_proxy.port, strict=True)}
     server = gunicorn(conf(pools, extra="max_requests = 2"), app=APP)
@@ -67,7 +67,7 @@ def test_strict_pool_does_not_halt_a_respawn(gunicorn, mysql_user, tcp_proxy):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGQUIT, signal.SIGINT], ids=["SIGQUIT", "SIGINT"])
-def test_quick_shutdown_closes_pools(gunicorn, mysql_user, sig):
+def test_quick_shutdown_closes_pools(mysql_user, gunicorn, sig):
     workers = 2
     server = gunicorn(conf({"default": mysql_user.config()}, workers=workers), app=APP)
     server.start(workers_ready=workers)
@@ -83,7 +83,7 @@ def test_quick_shutdown_closes_pools(gunicorn, mysql_user, sig):
     assert_no_secret(server, mysql_user.password)
 
 
-def test_max_requests_closes_pools(gunicorn, mysql_user):
+def test_max_requests_closes_pools(mysql_user, gunicorn):
     workers = 2
     server = gunicorn(conf({"default": mysql_user.config()}, workers=workers, extra="max_requests = 4"), app=APP)
     server.start(workers_ready=workers)
@@ -103,7 +103,7 @@ def test_max_requests_closes_pools(gunicorn, mysql_user):
     assert_no_secret(server, mysql_user.password)
 
 
-def test_sighup_closes_old_pools(gunicorn, mysql_user):
+def test_sighup_closes_old_pools(mysql_user, gunicorn):
     """SIGHUP: new workers first (the count may double), then the old ones close their pools."""
     workers = 2
     server = gunicorn(conf({"default": mysql_user.config()}, workers=workers), app=APP)
@@ -154,7 +154,7 @@ def _count(conn, user: str) -> int:
 # -- secrets ---------------------------------------------------------------------------------
 
 
-def test_password_env_and_password_file(gunicorn, mysql_user, tmp_path):
+def test_password_env_and_password_file(mysql_user, gunicorn, tmp_path):
     secret = tmp_path / "db-password"
     secret.write_text(mysql_user.password + "\n")
     base = mysql_user.config()

@@ -22,7 +22,7 @@ WORKERS = 4
 MAX_SIZE = 1  # sync workers
 RECYCLES = 2000
 CLIENTS = 4
-LIMIT = 240.0  # seconds for the whole load; ~160 s measured on 2 cores (gunicorn respawns ~12/s)
+LIMIT = 360.0  # a hang guard, not a speed target: 126-204 s measured on 2 cores (gunicorn respawns 10-16/s)
 
 
 class Sampler(threading.Thread):
@@ -52,7 +52,7 @@ class Sampler(threading.Thread):
             conn.close()
 
 
-def test_2000_worker_recycles_under_load(gunicorn, mysql_user):
+def test_2000_worker_recycles_under_load(mysql_user, gunicorn):
     # The driver is imported once in the master (as docs/failure.md advises for
     # max_requests): each worker would otherwise spend ~45 ms importing PyMySQL.
     extra = "max_requests = 1\nimport pymysql  # noqa: F401"
