@@ -82,7 +82,8 @@ STATS_KEYS = (
 
 # The socket peek (Connector.suspect) is skipped for a connection given back
 # less than this many seconds ago: it was alive then, and the peek costs ~10 us
-# of a ~65 us SELECT 1 (bench/overhead.py) in back-to-back reuse and handoffs.
+# of a ~65 us SELECT 1 (bench/overhead.py) in back-to-back reuse. A connection
+# handed straight to a waiter skips it too (see _validate).
 SUSPECT_AFTER = 1e-4
 
 # Bumped in every forked child; a pool whose generation differs was inherited.
@@ -310,7 +311,7 @@ class ConnectionPool:
         if waiter is not None:
             slot = self._wait(waiter, self.timeout if timeout is None else timeout)
         try:
-            slot = self._validate(slot)
+            slot = self._validate(slot, peek=waiter is None)
         except BaseException:
             self._stats["requests_errors"] += 1
             self._release_capacity()
@@ -358,15 +359,19 @@ class ConnectionPool:
         elif waiter.may_open:
             self._release_capacity()
 
-    def _validate(self, slot: Optional[_Slot]) -> _Slot:
-        """Make *slot* fit for use, replacing it if needed (the only retry)."""
+    def _validate(self, slot: Optional[_Slot], peek: bool = True) -> _Slot:
+        """Make *slot* fit for use, replacing it if needed (the only retry).
+
+        *peek* is False for a connection handed to a waiter: it came back after
+        the caller asked for one, so the wake-up latency is not idle time.
+        """
         if slot is not None:
             now = monotonic()
             if now >= slot.expires:
                 self._close_slot(slot)
                 slot = None
             elif (idle := now - slot.last_used) > self.check_interval or (
-                idle >= SUSPECT_AFTER and self._connector.suspect(slot.raw)
+                peek and idle >= SUSPECT_AFTER and self._connector.suspect(slot.raw)
             ):
                 try:
                     self._connector.ping(slot.raw, self.check_timeout)
