@@ -13,7 +13,46 @@ from typing import Any, Callable
 import pymysql
 
 NAMES = ("raw connection per worker", "gunicorn_pool", "DBUtils PooledDB", "DBUtils PooledDB (ping=0)",
-         "SQLAlchemy QueuePool")  # fmt: skip
+         "SQLAlchemy QueuePool", MINIMAL := "reference: minimal FIFO pool")  # fmt: skip
+
+
+class MinimalFifoPool:
+    """Reference only: the least a fair pool must do (a lock, a deque, a per-waiter lock).
+
+    No timeout, health check, lifetime, stats or fork safety: the distance
+    from gunicorn_pool to this row is what those features cost; the distance
+    from this row to the raw row is what sharing with first-come-first-served
+    hand-offs costs at all.
+    """
+
+    def __init__(self, connections: list[Any]) -> None:
+        import collections
+        import threading
+
+        self._threading = threading
+        self._lock = threading.Lock()
+        self._idle: collections.deque[Any] = collections.deque(connections)
+        self._waiters: collections.deque[list[Any]] = collections.deque()
+        self.connections = connections
+
+    def getconn(self) -> Any:
+        with self._lock:
+            if self._idle and not self._waiters:
+                return self._idle.pop()
+            box = [self._threading.Lock(), None]
+            box[0].acquire()
+            self._waiters.append(box)
+        box[0].acquire()
+        return box[1]
+
+    def putconn(self, conn: Any) -> None:
+        with self._lock:
+            if self._waiters:
+                box = self._waiters.popleft()
+                box[1] = conn
+                box[0].release()
+            else:
+                self._idle.append(conn)
 
 
 class Variant:
@@ -58,6 +97,10 @@ def make(name: str, kw: dict[str, Any], url: str, workers: int, size: int) -> Va
         for conn in held:
             conn.close()
         return Variant(lambda i: engine.raw_connection(), lambda i, c: c.close(), engine.dispose)
+    if name == MINIMAL:
+        ref = MinimalFifoPool([pymysql.connect(ssl_disabled=True, **kw) for _ in range(size)])
+        return Variant(lambda i: ref.getconn(), lambda i, c: ref.putconn(c),
+                       lambda: [c.close() for c in ref.connections] and None)  # fmt: skip
     raise KeyError(name)
 
 

@@ -4,9 +4,12 @@ Part 1, first request ÷ warm request: ``gunicorn -w 1`` (sync) is started
 ``--boots`` times per row (rows take turns). Once the worker has run
 ``post_worker_init`` the script waits ``--pause`` seconds (a fresh worker
 rarely gets traffic the same millisecond), times one GET (new TCP connection,
-as every sync request), then ``--warm`` more GETs; the ratio is the first
+as every sync request), then ``--warm`` more GETs, then after the same pause
+one more ("warm after pause": what idling alone costs); the ratio is the first
 request's latency over the median warm one, per boot. The baselines open their
 connection lazily, inside the first request; gunicorn_pool opens it at boot.
+The "no database" row is gunicorn's own first request (a fresh worker touches
+its code and copy-on-write pages for the first time): no pool can go below it.
 
 Part 2, warm-up for W workers × N connections: gunicorn_pool with
 ``min_size = max_size = N`` against the same app with no pool (nothing opened at
@@ -30,6 +33,7 @@ from _common import BenchUser, fmt, preamble, spread, table
 from _server import Server
 
 ROWS = {
+    "no database (gunicorn's own floor)": ("hello_app", "sync"),
     "gunicorn_pool (opened at boot)": ("gunicorn_pool_app", "gunicorn_pool.Worker"),
     "module-global connection (lazy)": ("global_conn_app", "sync"),
     "DBUtils PooledDB (lazy)": ("dbutils_app", "sync"),
@@ -60,8 +64,10 @@ def first_request(module: str, klass: str, env: dict[str, str], pause: float, wa
         time.sleep(pause)
         first = get(server.port)
         warms = [get(server.port) for _ in range(warm)]
+        time.sleep(pause)
+        idle = get(server.port)  # a warm worker after the same pause: idle wake-up, no cold start
     med = statistics.median(warms)
-    return {"first": first, "warm": med, "ratio": first / med}
+    return {"first": first, "warm": med, "idle": idle, "ratio": first / med}
 
 
 def part1(users: dict[str, BenchUser], boots: int, pause: float, warm: int, tls: bool) -> str:
@@ -73,15 +79,20 @@ def part1(users: dict[str, BenchUser], boots: int, pause: float, warm: int, tls:
             env = dict(users[name].env(), GPB_SIZE="1", **({"GPB_SSL": "default"} if tls else {}))
             results[name].append(first_request(module, klass, env, pause, warm))
     rows = []
+    floor = spread([r["first"] for r in results[names[0]]])[0]
     for name in names:
         runs = results[name]
         med, lo, hi = spread([r["ratio"] for r in runs])
         first, warm_ms = spread([r["first"] for r in runs])[0], spread([r["warm"] for r in runs])[0]
-        rows.append([name, f"{first:.2f}", f"{warm_ms:.2f}", f"**{med:.2f}** ({lo:.2f}–{hi:.2f})"])
+        idle = spread([r["idle"] for r in runs])[0]
+        rows.append([name, f"{first:.2f}", f"{warm_ms:.2f}", f"{idle:.2f}", f"**{med:.2f}** ({lo:.2f}–{hi:.2f})",
+                     f"{first / idle:.2f}", f"{first - floor:+.2f}"])  # fmt: skip
     tls_note = "PyMySQL defaults (TLS preferred)" if tls else "ssl_disabled=True"
     title = (f"first request after boot: gunicorn -w 1 sync, {boots} boots per row, {pause:g} s pause, "
              f"{warm} warm requests; baselines connect with {tls_note}")  # fmt: skip
-    return f"### {title}\n\n" + table(["row", "first ms", "warm ms", "first ÷ warm"], rows)
+    heads = ["row", "first ms", "warm ms", "warm after pause ms", "first ÷ warm", "first ÷ warm after pause",
+             "first − floor's first ms"]  # fmt: skip
+    return f"### {title}\n\n" + table(heads, rows)
 
 
 def boot_once(module: str, klass: str, workers: int, env: dict[str, str], *extra: str) -> dict[str, Any]:

@@ -10,7 +10,10 @@ Every caller loops for ``--seconds``: checkout, SELECT 1, checkin. The ceiling
 is the same callers with a raw connection each (no pool, no waiting). Ratios
 are taken per round against that row, then summarised as median (min–max).
 "Wait" is the time spent inside checkout; "fairness" is the fewest operations
-any caller completed over the mean (1.00 = perfectly even).
+any caller completed over the mean (1.00 = perfectly even). Two reference
+rows: a minimal first-come-first-served pool (a lock, a deque and one lock per
+waiter, no features), the floor for any fair pool; and raw connections for only
+as many callers as there are connections (is the connection count the limit?).
 
     python bench/contention.py [--rounds 5] [--seconds 2]
 """
@@ -95,14 +98,17 @@ def run_part(mode: str, kw: dict[str, Any], url: str, workers: int, size: int, r
             for t in items:
                 t.join(seconds + 60)
 
-    variants = {name: make(name, kw, url, workers, size) for name in NAMES}
-    results: dict[str, list[dict[str, Any]]] = {name: [] for name in NAMES}
+    few = f"raw connection per worker, only {size} workers"
+    names = [*NAMES, few]
+    callers = {name: size if name == few else workers for name in names}
+    variants = {name: make(NAMES[0] if name == few else name, kw, url, callers[name], size) for name in names}
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     try:
-        for variant in variants.values():  # warm-up, not reported
-            run_once(variant, workers, min(0.3, seconds), spawn, join)
+        for name, variant in variants.items():  # warm-up, not reported
+            run_once(variant, callers[name], min(0.3, seconds), spawn, join)
         for r in range(rounds):
-            for name in NAMES if r % 2 == 0 else reversed(NAMES):
-                results[name].append(run_once(variants[name], workers, seconds, spawn, join))
+            for name in names if r % 2 == 0 else reversed(names):
+                results[name].append(run_once(variants[name], callers[name], seconds, spawn, join))
     finally:
         for variant in variants.values():
             variant.close()
@@ -159,7 +165,7 @@ def main() -> None:
             env = dict(os.environ, GPB_KW=json.dumps(kw), GPB_URL=url)
             cmd = [sys.executable, str(Path(__file__)), "--gevent-child", "--rounds", str(args.rounds),
                    "--seconds", str(args.seconds), "--greenlets", str(args.greenlets), "--gsize", str(args.gsize)]
-            budget = 60 + args.rounds * len(NAMES) * (args.seconds + 5)
+            budget = 60 + args.rounds * (len(NAMES) + 1) * (args.seconds + 5)
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=budget, check=False)
             if proc.returncode != 0:
                 raise SystemExit(f"gevent part failed ({proc.returncode}):\n{proc.stderr[-3000:]}")

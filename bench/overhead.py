@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import pymysql
 from _common import BenchUser, bracketed, fmt, preamble, spread, table
+from _variants import MinimalFifoPool
 
 from gunicorn_pool import DatabasePool
 
@@ -113,6 +114,16 @@ def build(user: BenchUser, ops: int) -> tuple[dict[str, Callable[[], float]], li
 
     variants["gunicorn_pool DatabasePool.connection()"] = timed(ops, gp_database)
     variants["gunicorn_pool ConnectionPool.connection()"] = timed(ops, gp_pool)
+
+    ref = MinimalFifoPool([pymysql.connect(ssl_disabled=True, **kw)])
+    closers.append(ref.connections[0].close)
+
+    def minimal() -> None:
+        conn = ref.getconn()
+        _op(conn)
+        ref.putconn(conn)
+
+    variants["reference: minimal FIFO pool (lock + deque, no features)"] = timed(ops, minimal)
     return variants, closers
 
 
