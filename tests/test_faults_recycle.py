@@ -22,7 +22,7 @@ WORKERS = 4
 MAX_SIZE = 1  # sync workers
 RECYCLES = 2000
 CLIENTS = 4
-LIMIT = 360.0  # a hang guard, not a speed target: 126-204 s measured on 2 cores (gunicorn respawns 10-16/s)
+LIMIT = 360.0  # a hang guard, not a speed target: 110-204 s measured on 2 cores (gunicorn respawns 10-18/s)
 
 
 class Sampler(threading.Thread):
