@@ -58,6 +58,7 @@ import atexit
 import logging
 import os
 import random
+import sys
 import threading
 import time
 import weakref
@@ -139,6 +140,61 @@ class _Waiter:
     def wake(self) -> None:
         self.lock.release()
 
+    def wait(self, timeout: float) -> bool:
+        """Block until woken (True) or until *timeout* seconds pass (False)."""
+        return self.lock.acquire(timeout=timeout)
+
+
+class _HubWaiter(_Waiter):
+    """A waiter parked on the gevent hub itself, used once gevent patched threading.
+
+    gevent's ``Lock.acquire(timeout=...)`` builds a ``gevent.Timeout`` (an
+    exception object and a timer) for every wait; a hub ``Waiter`` and a raw
+    loop timer do the same job for a fraction of the cost (bench/contention.py,
+    100 greenlets on 10 connections: 0.73 -> 0.89 x raw). An interrupted wait
+    (gevent.Timeout, GreenletExit) closes the timer and leaves via _abandon;
+    a late wake-up then only stores its value in the idle Waiter.
+    """
+
+    __slots__ = ("_waiter", "_loop", "_thread")
+    gevent: Any = None  # (Waiter, get_hub, the native get_ident), set by _waiter_class()
+
+    def __init__(self) -> None:
+        waiter_type, get_hub, get_ident = self.gevent
+        hub = get_hub()
+        self._loop = hub.loop
+        self._waiter = waiter_type(hub)
+        self._thread = get_ident()
+        self.slot = None
+        self.may_open = False
+        self.error = None
+
+    def wake(self) -> None:
+        if self.gevent[2]() == self._thread:
+            self._loop.run_callback(self._waiter.switch, True)
+        else:  # returned by another native thread: that loop must be woken
+            self._loop.run_callback_threadsafe(self._waiter.switch, True)
+
+    def wait(self, timeout: float) -> bool:
+        timer = self._loop.timer(timeout)
+        timer.start(self._waiter.switch, False)
+        try:
+            return bool(self._waiter.get())
+        finally:
+            timer.close()
+
+
+def _waiter_class() -> type[_Waiter]:
+    """:class:`_HubWaiter` once gevent has patched threading, else :class:`_Waiter`."""
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is None or not monkey.is_module_patched("threading"):
+        return _Waiter
+    if _HubWaiter.gevent is None:
+        from gevent.hub import Waiter, get_hub
+
+        _HubWaiter.gevent = (Waiter, get_hub, monkey.get_original("_thread", "get_ident"))
+    return _HubWaiter
+
 
 class ConnectionPool:
     """A pool of connections to one database, for use inside one process.
@@ -189,6 +245,7 @@ class ConnectionPool:
         self._generation = _fork_generation[0]
         self._lock_factory = threading.Lock
         self._lock = threading.Lock()
+        self._waiter_class = _waiter_class()
         self._idle: deque[_Slot] = deque()
         self._waiters: deque[_Waiter] = deque()
         self._in_use: dict[int, _Slot] = {}
@@ -225,6 +282,7 @@ class ConnectionPool:
         if self._lock_factory is not threading.Lock and not self._in_use and not self._waiters:
             # Built before gevent patched threading: rebuild the primitives.
             self._lock_factory, self._lock = threading.Lock, threading.Lock()
+            self._waiter_class = _waiter_class()
         if self._closed:
             raise PoolClosed(f"pool {self.name!r} is closed")
         opened = 0
@@ -305,7 +363,7 @@ class ConnectionPool:
                     f" (max_waiting={self.max_waiting})"
                 )
             else:
-                waiter = _Waiter()
+                waiter = self._waiter_class()
                 self._waiters.append(waiter)
                 self._stats["requests_queued"] += 1
         if waiter is not None:
@@ -323,7 +381,7 @@ class ConnectionPool:
     def _wait(self, waiter: _Waiter, timeout: float) -> Optional[_Slot]:
         start = monotonic()
         try:
-            woken = waiter.lock.acquire(timeout=max(timeout, 0.0))
+            woken = waiter.wait(max(timeout, 0.0))
         except BaseException:
             self._abandon(waiter)
             raise
