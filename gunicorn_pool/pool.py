@@ -433,7 +433,10 @@ class ConnectionPool:
             ):
                 try:
                     self._connector.ping(slot.raw, self.check_timeout)
-                except Exception as exc:
+                except BaseException as exc:
+                    if not isinstance(exc, Exception):  # interrupted mid-ping: state unknown
+                        self._connector.discard(slot.raw)
+                        raise
                     self._stats["connections_lost"] += 1
                     logger.warning("pool %s (%s): dropping dead connection: %s", self.name, self.dsn, _describe(exc))
                     self._connector.discard(slot.raw)

@@ -447,3 +447,37 @@ def test_gevent_killed_waiter_does_not_leak_capacity(mysql_user):
     assert out["next_wait"] < 0.5, out  # the connection came back to the pool, not to the dead waiter
     stats = out["stats"]
     assert stats["pool_size"] == 1 and stats["requests_waiting"] == 0 and stats["connections_num"] == 1
+
+
+def test_interrupted_checkout_ping_discards_the_connection(tmp_path):
+    """A BaseException during the checkout ping closes that connection and frees its slot.
+
+    The interruption is injected in the connector (the database does not decide
+    this outcome: the pool's bookkeeping does), over a real SQLite file.
+    """
+    from gunicorn_pool.config import parse_config
+    from gunicorn_pool.connectors import SQLiteConnector
+
+    class Interrupting(SQLiteConnector):
+        discarded: list = []
+
+        def ping(self, raw, timeout):
+            raise KeyboardInterrupt
+
+        def discard(self, raw):
+            self.discarded.append(raw)
+            super().discard(raw)
+
+    cfg = parse_config("p", f"sqlite:///{tmp_path / 'ping.db'}")
+    pool = ConnectionPool(Interrupting(cfg), name="p", min_size=1, max_size=1, check_interval=0.0)
+    pool.open()
+    time.sleep(0.01)
+    with pytest.raises(KeyboardInterrupt):
+        pool.getconn(timeout=1)
+    assert len(Interrupting.discarded) == 1
+    assert pool.stats()["pool_size"] == 0  # the slot was released, not leaked
+    pool.check_interval = 60.0
+    with pool.connection(timeout=1) as conn:  # a fresh connection serves
+        assert conn is not Interrupting.discarded[0]
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    pool.close()
