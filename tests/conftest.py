@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import pytest
 from proxy import FaultProxy
-from support import Gunicorn, MySQLUser, mysql_reachable
+from support import Gunicorn, MySQLUser, admin_connect, mysql_reachable
 
 
 @pytest.fixture(scope="session")
@@ -64,3 +64,18 @@ def tcp_proxy(mysql_server: None) -> Iterator[FaultProxy]:
         yield proxy
     finally:
         proxy.stop()
+
+
+@pytest.fixture
+def scratch_table(mysql_server: None) -> Iterator[str]:
+    """A fresh InnoDB table ``(id AUTO_INCREMENT, v INT)`` with a random name, dropped after."""
+    name = f"gp_t_{secrets.token_hex(4)}"
+    admin = admin_connect()
+    try:
+        with admin.cursor() as cur:
+            cur.execute(f"CREATE TABLE {name} (id INT AUTO_INCREMENT PRIMARY KEY, v INT) ENGINE=InnoDB")
+        yield name
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f"DROP TABLE IF EXISTS {name}")
+        admin.close()

@@ -8,10 +8,8 @@ pools' sessions. Server-side peaks are sampled from a background thread
 
 from __future__ import annotations
 
-import secrets
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -144,17 +142,8 @@ def test_max_waiting_rejects_at_once_with_429_on_gevent(gunicorn, mysql_user):
 
 
 @pytest.fixture
-def poison_table() -> Iterator[str]:
-    name = f"gp_poison_{secrets.token_hex(4)}"
-    admin = admin_connect()
-    try:
-        with admin.cursor() as cur:
-            cur.execute(f"CREATE TABLE {name} (id INT AUTO_INCREMENT PRIMARY KEY, v INT) ENGINE=InnoDB")
-        yield name
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f"DROP TABLE IF EXISTS {name}")
-        admin.close()
+def poison_table(scratch_table: str) -> str:
+    return scratch_table
 
 
 def test_greenlet_killed_mid_query_does_not_poison_the_pool(gunicorn, mysql_user, poison_table):

@@ -13,7 +13,6 @@ import dataclasses
 import itertools
 import json
 import queue
-import secrets
 import statistics
 import subprocess
 import sys
@@ -287,17 +286,8 @@ def test_base_exception_discards_connection(mysql_user, make_pool, exc_type):
 
 
 @pytest.fixture
-def tx_table(mysql_user) -> Iterator[str]:
-    name = f"gp_tx_{secrets.token_hex(4)}"
-    admin = admin_connect()
-    try:
-        with admin.cursor() as cur:
-            cur.execute(f"CREATE TABLE {name} (id INT AUTO_INCREMENT PRIMARY KEY, v INT) ENGINE=InnoDB")
-        yield name
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f"DROP TABLE IF EXISTS {name}")
-        admin.close()
+def tx_table(mysql_user, scratch_table: str) -> str:
+    return scratch_table
 
 
 def admin_rows(table: str) -> list[int]:
