@@ -95,11 +95,6 @@ def shutdown(worker: Optional[Any] = None) -> None:
     _booted.update(pid=None, services=[], reporter=None)
 
 
-def active_services() -> list[tuple[str, PoolInterface]]:
-    """The services booted in this process (empty elsewhere)."""
-    return list(_booted["services"]) if _booted["pid"] == os.getpid() else []
-
-
 def _start_reporter(worker: Any, services: list[tuple[str, PoolInterface]]) -> Any:
     from .metrics import start_reporter
 

@@ -14,8 +14,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from .. import lifecycle
 
 
@@ -31,6 +29,3 @@ class PoolWorkerMixin:
             super().init_process()  # type: ignore[misc]
         finally:
             lifecycle.shutdown(self)
-
-    def __getattr__(self, name: str) -> Any:  # pragma: no cover - mypy aid only
-        raise AttributeError(name)
