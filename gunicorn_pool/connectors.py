@@ -65,6 +65,10 @@ class Connector(Protocol):
     def reusable(self, raw: Any) -> bool:
         """False if *raw* is closed or mid-result and must not be lent again."""
 
+    def dirty(self, raw: Any) -> bool:
+        """True if returning *raw* takes more than putting it back: a transaction
+        is open, or it is not :meth:`reusable`. One call on the hot path."""
+
 
 class MySQLConnector:
     """Opens PyMySQL connections for one pool."""
@@ -164,6 +168,12 @@ class MySQLConnector:
         result = raw._result
         return raw._sock is not None and not (result is not None and result.unbuffered_active)
 
+    def dirty(self, raw: Any) -> bool:
+        if raw.server_status & 1 or raw._sock is None:  # SERVER_STATUS_IN_TRANS, or closed
+            return True
+        result = raw._result
+        return result is not None and bool(result.unbuffered_active)
+
 
 class SQLiteConnector:
     """Opens sqlite3 connections (the embedded default, no server needed)."""
@@ -197,6 +207,9 @@ class SQLiteConnector:
 
     def reusable(self, raw: Any) -> bool:
         return True
+
+    def dirty(self, raw: Any) -> bool:
+        return bool(raw.in_transaction)
 
     def discard(self, raw: Any) -> None:
         # sqlite3 has no server session to protect; closing the handle is safe.

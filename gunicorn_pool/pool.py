@@ -31,25 +31,30 @@ Life cycle of a connection
    ``timeout`` seconds (:class:`PoolTimeout`); when ``max_waiting`` callers
    already wait, a new one fails at once (:class:`TooManyRequests`).
 4. *Return*: an open transaction is committed (clean exit of ``connection()``)
-   or rolled back (exception), using the driver's transaction flag, so a
-   caller that opened none pays no extra round trip. A connection whose user
+   or rolled back (exception, or ``putconn()``), using the driver's transaction
+   flag, so a caller that opened none pays no extra round trip. A connection whose user
    was interrupted by a BaseException (``gevent.Timeout``, ``GreenletExit``,
    ``SystemExit``, ``KeyboardInterrupt``) is in an unknown protocol state and
    is closed, never reused (PyMySQL/PyMySQL#275).
 5. *Close*: on ``close()``, expiry, a failed check, or when an idle connection
-   above ``min_size`` was idle for ``max_idle`` seconds (checked on checkout
-   and return).
+   above ``min_size`` was idle for ``max_idle`` seconds (checked when a
+   connection is returned).
 
 Fork safety: every pool remembers the process that opened it. In a forked
 child (gunicorn ``--preload``) the first use drops the inherited connections
 without a word to the server (PyMySQL's ``close()`` would send COM_QUIT and end
 the parent's session) and opens the child's own.
 
-Concurrency: the pool's lock and the waiters' wake-ups are ``threading``
-primitives looked up when the pool is (re)initialised in its process. Under
-gevent they are created after monkey-patching (``open()`` and the fork reset
-rebuild them), so waits yield to the hub even for a pool built before
-patching, e.g. by ``--preload``.
+Concurrency and cost: the common checkout (an idle connection, nobody queued)
+and the common return (nobody waiting) take no lock: ``deque.pop()`` and
+``deque.append()`` are atomic, a taker that queues re-checks the idle stack
+and a returner re-checks the queue, so neither misses the other. Counters live
+on the connection's slot, which its user holds alone. The lock, an OS lock
+even under gevent (it guards short sections that never yield), serialises the
+rest: queueing, hand-offs, opening, closing. A waiter blocks on its own
+``threading`` lock, or, once gevent patched threading, parks on the hub; the
+waiter type is looked up when the pool is (re)initialised in its process, so
+a pool built before patching (``--preload``) still yields to the hub.
 """
 
 from __future__ import annotations
@@ -63,7 +68,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from .connectors import Connector
 from .errors import ConnectError, PoolClosed, PoolError, PoolTimeout, TooManyRequests
@@ -90,17 +95,19 @@ SUSPECT_AFTER = 1e-4
 # Bumped in every forked child; a pool whose generation differs was inherited.
 _fork_generation = [0]
 
+# Every pool, so connections still open at interpreter exit are closed by
+# their owner (e.g. the master's, with --preload); close() drops inherited ones.
+_all_pools: weakref.WeakSet[ConnectionPool] = weakref.WeakSet()
+
 
 def _after_fork_in_child() -> None:
     _fork_generation[0] += 1
+    for pool in list(_all_pools):
+        pool._inherited = True  # one flag read on the hot path; adopted on first use
 
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
-
-# Every pool, so connections still open at interpreter exit are closed by
-# their owner (e.g. the master's, with --preload); close() drops inherited ones.
-_all_pools: weakref.WeakSet[ConnectionPool] = weakref.WeakSet()
 
 
 @atexit.register
@@ -112,17 +119,34 @@ def _close_at_exit() -> None:
             pass
 
 
+def _native_lock_type() -> Callable[[], Any]:
+    """The OS lock type, also once gevent patched ``threading``.
+
+    The pool's lock guards only short sections that never yield (no I/O, no
+    logging, no gevent primitive inside), so under gevent the OS lock is never
+    contended between greenlets and costs a fraction of gevent's.
+    """
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None and monkey.is_module_patched("threading"):
+        return monkey.get_original("_thread", "allocate_lock")  # type: ignore[no-any-return]
+    return threading.Lock
+
+
 class _Slot:
     """One physical connection and its bookkeeping."""
 
-    __slots__ = ("owner", "raw", "created", "expires", "last_used", "checked_out")
+    __slots__ = ("owner", "raw", "expires", "last_used", "recheck_at", "checked_out", "busy", "uses", "usage_ms")
 
     def __init__(self, owner: Any, lifetime: float) -> None:
         now = monotonic()
         self.owner = owner  # the DBUtils steady connection that owns ``raw``
         self.raw = owner.dbapi_connection
-        self.created = self.last_used = self.checked_out = now
+        self.last_used = self.checked_out = now
+        self.recheck_at = now  # checkout looks at it before the first use
         self.expires = now + lifetime * (1.0 - 0.1 * random.random())
+        self.busy = False
+        # Counted on the slot, which its user holds alone: no lock on the hot path.
+        self.uses = self.usage_ms = 0
 
 
 class _Waiter:
@@ -234,6 +258,7 @@ class ConnectionPool:
         self.check_timeout = check_timeout
         self.reconnect_backoff_max = reconnect_backoff_max
         self._connector = connector
+        self._dirty = connector.dirty
         self._reset_state()
         _all_pools.add(self)
 
@@ -243,22 +268,25 @@ class ConnectionPool:
         """(Re)create everything that belongs to one process."""
         self.pid = os.getpid()
         self._generation = _fork_generation[0]
-        self._lock_factory = threading.Lock
-        self._lock = threading.Lock()
+        self._inherited = False
+        self._lock = _native_lock_type()()
         self._waiter_class = _waiter_class()
-        self._idle: deque[_Slot] = deque()
+        self._idle: deque[_Slot] = deque()  # returned last on the right
         self._waiters: deque[_Waiter] = deque()
-        self._in_use: dict[int, _Slot] = {}
+        self._slots: dict[int, _Slot] = {}  # every open connection, by id() of the driver's
         self._size = 0  # open connections plus those being opened
         self._closed = False
         self._backoff = 0.0
         self._next_attempt = 0.0
         self._last_error = ""
-        self._stats = dict.fromkeys(STATS_KEYS[5:], 0)
+        # The counters of stats(). requests_num and usage_ms are summed from
+        # the slots (see _Slot) plus these two, kept for slots already closed.
+        self._retired_uses = self._retired_usage_ms = 0
+        self._stats = dict.fromkeys(STATS_KEYS[6:-1], 0)
 
     def _adopt_process(self) -> None:
         """Drop connections inherited through fork and start afresh here."""
-        inherited = [*self._idle, *self._in_use.values()]
+        inherited = list(self._slots.values())
         parent = self.pid
         for slot in inherited:
             self._connector.discard(slot.raw)  # no COM_QUIT: the parent owns the session
@@ -277,11 +305,9 @@ class ConnectionPool:
         *deadline* is a ``time.monotonic()`` value after which no further
         connect is started. Raises :class:`ConnectError` on the first failure.
         """
-        if self._generation != _fork_generation[0]:
+        if self._inherited:
             self._adopt_process()
-        if self._lock_factory is not threading.Lock and not self._in_use and not self._waiters:
-            # Built before gevent patched threading: rebuild the primitives.
-            self._lock_factory, self._lock = threading.Lock, threading.Lock()
+        if not self._waiters:  # gevent may have patched threading since
             self._waiter_class = _waiter_class()
         if self._closed:
             raise PoolClosed(f"pool {self.name!r} is closed")
@@ -301,8 +327,7 @@ class ConnectionPool:
             except BaseException:
                 self._release_capacity()
                 raise
-            with self._lock:
-                self._idle.appendleft(slot)
+            self._put_locked(slot, cold=True)
             opened += 1
 
     def _open_slot(self, *, force: bool = False) -> _Slot:
@@ -331,7 +356,9 @@ class ConnectionPool:
         self._stats["connections_num"] += 1
         ms = int((monotonic() - start) * 1000)  # before the read-modify-write: no thread switch inside it
         self._stats["connections_ms"] += ms
-        return _Slot(owner, self.max_lifetime)
+        slot = _Slot(owner, self.max_lifetime)
+        self._slots[id(slot.raw)] = slot
+        return slot
 
     def _address(self) -> str:
         cfg = getattr(self._connector, "config", None)
@@ -340,20 +367,44 @@ class ConnectionPool:
     # -- checkout ------------------------------------------------------------
 
     def getconn(self, timeout: Optional[float] = None) -> Any:
-        """Take a connection; give it back with :meth:`putconn`.
+        """Take a connection; give it back with :meth:`putconn` (or :meth:`finish`).
 
         Waits at most *timeout* seconds (the pool's ``timeout`` by default).
         """
-        if self._generation != _fork_generation[0]:
+        return self._take(timeout).raw
+
+    def _take(self, timeout: Optional[float]) -> _Slot:
+        """Check out a slot. The common case (an idle connection, nobody
+        queued, returned moments ago) is this method alone: no lock, one clock read.
+
+        ``deque.pop()`` is atomic, so two takers never get the same slot; a
+        closed pool has no idle slot; a queued waiter sends newcomers to the
+        slow path, behind it (first come, first served).
+        """
+        if self._inherited:
             self._adopt_process()
-        waiter = None
-        slot = None
+        if self._waiters:
+            return self._take_slow(timeout)
+        try:
+            slot = self._idle.pop()
+        except IndexError:
+            return self._take_slow(timeout)
+        now = monotonic()
+        if now >= slot.recheck_at:
+            slot = self._ready(slot, True)
+        slot.checked_out = now
+        slot.busy = True
+        slot.uses += 1
+        return slot
+
+    def _take_slow(self, timeout: Optional[float]) -> _Slot:
+        """Check out when the fast path cannot: open a connection, or queue."""
+        waiter = slot = None
         with self._lock:
             if self._closed:
                 raise PoolClosed(f"pool {self.name!r} is closed")
-            self._stats["requests_num"] += 1
-            if self._idle and not self._waiters:
-                slot = self._idle.pop()
+            if not self._waiters and (slot := self._pop_idle()) is not None:
+                pass
             elif self._size < self.max_size and not self._waiters:
                 self._size += 1
             elif self.max_waiting and len(self._waiters) >= self.max_waiting:
@@ -366,17 +417,27 @@ class ConnectionPool:
                 waiter = self._waiter_class()
                 self._waiters.append(waiter)
                 self._stats["requests_queued"] += 1
+                self._hand_over_idle()  # a lock-free return may have raced this queueing
         if waiter is not None:
             slot = self._wait(waiter, self.timeout if timeout is None else timeout)
-        try:
-            slot = self._validate(slot, peek=waiter is None)
-        except BaseException:
-            self._stats["requests_errors"] += 1
-            self._release_capacity()
-            raise
+        slot = self._ready(slot, waiter is None)
         slot.checked_out = monotonic()
-        self._in_use[id(slot.raw)] = slot
-        return slot.raw
+        slot.busy = True
+        slot.uses += 1
+        return slot
+
+    def _pop_idle(self) -> Optional[_Slot]:
+        try:
+            return self._idle.pop()
+        except IndexError:  # taken by a lock-free checkout meanwhile
+            return None
+
+    def _hand_over_idle(self) -> None:
+        """With the lock held: give idle slots to waiters (a race left both)."""
+        while self._waiters and (slot := self._pop_idle()) is not None:
+            waiter = self._waiters.popleft()
+            waiter.slot = slot
+            waiter.wake()
 
     def _wait(self, waiter: _Waiter, timeout: float) -> Optional[_Slot]:
         start = monotonic()
@@ -387,18 +448,21 @@ class ConnectionPool:
             raise
         if not woken:
             with self._lock:
-                if waiter in self._waiters:
+                timed_out = waiter in self._waiters
+                if timed_out:
                     self._waiters.remove(waiter)
                     self._stats["requests_timeouts"] += 1
                     self._stats["requests_wait_ms"] += int((monotonic() - start) * 1000)
-                    logger.warning(
-                        "pool %s (%s): timed out after %.2fs waiting for a connection (%d in use, %d waiting)",
-                        self.name, self.dsn, timeout, len(self._in_use), len(self._waiters),
-                    )  # fmt: skip
-                    raise PoolTimeout(
-                        f"pool {self.name!r}: no connection available within {timeout:g}s"
-                        f" (max_size={self.max_size}, in use={len(self._in_use)})"
-                    )
+                    in_use, waiting = self._size - len(self._idle), len(self._waiters)
+            if timed_out:  # logged outside the lock: a log handler may block
+                logger.warning(
+                    "pool %s (%s): timed out after %.2fs waiting for a connection (%d in use, %d waiting)",
+                    self.name, self.dsn, timeout, in_use, waiting,
+                )  # fmt: skip
+                raise PoolTimeout(
+                    f"pool {self.name!r}: no connection available within {timeout:g}s"
+                    f" (max_size={self.max_size}, in use={in_use})"
+                )
             # Handed a connection just as the wait ran out: take it.
         ms = int((monotonic() - start) * 1000)  # computed first: see connections_ms
         self._stats["requests_wait_ms"] += ms
@@ -413,11 +477,20 @@ class ConnectionPool:
                 self._waiters.remove(waiter)
                 return
         if waiter.slot is not None:
-            self._return_slot(waiter.slot)
+            self._put(waiter.slot)
         elif waiter.may_open:
             self._release_capacity()
 
-    def _validate(self, slot: Optional[_Slot], peek: bool = True) -> _Slot:
+    def _ready(self, slot: Optional[_Slot], peek: bool) -> _Slot:
+        """:meth:`_validate`, giving the reservation back if that fails."""
+        try:
+            return self._validate(slot, peek)
+        except BaseException:
+            self._stats["requests_errors"] += 1
+            self._release_capacity()
+            raise
+
+    def _validate(self, slot: Optional[_Slot], peek: bool) -> _Slot:
         """Make *slot* fit for use, replacing it if needed (the only retry).
 
         *peek* is False for a connection handed to a waiter: it came back after
@@ -434,12 +507,11 @@ class ConnectionPool:
                 try:
                     self._connector.ping(slot.raw, self.check_timeout)
                 except BaseException as exc:
-                    if not isinstance(exc, Exception):  # interrupted mid-ping: state unknown
-                        self._connector.discard(slot.raw)
+                    self._forget(slot)  # interrupted mid-ping or dead: state unknown either way
+                    if not isinstance(exc, Exception):
                         raise
                     self._stats["connections_lost"] += 1
                     logger.warning("pool %s (%s): dropping dead connection: %s", self.name, self.dsn, _describe(exc))
-                    self._connector.discard(slot.raw)
                     slot = None
         if slot is None:
             slot = self._open_slot()
@@ -450,40 +522,130 @@ class ConnectionPool:
     def putconn(self, raw: Any, *, discard: bool = False) -> None:
         """Give back a connection taken with :meth:`getconn`.
 
-        With *discard* the connection is closed instead of reused.
+        An open transaction is rolled back; with *discard* the connection is
+        closed instead of reused.
         """
-        slot = self._in_use.pop(id(raw), None)
+        slot = self._lent(raw)
         if slot is None:
-            if self._generation != _fork_generation[0]:
-                return  # taken before fork; the child's pool never lent it
-            raise PoolError(f"pool {self.name!r}: putconn() of a connection this pool did not lend")
-        now = monotonic()
-        ms = int((now - slot.checked_out) * 1000)  # computed first: see connections_ms
-        self._stats["usage_ms"] += ms
-        slot.last_used = now
+            return
         if discard:
-            self._connector.discard(raw)
-            self._release_capacity()
-        elif self._closed or now >= slot.expires:
-            self._close_slot(slot)
-            self._release_capacity()
+            self._drop(slot)
         else:
-            self._return_slot(slot)
+            self._give_back(slot, False)
 
-    def _return_slot(self, slot: _Slot) -> None:
-        surplus = None
+    def finish(self, raw: Any, ok: bool) -> None:
+        """End a use of *raw*: commit (ok) or roll back an open transaction, return it."""
+        slot = self._lent(raw)
+        if slot is not None:
+            self._give_back(slot, ok)
+
+    def _lent(self, raw: Any) -> Optional[_Slot]:
+        """The slot of a connection this pool lent (None: taken before fork)."""
+        slot = self._slots.get(id(raw))
+        if slot is None or slot.raw is not raw or not slot.busy:
+            if self._inherited or self._generation != _fork_generation[0]:
+                return None  # taken before fork; the child's pool never lent it
+            raise PoolError(f"pool {self.name!r}: putconn() of a connection this pool did not lend")
+        return slot
+
+    def _give_back(self, slot: _Slot, ok: bool) -> None:
+        if self._dirty(slot.raw):
+            self._settle(slot, ok)
+        else:
+            self._put(slot)
+
+    def _settle(self, slot: _Slot, ok: bool) -> None:
+        """Return a connection that needs more than a plain return."""
+        raw, connector = slot.raw, self._connector
+        try:
+            if connector.in_transaction(raw):
+                raw.commit() if ok else raw.rollback()
+        except BaseException as exc:
+            # A failed commit/rollback, or one interrupted mid-way (gevent.Timeout,
+            # GreenletExit): state unknown, discard; otherwise the slot would stay
+            # "in use" for good and the pool would shrink by one.
+            self._drop(slot)
+            if ok or not isinstance(exc, Exception):
+                raise
+            return
+        if connector.reusable(raw):
+            self._put(slot)
+        else:
+            self._drop(slot)
+
+    def _put(self, slot: _Slot) -> None:
+        """Make *slot* available: to the first waiter, else to the idle stack.
+
+        The common case (nobody waiting) takes no lock: ``deque.append()`` is
+        atomic. A taker that queued meanwhile re-checks the idle stack after
+        queueing (:meth:`_hand_over_idle`) and this method re-checks the queue
+        after appending, so one of the two always sees the other.
+        """
+        now = monotonic()
+        if slot.busy:
+            slot.usage_ms += int((now - slot.checked_out) * 1000)
+            slot.busy = False
+            slot.last_used = now
+            slot.recheck_at = now + SUSPECT_AFTER
+        if now >= slot.expires:
+            self._retire(slot)
+        elif self._waiters or self._closed:
+            self._put_locked(slot, cold=False)
+        else:
+            idle = self._idle
+            idle.append(slot)
+            if self._waiters or self._closed:
+                self._put_locked(None, cold=False)
+            elif self._size > self.min_size:
+                try:
+                    oldest = idle[0].last_used
+                except IndexError:  # emptied by lock-free checkouts meanwhile
+                    return
+                if now - oldest > self.max_idle:
+                    self._shrink(now)
+
+    def _put_locked(self, slot: Optional[_Slot], *, cold: bool) -> None:
+        """Return *slot* (if any) under the lock, settle races, close what a closed pool holds.
+
+        *cold* puts it at the bottom of the idle stack (warm-up), not on top.
+        """
         with self._lock:
-            if self._waiters:
-                waiter = self._waiters.popleft()
-                waiter.slot = slot
-                waiter.wake()
+            if slot is not None:
+                self._idle.appendleft(slot) if cold else self._idle.append(slot)
+            self._hand_over_idle()
+            if not self._closed:
                 return
-            self._idle.append(slot)
-            if self._size > self.min_size and slot.last_used - self._idle[0].last_used > self.max_idle:
-                surplus = self._idle.popleft()
-        if surplus is not None:
-            self._close_slot(surplus)
-            self._release_capacity()
+            leftover = []
+            while (extra := self._pop_idle()) is not None:
+                leftover.append(extra)
+        for extra in leftover:
+            self._retire(extra)
+
+    def _shrink(self, now: float) -> None:
+        """Close idle connections above ``min_size`` unused for ``max_idle`` seconds."""
+        surplus = []
+        with self._lock:
+            while self._size - len(surplus) > self.min_size and not self._waiters:
+                try:
+                    oldest = self._idle[0]
+                    if now - oldest.last_used <= self.max_idle:
+                        break
+                    surplus.append(self._idle.popleft())
+                except IndexError:  # emptied by lock-free checkouts meanwhile
+                    break
+        for slot in surplus:
+            self._retire(slot)
+
+    def _drop(self, slot: _Slot) -> None:
+        """Close *slot* without a word to the server and free its place."""
+        slot.busy = False
+        self._forget(slot)
+        self._release_capacity()
+
+    def _retire(self, slot: _Slot) -> None:
+        """Close *slot* politely (COM_QUIT) and free its place."""
+        self._close_slot(slot)
+        self._release_capacity()
 
     def _release_capacity(self) -> None:
         """One connection less: let the first waiter open a new one instead."""
@@ -495,7 +657,18 @@ class ConnectionPool:
             else:
                 self._size -= 1
 
+    def _unregister(self, slot: _Slot) -> None:
+        with self._lock:
+            if self._slots.pop(id(slot.raw), None) is not None:
+                self._retired_uses += slot.uses
+                self._retired_usage_ms += slot.usage_ms
+
+    def _forget(self, slot: _Slot) -> None:
+        self._unregister(slot)
+        self._connector.discard(slot.raw)
+
     def _close_slot(self, slot: _Slot) -> None:
+        self._unregister(slot)
         try:
             slot.owner.close()
         except Exception:  # noqa: BLE001 - closing a dead connection may fail
@@ -505,22 +678,6 @@ class ConnectionPool:
         """Context manager lending a connection (see "Return" above)."""
         return _Borrowed(self, timeout)
 
-    def finish(self, raw: Any, ok: bool) -> None:
-        """End a use of *raw*: commit (ok) or roll back an open transaction, return it."""
-        connector = self._connector
-        try:
-            if connector.in_transaction(raw):
-                raw.commit() if ok else raw.rollback()
-        except BaseException as exc:
-            # A failed commit/rollback, or one interrupted mid-way (gevent.Timeout,
-            # GreenletExit): state unknown, discard; otherwise the slot would stay
-            # "in use" for good and the pool would shrink by one.
-            self.putconn(raw, discard=True)
-            if ok or not isinstance(exc, Exception):
-                raise
-            return
-        self.putconn(raw, discard=not connector.reusable(raw))
-
     # -- closing and stats ---------------------------------------------------
 
     def close(self) -> None:
@@ -529,13 +686,15 @@ class ConnectionPool:
         Connections in use are closed when they are returned. In a process
         other than the one that opened them they are dropped without COM_QUIT.
         """
-        if self._generation != _fork_generation[0]:
+        if self._inherited:
             self._adopt_process()
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            idle, self._idle = list(self._idle), deque()
+            idle = []
+            while (slot := self._pop_idle()) is not None:
+                idle.append(slot)
             waiters, self._waiters = list(self._waiters), deque()
             self._size -= len(idle)
             for waiter in waiters:
@@ -551,15 +710,22 @@ class ConnectionPool:
 
     def stats(self) -> dict[str, int]:
         """Current figures, under the stable names in :data:`STATS_KEYS`."""
-        out = {
-            "pool_min": self.min_size,
-            "pool_max": self.max_size,
-            "pool_size": self._size,
-            "pool_available": len(self._idle),
-            "requests_waiting": len(self._waiters),
-        }
-        out.update(self._stats)
-        return out
+        with self._lock:
+            slots = list(self._slots.values())
+            uses, usage_ms = self._retired_uses, self._retired_usage_ms
+            out = {
+                "pool_min": self.min_size,
+                "pool_max": self.max_size,
+                "pool_size": self._size,
+                "pool_available": len(self._idle),
+                "requests_waiting": len(self._waiters),
+            }
+            out.update(self._stats)
+        uses += sum(slot.uses for slot in slots)
+        # Every request ends in a use, a timeout or an error.
+        out["requests_num"] = uses + out["requests_timeouts"] + out["requests_errors"]
+        out["usage_ms"] = usage_ms + sum(slot.usage_ms for slot in slots)
+        return {key: out[key] for key in STATS_KEYS}
 
     def __repr__(self) -> str:
         return (
@@ -571,24 +737,28 @@ class ConnectionPool:
 class _Borrowed:
     """``with pool.connection() as conn``: commit/rollback and return on exit."""
 
-    __slots__ = ("_pool", "_timeout", "_raw")
+    __slots__ = ("_pool", "_timeout", "_slot")
 
     def __init__(self, pool: ConnectionPool, timeout: Optional[float]) -> None:
         self._pool = pool
         self._timeout = timeout
 
     def __enter__(self) -> Any:
-        self._raw = self._pool.getconn(self._timeout)
-        return self._raw
+        self._slot = slot = self._pool._take(self._timeout)
+        return slot.raw
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        raw, self._raw = self._raw, None
+        slot, self._slot = self._slot, None
         if exc_type is None:
-            self._pool.finish(raw, True)
+            pool = self._pool
+            if pool._dirty(slot.raw):
+                pool._settle(slot, True)
+            else:
+                pool._put(slot)
         elif issubclass(exc_type, Exception):
-            self._pool.finish(raw, False)
+            self._pool._give_back(slot, False)
         else:  # BaseException: interrupted mid-use, protocol state unknown
-            self._pool.putconn(raw, discard=True)
+            self._pool._drop(slot)
 
 
 def _describe(exc: BaseException) -> str:

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
@@ -362,6 +363,236 @@ def test_never_exceeds_max_size_under_thread_burst(mysql_user, make_pool):
     assert sampler.peak == 3, f"server-side peak {sampler.peak}, max_size 3"
     stats = pool.stats()
     assert stats["requests_num"] == 120 and stats["connections_num"] == 3 and stats["pool_size"] == 3
+
+
+# -- lock-free checkout and return (the pool's own bookkeeping: SQLite) ----------
+
+
+@pytest.fixture
+def fast_switching() -> Iterator[None]:
+    """Switch threads every microsecond, so races between pool steps happen often."""
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(old)
+
+
+def sqlite_pool(tmp_path: Path, **options: Any) -> ConnectionPool:
+    from gunicorn_pool.config import parse_config
+    from gunicorn_pool.connectors import SQLiteConnector
+
+    cfg = parse_config("p", f"sqlite:///{tmp_path / 'p.db'}")
+    pool = ConnectionPool(SQLiteConnector(cfg), name="p", **options)
+    pool.open()
+    return pool
+
+
+def test_no_connection_is_lent_twice_and_no_wake_up_is_lost(tmp_path, fast_switching):
+    """12 threads x 1,500 uses on 3 connections, threads switching every microsecond.
+
+    Checkout takes an idle connection without a lock and return appends without
+    one when nobody waits; a waiter that queues re-checks the idle stack. A
+    connection lent twice shows as two holders at once; a lost wake-up leaves a
+    waiter asleep with a connection idle, which ends in PoolTimeout (5 s here,
+    while a use takes microseconds).
+    """
+    pool = sqlite_pool(tmp_path, min_size=3, max_size=3, timeout=5)
+    holders: dict[int, int] = {}
+    errors: list[BaseException] = []
+    threads, uses = 12, 1500
+
+    def user(i: int) -> None:
+        try:
+            for n in range(uses):
+                ctx = pool.connection() if n % 2 else contextlib.nullcontext(pool.getconn())
+                with ctx as conn:
+                    if holders.setdefault(id(conn), i) != i:
+                        raise AssertionError(f"connection lent to threads {holders[id(conn)]} and {i}")
+                    time.sleep(0) if n % 3 == 0 else None
+                    del holders[id(conn)]
+                    if not n % 2:
+                        pool.putconn(conn)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    join_all(start_threads(user, [(i,) for i in range(threads)]), 120)
+    stats = pool.stats()
+    pool.close()
+    assert not errors, errors[:3]
+    assert stats["requests_num"] == threads * uses, stats
+    assert stats["pool_size"] == 3 and stats["pool_available"] == 3, stats
+    assert stats["requests_waiting"] == 0 and stats["requests_timeouts"] == 0, stats
+    assert stats["requests_queued"] > 0, "no contention: the test proved nothing"
+
+
+class _Paused:
+    """Runs *step* only after signalling ``entered`` and sleeping *pause* seconds:
+    widens one race window of the pool on purpose."""
+
+    def __init__(self, pause: float) -> None:
+        self.pause = pause
+        self.entered = threading.Event()
+
+    def __call__(self, step: Callable[..., Any], *args: Any) -> Any:
+        self.entered.set()
+        time.sleep(self.pause)
+        return step(*args)
+
+
+def _timed_taker(pool: ConnectionPool) -> tuple[dict[str, Any], Callable[[], None]]:
+    """A getconn() to run in a thread; its result, error and duration land in the dict."""
+    got: dict[str, Any] = {}
+
+    def taker() -> None:
+        start = time.monotonic()
+        try:
+            got["conn"] = pool.getconn(timeout=2)
+        except PoolError as exc:
+            got["error"] = exc
+        got["s"] = time.monotonic() - start
+
+    return got, taker
+
+
+def test_waiter_queueing_while_a_connection_returns_is_served_at_once(tmp_path):
+    """A taker finds nothing idle; before it queues (paused here), the holder returns
+    its connection without the lock, sees nobody waiting and leaves it idle. The
+    taker must look at the idle stack again after queueing, or it sleeps next to an
+    idle connection until PoolTimeout."""
+    pool = sqlite_pool(tmp_path, min_size=1, max_size=1, timeout=2)
+    held = pool.getconn()
+    paused = _Paused(0.1)
+    make_waiter = pool._waiter_class
+    pool._waiter_class = lambda: paused(make_waiter)
+    got, taker = _timed_taker(pool)
+    thread = start_threads(taker, [()])[0]
+    assert paused.entered.wait(5)
+    pool.putconn(held)  # lock-free: nobody is queued yet
+    join_all([thread], 10)
+    pool._waiter_class = make_waiter
+    assert "error" not in got, got
+    assert got["s"] < 1.0, f"waited {got['s']:.2f}s next to an idle connection"
+    pool.putconn(got["conn"])
+    pool.close()
+
+
+def test_return_racing_a_new_waiter_hands_the_connection_over(tmp_path):
+    """The holder saw nobody waiting and is about to put its connection on the idle
+    stack (paused here); meanwhile a taker queues. The holder must look at the
+    queue again after the append and hand the connection over."""
+    pool = sqlite_pool(tmp_path, min_size=1, max_size=1, timeout=2)
+    held = pool.getconn()
+    paused = _Paused(0.3)
+
+    class PausedAppend(deque):  # type: ignore[type-arg]
+        def append(self, item: Any) -> None:
+            paused(super().append, item)
+
+    pool._idle = PausedAppend(pool._idle)
+    got, taker = _timed_taker(pool)
+    returner = start_threads(lambda: pool.putconn(held), [()])[0]
+    assert paused.entered.wait(5)
+    thread = start_threads(taker, [()])[0]
+    wait_until(lambda: pool.stats()["requests_waiting"] == 1, 5)
+    join_all([returner, thread], 10)
+    assert "error" not in got, got
+    assert got["s"] < 1.0, f"waited {got['s']:.2f}s next to an idle connection"
+    pool.putconn(got["conn"])
+    pool.close()
+
+
+def test_close_during_lock_free_use_closes_every_connection_once(tmp_path, fast_switching):
+    """close() while threads check out and return without the lock: every connection
+    is closed exactly once, none is lent after being closed, and no thread hangs."""
+    from gunicorn_pool.connectors import SQLiteConnector
+
+    closed: list[Any] = []
+
+    class Counting(SQLiteConnector):
+        def open(self) -> Any:
+            owner = super().open()
+            real_close = owner.close
+
+            def close() -> None:
+                closed.append(owner.dbapi_connection)
+                real_close()
+
+            owner.close = close
+            return owner
+
+    from gunicorn_pool.config import parse_config
+
+    cfg = parse_config("p", f"sqlite:///{tmp_path / 'c.db'}")
+    pool = ConnectionPool(Counting(cfg), name="p", min_size=6, max_size=6, timeout=5)
+    pool.open()
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def user() -> None:
+        while not stop.is_set():
+            try:
+                with pool.connection() as conn:
+                    assert conn not in closed, "lent a closed connection"
+                    conn.execute("SELECT 1")
+                time.sleep(0.0005)  # between uses, so some thread is checking out when close() runs
+            except PoolError:
+                return  # PoolClosed: expected once close() ran
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+                return
+
+    workers = start_threads(user, [()] * 3)  # fewer than the connections: some always idle
+    time.sleep(0.3)
+    pool.close()
+    stop.set()
+    join_all(workers, 30)
+    assert not errors, errors[:3]
+    assert len(closed) == 6 and len({id(c) for c in closed}) == 6, closed
+    assert pool.stats()["pool_size"] == 0
+
+
+def test_idle_connections_above_min_size_close_after_max_idle(tmp_path):
+    """max_idle: a burst grows the pool to max_size; once the extra connections sat
+    idle for max_idle, the next return closes them, down to min_size and no further."""
+    pool = sqlite_pool(tmp_path, min_size=1, max_size=4, timeout=5, max_idle=0.3)
+    held = [pool.getconn() for _ in range(4)]
+    for conn in held:
+        pool.putconn(conn)
+    assert pool.stats()["pool_size"] == 4
+    with pool.connection():
+        pass
+    assert pool.stats()["pool_size"] == 4, "closed before max_idle passed"
+    time.sleep(0.4)
+    for _ in range(3):
+        with pool.connection():
+            pass
+    assert pool.stats()["pool_size"] == 1, pool.stats()
+    time.sleep(0.4)
+    with pool.connection():
+        pass
+    assert pool.stats()["pool_size"] == 1  # never below min_size
+    pool.close()
+
+
+@pytest.mark.mysql
+def test_putconn_rolls_back_an_open_transaction(mysql_user, make_pool, tx_table):
+    """getconn()/putconn() users get the same guarantee as ``with``: no transaction
+    reaches the next user (rolled back, connection kept)."""
+    pool = make_pool(mysql_user.config(max_size=1, timeout=5))
+    conn = pool.getconn()
+    first = conn_id(conn)
+    conn.begin()
+    with conn.cursor() as cur:
+        cur.execute(f"INSERT INTO {tx_table} (v) VALUES (1)")
+    pool.putconn(conn)
+    assert admin_rows(tx_table) == []
+    with pool.connection() as conn:
+        assert conn_id(conn) == first
+        assert_no_transaction(conn)
+    with pytest.raises(PoolError):
+        pool.putconn(conn)  # returned already: not lent
 
 
 # -- gevent (separate processes) -------------------------------------------------
