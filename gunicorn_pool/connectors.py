@@ -30,6 +30,7 @@ The waiting, fairness, limits and health rules live in
 from __future__ import annotations
 
 import _socket
+import functools
 import select
 import socket
 import sqlite3
@@ -55,6 +56,12 @@ class Connector(Protocol):
 
     def suspect(self, raw: Any) -> bool:
         """True if idle *raw* shows signs of death without a round trip (ping it then)."""
+
+    def probe(self, raw: Any) -> Optional[Callable[[], Any]]:
+        """:meth:`suspect` for *raw*, prepared once per connection (None: no such check).
+
+        The pool keeps it with the connection and calls it on checkout; a
+        truthy result means "ping before lending"."""
 
     def in_transaction(self, raw: Any) -> bool:
         """True if *raw* has a transaction open."""
@@ -158,6 +165,16 @@ class MySQLConnector:
                 _socket.socket.settimeout(base, old)
         return True
 
+    def probe(self, raw: Any) -> Optional[Callable[[], Any]]:
+        # suspect()'s poll(), with the poller built and the socket registered
+        # once per connection: 0.6 instead of 1.6 us per checkout. A closed
+        # socket reports POLLNVAL, so it stays suspect.
+        if self._poll is None or raw._sock is None:
+            return functools.partial(self.suspect, raw)
+        poller = self._poll()
+        poller.register(raw._sock, select.POLLIN)
+        return functools.partial(poller.poll, 0)
+
     def in_transaction(self, raw: Any) -> bool:
         return bool(raw.server_status & 1)  # SERVER_STATUS_IN_TRANS
 
@@ -201,6 +218,9 @@ class SQLiteConnector:
 
     def suspect(self, raw: Any) -> bool:
         return False
+
+    def probe(self, raw: Any) -> Optional[Callable[[], Any]]:
+        return None
 
     def in_transaction(self, raw: Any) -> bool:
         return bool(raw.in_transaction)

@@ -52,7 +52,7 @@ from .base import PoolInterface, current_profile
 from .config import ConfigValue, DatabaseConfig, parse_config
 from .connectors import make_connector
 from .errors import ConfigError, ConnectError, PoolStartupError
-from .pool import ConnectionPool
+from .pool import ConnectionPool, _Borrowed
 
 __all__ = ["DatabasePool"]
 
@@ -119,7 +119,10 @@ class DatabasePool(PoolInterface):
 
     def connection(self, name: str = "default", *, timeout: Optional[float] = None) -> Any:
         """``with db.connection("default") as conn:`` lends a driver connection."""
-        return self.pool(name).connection(timeout)
+        pool = self._pools.get(name)
+        if pool is None or pool._closed:
+            pool = self.pool(name)
+        return _Borrowed(pool, timeout)
 
     def pool(self, name: str = "default") -> ConnectionPool:
         """The :class:`ConnectionPool` for *name*, built on first use."""

@@ -86,7 +86,7 @@ STATS_KEYS = (
     "connections_lost", "usage_ms",
 )  # fmt: skip
 
-# The socket peek (Connector.suspect) is skipped for a connection given back
+# The socket peek (Connector.probe) is skipped for a connection given back
 # less than this many seconds ago: it was alive then, and the peek costs ~10 us
 # of a ~65 us SELECT 1 (bench/overhead.py) in back-to-back reuse. A connection
 # handed straight to a waiter skips it too (see _validate).
@@ -135,12 +135,14 @@ def _native_lock_type() -> Callable[[], Any]:
 class _Slot:
     """One physical connection and its bookkeeping."""
 
-    __slots__ = ("owner", "raw", "expires", "last_used", "recheck_at", "checked_out", "busy", "uses", "usage_ms")
+    __slots__ = ("owner", "raw", "probe", "expires", "last_used", "recheck_at", "checked_out", "busy", "uses",
+                 "usage_ms")  # fmt: skip
 
-    def __init__(self, owner: Any, lifetime: float) -> None:
+    def __init__(self, owner: Any, lifetime: float, connector: Connector) -> None:
         now = monotonic()
         self.owner = owner  # the DBUtils steady connection that owns ``raw``
         self.raw = owner.dbapi_connection
+        self.probe = connector.probe(self.raw)  # the no-round-trip liveness check
         self.last_used = self.checked_out = now
         self.recheck_at = now  # checkout looks at it before the first use
         self.expires = now + lifetime * (1.0 - 0.1 * random.random())
@@ -356,7 +358,7 @@ class ConnectionPool:
         self._stats["connections_num"] += 1
         ms = int((monotonic() - start) * 1000)  # before the read-modify-write: no thread switch inside it
         self._stats["connections_ms"] += ms
-        slot = _Slot(owner, self.max_lifetime)
+        slot = _Slot(owner, self.max_lifetime, self._connector)
         self._slots[id(slot.raw)] = slot
         return slot
 
@@ -383,11 +385,11 @@ class ConnectionPool:
         """
         if self._inherited:
             self._adopt_process()
-        if self._waiters:
+        if self._waiters or not self._idle:
             return self._take_slow(timeout)
         try:
             slot = self._idle.pop()
-        except IndexError:
+        except IndexError:  # taken by another checkout since the test above
             return self._take_slow(timeout)
         now = monotonic()
         if now >= slot.recheck_at:
@@ -427,6 +429,8 @@ class ConnectionPool:
         return slot
 
     def _pop_idle(self) -> Optional[_Slot]:
+        if not self._idle:  # raising IndexError costs more than this test
+            return None
         try:
             return self._idle.pop()
         except IndexError:  # taken by a lock-free checkout meanwhile
@@ -502,7 +506,7 @@ class ConnectionPool:
                 self._close_slot(slot)
                 slot = None
             elif (idle := now - slot.last_used) > self.check_interval or (
-                peek and idle >= SUSPECT_AFTER and self._connector.suspect(slot.raw)
+                peek and idle >= SUSPECT_AFTER and slot.probe is not None and slot.probe()
             ):
                 try:
                     self._connector.ping(slot.raw, self.check_timeout)
