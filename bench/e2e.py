@@ -8,6 +8,8 @@ interleaved over rounds (forward, then reverse order):
           wrk ``-c 4``; baseline: one module-global connection per worker.
 - gevent: ``-w 2`` gevent workers (``gunicorn_pool.GeventWorker``), wrk
           ``-c 16``, pools of 10 per worker; baseline: SQLAlchemy QueuePool.
+          A reference row (bench/apps/bare_list_app.py) is the ceiling of
+          any pool: a bare list of connections per worker, nothing else.
 
 Reports req/s, latency p50/p99 (wrk's), errors (socket errors and non-2xx)
 and the largest number of server sessions seen in PROCESSLIST during the run.
@@ -34,7 +36,8 @@ MODES = {
              ["global_conn_app", "connect_app", "dbutils_app", "sqlalchemy_app", "gunicorn_pool_app"],
              "global_conn_app"),
     "gevent": ("gevent", "gunicorn_pool.GeventWorker", 16, 10,
-               ["sqlalchemy_app", "connect_app", "dbutils_app", "gunicorn_pool_app"], "sqlalchemy_app"),
+               ["sqlalchemy_app", "connect_app", "dbutils_app", "gunicorn_pool_app", "bare_list_app"],
+               "sqlalchemy_app"),
 }  # fmt: skip
 LABELS = {
     "global_conn_app": "module-global connection per worker",
@@ -42,6 +45,7 @@ LABELS = {
     "dbutils_app": "DBUtils PooledDB (defaults)",
     "sqlalchemy_app": "SQLAlchemy QueuePool",
     "gunicorn_pool_app": "gunicorn_pool",
+    "bare_list_app": "reference: bare list per worker (no limit, check or wait)",
 }
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
