@@ -48,6 +48,11 @@ class PoolInterface(abc.ABC):
     def close_pool(self) -> None:
         """Close the connections opened in this process."""
 
+    def warm_pool(self) -> int:
+        """Optional: give the connections opened by :meth:`init_pool` their first
+        use now, before traffic; return how many were used."""
+        return 0
+
     def stats(self) -> dict[str, Any]:
         """Figures for monitoring; empty unless the service has some."""
         return {}

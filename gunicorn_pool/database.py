@@ -105,6 +105,10 @@ class DatabasePool(PoolInterface):
                 key, cfg.dsn, opened, (time.monotonic() - start) * 1000, pool.min_size, pool.max_size,
             )  # fmt: skip
 
+    def warm_pool(self) -> int:
+        """Run each open connection's first use now (see ConnectionPool.warm)."""
+        return sum(pool.warm() for pool in list(self._pools.values()))
+
     def close_pool(self) -> None:
         """Close every named pool opened in this process."""
         for pool in self._pools.values():

@@ -6,7 +6,8 @@ stock workers (:mod:`gunicorn_pool.hooks`) call these two functions::
     fork (gunicorn)
       -> gevent patching, privilege drop, signals (gunicorn)
       -> app loaded (gunicorn: load_wsgi)
-      -> boot(worker):      discover services, init_pool() each, start metrics
+      -> boot(worker):      discover services, init_pool() each, warm the worker
+                            (gunicorn_pool.warmup: first-request code paths), start metrics
       -> user's post_worker_init (gunicorn)
       -> serve requests
       -> shutdown(worker):  close_pool() each, in the worker's own pid only
@@ -31,6 +32,7 @@ from typing import Any, Optional
 from .base import PoolInterface, WorkerProfile, set_profile
 from .errors import PoolStartupError
 from .registry import discover, settings
+from .warmup import warm_worker
 
 __all__ = ["boot", "profile_for", "shutdown"]
 
@@ -72,6 +74,9 @@ def boot(worker: Any) -> list[tuple[str, PoolInterface]]:
             raise  # strict pool on first start: gunicorn halts the server, as asked
         except Exception as exc:  # noqa: BLE001 - never halt the server for a pool
             logger.error("pool service %s: init_pool() failed, it will connect on demand: %s", name, exc)
+    if settings.warm_up and hasattr(worker, "cfg"):
+        deadline = profile.deadline or time.monotonic() + settings.warmup_timeout
+        warm_worker(worker, services, requests=settings.warm_requests, deadline=deadline)
     _booted.update(pid=os.getpid(), services=services, reporter=_start_reporter(worker, services))
     logger.info(
         "gunicorn_pool: %d pool service(s) ready in %.1f ms (%s worker)",

@@ -678,6 +678,47 @@ class ConnectionPool:
         except Exception:  # noqa: BLE001 - closing a dead connection may fail
             self._connector.discard(slot.raw)
 
+    def warm(self) -> int:
+        """Give every idle connection its first use now, not on a request.
+
+        A ping (bounded by ``check_timeout``) and one ``SELECT 1`` each: the
+        driver's query and result code runs once in this process before
+        traffic. Not counted in :meth:`stats`. A connection that fails is
+        dropped (the next checkout opens another); returns how many were used.
+        """
+        if self._inherited:
+            self._adopt_process()
+        slots = []
+        while (slot := self._pop_idle()) is not None:
+            slots.append(slot)
+        used = 0
+        try:
+            while slots:
+                slot = slots.pop()
+                try:
+                    self._connector.ping(slot.raw, self.check_timeout)
+                    if slot.probe is not None:
+                        slot.probe()
+                    cursor = slot.raw.cursor()
+                    try:
+                        cursor.execute("SELECT 1")
+                        cursor.fetchall()
+                    finally:
+                        cursor.close()
+                except Exception as exc:  # noqa: BLE001 - dropped, replaced on demand
+                    logger.warning("pool %s (%s): warm-up use failed: %s", self.name, self.dsn, _describe(exc))
+                    self._drop(slot)
+                    continue
+                except BaseException:
+                    self._drop(slot)
+                    raise
+                used += 1
+                self._put_locked(slot, cold=False)  # oldest first: the stack keeps its order
+        finally:
+            for slot in reversed(slots):  # interrupted: give back the rest untouched
+                self._put_locked(slot, cold=False)
+        return used
+
     def connection(self, timeout: Optional[float] = None) -> _Borrowed:
         """Context manager lending a connection (see "Return" above)."""
         return _Borrowed(self, timeout)

@@ -57,6 +57,8 @@ class Settings:
     walk_depth: int = 4  #: how deep the app walk goes
     entry_points: bool = True  #: load services from the entry point group
     stats_interval: float = 10.0  #: seconds between statsd/Prometheus updates
+    warm_up: bool = True  #: run a fresh worker's first-request code before traffic (gunicorn_pool.warmup)
+    warm_requests: int = 8  #: synthetic requests through gunicorn's HTTP code in that warm-up
 
 
 settings = Settings()
