@@ -8,8 +8,14 @@ as every sync request), then ``--warm`` more GETs, then after the same pause
 one more ("warm after pause": what idling alone costs); the ratio is the first
 request's latency over the median warm one, per boot. The baselines open their
 connection lazily, inside the first request; gunicorn_pool opens it at boot.
-The "no database" row is gunicorn's own first request (a fresh worker touches
-its code and copy-on-write pages for the first time): no pool can go below it.
+The "no database, stock sync worker" row is gunicorn's own first request (a
+fresh worker runs its request code and writes to copy-on-write pages for the
+first time); the "gunicorn_pool.Worker" rows run gunicorn_pool.warmup first
+(synthetic requests through gunicorn's HTTP code, a first use of every pooled
+connection), and one gunicorn_pool row turns that off (``warm_up=False``) to
+show what opening the pool at boot does alone. "Warm after pause" is a warm
+worker's request after the same pause: what waking an idle process costs on
+this machine, with no cold start in it.
 
 Part 2, warm-up for W workers × N connections: gunicorn_pool with
 ``min_size = max_size = N`` against the same app with no pool (nothing opened at
@@ -33,11 +39,14 @@ from _common import BenchUser, fmt, preamble, spread, table
 from _server import Server
 
 ROWS = {
-    "no database (gunicorn's own floor)": ("hello_app", "sync"),
-    "gunicorn_pool (opened at boot)": ("gunicorn_pool_app", "gunicorn_pool.Worker"),
-    "module-global connection (lazy)": ("global_conn_app", "sync"),
-    "DBUtils PooledDB (lazy)": ("dbutils_app", "sync"),
-    "SQLAlchemy QueuePool (lazy)": ("sqlalchemy_app", "sync"),
+    "no database, stock sync worker (gunicorn's own first request)": ("hello_app", "sync", {}),
+    "no database, gunicorn_pool.Worker (worker warm-up only)": ("hello_app", "gunicorn_pool.Worker", {}),
+    "gunicorn_pool (opened at boot, worker warm-up)": ("gunicorn_pool_app", "gunicorn_pool.Worker", {}),
+    "gunicorn_pool, warm_up=False (opened at boot only)": ("gunicorn_pool_app", "gunicorn_pool.Worker",
+                                                           {"GPB_WARM_UP": "0"}),
+    "module-global connection (lazy)": ("global_conn_app", "sync", {}),
+    "DBUtils PooledDB (lazy)": ("dbutils_app", "sync", {}),
+    "SQLAlchemy QueuePool (lazy)": ("sqlalchemy_app", "sync", {}),
 }
 WARMUP = [(1, 1), (2, 1), (2, 4), (4, 4), (4, 10)]
 OPENED = re.compile(r"opened (\d+) connection\(s\) in ([\d.]+) ms")
@@ -75,8 +84,8 @@ def part1(users: dict[str, BenchUser], boots: int, pause: float, warm: int, tls:
     results: dict[str, list[dict[str, float]]] = {n: [] for n in names}
     for b in range(boots):
         for name in names if b % 2 == 0 else list(reversed(names)):
-            module, klass = ROWS[name]
-            env = dict(users[name].env(), GPB_SIZE="1", **({"GPB_SSL": "default"} if tls else {}))
+            module, klass, extra = ROWS[name]
+            env = dict(users[name].env(), GPB_SIZE="1", **extra, **({"GPB_SSL": "default"} if tls else {}))
             results[name].append(first_request(module, klass, env, pause, warm))
     rows = []
     floor = spread([r["first"] for r in results[names[0]]])[0]

@@ -1,8 +1,13 @@
 """gunicorn_pool: the worker's pool, opened at boot by gunicorn_pool.Worker / GeventWorker."""
 
+import os
+
 from _settings import BODY, HEADERS, KW, POOL_SIZES, select1
 
 import gunicorn_pool
+
+if os.environ.get("GPB_WARM_UP") == "0":  # bench/boot.py: the pool opened at boot, no worker warm-up
+    gunicorn_pool.configure(warm_up=False)
 
 # Sizes come from the worker profile: 1 connection for sync, 1 to 10 for gevent.
 db = gunicorn_pool.register(gunicorn_pool.DatabasePool({"default": dict(KW, **POOL_SIZES)}), name="db")
