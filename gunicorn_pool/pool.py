@@ -405,11 +405,12 @@ class ConnectionPool:
         with self._lock:
             if self._closed:
                 raise PoolClosed(f"pool {self.name!r} is closed")
-            if not self._waiters and (slot := self._pop_idle()) is not None:
+            waiters = self._waiters
+            if not waiters and self._idle and (slot := self._pop_idle()) is not None:
                 pass
-            elif self._size < self.max_size and not self._waiters:
+            elif not waiters and self._size < self.max_size:
                 self._size += 1
-            elif self.max_waiting and len(self._waiters) >= self.max_waiting:
+            elif self.max_waiting and len(waiters) >= self.max_waiting:
                 self._stats["requests_errors"] += 1
                 raise TooManyRequests(
                     f"pool {self.name!r}: {len(self._waiters)} requests already waiting"
@@ -417,13 +418,19 @@ class ConnectionPool:
                 )
             else:
                 waiter = self._waiter_class()
-                self._waiters.append(waiter)
+                waiters.append(waiter)
                 self._stats["requests_queued"] += 1
-                self._hand_over_idle()  # a lock-free return may have raced this queueing
-        if waiter is not None:
-            slot = self._wait(waiter, self.timeout if timeout is None else timeout)
-        slot = self._ready(slot, waiter is None)
-        slot.checked_out = monotonic()
+                if self._idle:  # a lock-free return raced this queueing
+                    self._hand_over_idle()
+        if waiter is None:
+            slot = self._ready(slot, True)
+            now = monotonic()
+        else:
+            slot, now = self._wait(waiter, self.timeout if timeout is None else timeout)
+            # Handed over by a return just now: only lifetime and check_interval apply.
+            if slot is None or now >= slot.expires or now - slot.last_used > self.check_interval:
+                slot = self._ready(slot, False)
+        slot.checked_out = now
         slot.busy = True
         slot.uses += 1
         return slot
@@ -443,7 +450,8 @@ class ConnectionPool:
             waiter.slot = slot
             waiter.wake()
 
-    def _wait(self, waiter: _Waiter, timeout: float) -> Optional[_Slot]:
+    def _wait(self, waiter: _Waiter, timeout: float) -> tuple[Optional[_Slot], float]:
+        """Block until served; (the slot handed over or None for leave to open one, now)."""
         start = monotonic()
         try:
             woken = waiter.wait(max(timeout, 0.0))
@@ -468,11 +476,12 @@ class ConnectionPool:
                     f" (max_size={self.max_size}, in use={in_use})"
                 )
             # Handed a connection just as the wait ran out: take it.
-        ms = int((monotonic() - start) * 1000)  # computed first: see connections_ms
+        now = monotonic()
+        ms = int((now - start) * 1000)  # computed first: see connections_ms
         self._stats["requests_wait_ms"] += ms
         if waiter.error is not None:
             raise waiter.error
-        return waiter.slot  # None: leave to open a new connection
+        return waiter.slot, now
 
     def _abandon(self, waiter: _Waiter) -> None:
         """A waiter was interrupted: leave the queue, pass on what it was given."""
@@ -614,9 +623,16 @@ class ConnectionPool:
         *cold* puts it at the bottom of the idle stack (warm-up), not on top.
         """
         with self._lock:
-            if slot is not None:
+            if slot is None:
+                pass
+            elif self._waiters:  # straight to the first waiter
+                waiter = self._waiters.popleft()
+                waiter.slot = slot
+                waiter.wake()
+            else:
                 self._idle.appendleft(slot) if cold else self._idle.append(slot)
-            self._hand_over_idle()
+            if self._idle:
+                self._hand_over_idle()
             if not self._closed:
                 return
             leftover = []
