@@ -20,8 +20,9 @@ this machine, with no cold start in it.
 Part 2, warm-up for W workers × N connections: gunicorn_pool with
 ``min_size = max_size = N`` against the same app with no pool (nothing opened at
 boot), interleaved: the time from starting the master to every worker having
-run ``post_worker_init``, and the pool's own warm-up time per worker (from its
-"opened N connection(s) in X ms" log line).
+run ``post_worker_init``, the pool's own warm-up time per worker (from its
+"opened N connection(s) in X ms" log line) and the worker warm-up's (from its
+"worker warm-up http .. ms, db .. ms, threads .. ms" line).
 
     python bench/boot.py [--boots 5] [--pause 1.0] [--warm 50] [--tls-default]
 """
@@ -50,6 +51,7 @@ ROWS = {
 }
 WARMUP = [(1, 1), (2, 1), (2, 4), (4, 4), (4, 10)]
 OPENED = re.compile(r"opened (\d+) connection\(s\) in ([\d.]+) ms")
+WARMED = re.compile(r"worker warm-up http ([\d.]+) ms, db ([\d.]+) ms, threads ([\d.]+) ms")
 
 
 def get(port: int) -> float:
@@ -110,7 +112,8 @@ def boot_once(module: str, klass: str, workers: int, env: dict[str, str], *extra
         ready = (last - server.started) * 1000
         text = server.text()
     opened = [(int(n), float(ms)) for n, ms in OPENED.findall(text)]
-    return {"ready_ms": ready, "opened": opened}
+    warmed = [sum(float(ms) for ms in steps) for steps in WARMED.findall(text)]
+    return {"ready_ms": ready, "opened": opened, "warmed": warmed}
 
 
 def part2(user: BenchUser, rounds: int) -> str:
@@ -124,6 +127,7 @@ def part2(user: BenchUser, rounds: int) -> str:
                 res = boot_once(module, klass, workers, dict(user.env(), **extra_env), "--log-level", "info")
                 (pool_runs if kind == "pool" else bare_runs).append(res)
         opened = [ms for run in pool_runs for count, ms in run["opened"]]
+        warmed = [ms for run in pool_runs for ms in run["warmed"]]
         counts = {count for run in pool_runs for count, _ in run["opened"]}
         pool_ready = [r["ready_ms"] for r in pool_runs]
         bare_ready = [r["ready_ms"] for r in bare_runs]
@@ -131,10 +135,12 @@ def part2(user: BenchUser, rounds: int) -> str:
         rows.append([f"{workers} × {n}", fmt(spread(bare_ready)[0]), fmt(spread(pool_ready)[0]),
                      f"{fmt(spread(extra)[0])} ({fmt(min(extra))}–{fmt(max(extra))})",
                      f"{fmt(spread(opened)[0])} ({fmt(min(opened))}–{fmt(max(opened))})" if opened else "–",
+                     f"{fmt(spread(warmed)[0])} ({fmt(min(warmed))}–{fmt(max(warmed))})" if warmed else "–",
                      ", ".join(str(c) for c in sorted(counts))])  # fmt: skip
     title = f"warm-up: gunicorn -w W (sync) with min_size = max_size = N, {rounds} boots per row and kind"
     heads = ["W × N", "all ready ms, no pool", "all ready ms, gunicorn_pool", "difference ms",
-             "pool warm-up per worker ms", "connections opened"]  # fmt: skip
+             "pool warm-up per worker ms", "worker warm-up ms (http + db + threads)",
+             "connections opened"]  # fmt: skip
     return f"### {title}\n\n" + table(heads, rows)
 
 
