@@ -41,6 +41,8 @@ Accepted keys (a URL's query string takes the same keys)::
     max_idle         seconds an idle connection above min_size is kept (600)
     check_interval   skip the checkout ping if used within this many s (0.5)
     check_timeout    seconds the checkout ping may take (2)
+    probe_after      poll the socket (no round trip) on checkout if idle this
+                     many s (0.0001); none: no poll, only the check_interval ping
     reconnect_backoff_max   cap of the reconnect backoff, seconds (2)
     strict           fail the server's *first* start if warm-up fails (False)
 
@@ -106,6 +108,7 @@ class DatabaseConfig:
     max_idle: float = 600.0
     check_interval: float = 0.5
     check_timeout: float = 2.0
+    probe_after: Optional[float] = 0.0001
     reconnect_backoff_max: float = 2.0
     strict: bool = False
 
@@ -278,6 +281,9 @@ def _check_sizes(pool_name: str, out: Mapping[str, Any]) -> None:
         raise ConfigError(f"pool {pool_name!r}: max_size must be >= 1, got {hi}")
     if lo is not None and hi is not None and lo > hi:
         raise ConfigError(f"pool {pool_name!r}: min_size ({lo}) is larger than max_size ({hi})")
+    probe = out.get("probe_after")
+    if probe is not None and probe < 0:
+        raise ConfigError(f"pool {pool_name!r}: probe_after must be >= 0 or none, got {probe}")
     for key in ("timeout", "connect_timeout", "check_timeout"):
         val = out.get(key)
         if val is not None and val <= 0:

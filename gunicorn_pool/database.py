@@ -146,6 +146,7 @@ class DatabasePool(PoolInterface):
                 max_idle=cfg.max_idle,
                 check_interval=cfg.check_interval,
                 check_timeout=cfg.check_timeout,
+                probe_after=cfg.probe_after,
                 reconnect_backoff_max=cfg.reconnect_backoff_max,
             )
             if pool is None:

@@ -21,9 +21,10 @@ Life cycle of a connection
    connections stay hot and surplus ones age out). If it outlived its
    ``max_lifetime`` (each connection gets -10 % jitter, so a worker's
    connections do not all expire together) it is replaced. If it was last used
-   more than ``check_interval`` (0.5 s, HikariCP's rule) ago, or its socket
-   already shows the server closed it (a non-blocking peek, no round trip),
-   it is pinged, with ``check_timeout`` as a hard bound; a dead one is replaced. Only this
+   more than ``check_interval`` (0.5 s, HikariCP's rule) ago, or, idle for
+   ``probe_after`` (0.1 ms) or more, its socket already shows the server
+   closed it (a zero-timeout poll, no round trip), it is pinged, with
+   ``check_timeout`` as a hard bound; a dead one is replaced. Only this
    checkout step retries: a statement that failed is never re-run.
 3. *Wait*: when ``max_size`` connections are out, the caller queues. Waiters
    are served strictly in arrival order: a returned connection is handed to
@@ -86,11 +87,11 @@ STATS_KEYS = (
     "connections_lost", "usage_ms",
 )  # fmt: skip
 
-# The socket peek (Connector.probe) is skipped for a connection given back
-# less than this many seconds ago: it was alive then, and the peek costs ~10 us
-# of a ~65 us SELECT 1 (bench/overhead.py) in back-to-back reuse. A connection
-# handed straight to a waiter skips it too (see _validate).
-SUSPECT_AFTER = 1e-4
+# Default of ``probe_after``: the socket poll (Connector.probe) is skipped for
+# a connection given back less than this many seconds ago: it was alive then,
+# and back-to-back reuse should not pay a syscall per use (bench/overhead.py).
+# A connection handed straight to a waiter skips it too (see _validate).
+PROBE_AFTER = 1e-4
 
 # Bumped in every forked child; a pool whose generation differs was inherited.
 _fork_generation = [0]
@@ -244,6 +245,7 @@ class ConnectionPool:
         max_idle: float = 600.0,
         check_interval: float = 0.5,
         check_timeout: float = 2.0,
+        probe_after: Optional[float] = PROBE_AFTER,
         reconnect_backoff_max: float = 2.0,
     ) -> None:
         if max_size < 1 or min_size < 0 or min_size > max_size:
@@ -258,6 +260,7 @@ class ConnectionPool:
         self.max_idle = max_idle
         self.check_interval = check_interval
         self.check_timeout = check_timeout
+        self.probe_after = probe_after
         self.reconnect_backoff_max = reconnect_backoff_max
         self._connector = connector
         self._dirty = connector.dirty
@@ -515,7 +518,11 @@ class ConnectionPool:
                 self._close_slot(slot)
                 slot = None
             elif (idle := now - slot.last_used) > self.check_interval or (
-                peek and idle >= SUSPECT_AFTER and slot.probe is not None and slot.probe()
+                peek
+                and slot.probe is not None
+                and self.probe_after is not None
+                and idle >= self.probe_after
+                and slot.probe()
             ):
                 try:
                     self._connector.ping(slot.raw, self.check_timeout)
@@ -599,7 +606,9 @@ class ConnectionPool:
             slot.usage_ms += int((now - slot.checked_out) * 1000)
             slot.busy = False
             slot.last_used = now
-            slot.recheck_at = now + SUSPECT_AFTER
+            # Checkout looks at the slot again only after this; capped by expiry.
+            recheck = now + (self.check_interval if self.probe_after is None else self.probe_after)
+            slot.recheck_at = recheck if recheck < slot.expires else slot.expires
         if now >= slot.expires:
             self._retire(slot)
         elif self._waiters or self._closed:

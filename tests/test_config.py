@@ -24,6 +24,13 @@ def test_mysql_url_with_query_options():
     assert cfg.charset == "latin1" and cfg.max_size == 4 and cfg.timeout == 2.5
 
 
+def test_probe_after_default_value_and_none():
+    assert parse_config("p", "mysql://u@h/d").probe_after == 0.0001
+    assert parse_config("p", "mysql://u@h/d?probe_after=0.002").probe_after == 0.002
+    assert parse_config("p", "mysql://u@h/d?probe_after=none").probe_after is None
+    assert parse_config("p", {"host": "h", "probe_after": None}).probe_after is None
+
+
 @pytest.mark.parametrize("scheme", ["mysql", "mysql+pymysql", "mariadb"])
 def test_mysql_scheme_spellings(scheme):
     assert parse_config("p", f"{scheme}://u@h/d").adapter == "mysql"
@@ -87,6 +94,7 @@ def test_typo_refused_when_databasepool_is_built():
         ({"min_size": 5, "max_size": 2}, "larger than max_size"),
         ({"max_size": 0}, "max_size must be >= 1"),
         ({"timeout": 0}, "timeout must be > 0"),
+        ({"probe_after": -1}, "probe_after must be >= 0 or none"),
         ({"port": "abc"}, "bad value for 'port'"),
         (42, "must be a dict or a URL"),
     ],

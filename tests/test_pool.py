@@ -365,6 +365,41 @@ def test_never_exceeds_max_size_under_thread_burst(mysql_user, make_pool):
     assert stats["requests_num"] == 120 and stats["connections_num"] == 3 and stats["pool_size"] == 3
 
 
+# -- the socket probe ------------------------------------------------------------
+
+
+def kill(conn_id: int) -> None:
+    admin = admin_connect()
+    try:
+        with admin.cursor() as cur:
+            cur.execute(f"KILL CONNECTION {int(conn_id)}")
+    finally:
+        admin.close()
+
+
+@pytest.mark.mysql
+@pytest.mark.parametrize("probe_after", [0.0001, None], ids=["probe", "no-probe"])
+def test_probe_replaces_a_connection_killed_moments_after_use(mysql_user, make_pool, probe_after):
+    """A session KILLed right after its last use (well within check_interval, so no
+    ping is due): with the default probe_after the checkout's socket poll sees the
+    server closed it and lends a fresh one; with probe_after=none (HikariCP's rule)
+    the dead one is lent and the caller's query fails: the trade-off the option makes."""
+    pool = make_pool(mysql_user.config(min_size=1, max_size=1, check_interval=60, probe_after=probe_after))
+    with pool.connection() as conn:
+        victim = conn_id(conn)
+    kill(victim)
+    wait_until(lambda: mysql_user.count() == 0, 5, what="the KILL")
+    time.sleep(0.01)  # the server's FIN has arrived; still far inside check_interval
+    if probe_after is None:
+        with pytest.raises(pymysql.err.OperationalError):
+            with pool.connection() as conn:
+                conn_id(conn)
+        assert pool.stats()["pool_size"] == 0  # the failed connection was dropped, not kept
+    with pool.connection() as conn:
+        assert conn_id(conn) != victim
+    assert pool.stats()["connections_lost"] == (1 if probe_after else 0)
+
+
 # -- lock-free checkout and return (the pool's own bookkeeping: SQLite) ----------
 
 
