@@ -77,8 +77,9 @@ def paired(raw: Callable[[], None], body: Callable[[], None], pairs: int, chunk:
     return out
 
 
+NO_PROBE = "gunicorn_pool, probe_after=none (no socket poll on checkout)"
 PAIRED = ("DBUtils PooledDB (ping=1, default)", "SQLAlchemy QueuePool", "gunicorn_pool DatabasePool.connection()",
-          "reference: minimal FIFO pool (lock + deque, no features)")  # fmt: skip
+          NO_PROBE, "reference: minimal FIFO pool (lock + deque, no features)")  # fmt: skip
 
 
 def build(user: BenchUser, ops: int) -> tuple[dict[str, Callable[[], float]], list[Callable[[], None]]]:
@@ -151,6 +152,17 @@ def build(user: BenchUser, ops: int) -> tuple[dict[str, Callable[[], float]], li
 
     variants["gunicorn_pool DatabasePool.connection()"] = timed(ops, gp_database)
     bodies["gunicorn_pool DatabasePool.connection()"] = gp_database
+
+    no_probe = DatabasePool({"default": dict(kw, min_size=1, max_size=1, probe_after=None)}, name="bench-np")
+    no_probe.init_pool()
+    closers.append(no_probe.close_pool)
+
+    def gp_no_probe() -> None:
+        with no_probe.connection() as conn:
+            _op(conn)
+
+    variants[NO_PROBE] = timed(ops, gp_no_probe)
+    bodies[NO_PROBE] = gp_no_probe
     variants["gunicorn_pool ConnectionPool.connection()"] = timed(ops, gp_pool)
 
     ref = MinimalFifoPool([pymysql.connect(ssl_disabled=True, **kw)])

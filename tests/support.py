@@ -93,6 +93,11 @@ class MySQLUser:
     def count(self) -> int:
         return len(self.connection_ids())
 
+    def kill(self, conn_id: int) -> None:
+        """KILL CONNECTION of one session."""
+        with self.admin.cursor() as cur:
+            cur.execute(f"KILL CONNECTION {int(conn_id)}")
+
     def kill_all(self) -> int:
         ids = self.connection_ids()
         with self.admin.cursor() as cur:

@@ -368,15 +368,6 @@ def test_never_exceeds_max_size_under_thread_burst(mysql_user, make_pool):
 # -- the socket probe ------------------------------------------------------------
 
 
-def kill(conn_id: int) -> None:
-    admin = admin_connect()
-    try:
-        with admin.cursor() as cur:
-            cur.execute(f"KILL CONNECTION {int(conn_id)}")
-    finally:
-        admin.close()
-
-
 @pytest.mark.mysql
 @pytest.mark.parametrize("probe_after", [0.0001, None], ids=["probe", "no-probe"])
 def test_probe_replaces_a_connection_killed_moments_after_use(mysql_user, make_pool, probe_after):
@@ -387,7 +378,7 @@ def test_probe_replaces_a_connection_killed_moments_after_use(mysql_user, make_p
     pool = make_pool(mysql_user.config(min_size=1, max_size=1, check_interval=60, probe_after=probe_after))
     with pool.connection() as conn:
         victim = conn_id(conn)
-    kill(victim)
+    mysql_user.kill(victim)
     wait_until(lambda: mysql_user.count() == 0, 5, what="the KILL")
     time.sleep(0.01)  # the server's FIN has arrived; still far inside check_interval
     if probe_after is None:

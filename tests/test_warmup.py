@@ -11,7 +11,7 @@ import os
 import re
 
 import pytest
-from support import admin_connect, wait_until
+from support import wait_until
 
 from gunicorn_pool import DatabasePool
 
@@ -88,13 +88,7 @@ def test_pool_warm_uses_each_idle_connection_and_drops_dead_ones(mysql_user):
     db.init_pool()
     try:
         pool = db.pool()
-        victim = mysql_user.connection_ids()[0]
-        admin = admin_connect()
-        try:
-            with admin.cursor() as cur:
-                cur.execute(f"KILL CONNECTION {int(victim)}")
-        finally:
-            admin.close()
+        mysql_user.kill(mysql_user.connection_ids()[0])
         wait_until(lambda: mysql_user.count() == 2, 5, what="the KILL")
         assert db.warm_pool() == 2
         stats = pool.stats()
