@@ -780,6 +780,8 @@ class ConnectionPool:
 
     def stats(self) -> dict[str, int]:
         """Current figures, under the stable names in :data:`STATS_KEYS`."""
+        if self._inherited:  # the parent's lock may have been held at fork time
+            self._adopt_process()
         with self._lock:
             slots = list(self._slots.values())
             uses, usage_ms = self._retired_uses, self._retired_usage_ms

@@ -12,7 +12,9 @@ import contextlib
 import dataclasses
 import itertools
 import json
+import os
 import queue
+import signal
 import statistics
 import subprocess
 import sys
@@ -363,6 +365,38 @@ def test_never_exceeds_max_size_under_thread_burst(mysql_user, make_pool):
     assert sampler.peak == 3, f"server-side peak {sampler.peak}, max_size 3"
     stats = pool.stats()
     assert stats["requests_num"] == 120 and stats["connections_num"] == 3 and stats["pool_size"] == 3
+
+
+# -- fork ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("call", ["stats", "getconn", "close"])
+def test_child_forked_while_the_lock_was_held_does_not_hang(tmp_path, call):
+    """A thread of the parent held the pool's lock when the process forked (gunicorn
+    --preload with a thread using the pool): the child's copy of that lock is held
+    forever. Every entry point must adopt the process (fresh lock, inherited
+    connections dropped) before taking it."""
+    pool = sqlite_pool(tmp_path, min_size=1, max_size=2, timeout=2)
+    with pool._lock:
+        pid = os.fork()
+        if pid == 0:  # the child: report through the exit code, never return into pytest
+            code = 1
+            try:
+                signal.alarm(5)  # a hang ends the child with SIGALRM
+                if call == "stats":
+                    code = 0 if pool.stats()["pool_size"] == 0 else 2
+                elif call == "getconn":
+                    conn = pool.getconn()
+                    code = 0 if conn.execute("SELECT 1").fetchone() == (1,) else 3
+                else:
+                    pool.close()
+                    code = 0
+            finally:
+                os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"child status {status}"
+    assert pool.stats()["pool_size"] == 1  # the parent's pool is untouched
+    pool.close()
 
 
 # -- the socket probe ------------------------------------------------------------
