@@ -488,16 +488,17 @@ def test_no_connection_is_lent_twice_and_no_wake_up_is_lost(tmp_path, fast_switc
 
 
 class _Paused:
-    """Runs *step* only after signalling ``entered`` and sleeping *pause* seconds:
-    widens one race window of the pool on purpose."""
+    """Runs *step* only after signalling ``entered`` and waiting (at most 5 s) until
+    *until* holds: holds one race window of the pool open on purpose, whatever
+    the machine's speed."""
 
-    def __init__(self, pause: float) -> None:
-        self.pause = pause
+    def __init__(self, until: Callable[[], bool]) -> None:
+        self.until = until
         self.entered = threading.Event()
 
     def __call__(self, step: Callable[..., Any], *args: Any) -> Any:
         self.entered.set()
-        time.sleep(self.pause)
+        wait_until(self.until, 5, interval=0.01, what="the other side of the race")
         return step(*args)
 
 
@@ -523,13 +524,15 @@ def test_waiter_queueing_while_a_connection_returns_is_served_at_once(tmp_path):
     idle connection until PoolTimeout."""
     pool = sqlite_pool(tmp_path, min_size=1, max_size=1, timeout=2)
     held = pool.getconn()
-    paused = _Paused(0.1)
+    returned = threading.Event()
+    paused = _Paused(returned.is_set)  # the taker queues only once the holder returned
     make_waiter = pool._waiter_class
     pool._waiter_class = lambda: paused(make_waiter)
     got, taker = _timed_taker(pool)
     thread = start_threads(taker, [()])[0]
     assert paused.entered.wait(5)
     pool.putconn(held)  # lock-free: nobody is queued yet
+    returned.set()
     join_all([thread], 10)
     pool._waiter_class = make_waiter
     assert "error" not in got, got
@@ -544,7 +547,7 @@ def test_return_racing_a_new_waiter_hands_the_connection_over(tmp_path):
     queue again after the append and hand the connection over."""
     pool = sqlite_pool(tmp_path, min_size=1, max_size=1, timeout=2)
     held = pool.getconn()
-    paused = _Paused(0.3)
+    paused = _Paused(lambda: len(pool._waiters) == 1)  # the append waits until the taker queued
 
     class PausedAppend(deque):  # type: ignore[type-arg]
         def append(self, item: Any) -> None:
@@ -555,8 +558,8 @@ def test_return_racing_a_new_waiter_hands_the_connection_over(tmp_path):
     returner = start_threads(lambda: pool.putconn(held), [()])[0]
     assert paused.entered.wait(5)
     thread = start_threads(taker, [()])[0]
-    wait_until(lambda: pool.stats()["requests_waiting"] == 1, 5)
     join_all([returner, thread], 10)
+    pool._idle = deque(pool._idle)  # no more pauses from here on
     assert "error" not in got, got
     assert got["s"] < 1.0, f"waited {got['s']:.2f}s next to an idle connection"
     pool.putconn(got["conn"])
