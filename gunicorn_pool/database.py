@@ -52,7 +52,7 @@ from .base import PoolInterface, current_profile
 from .config import ConfigValue, DatabaseConfig, parse_config
 from .connectors import make_connector
 from .errors import ConfigError, ConnectError, PoolStartupError
-from .pool import ConnectionPool, _Borrowed
+from .pool import ConnectionPool
 
 __all__ = ["DatabasePool"]
 
@@ -123,38 +123,36 @@ class DatabasePool(PoolInterface):
 
     def connection(self, name: str = "default", *, timeout: Optional[float] = None) -> Any:
         """``with db.connection("default") as conn:`` lends a driver connection."""
-        pool = self._pools.get(name)
-        if pool is None or pool._closed:
-            pool = self.pool(name)
-        return _Borrowed(pool, timeout)
+        return self.pool(name).connection(timeout)
 
     def pool(self, name: str = "default") -> ConnectionPool:
         """The :class:`ConnectionPool` for *name*, built on first use."""
         pool = self._pools.get(name)
-        if pool is None or pool.closed:
-            cfg = self._config(name)
-            lo, hi = self._sizes(cfg)
-            candidate = ConnectionPool(
-                make_connector(cfg),
-                name=name,
-                dsn=cfg.dsn,
-                min_size=lo,
-                max_size=hi,
-                timeout=cfg.timeout,
-                max_waiting=cfg.max_waiting,
-                max_lifetime=cfg.max_lifetime,
-                max_idle=cfg.max_idle,
-                check_interval=cfg.check_interval,
-                check_timeout=cfg.check_timeout,
-                probe_after=cfg.probe_after,
-                reconnect_backoff_max=cfg.reconnect_backoff_max,
-            )
-            if pool is None:
-                # Two threads racing here get the same pool (setdefault is
-                # atomic; the loser's pool has opened nothing).
-                pool = self._pools.setdefault(name, candidate)
-            else:
-                pool = self._pools[name] = candidate
+        if pool is not None and not pool._closed:  # every connection() passes here
+            return pool
+        cfg = self._config(name)
+        lo, hi = self._sizes(cfg)
+        candidate = ConnectionPool(
+            make_connector(cfg),
+            name=name,
+            dsn=cfg.dsn,
+            min_size=lo,
+            max_size=hi,
+            timeout=cfg.timeout,
+            max_waiting=cfg.max_waiting,
+            max_lifetime=cfg.max_lifetime,
+            max_idle=cfg.max_idle,
+            check_interval=cfg.check_interval,
+            check_timeout=cfg.check_timeout,
+            probe_after=cfg.probe_after,
+            reconnect_backoff_max=cfg.reconnect_backoff_max,
+        )
+        if pool is None:
+            # Two threads racing here get the same pool (setdefault is
+            # atomic; the loser's pool has opened nothing).
+            pool = self._pools.setdefault(name, candidate)
+        else:
+            pool = self._pools[name] = candidate
         return pool
 
     def prefix(self, name: str = "default") -> str:

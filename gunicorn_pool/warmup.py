@@ -122,9 +122,7 @@ def _warm_http(worker: Any, rounds: int, timeout: float) -> int:
 def _warm_pools(services: list[tuple[str, Any]]) -> int:
     used = 0
     for _name, service in services:
-        warm = getattr(service, "warm_pool", None)  # optional in PoolInterface
-        if warm is not None:
-            used += warm()
+        used += service.warm_pool()  # PoolInterface's default does nothing
     return used
 
 
