@@ -82,44 +82,51 @@ PAIRED = ("DBUtils PooledDB (ping=1, default)", "SQLAlchemy QueuePool", "gunicor
           NO_PROBE, "reference: minimal FIFO pool (lock + deque, no features)")  # fmt: skip
 
 
+def _closing(acquire: Callable[[], Any]) -> Callable[[], None]:
+    """One operation on a connection from *acquire*, given back with ``close()``."""
+
+    def op() -> None:
+        conn = acquire()
+        _op(conn)
+        conn.close()
+
+    return op
+
+
+def _within(lend: Callable[[], Any]) -> Callable[[], None]:
+    """One operation inside ``with lend() as conn`` (gunicorn_pool's context managers)."""
+
+    def op() -> None:
+        with lend() as conn:
+            _op(conn)
+
+    return op
+
+
 def build(user: BenchUser, ops: int) -> tuple[dict[str, Callable[[], float]], list[Callable[[], None]]]:
     kw = user.kwargs()
     closers: list[Callable[[], None]] = []
     variants: dict[str, Callable[[], float]] = {}
     bodies.clear()
 
+    def add(label: str, body: Callable[[], None], count: int = ops) -> None:
+        bodies[label] = body
+        variants[label] = timed(count, body)
+
     raw = pymysql.connect(**kw)
     closers.append(raw.close)
-    bodies[RAW] = lambda: _op(raw)
-    variants[RAW] = timed(ops, bodies[RAW])
-
-    def connect_per_op() -> None:
-        conn = pymysql.connect(**kw)
-        _op(conn)
-        conn.close()
-
-    def connect_per_op_plain() -> None:
-        conn = pymysql.connect(ssl_disabled=True, **kw)
-        _op(conn)
-        conn.close()
+    add(RAW, lambda: _op(raw))
 
     few = max(5, ops // 40)
-    variants["connect per operation (PyMySQL defaults: TLS preferred)"] = timed(few, connect_per_op)
-    variants["connect per operation (ssl_disabled=True)"] = timed(few, connect_per_op_plain)
+    add("connect per operation (PyMySQL defaults: TLS preferred)", _closing(lambda: pymysql.connect(**kw)), few)
+    add("connect per operation (ssl_disabled=True)", _closing(lambda: pymysql.connect(ssl_disabled=True, **kw)), few)
 
     from dbutils.pooled_db import PooledDB
 
     for label, ping in (("DBUtils PooledDB (ping=1, default)", 1), ("DBUtils PooledDB (ping=0)", 0)):
         pdb = PooledDB(pymysql, mincached=1, maxcached=1, maxconnections=1, blocking=True, ping=ping, **kw)
         closers.append(pdb.close)
-
-        def dbutils_op(pdb: Any = pdb) -> None:
-            conn = pdb.connection()
-            _op(conn)
-            conn.close()
-
-        variants[label] = timed(ops, dbutils_op)
-        bodies[label] = dbutils_op
+        add(label, _closing(pdb.connection))
 
     import sqlalchemy
 
@@ -128,42 +135,16 @@ def build(user: BenchUser, ops: int) -> tuple[dict[str, Callable[[], float]], li
                                           pool_pre_ping=pre_ping)  # fmt: skip
         engine.raw_connection().close()  # first connect: dialect initialisation
         closers.append(engine.dispose)
-
-        def sa_op(engine: Any = engine) -> None:
-            conn = engine.raw_connection()
-            _op(conn)
-            conn.close()
-
-        variants[label] = timed(ops, sa_op)
-        bodies[label] = sa_op
+        add(label, _closing(engine.raw_connection))
 
     db = DatabasePool({"default": dict(kw, min_size=1, max_size=1)}, name="bench")
-    db.init_pool()
-    closers.append(db.close_pool)
-    pool = db.pool("default")
-
-    def gp_database() -> None:
-        with db.connection() as conn:
-            _op(conn)
-
-    def gp_pool() -> None:
-        with pool.connection() as conn:
-            _op(conn)
-
-    variants["gunicorn_pool DatabasePool.connection()"] = timed(ops, gp_database)
-    bodies["gunicorn_pool DatabasePool.connection()"] = gp_database
-
     no_probe = DatabasePool({"default": dict(kw, min_size=1, max_size=1, probe_after=None)}, name="bench-np")
-    no_probe.init_pool()
-    closers.append(no_probe.close_pool)
-
-    def gp_no_probe() -> None:
-        with no_probe.connection() as conn:
-            _op(conn)
-
-    variants[NO_PROBE] = timed(ops, gp_no_probe)
-    bodies[NO_PROBE] = gp_no_probe
-    variants["gunicorn_pool ConnectionPool.connection()"] = timed(ops, gp_pool)
+    for service in (db, no_probe):
+        service.init_pool()
+        closers.append(service.close_pool)
+    add("gunicorn_pool DatabasePool.connection()", _within(db.connection))
+    add(NO_PROBE, _within(no_probe.connection))
+    add("gunicorn_pool ConnectionPool.connection()", _within(db.pool("default").connection))
 
     ref = MinimalFifoPool([pymysql.connect(ssl_disabled=True, **kw)])
     closers.append(ref.connections[0].close)
@@ -173,8 +154,7 @@ def build(user: BenchUser, ops: int) -> tuple[dict[str, Callable[[], float]], li
         _op(conn)
         ref.putconn(conn)
 
-    variants["reference: minimal FIFO pool (lock + deque, no features)"] = timed(ops, minimal)
-    bodies["reference: minimal FIFO pool (lock + deque, no features)"] = minimal
+    add("reference: minimal FIFO pool (lock + deque, no features)", minimal)
     return variants, closers
 
 
