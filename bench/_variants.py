@@ -78,7 +78,7 @@ def make(name: str, kw: dict[str, Any], url: str, workers: int, size: int) -> Va
         pool = db.pool("default")
 
         def gp_release(i: int, conn: Any) -> None:
-            pool.finish(conn, True)
+            pool.putconn(conn)
 
         return Variant(lambda i: pool.getconn(), gp_release, db.close_pool)
     if name.startswith("DBUtils PooledDB"):

@@ -27,6 +27,7 @@ from _common import fmt, preamble, table
 from _variants import MinimalFifoPool
 
 from gunicorn_pool import ConnectionPool
+from gunicorn_pool.connectors import Connector
 
 
 class StandInConnection:
@@ -55,41 +56,26 @@ class StandInConnection:
 StandInConnection.threadsafety = 1  # type: ignore[attr-defined]  # DBUtils reads it from a callable creator
 
 
-class StandInConnector:
-    """gunicorn_pool's Connector protocol over StandInConnection (no liveness probe: no socket)."""
+class StandInConnector(Connector):
+    """gunicorn_pool's Connector contract over StandInConnection (no liveness probe: no socket)."""
 
-    def open(self) -> Any:
-        class Owner:
-            dbapi_connection = StandInConnection()
+    def connect(self) -> Any:
+        return StandInConnection()
 
-            def close(self) -> None:
-                pass
-
-        return Owner()
-
-    def ping(self, raw: Any, timeout: float) -> None:
+    def close(self, raw: Any) -> None:
         pass
-
-    def suspect(self, raw: Any) -> bool:
-        return False
-
-    def probe(self, raw: Any) -> None:
-        return None
-
-    def in_transaction(self, raw: Any) -> bool:
-        return bool(raw.server_status & 1)
 
     def discard(self, raw: Any) -> None:
         pass
 
-    def reusable(self, raw: Any) -> bool:
-        return True
+    def ping(self, raw: Any, timeout: float) -> None:
+        pass
 
-    def dirty(self, raw: Any) -> bool:  # the same attribute reads as MySQLConnector.dirty
+    def check_in(self, raw: Any) -> bool:  # the same attribute reads as MySQLConnector.check_in
         if raw.server_status & 1 or raw._sock is None:
-            return True
+            return False
         result = raw._result
-        return result is not None and bool(result.unbuffered_active)
+        return result is None or not result.unbuffered_active
 
 
 def cycles() -> dict[str, Callable[[], None]]:

@@ -6,8 +6,10 @@ registered pool service: one independent pool set per worker process.
 
 Public API:
 
-- :class:`DatabasePool` named MySQL/SQLite pools; :class:`PoolInterface`, the
-  contract of any pool service.
+- :class:`DatabasePool`: named database pools (MySQL/MariaDB, PostgreSQL,
+  SQLite, any DB-API driver); :class:`PoolInterface`, the contract of any
+  pool service.
+- :class:`ConnectionPool`, the pool core, and :class:`PoolOptions`, its knobs.
 - :func:`register`, :func:`get`, :func:`configure`: the registry.
 - Worker classes :class:`Worker` (sync), :class:`ThreadWorker` (gthread),
   :class:`GeventWorker` (gevent); :mod:`gunicorn_pool.hooks` for stock workers.
@@ -24,12 +26,14 @@ from .database import DatabasePool
 from .errors import (
     ConfigError,
     ConnectError,
+    LeaseError,
     PoolClosed,
     PoolError,
     PoolStartupError,
     PoolTimeout,
     TooManyRequests,
 )
+from .options import PoolOptions
 from .pool import ConnectionPool
 from .registry import configure, get, register, registered, unregister
 
@@ -37,9 +41,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConfigError", "ConnectError", "ConnectionPool", "DatabaseConfig", "DatabasePool",
-    "GeventWorker", "PoolClosed", "PoolError", "PoolInterface", "PoolStartupError",
-    "PoolTimeout", "ThreadWorker", "TooManyRequests", "Worker", "configure", "get",
-    "mask_dsn", "parse_config", "register", "registered", "unregister",
+    "GeventWorker", "LeaseError", "PoolClosed", "PoolError", "PoolInterface", "PoolOptions",
+    "PoolStartupError", "PoolTimeout", "ThreadWorker", "TooManyRequests", "Worker", "configure",
+    "get", "mask_dsn", "parse_config", "register", "registered", "unregister",
 ]  # fmt: skip
 
 

@@ -3,22 +3,22 @@
 A *pool service* is any object implementing :class:`PoolInterface`. The
 worker finds every registered or reachable service once the app is loaded and
 calls ``init_pool()`` on each, in the worker process, before the first
-request; ``close_pool()`` runs when the worker exits. This is the seed
-framework's "walk the container, call initPool() on every PoolInterface".
+request; ``close_pool()`` runs when the worker exits.
 
 Writing your own service::
 
-    import redis
+    import socket
     from gunicorn_pool import PoolInterface, register
 
-    class RedisService(PoolInterface):
+    class StatsdSocket(PoolInterface):
         def init_pool(self):
-            self.client = redis.Redis(socket_connect_timeout=2)
-            self.client.ping()
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         def close_pool(self):
-            self.client.close()
+            self.sock.close()
 
-    register(RedisService(), name="redis")
+    register(StatsdSocket(), name="statsd")
+
+(:class:`~gunicorn_pool.redis.RedisPool` is the ready-made service for Redis.)
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import abc
 import dataclasses
 from typing import Any, Optional
 
-__all__ = ["PoolInterface", "WorkerProfile", "current_profile", "set_profile"]
+__all__ = ["PoolInterface", "WorkerProfile", "current_profile", "set_profile", "worker_kind"]
 
 
 class PoolInterface(abc.ABC):
@@ -54,7 +54,8 @@ class PoolInterface(abc.ABC):
         return 0
 
     def stats(self) -> dict[str, Any]:
-        """Figures for monitoring; empty unless the service has some."""
+        """Figures for monitoring: ``{pool name: {stat: number}}``, or a flat
+        ``{stat: number}``; empty unless the service has some."""
         return {}
 
 
@@ -78,13 +79,28 @@ class WorkerProfile:
     threads: int = 1
     first_boot: bool = False
     deadline: Optional[float] = None  # time.monotonic() by which warm-up ends
+    timeout: Optional[float] = None  # gunicorn's --timeout, when known
 
     def default_sizes(self) -> tuple[int, int]:
+        """``(min_size, max_size)`` for a pool that does not set them."""
         if self.kind == "thread":
             return 1, max(1, self.threads)
         if self.kind == "gevent":
             return 1, 10
         return 1, 1
+
+
+def worker_kind(cls: type) -> str:
+    """ "gevent", "thread" or "sync": the concurrency model of a gunicorn worker class.
+
+    Read off the class's bases by module name, so nothing is imported.
+    """
+    modules = {c.__module__ for c in getattr(cls, "__mro__", ())}
+    if "gunicorn.workers.ggevent" in modules:
+        return "gevent"
+    if "gunicorn.workers.gthread" in modules:
+        return "thread"
+    return "sync"
 
 
 _profile = [WorkerProfile()]
@@ -96,5 +112,5 @@ def current_profile() -> WorkerProfile:
 
 
 def set_profile(profile: WorkerProfile) -> None:
-    """Set this process's profile (the worker does it before warm-up)."""
+    """Set this process's profile (the worker does it before its pools open)."""
     _profile[0] = profile

@@ -27,28 +27,20 @@ import importlib
 import importlib.util
 import json
 import os
-import re
 import sys
 import time
 import traceback
 from typing import Any, Optional, Sequence
 
+from .config import mask_dsn
+
 __all__ = ["main"]
 
 EXIT_OK, EXIT_BUDGET, EXIT_CONFIG = 0, 1, 2
-_URL_PASSWORD = re.compile(r"(\w+://[^:/@\s]*):[^@\s]+@")
 
 
 class CheckConfigError(Exception):
     """The configuration cannot be loaded (exit code 2)."""
-
-
-def _mask(text: str, *passwords: str) -> str:
-    text = _URL_PASSWORD.sub(r"\1:***@", text)
-    for password in passwords:
-        if password:
-            text = text.replace(password, "***")
-    return text
 
 
 # -- loading the config like gunicorn -----------------------------------------------
@@ -59,7 +51,7 @@ def _load_gunicorn_config(path: Optional[str], overrides: dict[str, Any]) -> tup
     from gunicorn.app.base import Application
     from gunicorn.config import get_default_config_file
 
-    class ConfigLoader(Application):
+    class ConfigLoader(Application):  # type: ignore[misc]  # gunicorn is untyped
         """gunicorn's Application, minus argv parsing, printing and sys.exit."""
 
         def __init__(self) -> None:
@@ -171,7 +163,7 @@ class Plan:
 
 
 def _plan(cfg: Any) -> Plan:
-    from .base import WorkerProfile, set_profile
+    from .base import WorkerProfile, set_profile, worker_kind
     from .workers.base import PoolWorkerMixin
     from .workers.sync import Worker
 
@@ -184,12 +176,7 @@ def _plan(cfg: Any) -> Plan:
         from .workers.gthread import ThreadWorker
 
         cls = ThreadWorker  # what gunicorn_pool.Worker runs with threads > 1
-    modules = {c.__module__ for c in getattr(cls, "__mro__", ())}
-    kind = "sync"
-    if "gunicorn.workers.ggevent" in modules:
-        kind = "gevent"
-    elif "gunicorn.workers.gthread" in modules:
-        kind = "thread"
+    kind = worker_kind(cls)
     set_profile(WorkerProfile(kind=kind, threads=threads))  # before any pool size is resolved
     name = f"{cls.__module__}.{cls.__qualname__}" if isinstance(cls, type) else str(cfg.worker_class_str)
     pool_worker = isinstance(cls, type) and issubclass(cls, PoolWorkerMixin)
@@ -200,6 +187,7 @@ def _plan(cfg: Any) -> Plan:
 
 
 def _pools(services: list[tuple[str, Any]], plan: Plan, hosts: int) -> tuple[list[dict[str, Any]], list[str]]:
+    from .base import current_profile
     from .database import DatabasePool
 
     pools, others = [], []
@@ -208,7 +196,7 @@ def _pools(services: list[tuple[str, Any]], plan: Plan, hosts: int) -> tuple[lis
             others.append(f"service {service_name!r} ({type(service).__name__}) is not a DatabasePool: not checked")
             continue
         for key, cfg in service.configs.items():
-            lo, hi = DatabasePool._sizes(cfg)
+            lo, hi = cfg.sizes(current_profile())
             row: dict[str, Any] = {
                 "service": service_name, "pool": key, "adapter": cfg.adapter, "dsn": cfg.dsn,
                 "address": cfg.address, "user": cfg.user if cfg.adapter == "mysql" else None,
@@ -227,13 +215,13 @@ def _probe(row: dict[str, Any]) -> dict[str, Any]:
     from .connectors import make_connector
 
     cfg = row["_cfg"]
+    connector = make_connector(cfg)
     start = time.monotonic()
     try:
-        steady = make_connector(cfg).open()
+        raw = connector.connect()
     except Exception as exc:
-        return {"ok": False, "error": _mask(_describe(exc), cfg.password)}
+        return {"ok": False, "error": mask_dsn(connector.describe_error(exc), cfg.password)}
     ms = (time.monotonic() - start) * 1000
-    raw = steady.dbapi_connection
     raw._read_timeout = raw._write_timeout = cfg.connect_timeout  # bound our queries too
     try:
         cur = raw.cursor()
@@ -245,23 +233,13 @@ def _probe(row: dict[str, Any]) -> dict[str, Any]:
         found = cur.fetchone()
         now = int(found[1]) if found else int(visible)
     except Exception as exc:
-        return {"ok": False, "error": _mask(_describe(exc), cfg.password)}
+        return {"ok": False, "error": mask_dsn(connector.describe_error(exc), cfg.password)}
     finally:
-        try:
-            steady.close()
-        except Exception:  # noqa: BLE001
-            pass
+        connector.close(raw)
     return {
         "ok": True, "connect_ms": round(ms, 1), "version": version, "max_connections": int(max_conn),
         "max_user_connections": int(max_user), "connections_now": now, "processlist_visible": int(visible),
     }  # fmt: skip
-
-
-def _describe(exc: BaseException) -> str:
-    args = getattr(exc, "args", ())
-    if len(args) == 2 and isinstance(args[0], int):
-        return f"({args[0]}) {args[1]}"
-    return str(exc) or type(exc).__name__
 
 
 def _servers(pools: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -296,7 +274,7 @@ def _servers(pools: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # -- output ------------------------------------------------------------------------------
 
 
-def _table(headers: Sequence[str], rows: list[Sequence[Any]]) -> str:
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     cells = [[("-" if c is None else str(c)) for c in row] for row in [headers, *rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
@@ -364,10 +342,10 @@ def check(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
         if not services:
             raise CheckConfigError("no pool service found: register one in the config file (or pass --app)")
     except CheckConfigError as exc:
-        report["errors"].append(_mask(str(exc)))
+        report["errors"].append(mask_dsn(str(exc)))
         return EXIT_CONFIG, report
     except Exception as exc:  # a service's own import/validation error
-        report["errors"].append(_mask(f"{type(exc).__name__}: {exc}"))
+        report["errors"].append(mask_dsn(f"{type(exc).__name__}: {exc}"))
         return EXIT_CONFIG, report
     report["plan"] = dataclasses.asdict(plan)
     if not plan.pool_worker and getattr(cfg.post_worker_init, "__module__", "") == "gunicorn.config":

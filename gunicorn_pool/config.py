@@ -6,6 +6,7 @@ A pool is configured per *name*, as a dict or as a URL string::
 
     pool = DatabasePool({
         "default": "mysql://app:secret@127.0.0.1:3306/shop?charset=utf8mb4",
+        "orders": "postgresql://app@10.0.0.7/orders?password_env=ORDERS_PW&max_size=4",
         "reports": {
             "adapter": "mysql", "host": "10.0.0.5", "user": "ro",
             "password_env": "REPORTS_DB_PASSWORD", "database": "reports",
@@ -14,109 +15,145 @@ A pool is configured per *name*, as a dict or as a URL string::
         "local": "sqlite:///var/app.db",
     })
 
-Accepted keys (a URL's query string takes the same keys)::
+Adapters, with the spellings other frameworks use: ``mysql`` (also ``mariadb``;
+URL schemes ``mysql://``, ``mysql+pymysql://``, ``mariadb://``),
+``postgresql`` (also ``postgres``, ``pgsql``; ``postgresql://``,
+``postgres://``, ``postgresql+psycopg://``), ``sqlite`` (``sqlite:///path``)
+and ``dbapi`` (any DB-API driver through a ``creator``). :data:`KEYS` lists
+every key with its default, its rule and the adapters it applies to; a key
+that does not apply to the pool's adapter is refused, like a typo.
 
-    adapter          "mysql" (default) or "sqlite"
-    host, port       server address (127.0.0.1, 3306)
-    user             login user
-    password         also spelled "pass" (the seed's spelling)
-    password_env     read the password from this environment variable
-    password_file    read the password from this file (trailing newline cut)
-    database         also spelled "name" (the seed's spelling); for sqlite the
-                     file path or ":memory:"
-    charset          utf8mb4
-    prefix           table prefix, kept for the application (pool.prefix)
-    connect_timeout  seconds for TCP connect *and* the MySQL handshake (5)
-    read_timeout     seconds a query may wait for the server (None: no limit)
-    write_timeout    seconds a write may block (None: no limit)
-    init_command     SQL run on every new connection
-    session          list of SQL statements run on every new connection
-    autocommit       True (default): see "Transactions" in DatabasePool
-    ssl_ca, ssl_cert, ssl_key, ssl_verify, ssl_disabled   TLS (see below)
-    min_size         connections opened by init_pool() (worker default)
-    max_size         connections the pool may hold at once (worker default)
-    timeout          seconds to wait for a free connection (10)
-    max_waiting      callers allowed to wait at once; 0 = no limit (0)
-    max_lifetime     seconds before a connection is replaced, -10% jitter (3600)
-    max_idle         seconds an idle connection above min_size is kept (600)
-    check_interval   skip the checkout ping if used within this many s (0.5)
-    check_timeout    seconds the checkout ping may take (2)
-    probe_after      poll the socket (no round trip) on checkout if idle this
-                     many s (0.0001); none: no poll, only the check_interval ping
-    reconnect_backoff_max   cap of the reconnect backoff, seconds (2)
-    strict           fail the server's *first* start if warm-up fails (False)
-
-Unknown keys raise :class:`~gunicorn_pool.errors.ConfigError` naming the key
-and the pool. Passwords never appear in ``repr()``, ``dsn`` or any message:
-see :func:`mask_dsn`.
-
-TLS: with no ``ssl_*`` key, MySQL connections use TLS when the server offers
-it (PyMySQL's "preferred" mode) without verifying the certificate; with
-``ssl_ca`` the certificate is verified, with ``ssl_verify="identity"`` the
-host name too; ``ssl_disabled=True`` turns TLS off. The TLS context is built
-once per pool, not on every connect.
+Every value is checked for type and range when the config is built: a bad one
+raises :class:`~gunicorn_pool.errors.ConfigError` naming the pool and the key.
+No error text, ``repr()`` or ``dsn`` ever contains the password, nor any part
+of a URL's user name and password: a URL whose password holds an unencoded
+``/ ? # [ ] @`` is ambiguous and refused with a hint to percent-encode it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
-from typing import Any, Mapping, Optional, Union
-from urllib.parse import parse_qsl, unquote, urlsplit
+import re
+from typing import Any, Callable, Mapping, Optional, Union
+from urllib.parse import parse_qsl, quote, unquote
 
 from .errors import ConfigError
+from .options import PoolOptions, Rule, coerce, rule_of
 
-__all__ = ["DatabaseConfig", "mask_dsn", "parse_config"]
+__all__ = ["ADAPTERS", "KEYS", "DatabaseConfig", "mask_dsn", "parse_config"]
 
-ADAPTERS = ("mysql", "sqlite")
-_ALIASES = {"name": "database", "pass": "password", "db": "database", "passwd": "password"}
-_SCHEMES = {"mysql": "mysql", "mysql+pymysql": "mysql", "mariadb": "mysql", "sqlite": "sqlite"}
 _MASK = "***"
 
 ConfigValue = Union[str, Mapping[str, Any]]
 
 
 @dataclasses.dataclass(frozen=True)
-class DatabaseConfig:
-    """One named pool's validated settings. Build it with :func:`parse_config`."""
+class Adapter:
+    """One database family: its URL schemes, its defaults and its driver."""
 
-    pool_name: str
-    adapter: str = "mysql"
-    host: str = "127.0.0.1"
-    port: int = 3306
-    user: str = "root"
-    password: str = dataclasses.field(default="", repr=False)
-    database: Optional[str] = None
-    charset: str = "utf8mb4"
-    prefix: str = ""
-    connect_timeout: float = 5.0
-    read_timeout: Optional[float] = None
-    write_timeout: Optional[float] = None
-    init_command: Optional[str] = None
-    session: tuple[str, ...] = ()
-    autocommit: bool = True
-    ssl_ca: Optional[str] = None
-    ssl_cert: Optional[str] = None
-    ssl_key: Optional[str] = None
-    ssl_verify: Union[bool, str, None] = None
-    ssl_disabled: bool = False
-    min_size: Optional[int] = None
-    max_size: Optional[int] = None
-    timeout: float = 10.0
-    max_waiting: int = 0
-    max_lifetime: float = 3600.0
-    max_idle: float = 600.0
-    check_interval: float = 0.5
-    check_timeout: float = 2.0
-    probe_after: Optional[float] = 0.0001
-    reconnect_backoff_max: float = 2.0
-    strict: bool = False
+    name: str
+    schemes: tuple[str, ...]
+    spellings: tuple[str, ...]  #: values of the ``adapter`` key that mean this adapter
+    port: Optional[int] = None
+    user: Optional[str] = None
+    server: bool = True  #: has host, port, user and password
+
+
+#: The adapters, by canonical name.
+ADAPTERS = {
+    "mysql": Adapter(
+        "mysql", ("mysql", "mysql+pymysql", "mariadb", "mariadb+pymysql"), ("mysql", "mariadb"), port=3306, user="root"
+    ),  # fmt: skip
+    "postgresql": Adapter(
+        "postgresql",
+        ("postgresql", "postgres", "postgresql+psycopg", "pgsql"),
+        ("postgresql", "postgres", "pgsql"),
+        port=5432,
+    ),  # fmt: skip
+    "sqlite": Adapter("sqlite", ("sqlite",), ("sqlite", "sqlite3"), server=False),
+    "dbapi": Adapter("dbapi", ("dbapi",), ("dbapi",), server=False),
+}
+_SCHEMES = {scheme: a.name for a in ADAPTERS.values() for scheme in a.schemes}
+_SPELLINGS = {spelling: a.name for a in ADAPTERS.values() for spelling in a.spellings}
+_SERVERS = ("mysql", "postgresql")
+_ALL = tuple(ADAPTERS)
+_ALIASES = {"name": "database", "pass": "password", "db": "database", "passwd": "password", "dbname": "database"}
+_SOURCES = ("password_env", "password_file")
+_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+_TARGETS = ("any", "read-write", "read-only", "primary", "standby", "prefer-standby")
+
+
+def _key(default: Any, rule: Rule, adapters: tuple[str, ...] = _ALL) -> Any:
+    return dataclasses.field(default=default, metadata={"rule": rule, "adapters": adapters})
+
+
+def _text(meaning: str, *, optional: bool = True, secret: bool = False, choices: tuple[str, ...] = ()) -> Rule:
+    return Rule(str, optional=optional, secret=secret, choices=choices, meaning=meaning)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatabaseConfig(PoolOptions):
+    """One named pool's validated settings: the connection keys plus every
+    :class:`~gunicorn_pool.options.PoolOptions` key. Build it with :func:`parse_config`."""
+
+    pool_name: str = dataclasses.field(default="", metadata={"internal": True})
+    adapter: str = _key("mysql", _text("the database family", optional=False, choices=_ALL))
+    host: Optional[str] = _key(None, _text("server host (127.0.0.1)"), _SERVERS)
+    port: Optional[int] = _key(None, Rule(int, optional=True, low=1, high=65535, meaning="server port"), _SERVERS)
+    user: Optional[str] = _key(None, _text("login user"), _SERVERS)
+    password: str = dataclasses.field(
+        default="", repr=False, metadata={"rule": _text("login password", optional=False, secret=True),
+                                          "adapters": _SERVERS},
+    )  # fmt: skip
+    database: Optional[str] = _key(None, _text("database (schema), or the SQLite file"), ("mysql", "postgresql",
+                                                                                           "sqlite"))  # fmt: skip
+    connect_timeout: float = _key(5.0, Rule(float, low=0, above=True, high=3600.0,
+                                            meaning="seconds for the connect and the handshake"))  # fmt: skip
+    init_command: Optional[str] = _key(None, _text("SQL run on every new connection"))
+    session: tuple[str, ...] = _key((), Rule(tuple, meaning="SQL statements run on every new connection"))
+    autocommit: bool = _key(True, Rule(bool, meaning="autocommit mode for lent connections"))
+    prefix: str = _key("", _text("table prefix kept for the application", optional=False))
+    # MySQL
+    charset: str = _key("utf8mb4", _text("connection character set", optional=False), ("mysql",))
+    read_timeout: Optional[float] = _key(None, Rule(float, optional=True, low=0, above=True, high=86400.0,
+                                                    meaning="seconds a query may wait for the server"),
+                                         ("mysql",))  # fmt: skip
+    write_timeout: Optional[float] = _key(None, Rule(float, optional=True, low=0, above=True, high=86400.0,
+                                                     meaning="seconds a write may block"), ("mysql",))  # fmt: skip
+    ssl_ca: Optional[str] = _key(None, _text("CA file: verify the server certificate"), ("mysql",))
+    ssl_cert: Optional[str] = _key(None, _text("client certificate file"), ("mysql",))
+    ssl_key: Optional[str] = _key(None, _text("client key file"), ("mysql",))
+    ssl_verify: Union[bool, str, None] = _key(None, _text("true, false or identity (also the host name)",
+                                                          choices=("true", "false", "identity", "1", "0", "yes",
+                                                                   "no", "on", "off")), ("mysql",))  # fmt: skip
+    ssl_disabled: bool = _key(False, Rule(bool, meaning="no TLS at all"), ("mysql",))
+    # PostgreSQL (libpq keywords, passed through)
+    sslmode: Optional[str] = _key(None, _text("libpq sslmode", choices=_SSLMODES), ("postgresql",))
+    sslrootcert: Optional[str] = _key(None, _text("libpq sslrootcert"), ("postgresql",))
+    sslcert: Optional[str] = _key(None, _text("libpq sslcert"), ("postgresql",))
+    sslkey: Optional[str] = _key(None, _text("libpq sslkey"), ("postgresql",))
+    application_name: Optional[str] = _key(None, _text("libpq application_name"), ("postgresql",))
+    options: Optional[str] = _key(None, _text("libpq options (-c name=value ...)"), ("postgresql",))
+    target_session_attrs: Optional[str] = _key(None, _text("libpq target_session_attrs", choices=_TARGETS),
+                                               ("postgresql",))  # fmt: skip
+    prepare_threshold: Optional[int] = _key(5, Rule(int, optional=True, low=0, high=1_000_000,
+                                                     meaning="psycopg prepare_threshold; none: never prepare"),
+                                            ("postgresql",))  # fmt: skip
+    pgbouncer: bool = _key(False, Rule(bool, meaning="behind PgBouncer in transaction pooling mode"),
+                           ("postgresql",))  # fmt: skip
+    # Any DB-API driver
+    creator: Any = _key(None, Rule(object, optional=True, meaning="callable returning a DB-API connection, or"
+                                                                   " 'module:callable'"), ("dbapi",))  # fmt: skip
 
     @property
     def address(self) -> str:
-        """Where the pool connects: ``host:port`` or the SQLite path."""
+        """Where the pool connects: ``host:port``, the SQLite path or the creator's name (no secret)."""
         if self.adapter == "sqlite":
             return str(self.database)
+        if self.adapter == "dbapi":
+            return _callable_name(self.creator)
         return f"{self.host}:{self.port}"
 
     @property
@@ -124,37 +161,41 @@ class DatabaseConfig:
         """The connection URL with the password masked (safe to log)."""
         if self.adapter == "sqlite":
             return f"sqlite:///{self.database}"
-        auth = self.user + (f":{_MASK}" if self.password else "")
-        return f"mysql://{auth}@{self.host}:{self.port}/{self.database or ''}"
+        if self.adapter == "dbapi":
+            return f"dbapi:{_callable_name(self.creator)}"
+        auth = quote(self.user or "", safe="") + (f":{_MASK}" if self.password else "")
+        host = f"[{self.host}]" if self.host and ":" in self.host else self.host
+        return f"{self.adapter}://{auth}{'@' if auth else ''}{host}:{self.port}/{quote(self.database or '', safe='')}"
 
     def __repr__(self) -> str:
         return f"<DatabaseConfig {self.pool_name!r} {self.dsn} min={self.min_size} max={self.max_size}>"
 
 
-_FIELDS = {f.name: f for f in dataclasses.fields(DatabaseConfig) if f.name != "pool_name"}
-_SOURCES = ("password_env", "password_file")
-_FLOATS = {n for n, f in _FIELDS.items() if "float" in str(f.type)}
-_INTS = {"port", "min_size", "max_size", "max_waiting"}
-_BOOLS = {"autocommit", "ssl_disabled", "strict"}
+def _fields() -> dict[str, dataclasses.Field[Any]]:
+    return {f.name: f for f in dataclasses.fields(DatabaseConfig) if not f.metadata.get("internal")}
+
+
+_FIELDS = _fields()
+#: Every key: ``{name: (default, rule, adapters it applies to)}``.
+KEYS = {name: (f.default, rule_of(f), f.metadata.get("adapters", _ALL)) for name, f in _FIELDS.items()}
 
 
 def mask_dsn(text: str, password: str = "") -> str:
-    """Return *text* with a URL's password, and *password* itself, masked.
+    """Return *text* with every URL's password, and *password* itself, masked.
 
     >>> mask_dsn("mysql://app:s3cret@db:3306/x")
     'mysql://app:***@db:3306/x'
     """
-    parts = urlsplit(text) if "://" in text else None
-    if parts is not None and parts.password:
-        # host[:port] as written: parts.port would raise on a bad port, the error being reported
-        netloc = f"{parts.username or ''}:{_MASK}@{parts.netloc.rpartition('@')[2]}"
-        text = parts._replace(netloc=netloc).geturl()
+    text = _URL_PASSWORD.sub(r"\1:***@", text)
     if password:
         text = text.replace(password, _MASK)
     return text
 
 
-def parse_config(pool_name: str, value: ConfigValue) -> DatabaseConfig:
+_URL_PASSWORD = re.compile(r"(\b[a-zA-Z][\w+.-]*://[^:/@\s]*):[^@\s]*@")
+
+
+def parse_config(pool_name: str, value: Union[ConfigValue, DatabaseConfig]) -> DatabaseConfig:
     """Validate one named pool's config (a dict or a URL) into a DatabaseConfig.
 
     Raises ConfigError naming *pool_name* and the offending key or value.
@@ -165,58 +206,125 @@ def parse_config(pool_name: str, value: ConfigValue) -> DatabaseConfig:
         raw = _from_url(pool_name, value)
     elif isinstance(value, Mapping):
         raw = dict(value)
+        if not all(isinstance(k, str) for k in raw):
+            raise ConfigError(f"pool {pool_name!r}: config keys must be strings")
     else:
         raise ConfigError(f"pool {pool_name!r}: config must be a dict or a URL string, not {type(value).__name__}")
-    return DatabaseConfig(pool_name=pool_name, **_normalise(pool_name, raw))
+    config = DatabaseConfig(pool_name=pool_name, **_normalise(pool_name, raw))
+    config.check(pool_name)
+    return config
+
+
+# -- URLs ------------------------------------------------------------------------------------
+
+_ENCODE_HINT = (
+    "percent-encode these characters in the user name and password: / as %2F, ? as %3F, # as %23,"
+    " [ as %5B, ] as %5D, @ as %40, : as %3A (in the user name)"
+)
 
 
 def _from_url(pool_name: str, url: str) -> dict[str, Any]:
-    parts = urlsplit(url)
-    adapter = _SCHEMES.get(parts.scheme.lower())
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ConfigError(f"pool {pool_name!r}: a URL needs a scheme such as mysql:// or postgresql://")
+    adapter = _SCHEMES.get(scheme.lower())
     if adapter is None:
         raise ConfigError(
-            f"pool {pool_name!r}: unsupported URL scheme {parts.scheme!r} in {mask_dsn(url)!r}"
-            f" (use one of: {', '.join(sorted(_SCHEMES))})"
+            f"pool {pool_name!r}: unsupported URL scheme {scheme[:20]!r} (use one of: {', '.join(sorted(_SCHEMES))})"
         )
-    raw: dict[str, Any] = {"adapter": adapter}
     if adapter == "sqlite":
-        # sqlite:///relative.db, sqlite:////abs/path.db, sqlite:///:memory:
-        path = url.split("://", 1)[1]
-        path = path.split("?", 1)[0]
-        raw["database"] = path[1:] if path.startswith("/") else (path or ":memory:")
-    else:
-        try:
-            port = parts.port
-        except ValueError as exc:
-            raise ConfigError(f"pool {pool_name!r}: bad port in {mask_dsn(url)!r}") from exc
-        if parts.hostname:
-            raw["host"] = parts.hostname
-        if port:
-            raw["port"] = port
-        if parts.username:
-            raw["user"] = unquote(parts.username)
-        if parts.password:
-            raw["password"] = unquote(parts.password)
-        if parts.path.strip("/"):
-            raw["database"] = unquote(parts.path.strip("/"))
-    for key, val in parse_qsl(parts.query, keep_blank_values=True):
+        return _sqlite_url(pool_name, rest)
+    if adapter == "dbapi":
+        return _dbapi_url(pool_name, rest)
+    end = re.search(r"[/?#]", rest)
+    authority, tail = (rest[: end.start()], rest[end.start() :]) if end else (rest, "")
+    if "@" in tail or authority.count("@") > 1 or "#" in tail:
+        raise ConfigError(f"pool {pool_name!r}: ambiguous URL: {_ENCODE_HINT}")
+    userinfo, at, hostport = authority.rpartition("@")
+    if any(c in userinfo for c in "[]"):
+        raise ConfigError(f"pool {pool_name!r}: ambiguous URL: {_ENCODE_HINT}")
+    raw: dict[str, Any] = {"adapter": adapter}
+    if at:
+        user, colon, password = userinfo.partition(":")
+        if user:
+            raw["user"] = unquote(user)
+        if colon:
+            raw["password"] = unquote(password)
+    host, port = _host_port(pool_name, hostport)
+    if host:
+        raw["host"] = host
+    if port is not None:
+        raw["port"] = port
+    path, _, query = tail.partition("?")
+    database = unquote(path.strip("/"))
+    if database:
+        raw["database"] = database
+    for key, val in parse_qsl(query, keep_blank_values=True):
         if key == "session":
             raw.setdefault("session", []).append(val)
+        elif key in raw and key not in ("adapter",):
+            raise ConfigError(f"pool {pool_name!r}: option {key!r} given twice in the URL")
         else:
             raw[key] = val
     return raw
 
 
+def _host_port(pool_name: str, hostport: str) -> tuple[str, Optional[int]]:
+    if hostport.startswith("["):  # [IPv6]:port
+        host, close, after = hostport[1:].partition("]")
+        if not close or (after and not after.startswith(":")):
+            raise ConfigError(f"pool {pool_name!r}: bad host in the URL ({_ENCODE_HINT})")
+        port_text = after[1:]
+    else:
+        host, _, port_text = hostport.partition(":")
+    host = unquote(host)
+    if any(c.isspace() or ord(c) < 32 for c in host):
+        raise ConfigError(f"pool {pool_name!r}: bad host in the URL (spaces or control characters)")
+    if not port_text:
+        return host, None
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ConfigError(f"pool {pool_name!r}: bad port in the URL (a number from 1 to 65535; {_ENCODE_HINT})")
+    return host, int(port_text)
+
+
+def _sqlite_url(pool_name: str, rest: str) -> dict[str, Any]:
+    # sqlite:///relative.db, sqlite:////abs/path.db, sqlite:///:memory:
+    path, _, query = rest.partition("?")
+    raw: dict[str, Any] = {"adapter": "sqlite", "database": path[1:] if path.startswith("/") else (path or ":memory:")}
+    for key, val in parse_qsl(query, keep_blank_values=True):
+        raw.setdefault("session", []).append(val) if key == "session" else raw.__setitem__(key, val)
+    return raw
+
+
+def _dbapi_url(pool_name: str, rest: str) -> dict[str, Any]:
+    # dbapi://?creator=module:callable&max_size=4
+    path, _, query = rest.partition("?")
+    raw: dict[str, Any] = {"adapter": "dbapi"}
+    if path.strip("/"):
+        raw["creator"] = unquote(path.strip("/"))
+    for key, val in parse_qsl(query, keep_blank_values=True):
+        raw[key] = val
+    return raw
+
+
+# -- keys ------------------------------------------------------------------------------------
+
+
 def _normalise(pool_name: str, raw: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+    adapter = _adapter(pool_name, raw)
+    out: dict[str, Any] = {"adapter": adapter}
     for key, val in raw.items():
         name = _ALIASES.get(key, key)
-        if name in _SOURCES:
+        if name in _SOURCES or name == "adapter":
             continue
-        if name not in _FIELDS:
+        field = _FIELDS.get(name)
+        if field is None:
+            known = sorted(n for n, (_, _, ads) in KEYS.items() if adapter in ads) + list(_SOURCES)
+            raise ConfigError(f"pool {pool_name!r}: unknown option {key!r} (known: {', '.join(known)})")
+        if adapter not in KEYS[name][2]:
             raise ConfigError(
-                f"pool {pool_name!r}: unknown option {key!r}"
-                f" (known: {', '.join(sorted([*_FIELDS, *_SOURCES, *_ALIASES]))})"
+                f"pool {pool_name!r}: option {name!r} does not apply to adapter {adapter!r}"
+                f" (it is for: {', '.join(KEYS[name][2])})"
             )
         if name in out:
             raise ConfigError(f"pool {pool_name!r}: option {name!r} given twice (as {key!r} and an alias)")
@@ -225,66 +333,85 @@ def _normalise(pool_name: str, raw: dict[str, Any]) -> dict[str, Any]:
     if password is not None:
         if "password" in out:
             raise ConfigError(f"pool {pool_name!r}: give the password once (password, password_env or password_file)")
+        if adapter not in _SERVERS:
+            raise ConfigError(f"pool {pool_name!r}: adapter {adapter!r} takes no password")
         out["password"] = password
-    adapter = out.get("adapter", "mysql")
-    if adapter not in ADAPTERS:
-        raise ConfigError(f"pool {pool_name!r}: unknown adapter {adapter!r} (use one of: {', '.join(ADAPTERS)})")
+    spec = ADAPTERS[adapter]
+    if spec.server:
+        out["host"] = out.get("host") or "127.0.0.1"
+        out.setdefault("port", None)
+        out["port"] = out["port"] or spec.port
+        if out.get("user") is None and spec.user is not None:
+            out["user"] = spec.user
     if adapter == "sqlite" and not out.get("database"):
         raise ConfigError(f"pool {pool_name!r}: sqlite needs a database path (or ':memory:')")
-    _check_sizes(pool_name, out)
+    if adapter == "dbapi":
+        out["creator"] = _creator(pool_name, out.get("creator"))
     return out
 
 
+def _adapter(pool_name: str, raw: Mapping[str, Any]) -> str:
+    value = raw.get("adapter", "mysql")
+    name = _SPELLINGS.get(value.strip().lower()) if isinstance(value, str) else None
+    if name is None:
+        shown = repr(value[:20]) if isinstance(value, str) else f"a {type(value).__name__}"
+        raise ConfigError(f"pool {pool_name!r}: unknown adapter {shown} (use one of: {', '.join(sorted(_SPELLINGS))})")
+    return name
+
+
 def _coerce(pool_name: str, name: str, val: Any) -> Any:
-    try:
-        if val is None:
-            return None
-        if name in _BOOLS:
-            return val if isinstance(val, bool) else str(val).lower() in ("1", "true", "yes", "on")
-        if name == "ssl_verify" and isinstance(val, str) and val.lower() != "identity":
-            return val.lower() in ("1", "true", "yes", "on")
-        if name in _INTS:
-            return int(val)
-        if name in _FLOATS:
-            return None if val in ("", "none", "None") else float(val)
-        if name == "session":
-            return tuple([val] if isinstance(val, str) else val)
-        if name in ("adapter",):
-            return str(val).lower()
+    rule = KEYS[name][1]
+    if name == "ssl_verify" and val is not None:
+        if isinstance(val, bool):
+            return val
+        text = coerce(pool_name, name, val, rule)
+        return "identity" if text == "identity" else text in ("true", "1", "yes", "on")
+    if name == "creator":
         return val
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"pool {pool_name!r}: bad value for {name!r}: {exc}") from None
+    return coerce(pool_name, name, val, rule)
+
+
+def _creator(pool_name: str, value: Any) -> Callable[[], Any]:
+    if value is None:
+        raise ConfigError(f"pool {pool_name!r}: adapter 'dbapi' needs a creator (a callable or 'module:callable')")
+    if isinstance(value, str):
+        module, colon, attr = value.partition(":")
+        if not colon or not module or not attr:
+            raise ConfigError(f"pool {pool_name!r}: creator must be 'module:callable', got {value[:60]!r}")
+        try:
+            target: Any = importlib.import_module(module)
+            for part in attr.split("."):
+                target = getattr(target, part)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"pool {pool_name!r}: cannot import creator {value[:60]!r}: {exc}") from None
+        value = target
+    if not callable(value):
+        raise ConfigError(f"pool {pool_name!r}: creator must be callable, got a {type(value).__name__}")
+    return value  # type: ignore[no-any-return]
+
+
+def _callable_name(value: Any) -> str:
+    module = getattr(value, "__module__", None) or "?"
+    name = getattr(value, "__qualname__", None) or getattr(value, "__name__", None) or type(value).__name__
+    return f"{module}:{name}"
 
 
 def _password_from_source(pool_name: str, raw: Mapping[str, Any]) -> Optional[str]:
     env, path = raw.get("password_env"), raw.get("password_file")
+    for key, val in (("password_env", env), ("password_file", path)):
+        if val is not None and (not isinstance(val, (str, os.PathLike)) or "\x00" in str(val)):
+            raise ConfigError(f"pool {pool_name!r}: {key} must be a string (got a {type(val).__name__})")
     if env and path:
         raise ConfigError(f"pool {pool_name!r}: give password_env or password_file, not both")
     if env:
-        if env not in os.environ:
-            raise ConfigError(f"pool {pool_name!r}: password_env names {env!r}, which is not set")
-        return os.environ[env]
+        if str(env) not in os.environ:
+            raise ConfigError(f"pool {pool_name!r}: password_env names {str(env)[:60]!r}, which is not set")
+        return os.environ[str(env)]
     if path:
         try:
             with open(path, encoding="utf-8") as fh:
                 return fh.read().rstrip("\r\n")
-        except OSError as exc:
-            raise ConfigError(f"pool {pool_name!r}: cannot read password_file {path!r}: {exc.strerror}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise ConfigError(f"pool {pool_name!r}: cannot read password_file {str(path)[:200]!r}: {why}") from None
     return None
-
-
-def _check_sizes(pool_name: str, out: Mapping[str, Any]) -> None:
-    lo, hi = out.get("min_size"), out.get("max_size")
-    if lo is not None and lo < 0:
-        raise ConfigError(f"pool {pool_name!r}: min_size must be >= 0, got {lo}")
-    if hi is not None and hi < 1:
-        raise ConfigError(f"pool {pool_name!r}: max_size must be >= 1, got {hi}")
-    if lo is not None and hi is not None and lo > hi:
-        raise ConfigError(f"pool {pool_name!r}: min_size ({lo}) is larger than max_size ({hi})")
-    probe = out.get("probe_after")
-    if probe is not None and probe < 0:
-        raise ConfigError(f"pool {pool_name!r}: probe_after must be >= 0 or none, got {probe}")
-    for key in ("timeout", "connect_timeout", "check_timeout"):
-        val = out.get(key)
-        if val is not None and val <= 0:
-            raise ConfigError(f"pool {pool_name!r}: {key} must be > 0, got {val}")

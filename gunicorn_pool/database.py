@@ -1,4 +1,4 @@
-"""DatabasePool: named database pools for one worker, the seed's DatabasePool.
+"""DatabasePool: named database pools for one worker.
 
 Register it in gunicorn.conf.py (or in app code) and use it in views::
 
@@ -89,7 +89,7 @@ class DatabasePool(PoolInterface):
         profile = current_profile()
         for key, cfg in self.configs.items():
             pool = self.pool(key)
-            pool.min_size, pool.max_size = self._sizes(cfg)
+            pool.resize(*cfg.sizes(profile))
             start = time.monotonic()
             try:
                 opened = pool.open(deadline=profile.deadline)
@@ -128,25 +128,10 @@ class DatabasePool(PoolInterface):
     def pool(self, name: str = "default") -> ConnectionPool:
         """The :class:`ConnectionPool` for *name*, built on first use."""
         pool = self._pools.get(name)
-        if pool is not None and not pool._closed:  # every connection() passes here
+        if pool is not None and not pool.closed:  # every connection() passes here
             return pool
         cfg = self._config(name)
-        lo, hi = self._sizes(cfg)
-        candidate = ConnectionPool(
-            make_connector(cfg),
-            name=name,
-            dsn=cfg.dsn,
-            min_size=lo,
-            max_size=hi,
-            timeout=cfg.timeout,
-            max_waiting=cfg.max_waiting,
-            max_lifetime=cfg.max_lifetime,
-            max_idle=cfg.max_idle,
-            check_interval=cfg.check_interval,
-            check_timeout=cfg.check_timeout,
-            probe_after=cfg.probe_after,
-            reconnect_backoff_max=cfg.reconnect_backoff_max,
-        )
+        candidate = ConnectionPool(make_connector(cfg), name=name, options=cfg)
         if pool is None:
             # Two threads racing here get the same pool (setdefault is
             # atomic; the loser's pool has opened nothing).
@@ -156,7 +141,7 @@ class DatabasePool(PoolInterface):
         return pool
 
     def prefix(self, name: str = "default") -> str:
-        """The table prefix configured for *name* (the seed's ``prefix``)."""
+        """The table prefix configured for *name*, kept for the application."""
         return self._config(name).prefix
 
     def _config(self, name: str) -> DatabaseConfig:
@@ -166,17 +151,6 @@ class DatabasePool(PoolInterface):
             raise KeyError(
                 f"DatabasePool {self.name!r} has no database {name!r} (known: {', '.join(sorted(self.configs))})"
             ) from None
-
-    @staticmethod
-    def _sizes(cfg: DatabaseConfig) -> tuple[int, int]:
-        """Explicit min_size/max_size win; the worker profile fills the rest."""
-        lo, hi = current_profile().default_sizes()
-        if cfg.max_size is not None:
-            hi, lo = cfg.max_size, min(lo, cfg.max_size)
-        if cfg.min_size is not None:
-            lo = cfg.min_size
-            hi = max(hi, lo)
-        return lo, hi
 
     def __repr__(self) -> str:
         return f"<DatabasePool {self.name!r} {', '.join(f'{k}={c.dsn}' for k, c in self.configs.items())}>"

@@ -16,18 +16,29 @@ and mirrors psycopg_pool's:
   ``host:port`` and never contains the password.
 - :class:`PoolStartupError`: a pool in ``strict`` mode could not warm up when
   the server first started.
+- :class:`LeaseError`: a connection was used or given back outside its lease:
+  after it was returned, by a thread or greenlet that did not take it, after
+  the pool reclaimed it at the end of a request, or ``putconn()`` of a
+  connection the pool did not lend to this caller.
+
+:func:`describe` turns a driver error into one line that carries the server's
+message and never the password.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "ConfigError",
     "ConnectError",
+    "LeaseError",
     "PoolClosed",
     "PoolError",
     "PoolStartupError",
     "PoolTimeout",
     "TooManyRequests",
+    "describe",
 ]
 
 
@@ -57,3 +68,16 @@ class ConnectError(PoolError):
 
 class PoolStartupError(PoolError):
     """A ``strict`` pool failed to warm up on the server's first start."""
+
+
+class LeaseError(PoolError):
+    """A connection was used or given back outside its lease (see the module docstring)."""
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line description of a driver error: ``(code) message``, or the message."""
+    args: tuple[Any, ...] = getattr(exc, "args", ())
+    if len(args) == 2 and isinstance(args[0], int):
+        return f"({args[0]}) {args[1]}"
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -43,4 +43,4 @@ def post_worker_init(worker: Any) -> None:
 def worker_exit(server: Any, worker: Any) -> None:
     """Close this worker's pools (gunicorn ``worker_exit``), in its own pid only."""
     if getattr(worker, "pid", None) == os.getpid():
-        lifecycle.shutdown(worker)
+        lifecycle.shutdown()

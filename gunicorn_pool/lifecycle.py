@@ -10,7 +10,7 @@ stock workers (:mod:`gunicorn_pool.hooks`) call these two functions::
                             (gunicorn_pool.warmup: first-request code paths), start metrics
       -> user's post_worker_init (gunicorn)
       -> serve requests
-      -> shutdown(worker):  close_pool() each, in the worker's own pid only
+      -> shutdown():        close_pool() each, in the worker's own pid only
     (SIGTERM, SIGQUIT/SIGINT, max_requests, SIGHUP's old workers; nothing runs
     on SIGKILL: the kernel closes the sockets and the server drops the sessions.)
 
@@ -27,9 +27,9 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any, Optional
+from typing import Any
 
-from .base import PoolInterface, WorkerProfile, set_profile
+from .base import PoolInterface, WorkerProfile, set_profile, worker_kind
 from .errors import PoolStartupError
 from .registry import discover, settings
 from .warmup import warm_worker
@@ -42,20 +42,14 @@ _booted: dict[str, Any] = {"pid": None, "services": [], "reporter": None}
 
 
 def profile_for(worker: Any) -> WorkerProfile:
-    """The sizing profile of a gunicorn worker, read off its class."""
-    modules = {cls.__module__ for cls in type(worker).__mro__}
-    if "gunicorn.workers.ggevent" in modules:
-        kind = "gevent"
-    elif "gunicorn.workers.gthread" in modules:
-        kind = "thread"
-    else:
-        kind = "sync"
+    """The sizing profile of a gunicorn worker, read off its class and config."""
     cfg = worker.cfg
     return WorkerProfile(
-        kind=kind,
+        kind=worker_kind(type(worker)),
         threads=int(getattr(cfg, "threads", 1) or 1),
         first_boot=int(getattr(worker, "age", 0)) <= int(getattr(cfg, "workers", 1) or 1),
         deadline=time.monotonic() + settings.warmup_timeout,
+        timeout=float(getattr(cfg, "timeout", 0) or 0) or None,
     )
 
 
@@ -74,9 +68,9 @@ def boot(worker: Any) -> list[tuple[str, PoolInterface]]:
             raise  # strict pool on first start: gunicorn halts the server, as asked
         except Exception as exc:  # noqa: BLE001 - never halt the server for a pool
             logger.error("pool service %s: init_pool() failed, it will connect on demand: %s", name, exc)
-    if settings.warm_up and hasattr(worker, "cfg"):
-        deadline = profile.deadline or time.monotonic() + settings.warmup_timeout
-        warm_worker(worker, services, requests=settings.warm_requests, deadline=deadline)
+    if settings.warm_up:
+        assert profile.deadline is not None  # profile_for() sets it
+        warm_worker(worker, services, requests=settings.warm_requests, deadline=profile.deadline)
     _booted.update(pid=os.getpid(), services=services, reporter=_start_reporter(worker, services))
     logger.info(
         "gunicorn_pool: %d pool service(s) ready in %.1f ms (%s worker)",
@@ -85,7 +79,7 @@ def boot(worker: Any) -> list[tuple[str, PoolInterface]]:
     return services
 
 
-def shutdown(worker: Optional[Any] = None) -> None:
+def shutdown() -> None:
     """Close the pools this process opened; do nothing in any other process."""
     if _booted["pid"] != os.getpid():
         return

@@ -8,8 +8,8 @@ service's ``stats()`` and sends:
 
 - **gauges**, the figures of this worker now: ``pool_min``, ``pool_max``,
   ``pool_size``, ``pool_available``, ``requests_waiting``;
-- **counters**, what happened since the last report: every other key of
-  :data:`gunicorn_pool.pool.STATS_KEYS` (``requests_num``,
+- **counters**, what happened since the last report: every key of
+  :data:`gunicorn_pool.stats.COUNTERS` (``requests_num``,
   ``requests_timeouts``, ``connections_lost``, ...).
 
 Backends:
@@ -37,34 +37,11 @@ import re
 import threading
 from typing import Any, Iterator, Optional, Protocol
 
-from .pool import STATS_KEYS
+from .stats import COUNTERS, GAUGES, HELP
 
 __all__ = ["COUNTERS", "GAUGES", "Reporter", "child_exit", "iter_stats", "start_reporter"]
 
 logger = logging.getLogger("gunicorn_pool")
-
-#: Stats sent as gauges (a current level); every other numeric stat is a counter.
-GAUGES = ("pool_min", "pool_max", "pool_size", "pool_available", "requests_waiting")
-#: Stats sent as counters (the increase since the previous report).
-COUNTERS = tuple(key for key in STATS_KEYS if key not in GAUGES)
-
-_HELP = {
-    "pool_min": "connections opened at warm-up (min_size)",
-    "pool_max": "connections the pool may hold (max_size)",
-    "pool_size": "connections open or being opened",
-    "pool_available": "idle connections ready to lend",
-    "requests_waiting": "callers waiting for a connection now",
-    "requests_num": "connection requests",
-    "requests_queued": "requests that had to wait",
-    "requests_wait_ms": "milliseconds spent waiting for a connection",
-    "requests_timeouts": "requests that gave up after timeout (PoolTimeout)",
-    "requests_errors": "requests refused or failed (TooManyRequests, connect errors)",
-    "connections_num": "connections opened",
-    "connections_ms": "milliseconds spent opening connections",
-    "connections_errors": "failed connection attempts",
-    "connections_lost": "connections found dead by the checkout ping",
-    "usage_ms": "milliseconds connections were lent out",
-}
 
 
 def iter_stats(services: list[tuple[str, Any]]) -> Iterator[tuple[str, str, dict[str, float]]]:
@@ -125,7 +102,7 @@ class PrometheusSink:
     def _metric(self, key: str, gauge: bool) -> Any:
         metric = self._metrics.get(key)
         if metric is None:
-            name, doc = "gunicorn_pool_" + re.sub(r"\W+", "_", key), _HELP.get(key, key)
+            name, doc = "gunicorn_pool_" + re.sub(r"\W+", "_", key), HELP.get(key, key)
             doc += " (sum over live workers)" if gauge else " (all workers, exited ones included)"
             labels = ("service", "pool")
             if gauge:
@@ -249,7 +226,7 @@ def child_exit(server: Any, worker: Any) -> None:
         from prometheus_client import multiprocess
     except ImportError:
         return
-    multiprocess.mark_process_dead(worker.pid)
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
 
 
 def _clean(name: str) -> str:

@@ -3,15 +3,15 @@
 :class:`ConnectionPool` knows nothing of gunicorn; :class:`~gunicorn_pool.
 database.DatabasePool` builds one per named config. Usage::
 
-    pool = ConnectionPool(make_connector(cfg), name="default", dsn=cfg.dsn,
-                          min_size=1, max_size=4, timeout=2.0)
+    pool = ConnectionPool(make_connector(cfg), name="default", options=cfg)
     pool.open()                       # warm-up: opens min_size connections
     with pool.connection() as conn:   # the driver's own connection
         cur = conn.cursor(); cur.execute("SELECT 1")
     pool.close()
 
-Life cycle of a connection
---------------------------
+Life cycle of a connection (the slot states and the invariants behind the
+lock-free paths are in :mod:`gunicorn_pool.slot`):
+
 1. *Open*: by ``open()`` (warm-up, up to ``min_size``) or on demand when a
    caller finds no idle connection and the pool holds fewer than ``max_size``.
    After a failed connect the pool backs off (exponential, with jitter, capped
@@ -19,11 +19,11 @@ Life cycle of a connection
    :class:`ConnectError` at once instead of piling up on a dead server.
 2. *Checkout*: an idle connection is taken (last returned first, so hot
    connections stay hot and surplus ones age out). If it outlived its
-   ``max_lifetime`` (each connection gets -10 % jitter, so a worker's
-   connections do not all expire together) it is replaced. If it was last used
-   more than ``check_interval`` (0.5 s, HikariCP's rule) ago, or, idle for
-   ``probe_after`` (0.1 ms) or more, its socket already shows the server
-   closed it (a zero-timeout poll, no round trip), it is pinged, with
+   ``max_lifetime`` (-10 % jitter per connection, so a worker's connections do
+   not all expire together) it is replaced. If it was last used more than
+   ``check_interval`` ago (HikariCP's rule), or, idle for ``probe_after`` or
+   more, its connector's probe (for MySQL a zero-timeout poll of the socket,
+   no round trip) says the server closed it, it is pinged with
    ``check_timeout`` as a hard bound; a dead one is replaced. Only this
    checkout step retries: a statement that failed is never re-run.
 3. *Wait*: when ``max_size`` connections are out, the caller queues. Waiters
@@ -31,270 +31,113 @@ Life cycle of a connection
    the first waiter directly, never to a newcomer. A waiter gives up after
    ``timeout`` seconds (:class:`PoolTimeout`); when ``max_waiting`` callers
    already wait, a new one fails at once (:class:`TooManyRequests`).
-4. *Return*: an open transaction is committed (clean exit of ``connection()``)
-   or rolled back (exception, or ``putconn()``), using the driver's transaction
-   flag, so a caller that opened none pays no extra round trip. A connection whose user
-   was interrupted by a BaseException (``gevent.Timeout``, ``GreenletExit``,
-   ``SystemExit``, ``KeyboardInterrupt``) is in an unknown protocol state and
-   is closed, never reused (PyMySQL/PyMySQL#275).
+4. *Return*: the connector says whether the user left anything open (one
+   call, no round trip). If so, an open transaction is committed (clean exit
+   of ``connection()``) or rolled back (exception, or ``putconn()``), and a
+   session the user changed is reset. A connection whose user was interrupted
+   by a BaseException (``gevent.Timeout``, ``GreenletExit``, ``SystemExit``,
+   ``KeyboardInterrupt``) is in an unknown protocol state and is dropped,
+   never reused (PyMySQL/PyMySQL#275).
 5. *Close*: on ``close()``, expiry, a failed check, or when an idle connection
    above ``min_size`` was idle for ``max_idle`` seconds (checked when a
    connection is returned).
 
-Fork safety: every pool remembers the process that opened it. In a forked
-child (gunicorn ``--preload``) the first use drops the inherited connections
-without a word to the server (PyMySQL's ``close()`` would send COM_QUIT and end
-the parent's session) and opens the child's own.
+Fork safety: in a forked child (gunicorn ``--preload``) the first use drops
+the inherited connections without a word to the server (PyMySQL's ``close()``
+would send COM_QUIT and end the parent's session) and opens the child's own.
 
 Concurrency and cost: the common checkout (an idle connection, nobody queued)
-and the common return (nobody waiting) take no lock: ``deque.pop()`` and
-``deque.append()`` are atomic, a taker that queues re-checks the idle stack
-and a returner re-checks the queue, so neither misses the other. Counters live
-on the connection's slot, which its user holds alone. The lock, an OS lock
-even under gevent (it guards short sections that never yield), serialises the
-rest: queueing, hand-offs, opening, closing. A waiter blocks on its own
-``threading`` lock, or, once gevent patched threading, parks on the hub; the
-waiter type is looked up when the pool is (re)initialised in its process, so
-a pool built before patching (``--preload``) still yields to the hub.
+and the common return (nobody waiting) take no lock (invariants 1, 3 and 4 of
+:mod:`gunicorn_pool.slot`). The lock, an OS lock even under gevent (it guards
+short sections that never yield), serialises the rest: queueing, hand-offs,
+opening, closing. A waiter blocks on its own ``threading`` lock or, once
+gevent patched threading, parks on the hub (:mod:`gunicorn_pool._concurrency`).
 """
 
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import logging
 import os
 import random
-import sys
-import threading
 import time
-import weakref
 from collections import deque
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
-from .connectors import Connector
-from .errors import ConnectError, PoolClosed, PoolError, PoolTimeout, TooManyRequests
+from . import _concurrency as cc
+from . import stats as keys
+from .base import current_profile
+from .connectors.base import DROP, RESET, Connector
+from .errors import ConnectError, LeaseError, PoolClosed, PoolTimeout, TooManyRequests
+from .options import DEFAULTS, PoolOptions
+from .slot import CLOSED, IDLE, LENT, Slot
 
-__all__ = ["ConnectionPool", "STATS_KEYS"]
+__all__ = ["ConnectionPool"]
 
 logger = logging.getLogger("gunicorn_pool")
 monotonic = time.monotonic
 
-#: Stable names of :meth:`ConnectionPool.stats` (psycopg_pool's where they fit).
-STATS_KEYS = (
-    "pool_min", "pool_max", "pool_size", "pool_available", "requests_waiting",
-    "requests_num", "requests_queued", "requests_wait_ms", "requests_timeouts",
-    "requests_errors", "connections_num", "connections_ms", "connections_errors",
-    "connections_lost", "usage_ms",
+#: Counters the pool keeps itself (requests_num and usage_ms are summed from the slots).
+_POOL_COUNTERS = (
+    keys.REQUESTS_QUEUED, keys.REQUESTS_WAIT_MS, keys.REQUESTS_TIMEOUTS, keys.REQUESTS_ERRORS,
+    keys.CONNECTIONS_NUM, keys.CONNECTIONS_MS, keys.CONNECTIONS_ERRORS, keys.CONNECTIONS_LOST,
+    keys.CONNECTIONS_LEAKED, keys.CONNECTIONS_RESET,
 )  # fmt: skip
 
-# Default of ``probe_after``: the socket poll (Connector.probe) is skipped for
-# a connection given back less than this many seconds ago: it was alive then,
-# and back-to-back reuse should not pay a syscall per use (bench/overhead.py).
-# A connection handed straight to a waiter skips it too (see _validate).
-PROBE_AFTER = 1e-4
 
-# Bumped in every forked child; a pool whose generation differs was inherited.
-_fork_generation = [0]
-
-# Every pool, so connections still open at interpreter exit are closed by
-# their owner (e.g. the master's, with --preload); close() drops inherited ones.
-_all_pools: weakref.WeakSet[ConnectionPool] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    _fork_generation[0] += 1
-    for pool in list(_all_pools):
-        pool._inherited = True  # one flag read on the hot path; adopted on first use
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-@atexit.register
-def _close_at_exit() -> None:
-    for pool in list(_all_pools):
-        try:
-            pool.close()
-        except Exception:  # noqa: BLE001 - best effort at exit
-            pass
-
-
-def _native_lock_type() -> Callable[[], Any]:
-    """The OS lock type, also once gevent patched ``threading``.
-
-    The pool's lock guards only short sections that never yield (no I/O, no
-    logging, no gevent primitive inside), so under gevent the OS lock is never
-    contended between greenlets and costs a fraction of gevent's.
-    """
-    monkey = sys.modules.get("gevent.monkey")
-    if monkey is not None and monkey.is_module_patched("threading"):
-        return monkey.get_original("_thread", "allocate_lock")  # type: ignore[no-any-return]
-    return threading.Lock
-
-
-class _Slot:
-    """One physical connection and its bookkeeping."""
-
-    __slots__ = ("owner", "raw", "probe", "expires", "last_used", "recheck_at", "checked_out", "busy", "uses",
-                 "usage_ms")  # fmt: skip
-
-    def __init__(self, owner: Any, lifetime: float, connector: Connector) -> None:
-        now = monotonic()
-        self.owner = owner  # the DBUtils steady connection that owns ``raw``
-        self.raw = owner.dbapi_connection
-        self.probe = connector.probe(self.raw)  # the no-round-trip liveness check
-        self.last_used = self.checked_out = now
-        self.recheck_at = now  # checkout looks at it before the first use
-        self.expires = now + lifetime * (1.0 - 0.1 * random.random())
-        self.busy = False
-        # Counted on the slot, which its user holds alone: no lock on the hot path.
-        self.uses = self.usage_ms = 0
-
-
-class _Waiter:
-    """A queued caller; woken with a slot, or with leave to open one."""
-
-    __slots__ = ("lock", "slot", "may_open", "error")
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()  # looked up now: gevent's lock once patched
-        self.lock.acquire()
-        self.slot: Optional[_Slot] = None
-        self.may_open = False
-        self.error: Optional[BaseException] = None
-
-    def wake(self) -> None:
-        self.lock.release()
-
-    def wait(self, timeout: float) -> bool:
-        """Block until woken (True) or until *timeout* seconds pass (False)."""
-        return self.lock.acquire(timeout=timeout)
-
-
-class _HubWaiter(_Waiter):
-    """A waiter parked on the gevent hub itself, used once gevent patched threading.
-
-    gevent's ``Lock.acquire(timeout=...)`` builds a ``gevent.Timeout`` (an
-    exception object and a timer) for every wait; a hub ``Waiter`` and a raw
-    loop timer do the same job for a fraction of the cost (bench/contention.py,
-    100 greenlets on 10 connections: 0.73 -> 0.89 x raw). An interrupted wait
-    (gevent.Timeout, GreenletExit) closes the timer and leaves via _abandon;
-    a late wake-up then only stores its value in the idle Waiter.
-    """
-
-    __slots__ = ("_waiter", "_loop", "_thread")
-    gevent: Any = None  # (Waiter, get_hub, the native get_ident), set by _waiter_class()
-
-    def __init__(self) -> None:
-        waiter_type, get_hub, get_ident = self.gevent
-        hub = get_hub()
-        self._loop = hub.loop
-        self._waiter = waiter_type(hub)
-        self._thread = get_ident()
-        self.slot = None
-        self.may_open = False
-        self.error = None
-
-    def wake(self) -> None:
-        if self.gevent[2]() == self._thread:
-            self._loop.run_callback(self._waiter.switch, True)
-        else:  # returned by another native thread: that loop must be woken
-            self._loop.run_callback_threadsafe(self._waiter.switch, True)
-
-    def wait(self, timeout: float) -> bool:
-        timer = self._loop.timer(timeout)
-        timer.start(self._waiter.switch, False)
-        try:
-            return bool(self._waiter.get())
-        finally:
-            timer.close()
-
-
-def _waiter_class() -> type[_Waiter]:
-    """:class:`_HubWaiter` once gevent has patched threading, else :class:`_Waiter`."""
-    monkey = sys.modules.get("gevent.monkey")
-    if monkey is None or not monkey.is_module_patched("threading"):
-        return _Waiter
-    if _HubWaiter.gevent is None:
-        from gevent.hub import Waiter, get_hub
-
-        _HubWaiter.gevent = (Waiter, get_hub, monkey.get_original("_thread", "get_ident"))
-    return _HubWaiter
-
-
-class ConnectionPool:
+class ConnectionPool(cc.ForkAware):
     """A pool of connections to one database, for use inside one process.
 
-    All arguments after *connector* are keyword-only; sizes and times are
-    validated by :func:`gunicorn_pool.config.parse_config` when built through
-    :class:`~gunicorn_pool.DatabasePool`.
+    *options* (a :class:`~gunicorn_pool.options.PoolOptions`, or a
+    :class:`~gunicorn_pool.config.DatabaseConfig`, which is one) says how it
+    sizes, waits and checks; keyword *overrides* replace single fields
+    (``ConnectionPool(c, name="p", max_size=4)``). Sizes left at ``None`` take
+    the current worker profile's default (:meth:`PoolOptions.sizes`).
     """
 
-    def __init__(
-        self,
-        connector: Connector,
-        *,
-        name: str,
-        dsn: str = "",
-        min_size: int = 1,
-        max_size: int = 1,
-        timeout: float = 10.0,
-        max_waiting: int = 0,
-        max_lifetime: float = 3600.0,
-        max_idle: float = 600.0,
-        check_interval: float = 0.5,
-        check_timeout: float = 2.0,
-        probe_after: Optional[float] = PROBE_AFTER,
-        reconnect_backoff_max: float = 2.0,
-    ) -> None:
-        if max_size < 1 or min_size < 0 or min_size > max_size:
-            raise ValueError(f"pool {name!r}: need 0 <= min_size <= max_size and max_size >= 1")
+    def __init__(self, connector: Connector, *, name: str, options: PoolOptions = DEFAULTS,
+                 **overrides: Any) -> None:  # fmt: skip
+        options = dataclasses.replace(options, **overrides) if overrides else options
+        options.check(name)
         self.name = name
-        self.dsn = dsn
-        self.min_size = min_size
-        self.max_size = max_size
-        self.timeout = timeout
-        self.max_waiting = max_waiting
-        self.max_lifetime = max_lifetime
-        self.max_idle = max_idle
-        self.check_interval = check_interval
-        self.check_timeout = check_timeout
-        self.probe_after = probe_after
-        self.reconnect_backoff_max = reconnect_backoff_max
+        self.options = options
+        self.dsn = connector.dsn or name
+        self.min_size, self.max_size = options.sizes(current_profile())
         self._connector = connector
-        self._dirty = connector.dirty
+        self._check_in = connector.check_in  # the one connector call of a plain return
+        self._track_forks()
         self._reset_state()
-        _all_pools.add(self)
 
     # -- process-local state ------------------------------------------------
 
     def _reset_state(self) -> None:
         """(Re)create everything that belongs to one process."""
         self.pid = os.getpid()
-        self._generation = _fork_generation[0]
-        self._inherited = False
-        self._lock = _native_lock_type()()
-        self._waiter_class = _waiter_class()
-        self._idle: deque[_Slot] = deque()  # returned last on the right
-        self._waiters: deque[_Waiter] = deque()
-        self._slots: dict[int, _Slot] = {}  # every open connection, by id() of the driver's
-        self._size = 0  # open connections plus those being opened
+        self._generation = cc.fork_generation()
+        self.inherited = False
+        self._lock = cc.native_lock()
+        self._waiter_class = cc.waiter_class()
+        self._lock_free = cc.lock_free_ok()
+        self._idle: deque[Slot] = deque()  # IDLE slots; the last returned on the right
+        self._lent: dict[int, Slot] = {}  # LENT slots, by id() of the driver's connection
+        self._waiters: deque[cc.Waiter] = deque()
+        self._slots: dict[int, Slot] = {}  # every registered slot (IDLE, LENT or in a thread's hands)
+        self._size = 0  # registered slots plus reservations (OPENING): never above max_size
         self._closed = False
         self._backoff = 0.0
         self._next_attempt = 0.0
         self._last_error = ""
-        # The counters of stats(). requests_num and usage_ms are summed from
-        # the slots (see _Slot) plus these two, kept for slots already closed.
+        # Figures of slots already closed (a slot counts its own while it lives).
         self._retired_uses = self._retired_usage_ms = 0
-        self._stats = dict.fromkeys(STATS_KEYS[6:-1], 0)
+        self._counts = dict.fromkeys(_POOL_COUNTERS, 0)
 
     def _adopt_process(self) -> None:
         """Drop connections inherited through fork and start afresh here."""
         inherited = list(self._slots.values())
         parent = self.pid
         for slot in inherited:
-            self._connector.discard(slot.raw)  # no COM_QUIT: the parent owns the session
+            self._connector.discard(slot.raw)  # no word to the server: the parent owns the session
         self._reset_state()
         if inherited:
             logger.info(
@@ -302,7 +145,29 @@ class ConnectionPool:
                 self.name, self.dsn, len(inherited), parent,
             )  # fmt: skip
 
-    # -- opening -------------------------------------------------------------
+    @property
+    def options(self) -> PoolOptions:
+        """The options this pool runs by (replace them whole: ``pool.options = replace(...)``)."""
+        return self._options
+
+    @options.setter
+    def options(self, options: PoolOptions) -> None:
+        self._options = options
+        # Read on every return: a connection is looked at again on checkout only this long after.
+        self._recheck_after = options.check_interval if options.probe_after is None else options.probe_after
+
+    def resize(self, min_size: int, max_size: int) -> None:
+        """Change the sizes (the worker profile may be known only after the pool was built)."""
+        if max_size < 1 or not 0 <= min_size <= max_size:
+            raise ValueError(f"pool {self.name!r}: need 0 <= min_size <= max_size and max_size >= 1")
+        self.min_size, self.max_size = min_size, max_size
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran in this process."""
+        return self._closed and not self.inherited
+
+    # -- opening (reservation -> OPENING -> a registered slot) -----------------------
 
     def open(self, *, deadline: Optional[float] = None) -> int:
         """Open connections up to ``min_size`` now; return how many were opened.
@@ -310,10 +175,10 @@ class ConnectionPool:
         *deadline* is a ``time.monotonic()`` value after which no further
         connect is started. Raises :class:`ConnectError` on the first failure.
         """
-        if self._inherited:
+        if self.inherited:
             self._adopt_process()
         if not self._waiters:  # gevent may have patched threading since
-            self._waiter_class = _waiter_class()
+            self._waiter_class = cc.waiter_class()
         if self._closed:
             raise PoolClosed(f"pool {self.name!r} is closed")
         opened = 0
@@ -328,117 +193,122 @@ class ConnectionPool:
                     f"pool {self.name!r} ({self.dsn}): warm-up deadline passed after {opened} connection(s)"
                 )
             try:
-                slot = self._open_slot(force=True)
+                slot = self._connect(force=True)
             except BaseException:
                 self._release_capacity()
                 raise
-            self._put_locked(slot, cold=True)
+            self._shelve_locked(slot, cold=True)
             opened += 1
 
-    def _open_slot(self, *, force: bool = False) -> _Slot:
-        """Open one connection; the caller holds a reservation in ``_size``."""
+    def _connect(self, *, force: bool = False) -> Slot:
+        """OPENING: open one connection for a reservation the caller holds in ``_size``.
+
+        On failure the caller releases the reservation.
+        """
         start = monotonic()
         if not force and start < self._next_attempt:
             raise ConnectError(
-                f"pool {self.name!r}: cannot connect to {self._address()}: {self._last_error}"
+                f"pool {self.name!r}: cannot connect to {self._connector.address}: {self._last_error}"
                 f" (next attempt in {self._next_attempt - start:.1f}s)"
             )
         try:
-            owner = self._connector.open()
+            raw = self._connector.connect()
         except Exception as exc:
-            self._stats["connections_errors"] += 1
-            self._last_error = _describe(exc)
-            cap = self.reconnect_backoff_max
-            self._backoff = min(cap, max(0.1, self._backoff * 2))
+            self._counts[keys.CONNECTIONS_ERRORS] += 1
+            self._last_error = self._connector.describe_error(exc)
+            self._backoff = min(self.options.reconnect_backoff_max, max(0.1, self._backoff * 2))
             self._next_attempt = monotonic() + self._backoff * random.uniform(0.5, 1.0)
             logger.error(
-                "pool %s (%s): cannot connect to %s: %s", self.name, self.dsn, self._address(), self._last_error
+                "pool %s (%s): cannot connect to %s: %s", self.name, self.dsn, self._connector.address, self._last_error
             )
-            raise ConnectError(f"pool {self.name!r}: cannot connect to {self._address()}: {self._last_error}") from None
+            raise ConnectError(
+                f"pool {self.name!r}: cannot connect to {self._connector.address}: {self._last_error}"
+            ) from None
         if self._backoff:
-            logger.info("pool %s (%s): reconnected to %s", self.name, self.dsn, self._address())
+            logger.info("pool %s (%s): reconnected to %s", self.name, self.dsn, self._connector.address)
         self._backoff = 0.0
-        self._stats["connections_num"] += 1
+        self._counts[keys.CONNECTIONS_NUM] += 1
         ms = int((monotonic() - start) * 1000)  # before the read-modify-write: no thread switch inside it
-        self._stats["connections_ms"] += ms
-        slot = _Slot(owner, self.max_lifetime, self._connector)
-        self._slots[id(slot.raw)] = slot
+        self._counts[keys.CONNECTIONS_MS] += ms
+        try:
+            probe = self._connector.probe(raw)
+        except BaseException:
+            self._connector.discard(raw)
+            raise
+        slot = Slot(raw, probe, self.options.max_lifetime)
+        self._slots[slot.key] = slot
         return slot
 
-    def _address(self) -> str:
-        cfg = getattr(self._connector, "config", None)
-        return cfg.address if cfg is not None else self.name
-
-    # -- checkout ------------------------------------------------------------
+    # -- checkout (IDLE or OPENING -> LENT) -----------------------------------------------
 
     def getconn(self, timeout: Optional[float] = None) -> Any:
-        """Take a connection; give it back with :meth:`putconn` (or :meth:`finish`).
+        """Take a connection; give it back with :meth:`putconn`.
 
         Waits at most *timeout* seconds (the pool's ``timeout`` by default).
         """
         return self._take(timeout).raw
 
-    def _take(self, timeout: Optional[float]) -> _Slot:
-        """Check out a slot. The common case (an idle connection, nobody
-        queued, returned moments ago) is this method alone: no lock, one clock read.
+    def connection(self, timeout: Optional[float] = None) -> Lease:
+        """Context manager lending a connection (see "Return" above)."""
+        return Lease(self, timeout)
 
-        ``deque.pop()`` is atomic, so two takers never get the same slot; a
-        closed pool has no idle slot; a queued waiter sends newcomers to the
-        slow path, behind it (first come, first served).
-        """
-        if self._inherited:
+    def _take(self, timeout: Optional[float]) -> Slot:
+        """Check out a slot (IDLE or OPENING -> LENT). The common case (an idle connection,
+        nobody queued, returned moments ago) is this method alone: no lock, one clock read."""
+        if self.inherited:
             self._adopt_process()
-        if self._waiters or not self._idle:
-            return self._take_slow(timeout)
-        try:
-            slot = self._idle.pop()
-        except IndexError:  # taken by another checkout since the test above
-            return self._take_slow(timeout)
-        now = monotonic()
-        if now >= slot.recheck_at:
-            slot = self._ready(slot, True)
-        slot.checked_out = now
-        slot.busy = True
+        if self._waiters or not self._idle or not self._lock_free:
+            slot, now = self._take_slow(timeout)
+        else:
+            try:
+                slot = self._idle.pop()  # invariant 1: atomic, so no two takers get one slot
+            except IndexError:  # taken by another checkout since the test above
+                slot, now = self._take_slow(timeout)
+            else:
+                now = monotonic()
+                if now >= slot.recheck_at:
+                    slot = self._ready(slot, peek=True)
+        # -> LENT: the lease starts; the slot is the caller's alone from here (invariant 5).
+        slot.state = LENT
+        slot.lent_at = now
         slot.uses += 1
+        self._lent[slot.key] = slot
         return slot
 
-    def _take_slow(self, timeout: Optional[float]) -> _Slot:
-        """Check out when the fast path cannot: open a connection, or queue."""
+    def _take_slow(self, timeout: Optional[float]) -> tuple[Slot, float]:
+        """Check out when the fast path cannot: under the lock, open a connection, or queue."""
         waiter = slot = None
         with self._lock:
             if self._closed:
                 raise PoolClosed(f"pool {self.name!r} is closed")
             waiters = self._waiters
-            if not waiters and self._idle and (slot := self._pop_idle()) is not None:
+            if not waiters and (slot := self._pop_idle()) is not None:
                 pass
             elif not waiters and self._size < self.max_size:
-                self._size += 1
-            elif self.max_waiting and len(waiters) >= self.max_waiting:
-                self._stats["requests_errors"] += 1
+                self._size += 1  # a reservation: this caller opens a connection
+            elif self.options.max_waiting and len(waiters) >= self.options.max_waiting:
+                self._counts[keys.REQUESTS_ERRORS] += 1
                 raise TooManyRequests(
-                    f"pool {self.name!r}: {len(self._waiters)} requests already waiting"
-                    f" (max_waiting={self.max_waiting})"
+                    f"pool {self.name!r}: {len(waiters)} requests already waiting"
+                    f" (max_waiting={self.options.max_waiting})"
                 )
             else:
                 waiter = self._waiter_class()
                 waiters.append(waiter)
-                self._stats["requests_queued"] += 1
-                if self._idle:  # a lock-free return raced this queueing
+                self._counts[keys.REQUESTS_QUEUED] += 1
+                if self._idle:  # invariant 4: a lock-free return raced this queueing
                     self._hand_over_idle()
         if waiter is None:
-            slot = self._ready(slot, True)
+            slot = self._ready(slot, peek=True)
             now = monotonic()
         else:
-            slot, now = self._wait(waiter, self.timeout if timeout is None else timeout)
+            slot, now = self._wait(waiter, self.options.timeout if timeout is None else timeout)
             # Handed over by a return just now: only lifetime and check_interval apply.
-            if slot is None or now >= slot.expires or now - slot.last_used > self.check_interval:
-                slot = self._ready(slot, False)
-        slot.checked_out = now
-        slot.busy = True
-        slot.uses += 1
-        return slot
+            if slot is None or now >= slot.expires or now - slot.last_used > self.options.check_interval:
+                slot = self._ready(slot, peek=False)
+        return slot, now
 
-    def _pop_idle(self) -> Optional[_Slot]:
+    def _pop_idle(self) -> Optional[Slot]:
         if not self._idle:  # raising IndexError costs more than this test
             return None
         try:
@@ -453,8 +323,8 @@ class ConnectionPool:
             waiter.slot = slot
             waiter.wake()
 
-    def _wait(self, waiter: _Waiter, timeout: float) -> tuple[Optional[_Slot], float]:
-        """Block until served; (the slot handed over or None for leave to open one, now)."""
+    def _wait(self, waiter: cc.Waiter, timeout: float) -> tuple[Optional[Slot], float]:
+        """Block until served: (the slot handed over, or None for leave to open one; now)."""
         start = monotonic()
         try:
             woken = waiter.wait(max(timeout, 0.0))
@@ -466,8 +336,8 @@ class ConnectionPool:
                 timed_out = waiter in self._waiters
                 if timed_out:
                     self._waiters.remove(waiter)
-                    self._stats["requests_timeouts"] += 1
-                    self._stats["requests_wait_ms"] += int((monotonic() - start) * 1000)
+                    self._counts[keys.REQUESTS_TIMEOUTS] += 1
+                    self._counts[keys.REQUESTS_WAIT_MS] += int((monotonic() - start) * 1000)
                     in_use, waiting = self._size - len(self._idle), len(self._waiters)
             if timed_out:  # logged outside the lock: a log handler may block
                 logger.warning(
@@ -481,32 +351,33 @@ class ConnectionPool:
             # Handed a connection just as the wait ran out: take it.
         now = monotonic()
         ms = int((now - start) * 1000)  # computed first: see connections_ms
-        self._stats["requests_wait_ms"] += ms
+        self._counts[keys.REQUESTS_WAIT_MS] += ms
         if waiter.error is not None:
             raise waiter.error
-        return waiter.slot, now
+        slot: Optional[Slot] = waiter.slot
+        return slot, now
 
-    def _abandon(self, waiter: _Waiter) -> None:
+    def _abandon(self, waiter: cc.Waiter) -> None:
         """A waiter was interrupted: leave the queue, pass on what it was given."""
         with self._lock:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
                 return
         if waiter.slot is not None:
-            self._put(waiter.slot)
+            self._shelve(waiter.slot)
         elif waiter.may_open:
             self._release_capacity()
 
-    def _ready(self, slot: Optional[_Slot], peek: bool) -> _Slot:
+    def _ready(self, slot: Optional[Slot], *, peek: bool) -> Slot:
         """:meth:`_validate`, giving the reservation back if that fails."""
         try:
-            return self._validate(slot, peek)
+            return self._validate(slot, peek=peek)
         except BaseException:
-            self._stats["requests_errors"] += 1
+            self._counts[keys.REQUESTS_ERRORS] += 1
             self._release_capacity()
             raise
 
-    def _validate(self, slot: Optional[_Slot], peek: bool) -> _Slot:
+    def _validate(self, slot: Optional[Slot], *, peek: bool) -> Slot:
         """Make *slot* fit for use, replacing it if needed (the only retry).
 
         *peek* is False for a connection handed to a waiter: it came back after
@@ -514,132 +385,128 @@ class ConnectionPool:
         """
         if slot is not None:
             now = monotonic()
+            probe_after = self.options.probe_after
             if now >= slot.expires:
-                self._close_slot(slot)
+                self._unregister(slot)
+                self._connector.close(slot.raw)
                 slot = None
-            elif (idle := now - slot.last_used) > self.check_interval or (
-                peek
-                and slot.probe is not None
-                and self.probe_after is not None
-                and idle >= self.probe_after
-                and slot.probe()
+            elif (idle := now - slot.last_used) > self.options.check_interval or (
+                peek and slot.probe is not None and probe_after is not None and idle >= probe_after and slot.probe()
             ):
                 try:
-                    self._connector.ping(slot.raw, self.check_timeout)
+                    self._connector.ping(slot.raw, self.options.check_timeout)
                 except BaseException as exc:
-                    self._forget(slot)  # interrupted mid-ping or dead: state unknown either way
+                    # Interrupted mid-ping or dead: the state is unknown either way.
+                    self._unregister(slot)
+                    self._connector.discard(slot.raw)
                     if not isinstance(exc, Exception):
                         raise
-                    self._stats["connections_lost"] += 1
-                    logger.warning("pool %s (%s): dropping dead connection: %s", self.name, self.dsn, _describe(exc))
+                    self._counts[keys.CONNECTIONS_LOST] += 1
+                    logger.warning(
+                        "pool %s (%s): dropping dead connection: %s",
+                        self.name, self.dsn, self._connector.describe_error(exc),
+                    )  # fmt: skip
                     slot = None
-        if slot is None:
-            slot = self._open_slot()
+        if slot is None:  # the capacity stays reserved for the replacement
+            slot = self._connect()
         return slot
 
-    # -- return ------------------------------------------------------------------
+    # -- return (LENT -> IDLE, or -> CLOSED) ----------------------------------------------
 
     def putconn(self, raw: Any, *, discard: bool = False) -> None:
         """Give back a connection taken with :meth:`getconn`.
 
         An open transaction is rolled back; with *discard* the connection is
-        closed instead of reused.
+        dropped instead of reused. A connection this pool did not lend, or
+        already took back, raises :class:`LeaseError`.
         """
-        slot = self._lent(raw)
+        slot = self._unlend(raw)
         if slot is None:
             return
         if discard:
-            self._drop(slot)
+            self._remove(slot, polite=False)
         else:
-            self._give_back(slot, False)
+            self._give_back(slot, commit=False)
 
-    def finish(self, raw: Any, ok: bool) -> None:
-        """End a use of *raw*: commit (ok) or roll back an open transaction, return it."""
-        slot = self._lent(raw)
-        if slot is not None:
-            self._give_back(slot, ok)
-
-    def _lent(self, raw: Any) -> Optional[_Slot]:
-        """The slot of a connection this pool lent (None: taken before fork)."""
-        slot = self._slots.get(id(raw))
-        if slot is None or slot.raw is not raw or not slot.busy:
-            if self._inherited or self._generation != _fork_generation[0]:
+    def _unlend(self, raw: Any) -> Optional[Slot]:
+        """LENT -> in the returner's hands: the lent map's ``dict.pop()`` is the one move
+        (invariant 1), so two returns of one lease never both succeed. None: taken before fork."""
+        if self.inherited:
+            self._adopt_process()
+        slot = self._lent.pop(id(raw), None)
+        if slot is None or slot.raw is not raw:
+            if self._generation != cc.fork_generation():
                 return None  # taken before fork; the child's pool never lent it
-            raise PoolError(f"pool {self.name!r}: putconn() of a connection this pool did not lend")
+            raise LeaseError(f"pool {self.name!r}: putconn() of a connection this pool has not lent out")
         return slot
 
-    def _give_back(self, slot: _Slot, ok: bool) -> None:
-        if self._dirty(slot.raw):
-            self._settle(slot, ok)
+    def _give_back(self, slot: Slot, *, commit: bool) -> None:
+        """End a lease: straight back if the connector says it is clean, else settle it first."""
+        if self._check_in(slot.raw):
+            self._shelve(slot)
         else:
-            self._put(slot)
+            self._settle(slot, commit=commit)
 
-    def _settle(self, slot: _Slot, ok: bool) -> None:
-        """Return a connection that needs more than a plain return."""
-        raw, connector = slot.raw, self._connector
+    def _settle(self, slot: Slot, *, commit: bool) -> None:
+        """Return a connection the user left something open on (see Connector.finish)."""
         try:
-            if connector.in_transaction(raw):
-                raw.commit() if ok else raw.rollback()
+            outcome = self._connector.finish(slot.raw, commit=commit)
         except BaseException as exc:
-            # A failed commit/rollback, or one interrupted mid-way (gevent.Timeout,
-            # GreenletExit): state unknown, discard; otherwise the slot would stay
-            # "in use" for good and the pool would shrink by one.
-            self._drop(slot)
-            if ok or not isinstance(exc, Exception):
+            # A failed commit/rollback/reset, or one interrupted mid-way (gevent.Timeout,
+            # GreenletExit): the state is unknown, drop it. A failed commit is the user's news.
+            self._remove(slot, polite=False)
+            if commit or not isinstance(exc, Exception):
                 raise
             return
-        if connector.reusable(raw):
-            self._put(slot)
-        else:
-            self._drop(slot)
+        if outcome == DROP:
+            self._remove(slot, polite=False)
+            return
+        if outcome == RESET:
+            self._counts[keys.CONNECTIONS_RESET] += 1
+        self._shelve(slot)
 
-    def _put(self, slot: _Slot) -> None:
-        """Make *slot* available: to the first waiter, else to the idle stack.
+    def _shelve(self, slot: Slot) -> None:
+        """-> IDLE: to the first waiter, else onto the idle stack.
 
-        The common case (nobody waiting) takes no lock: ``deque.append()`` is
-        atomic. A taker that queued meanwhile re-checks the idle stack after
-        queueing (:meth:`_hand_over_idle`) and this method re-checks the queue
-        after appending, so one of the two always sees the other.
+        The common case (nobody waiting) takes no lock (invariant 4).
         """
         now = monotonic()
-        if slot.busy:
-            slot.usage_ms += int((now - slot.checked_out) * 1000)
-            slot.busy = False
+        if slot.state is LENT:
+            slot.usage_ms += int((now - slot.lent_at) * 1000)
             slot.last_used = now
             # Checkout looks at the slot again only after this; capped by expiry.
-            recheck = now + (self.check_interval if self.probe_after is None else self.probe_after)
+            recheck = now + self._recheck_after
             slot.recheck_at = recheck if recheck < slot.expires else slot.expires
         if now >= slot.expires:
-            self._retire(slot)
-        elif self._waiters or self._closed:
-            self._put_locked(slot, cold=False)
+            self._remove(slot, polite=True)
+        elif self._waiters or self._closed or not self._lock_free:
+            self._shelve_locked(slot, cold=False)
         else:
+            slot.state = IDLE
             idle = self._idle
             idle.append(slot)
             if self._waiters or self._closed:
-                self._put_locked(None, cold=False)
+                self._shelve_locked(None, cold=False)
             elif self._size > self.min_size:
                 try:
                     oldest = idle[0].last_used
                 except IndexError:  # emptied by lock-free checkouts meanwhile
                     return
-                if now - oldest > self.max_idle:
+                if now - oldest > self._options.max_idle:
                     self._shrink(now)
 
-    def _put_locked(self, slot: Optional[_Slot], *, cold: bool) -> None:
-        """Return *slot* (if any) under the lock, settle races, close what a closed pool holds.
-
-        *cold* puts it at the bottom of the idle stack (warm-up), not on top.
-        """
+    def _shelve_locked(self, slot: Optional[Slot], *, cold: bool) -> None:
+        """-> IDLE under the lock (*slot* may be None: only settle races), and close
+        what a closed pool holds. *cold* puts it at the bottom of the stack (warm-up)."""
         with self._lock:
-            if slot is None:
-                pass
-            elif self._waiters:  # straight to the first waiter
-                waiter = self._waiters.popleft()
-                waiter.slot = slot
-                waiter.wake()
-            else:
-                self._idle.appendleft(slot) if cold else self._idle.append(slot)
+            if slot is not None:
+                slot.state = IDLE
+                if self._waiters:  # straight to the first waiter (invariant 3)
+                    waiter = self._waiters.popleft()
+                    waiter.slot = slot
+                    waiter.wake()
+                else:
+                    self._idle.appendleft(slot) if cold else self._idle.append(slot)
             if self._idle:
                 self._hand_over_idle()
             if not self._closed:
@@ -648,33 +515,47 @@ class ConnectionPool:
             while (extra := self._pop_idle()) is not None:
                 leftover.append(extra)
         for extra in leftover:
-            self._retire(extra)
+            self._remove(extra, polite=True)
 
     def _shrink(self, now: float) -> None:
         """Close idle connections above ``min_size`` unused for ``max_idle`` seconds."""
-        surplus = []
+        surplus: list[Slot] = []
         with self._lock:
             while self._size - len(surplus) > self.min_size and not self._waiters:
                 try:
                     oldest = self._idle[0]
-                    if now - oldest.last_used <= self.max_idle:
+                    if now - oldest.last_used <= self.options.max_idle:
                         break
                     surplus.append(self._idle.popleft())
                 except IndexError:  # emptied by lock-free checkouts meanwhile
                     break
         for slot in surplus:
-            self._retire(slot)
+            self._remove(slot, polite=True)
 
-    def _drop(self, slot: _Slot) -> None:
-        """Close *slot* without a word to the server and free its place."""
-        slot.busy = False
-        self._forget(slot)
-        self._release_capacity()
+    # -- closing (-> CLOSED) and capacity -----------------------------------------------------
 
-    def _retire(self, slot: _Slot) -> None:
-        """Close *slot* politely (COM_QUIT) and free its place."""
-        self._close_slot(slot)
-        self._release_capacity()
+    def _remove(self, slot: Slot, *, polite: bool) -> None:
+        """-> CLOSED: unregister, close (*polite*: tell the server) or drop, free the capacity.
+
+        Releases capacity only if this call unregistered the slot (invariant 2).
+        """
+        if self._unregister(slot):
+            if polite:
+                self._connector.close(slot.raw)
+            else:
+                self._connector.discard(slot.raw)
+            self._release_capacity()
+
+    def _unregister(self, slot: Slot) -> bool:
+        """Forget *slot*, keeping its figures; False if it was not registered."""
+        slot.state = CLOSED
+        with self._lock:
+            if self._slots.pop(slot.key, None) is None:
+                return False
+            self._lent.pop(slot.key, None)
+            self._retired_uses += slot.uses
+            self._retired_usage_ms += slot.usage_ms
+        return True
 
     def _release_capacity(self) -> None:
         """One connection less: let the first waiter open a new one instead."""
@@ -686,77 +567,53 @@ class ConnectionPool:
             else:
                 self._size -= 1
 
-    def _unregister(self, slot: _Slot) -> None:
-        with self._lock:
-            if self._slots.pop(id(slot.raw), None) is not None:
-                self._retired_uses += slot.uses
-                self._retired_usage_ms += slot.usage_ms
-
-    def _forget(self, slot: _Slot) -> None:
-        self._unregister(slot)
-        self._connector.discard(slot.raw)
-
-    def _close_slot(self, slot: _Slot) -> None:
-        self._unregister(slot)
-        try:
-            slot.owner.close()
-        except Exception:  # noqa: BLE001 - closing a dead connection may fail
-            self._connector.discard(slot.raw)
-
     def warm(self) -> int:
         """Give every idle connection its first use now, not on a request.
 
-        A ping (bounded by ``check_timeout``) and one ``SELECT 1`` each: the
-        driver's query and result code runs once in this process before
-        traffic. Not counted in :meth:`stats`. A connection that fails is
-        dropped (the next checkout opens another); returns how many were used.
+        :meth:`Connector.warm` (for SQL databases a ping, bounded by
+        ``check_timeout``, and one ``SELECT 1``) runs the driver's query and
+        result code once in this process before traffic. Not counted in
+        :meth:`stats`. A connection that fails is dropped (the next checkout
+        opens another); returns how many were used.
         """
-        if self._inherited:
+        if self.inherited:
             self._adopt_process()
         slots = []
-        while (slot := self._pop_idle()) is not None:
-            slots.append(slot)
+        with self._lock:
+            while (slot := self._pop_idle()) is not None:
+                slots.append(slot)
         used = 0
         try:
             while slots:
                 slot = slots.pop()
                 try:
-                    self._connector.ping(slot.raw, self.check_timeout)
+                    self._connector.warm(slot.raw, self.options.check_timeout)
                     if slot.probe is not None:
                         slot.probe()
-                    cursor = slot.raw.cursor()
-                    try:
-                        cursor.execute("SELECT 1")
-                        cursor.fetchall()
-                    finally:
-                        cursor.close()
                 except Exception as exc:  # noqa: BLE001 - dropped, replaced on demand
-                    logger.warning("pool %s (%s): warm-up use failed: %s", self.name, self.dsn, _describe(exc))
-                    self._drop(slot)
+                    logger.warning(
+                        "pool %s (%s): warm-up use failed: %s", self.name, self.dsn, self._connector.describe_error(exc)
+                    )
+                    self._remove(slot, polite=False)
                     continue
                 except BaseException:
-                    self._drop(slot)
+                    self._remove(slot, polite=False)
                     raise
                 used += 1
-                self._put_locked(slot, cold=False)  # oldest first: the stack keeps its order
+                self._shelve_locked(slot, cold=False)  # oldest first: the stack keeps its order
         finally:
             for slot in reversed(slots):  # interrupted: give back the rest untouched
-                self._put_locked(slot, cold=False)
+                self._shelve_locked(slot, cold=False)
         return used
-
-    def connection(self, timeout: Optional[float] = None) -> _Borrowed:
-        """Context manager lending a connection (see "Return" above)."""
-        return _Borrowed(self, timeout)
-
-    # -- closing and stats ---------------------------------------------------
 
     def close(self) -> None:
         """Close idle connections, fail waiters, refuse new requests.
 
         Connections in use are closed when they are returned. In a process
-        other than the one that opened them they are dropped without COM_QUIT.
+        other than the one that opened them they are dropped without a word
+        to the server.
         """
-        if self._inherited:
+        if self.inherited:
             self._adopt_process()
         with self._lock:
             if self._closed:
@@ -766,38 +623,35 @@ class ConnectionPool:
             while (slot := self._pop_idle()) is not None:
                 idle.append(slot)
             waiters, self._waiters = list(self._waiters), deque()
-            self._size -= len(idle)
             for waiter in waiters:
                 waiter.error = PoolClosed(f"pool {self.name!r} closed while waiting")
                 waiter.wake()
         for slot in idle:
-            self._close_slot(slot)
+            self._remove(slot, polite=True)
         logger.info("pool %s (%s): closed %d connection(s)", self.name, self.dsn, len(idle))
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
+    # -- figures -----------------------------------------------------------------------------
 
     def stats(self) -> dict[str, int]:
-        """Current figures, under the stable names in :data:`STATS_KEYS`."""
-        if self._inherited:  # the parent's lock may have been held at fork time
+        """Current figures, under the names of :mod:`gunicorn_pool.stats`."""
+        if self.inherited:  # the parent's lock may have been held at fork time
             self._adopt_process()
         with self._lock:
             slots = list(self._slots.values())
             uses, usage_ms = self._retired_uses, self._retired_usage_ms
             out = {
-                "pool_min": self.min_size,
-                "pool_max": self.max_size,
-                "pool_size": self._size,
-                "pool_available": len(self._idle),
-                "requests_waiting": len(self._waiters),
+                keys.POOL_MIN: self.min_size,
+                keys.POOL_MAX: self.max_size,
+                keys.POOL_SIZE: self._size,
+                keys.POOL_AVAILABLE: len(self._idle),
+                keys.REQUESTS_WAITING: len(self._waiters),
             }
-            out.update(self._stats)
+            out.update(self._counts)
         uses += sum(slot.uses for slot in slots)
         # Every request ends in a use, a timeout or an error.
-        out["requests_num"] = uses + out["requests_timeouts"] + out["requests_errors"]
-        out["usage_ms"] = usage_ms + sum(slot.usage_ms for slot in slots)
-        return {key: out[key] for key in STATS_KEYS}
+        out[keys.REQUESTS_NUM] = uses + out[keys.REQUESTS_TIMEOUTS] + out[keys.REQUESTS_ERRORS]
+        out[keys.USAGE_MS] = usage_ms + sum(slot.usage_ms for slot in slots)
+        return {key: out[key] for key in keys.KEYS}
 
     def __repr__(self) -> str:
         return (
@@ -806,10 +660,11 @@ class ConnectionPool:
         )
 
 
-class _Borrowed:
-    """``with pool.connection() as conn``: commit/rollback and return on exit."""
+class Lease:
+    """``with pool.connection() as conn``: one lease; commit/rollback and return on exit."""
 
     __slots__ = ("_pool", "_timeout", "_slot")
+    _slot: Optional[Slot]  # set by __enter__
 
     def __init__(self, pool: ConnectionPool, timeout: Optional[float]) -> None:
         self._pool = pool
@@ -819,23 +674,24 @@ class _Borrowed:
         self._slot = slot = self._pool._take(self._timeout)
         return slot.raw
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+    def __exit__(self, exc_type: Optional[type[BaseException]], exc: Any, tb: Any) -> None:
         slot, self._slot = self._slot, None
+        pool = self._pool
+        if slot is None or pool._lent.pop(slot.key, None) is None:
+            return  # the lease already ended (taken back by the pool)
         if exc_type is None:
-            pool = self._pool
-            if pool._dirty(slot.raw):
-                pool._settle(slot, True)
-            else:
-                pool._put(slot)
+            pool._give_back(slot, commit=True)
         elif issubclass(exc_type, Exception):
-            self._pool._give_back(slot, False)
+            pool._give_back(slot, commit=False)
         else:  # BaseException: interrupted mid-use, protocol state unknown
-            self._pool._drop(slot)
+            pool._remove(slot, polite=False)
 
 
-def _describe(exc: BaseException) -> str:
-    """A one-line, secret-free description of a driver error."""
-    args = getattr(exc, "args", ())
-    if len(args) == 2 and isinstance(args[0], int):
-        return f"({args[0]}) {args[1]}"
-    return str(exc) or type(exc).__name__
+@atexit.register
+def _close_at_exit() -> None:
+    """Close every pool still open at interpreter exit, by its owner (inherited ones are dropped)."""
+    for pool in ConnectionPool.live_instances():
+        try:
+            pool.close()  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001 - best effort at exit
+            pass

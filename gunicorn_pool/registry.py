@@ -127,10 +127,11 @@ def discover(app: Any = None) -> list[tuple[str, PoolInterface]]:
 def _from_entry_points() -> Iterator[tuple[str, PoolInterface]]:
     from importlib.metadata import entry_points
 
+    select: Any = entry_points
     try:
-        eps = entry_points(group=ENTRY_POINT_GROUP)
+        eps = select(group=ENTRY_POINT_GROUP)
     except TypeError:  # Python 3.9: no selection interface
-        eps = entry_points().get(ENTRY_POINT_GROUP, [])  # type: ignore[attr-defined]
+        eps = select().get(ENTRY_POINT_GROUP, [])
     for ep in eps:
         obj = ep.load()
         if not isinstance(obj, PoolInterface) and callable(obj):

@@ -24,9 +24,9 @@ request cost 4-5x a warm one with no database at all.
    they are started here.
 
 Nothing here can stop a worker: a failing step logs a warning and the worker
-serves as it would have without it. Turn it off with
-``gunicorn_pool.configure(warm_requests=0)``. It costs ~10-20 ms per worker
-boot and is bounded by what is left of ``warmup_timeout``.
+serves as it would have without it. ``gunicorn_pool.configure(warm_up=False)``
+turns all three steps off (``warm_requests=0`` skips only the first). It costs
+~10-20 ms per worker boot and is bounded by what is left of ``warmup_timeout``.
 """
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ def warm_worker(worker: Any, services: list[tuple[str, Any]], *, requests: int, 
     *deadline* (a ``time.monotonic()`` value) bounds every socket wait; steps
     not started by then are skipped.
     """
-    steps = (
+    steps: tuple[tuple[str, Callable[[float], int]], ...] = (
         ("http", lambda timeout: _warm_http(worker, requests, timeout)),
         ("db", lambda timeout: _warm_pools(services)),
         ("threads", lambda timeout: _warm_threads(worker, timeout)),

@@ -87,7 +87,7 @@ def test_typo_refused_when_databasepool_is_built():
 @pytest.mark.parametrize(
     "value, message",
     [
-        ("postgres://u@h/d", "unsupported URL scheme"),
+        ("oracle://u@h/d", "unsupported URL scheme"),
         ("mysql://u@h:notaport/d", "bad port"),
         ({"adapter": "oracle"}, "unknown adapter"),
         ({"adapter": "sqlite"}, "needs a database path"),
@@ -95,7 +95,7 @@ def test_typo_refused_when_databasepool_is_built():
         ({"max_size": 0}, "max_size must be >= 1"),
         ({"timeout": 0}, "timeout must be > 0"),
         ({"probe_after": -1}, "probe_after must be >= 0 or none"),
-        ({"port": "abc"}, "bad value for 'port'"),
+        ({"port": "abc"}, "port must be >= 1"),
         (42, "must be a dict or a URL"),
     ],
 )

@@ -178,14 +178,13 @@ def test_reprs_and_errors_never_show_the_password(mysql_user):
     pool = db.pool("default")
     texts = [repr(cfg), str(cfg), cfg.dsn, repr(db), str(db), repr(pool), str(pool), repr(db.configs)]
     # A real failed login: the server's error names the user, never the password.
-    bad = ConnectionPool(make_connector(parse_config("bad", mysql_user.config(password=wrong))), name="bad",
-                         dsn=parse_config("bad", mysql_user.config(password=wrong)).dsn)  # fmt: skip
+    bad = ConnectionPool(make_connector(parse_config("bad", mysql_user.config(password=wrong))), name="bad")
     with pytest.raises(ConnectError) as failed:
         bad.open()
     assert "Access denied" in str(failed.value)
     texts += [str(failed.value), repr(failed.value), repr(bad)]
     # Config errors quote the URL masked.
-    for broken in (url.replace("mysql://", "postgres://"), url.replace(":3306", ":port"), url + "?max_sise=1"):
+    for broken in (url.replace("mysql://", "oracle://"), url.replace(":3306", ":port"), url + "?max_sise=1"):
         with pytest.raises(ConfigError) as error:
             parse_config("default", broken)
         texts += [str(error.value), repr(error.value)]

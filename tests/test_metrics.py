@@ -22,7 +22,7 @@ from support import admin_connect, free_port, wait_until
 import gunicorn_pool
 from gunicorn_pool import DatabasePool, PoolTimeout
 from gunicorn_pool.metrics import COUNTERS, GAUGES, iter_stats, start_reporter
-from gunicorn_pool.pool import STATS_KEYS
+from gunicorn_pool.stats import KEYS as STATS_KEYS
 
 pytestmark = pytest.mark.mysql
 

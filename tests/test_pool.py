@@ -574,16 +574,9 @@ def test_close_during_lock_free_use_closes_every_connection_once(tmp_path, fast_
     closed: list[Any] = []
 
     class Counting(SQLiteConnector):
-        def open(self) -> Any:
-            owner = super().open()
-            real_close = owner.close
-
-            def close() -> None:
-                closed.append(owner.dbapi_connection)
-                real_close()
-
-            owner.close = close
-            return owner
+        def close(self, raw: Any) -> None:
+            closed.append(raw)
+            super().close(raw)
 
     from gunicorn_pool.config import parse_config
 
@@ -760,7 +753,7 @@ def test_interrupted_checkout_ping_discards_the_connection(tmp_path):
         pool.getconn(timeout=1)
     assert len(Interrupting.discarded) == 1
     assert pool.stats()["pool_size"] == 0  # the slot was released, not leaked
-    pool.check_interval = 60.0
+    pool.options = dataclasses.replace(pool.options, check_interval=60.0)
     with pool.connection(timeout=1) as conn:  # a fresh connection serves
         assert conn is not Interrupting.discarded[0]
         assert conn.execute("SELECT 1").fetchone() == (1,)

@@ -28,4 +28,4 @@ class PoolWorkerMixin:
         try:
             super().init_process()  # type: ignore[misc]
         finally:
-            lifecycle.shutdown(self)
+            lifecycle.shutdown()

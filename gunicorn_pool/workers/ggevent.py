@@ -16,5 +16,5 @@ from gunicorn.workers.ggevent import GeventWorker as _GeventWorker
 from .base import PoolWorkerMixin
 
 
-class GeventWorker(PoolWorkerMixin, _GeventWorker):
+class GeventWorker(PoolWorkerMixin, _GeventWorker):  # type: ignore[misc]  # gunicorn is untyped
     """gunicorn's gevent worker, opening its pools before the first request."""

@@ -12,5 +12,5 @@ from gunicorn.workers.gthread import ThreadWorker as _GThreadWorker
 from .base import PoolWorkerMixin
 
 
-class ThreadWorker(PoolWorkerMixin, _GThreadWorker):
+class ThreadWorker(PoolWorkerMixin, _GThreadWorker):  # type: ignore[misc]  # gunicorn is untyped
     """gunicorn's gthread worker, opening its pools before the first request."""

@@ -1,11 +1,10 @@
 """``gunicorn -k gunicorn_pool.Worker``: the sync worker with per-worker pools.
 
-One request at a time, so each named pool defaults to one connection
-(``min_size = max_size = 1``), the seed's "one connection per config per
-worker". With ``--threads N`` (N > 1) a sync worker would serve one request
-at a time and ignore the threads; gunicorn itself swaps ``-k sync`` for
-gthread then, so this class does the same and runs
-:class:`gunicorn_pool.ThreadWorker`, logging that it did.
+One request at a time, so each named pool defaults to one connection per
+worker (``min_size = max_size = 1``). With ``--threads N`` (N > 1) a sync
+worker would serve one request at a time and ignore the threads; gunicorn
+itself swaps ``-k sync`` for gthread then, so this class does the same and
+runs :class:`gunicorn_pool.ThreadWorker`, logging that it did.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from gunicorn.workers.sync import SyncWorker
 from .base import PoolWorkerMixin
 
 
-class Worker(PoolWorkerMixin, SyncWorker):
+class Worker(PoolWorkerMixin, SyncWorker):  # type: ignore[misc]  # gunicorn is untyped
     """gunicorn's SyncWorker, opening its pools before the first request."""
 
     def __new__(cls, age: int, ppid: int, sockets: Any, app: Any, timeout: int, cfg: Any, log: Any) -> Any:
