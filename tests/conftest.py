@@ -1,9 +1,13 @@
-"""Fixtures: a real MySQL/MariaDB server, dedicated logins, gunicorn servers.
+"""Fixtures: real MySQL/MariaDB, PostgreSQL and Redis servers, dedicated logins, gunicorn servers.
 
-The server is taken from GP_MYSQL_HOST/PORT/USER/PASSWORD/DB (default
-127.0.0.1:3306, root, empty password, database test). When it cannot be
-reached the MySQL tests skip with the reason, unless GP_REQUIRE_MYSQL=1
-(set by .ci/run), where they fail instead.
+Servers come from GP_MYSQL_*, GP_PG_* and GP_REDIS_* (defaults: MariaDB at
+127.0.0.1:3306 as root with an empty password, database test; PostgreSQL at
+127.0.0.1:5432 as postgres, database test; Redis at 127.0.0.1:6379). When a
+server cannot be reached its tests skip with the reason, unless
+GP_REQUIRE_SERVERS=1 (set by .ci/run), where they fail instead.
+
+Every test that needs no server gets the ``unit`` marker: ``pytest -m unit``
+is the fast layer.
 """
 
 from __future__ import annotations
@@ -12,21 +16,71 @@ import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import pytest
 from proxy import FaultProxy
-from support import Gunicorn, MySQLUser, admin_connect, mysql_reachable
+from support import (
+    Gunicorn,
+    MySQLUser,
+    PGUser,
+    RedisClients,
+    admin_connect,
+    mysql_reachable,
+    pg_reachable,
+    redis_reachable,
+)
+
+_SERVER_MARKERS = ("mysql", "postgresql", "redis")
+
+
+def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
+    for item in items:
+        if not any(item.get_closest_marker(m) for m in _SERVER_MARKERS):
+            item.add_marker(pytest.mark.unit)
+
+
+def _require(what: str, reason: Optional[str], variables: str) -> None:
+    if reason is None:
+        return
+    if os.environ.get("GP_REQUIRE_SERVERS") == "1" or os.environ.get("GP_REQUIRE_MYSQL") == "1":
+        pytest.fail(f"{what} test server unreachable and GP_REQUIRE_SERVERS=1: {reason}")
+    pytest.skip(f"no {what} test server reachable ({reason}); set {variables} to point at one")
 
 
 @pytest.fixture(scope="session")
 def mysql_server() -> None:
-    reason = mysql_reachable()
-    if reason is None:
-        return
-    if os.environ.get("GP_REQUIRE_MYSQL") == "1":
-        pytest.fail(f"MySQL test server unreachable and GP_REQUIRE_MYSQL=1: {reason}")
-    pytest.skip(f"no MySQL test server reachable ({reason}); set GP_MYSQL_* to point at one")
+    _require("MySQL", mysql_reachable(), "GP_MYSQL_*")
+
+
+@pytest.fixture(scope="session")
+def postgresql_server() -> None:
+    _require("PostgreSQL", pg_reachable(), "GP_PG_*")
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> None:
+    _require("Redis", redis_reachable(), "GP_REDIS_*")
+
+
+@pytest.fixture
+def pg_user(postgresql_server: None) -> Iterator[PGUser]:
+    """A fresh PostgreSQL login with a random password; its sessions terminated and the role dropped after."""
+    user = PGUser(f"gp_{secrets.token_hex(4)}", "pw-" + secrets.token_hex(8))
+    try:
+        yield user
+    finally:
+        user.drop()
+
+
+@pytest.fixture
+def redis_clients(redis_server: None) -> Iterator[RedisClients]:
+    """A unique Redis client name for this test's pools; its connections killed after."""
+    clients = RedisClients(f"gp_{secrets.token_hex(4)}")
+    try:
+        yield clients
+    finally:
+        clients.close()
 
 
 @pytest.fixture

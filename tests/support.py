@@ -1,4 +1,4 @@
-"""Test support: real gunicorn processes, HTTP calls, MySQL admin helpers.
+"""Test support: real gunicorn processes, HTTP calls, MySQL, PostgreSQL and Redis admin helpers.
 
 Every loop here is bounded in count and time; servers are stopped by pid.
 """
@@ -28,6 +28,15 @@ MYSQL_PORT = int(os.environ.get("GP_MYSQL_PORT", "3306"))
 MYSQL_USER = os.environ.get("GP_MYSQL_USER", "root")
 MYSQL_PASSWORD = os.environ.get("GP_MYSQL_PASSWORD", "")
 MYSQL_DB = os.environ.get("GP_MYSQL_DB", "test")
+
+PG_HOST = os.environ.get("GP_PG_HOST", "127.0.0.1")
+PG_PORT = int(os.environ.get("GP_PG_PORT", "5432"))
+PG_USER = os.environ.get("GP_PG_USER", "postgres")
+PG_PASSWORD = os.environ.get("GP_PG_PASSWORD", "")
+PG_DB = os.environ.get("GP_PG_DB", "test")
+
+REDIS_HOST = os.environ.get("GP_REDIS_HOST", "127.0.0.1")
+REDIS_PORT = int(os.environ.get("GP_REDIS_PORT", "6379"))
 
 
 def free_port() -> int:
@@ -113,6 +122,127 @@ class MySQLUser:
             self.kill_all()
             with self.admin.cursor() as cur:
                 cur.execute(f"DROP USER IF EXISTS '{self.name}'@'%'")
+        finally:
+            self.admin.close()
+
+
+def pg_admin_connect(**kw: Any) -> Any:
+    """An autocommit psycopg connection to the test PostgreSQL server as its admin user."""
+    import psycopg
+
+    args = dict(host=PG_HOST, port=PG_PORT, user=PG_USER, password=PG_PASSWORD or None, dbname=PG_DB,
+                autocommit=True, connect_timeout=3)  # fmt: skip
+    args.update(kw)
+    return psycopg.connect(**args)
+
+
+def pg_reachable() -> Optional[str]:
+    """None if the test PostgreSQL server answers, else the reason it does not."""
+    try:
+        pg_admin_connect().close()
+        return None
+    except Exception as exc:  # noqa: BLE001
+        return f"{PG_HOST}:{PG_PORT}: {exc}"
+
+
+class PGUser:
+    """A dedicated PostgreSQL login, so a test can count exactly its own sessions
+    (pg_stat_activity.usename). The server may trust every login (this
+    machine's does): the password is then set but not checked."""
+
+    def __init__(self, name: str, password: str) -> None:
+        self.name = name
+        self.password = password
+        self.admin = pg_admin_connect()
+        with self.admin.cursor() as cur:
+            cur.execute(f'DROP ROLE IF EXISTS "{name}"')
+            cur.execute(f"CREATE ROLE \"{name}\" LOGIN PASSWORD '{password}'")
+            cur.execute(f'GRANT ALL ON DATABASE "{PG_DB}" TO "{name}"')
+            cur.execute(f'GRANT ALL ON SCHEMA public TO "{name}"')
+
+    def url(self, **query: Any) -> str:
+        q = "&".join(f"{k}={v}" for k, v in query.items())
+        return f"postgresql://{self.name}:{self.password}@{PG_HOST}:{PG_PORT}/{PG_DB}" + (f"?{q}" if q else "")
+
+    def config(self, **extra: Any) -> dict[str, Any]:
+        cfg = dict(adapter="postgresql", host=PG_HOST, port=PG_PORT, user=self.name, password=self.password,
+                   database=PG_DB)  # fmt: skip
+        cfg.update(extra)
+        return cfg
+
+    def backend_pids(self) -> list[int]:
+        with self.admin.cursor() as cur:
+            cur.execute("SELECT pid FROM pg_stat_activity WHERE usename = %s", (self.name,))
+            return sorted(r[0] for r in cur.fetchall())
+
+    def count(self) -> int:
+        return len(self.backend_pids())
+
+    def terminate(self, pid: int) -> None:
+        with self.admin.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+    def terminate_all(self) -> int:
+        pids = self.backend_pids()
+        for pid in pids:
+            self.terminate(pid)
+        return len(pids)
+
+    def drop(self) -> None:
+        try:
+            self.terminate_all()
+            wait_until(lambda: self.count() == 0, 10, what=f"sessions of {self.name} gone")
+            with self.admin.cursor() as cur:
+                cur.execute(f'DROP OWNED BY "{self.name}"')
+                cur.execute(f'DROP ROLE IF EXISTS "{self.name}"')
+        finally:
+            self.admin.close()
+
+
+def redis_admin() -> Any:
+    """A redis-py client to the test Redis server (no pool of ours)."""
+    import redis
+
+    return redis.Redis(host=REDIS_HOST, port=REDIS_PORT, socket_connect_timeout=3, socket_timeout=5)
+
+
+def redis_reachable() -> Optional[str]:
+    """None if the test Redis server answers, else the reason it does not."""
+    try:
+        client = redis_admin()
+        client.ping()
+        client.close()
+        return None
+    except Exception as exc:  # noqa: BLE001
+        return f"{REDIS_HOST}:{REDIS_PORT}: {exc}"
+
+
+class RedisClients:
+    """Counts a test's own Redis connections: they carry a unique client name."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.admin = redis_admin()
+
+    def url(self, db: int = 0, **query: Any) -> str:
+        q = "&".join(f"{k}={v}" for k, v in {"client_name": self.name, **query}.items())
+        return f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}?{q}"
+
+    def ids(self) -> list[int]:
+        return sorted(int(c["id"]) for c in self.admin.client_list() if c.get("name") == self.name)
+
+    def count(self) -> int:
+        return len(self.ids())
+
+    def kill_all(self) -> int:
+        ids = self.ids()
+        for cid in ids:
+            self.admin.client_kill_filter(_id=cid)
+        return len(ids)
+
+    def close(self) -> None:
+        try:
+            self.kill_all()
         finally:
             self.admin.close()
 
