@@ -11,6 +11,8 @@ Public API:
   pool service.
 - :class:`ConnectionPool`, the pool core, and :class:`PoolOptions`, its knobs.
 - :func:`register`, :func:`get`, :func:`configure`: the registry.
+- :func:`request_connection`, :func:`request_scope`: a connection for the rest
+  of the current request; a request boundary outside gunicorn.
 - Worker classes :class:`Worker` (sync), :class:`ThreadWorker` (gthread),
   :class:`GeventWorker` (gevent); :mod:`gunicorn_pool.hooks` for stock workers.
 - Errors: :class:`PoolError` and its subclasses.
@@ -36,6 +38,7 @@ from .errors import (
 from .options import PoolOptions
 from .pool import ConnectionPool
 from .registry import configure, get, register, registered, unregister
+from .request import request_connection, request_scope
 
 __version__ = "0.1.0"
 
@@ -43,7 +46,8 @@ __all__ = [
     "ConfigError", "ConnectError", "ConnectionPool", "DatabaseConfig", "DatabasePool",
     "GeventWorker", "LeaseError", "PoolClosed", "PoolError", "PoolInterface", "PoolOptions",
     "PoolStartupError", "PoolTimeout", "ThreadWorker", "TooManyRequests", "Worker", "configure",
-    "get", "mask_dsn", "parse_config", "register", "registered", "unregister",
+    "get", "mask_dsn", "parse_config", "register", "registered", "request_connection", "request_scope",
+    "unregister",
 ]  # fmt: skip
 
 

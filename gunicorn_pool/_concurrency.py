@@ -16,6 +16,8 @@ one answer per question (psycopg_pool keeps the same split in ``_acompat``):
   lock on those paths too.
 - :class:`ForkAware`: objects that must be told, in a forked child, that
   what they hold belongs to the parent.
+- :func:`run_all`: run a few blocking tasks at once (threads, or greenlets
+  once patched), so several slow servers cost one timeout, not one each.
 
 Every answer is looked up when a pool (re)initialises in its process, so a pool
 built in the master before gevent patched (``--preload``) still gets the
@@ -28,8 +30,9 @@ import os
 import select
 import sys
 import threading
+import time
 import weakref
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 __all__ = [
     "ForkAware",
@@ -42,6 +45,7 @@ __all__ = [
     "lock_free_ok",
     "native_lock",
     "original_poll",
+    "run_all",
     "waiter_class",
 ]
 
@@ -222,3 +226,40 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+# -- several blocking tasks at once -----------------------------------------------------------
+
+
+def run_all(tasks: Sequence[tuple[str, Callable[[], Any]]], *,
+            deadline: Optional[float]) -> dict[str, Optional[BaseException]]:  # fmt: skip
+    """Run *tasks* (name, callable) at once and wait for them until *deadline* (``time.monotonic()``;
+    None: until they end).
+
+    Returns what each raised (None: it returned). A task still running at the
+    deadline is left to finish on its own (a daemon thread) and reported as
+    :class:`TimeoutError`. One task runs inline, with no thread.
+    """
+    if len(tasks) == 1:
+        name, task = tasks[0]
+        try:
+            task()
+            return {name: None}
+        except BaseException as exc:  # noqa: BLE001 - reported to the caller
+            return {name: exc}
+    results: dict[str, Optional[BaseException]] = {}
+
+    def run(name: str, task: Callable[[], Any]) -> None:
+        try:
+            task()
+            results[name] = None
+        except BaseException as exc:  # noqa: BLE001 - reported to the caller
+            results[name] = exc
+
+    threads = [threading.Thread(target=run, args=task, name=f"gunicorn_pool-{task[0]}", daemon=True) for task in tasks]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+    return {name: results[name] if name in results else TimeoutError(f"{name}: still running at the deadline")
+            for name, _ in tasks}  # fmt: skip

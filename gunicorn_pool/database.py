@@ -44,14 +44,17 @@ the whole server.
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import time
 from typing import Any, Mapping, Optional, Union
 
-from .base import PoolInterface, current_profile
+from ._concurrency import run_all
+from .base import PoolInterface, WorkerProfile, current_profile
 from .config import ConfigValue, DatabaseConfig, parse_config
 from .connectors import make_connector
-from .errors import ConfigError, ConnectError, PoolStartupError
+from .errors import ConfigError, ConnectError, PoolClosed, PoolStartupError
 from .pool import ConnectionPool
 
 __all__ = ["DatabasePool"]
@@ -75,6 +78,7 @@ class DatabasePool(PoolInterface):
         self.name = name
         self.configs: dict[str, DatabaseConfig] = {key: parse_config(key, val) for key, val in configs.items()}
         self._pools: dict[str, ConnectionPool] = {}
+        self._closed_in: Optional[int] = None  # the pid where close_pool() ran last
         if any(cfg.adapter == "mysql" for cfg in self.configs.values()):
             # Import the driver where the config is read (the master, for a
             # pool registered in gunicorn.conf.py): every worker then inherits
@@ -85,32 +89,64 @@ class DatabasePool(PoolInterface):
     # -- PoolInterface ---------------------------------------------------------
 
     def init_pool(self) -> None:
-        """Open ``min_size`` connections of every named pool in this process."""
+        """Open ``min_size`` connections of every named pool in this process.
+
+        The named pools open at once, so several unreachable servers cost one
+        ``connect_timeout``, not one each; all of it within the worker's
+        warm-up deadline.
+        """
+        self._closed_in = None
         profile = current_profile()
-        for key, cfg in self.configs.items():
-            pool = self.pool(key)
-            pool.resize(*cfg.sizes(profile))
-            start = time.monotonic()
-            try:
-                opened = pool.open(deadline=profile.deadline)
-            except ConnectError as exc:
-                if cfg.strict and profile.first_boot:
-                    raise PoolStartupError(f"{exc} (strict pool, first start)") from None
-                logger.error(
-                    "pool %s (%s): warm-up failed, will connect on demand: %s", key, cfg.dsn, exc
-                )  # the ConnectError already names host:port and the server's message
+        tasks = [(key, functools.partial(self._open, key, cfg, profile)) for key, cfg in self.configs.items()]
+        for key, exc in run_all(tasks, deadline=profile.deadline).items():
+            if exc is None:
                 continue
-            logger.info(
-                "pool %s (%s): opened %d connection(s) in %.1f ms [min=%d max=%d]",
-                key, cfg.dsn, opened, (time.monotonic() - start) * 1000, pool.min_size, pool.max_size,
+            if isinstance(exc, TimeoutError):
+                logger.error(
+                    "pool %s (%s): warm-up still connecting at the worker's warm-up deadline; serving without it",
+                    key, self.configs[key].dsn,
+                )  # fmt: skip
+            elif isinstance(exc, PoolStartupError) or not isinstance(exc, Exception):
+                raise exc
+            else:
+                logger.error("pool %s (%s): warm-up failed: %s", key, self.configs[key].dsn, exc)
+
+    def _open(self, key: str, cfg: DatabaseConfig, profile: WorkerProfile) -> None:
+        pool = self.pool(key)
+        pool.resize(*cfg.sizes(profile))
+        if cfg.adapter == "sqlite" and profile.kind == "gevent":
+            logger.warning(
+                "pool %s (%s): SQLite calls block the gevent hub while they run: every greenlet of this worker"
+                " waits for each statement and transaction", key, cfg.dsn,
             )  # fmt: skip
+        if cfg.adapter == "mysql" and cfg.read_timeout is None and profile.kind != "sync":
+            logger.info(
+                "pool %s (%s): read_timeout unset: queries wait at most %s s (gunicorn's timeout) in this %s worker",
+                key, cfg.dsn, f"{profile.timeout:g}" if profile.timeout else "unbounded", profile.kind,
+            )  # fmt: skip
+        start = time.monotonic()
+        try:
+            opened = pool.open(deadline=profile.deadline)
+        except ConnectError as exc:
+            if cfg.strict and profile.first_boot:
+                raise PoolStartupError(f"{exc} (strict pool, first start)") from None
+            logger.error(
+                "pool %s (%s): warm-up failed, will connect on demand: %s", key, cfg.dsn, exc
+            )  # the ConnectError already names host:port and the server's message
+            return
+        logger.info(
+            "pool %s (%s): opened %d connection(s) in %.1f ms [min=%d max=%d]",
+            key, cfg.dsn, opened, (time.monotonic() - start) * 1000, pool.min_size, pool.max_size,
+        )  # fmt: skip
 
     def warm_pool(self) -> int:
         """Run each open connection's first use now (see ConnectionPool.warm)."""
         return sum(pool.warm() for pool in list(self._pools.values()))
 
     def close_pool(self) -> None:
-        """Close every named pool opened in this process."""
+        """Close every named pool opened in this process; later use raises PoolClosed
+        (until :meth:`init_pool` opens them again)."""
+        self._closed_in = os.getpid()
         for pool in self._pools.values():
             pool.close()
         self._pools.clear()
@@ -130,6 +166,8 @@ class DatabasePool(PoolInterface):
         pool = self._pools.get(name)
         if pool is not None and not pool.closed:  # every connection() passes here
             return pool
+        if self._closed_in == os.getpid():
+            raise PoolClosed(f"DatabasePool {self.name!r} is closed: no connection for {name!r}")
         cfg = self._config(name)
         candidate = ConnectionPool(make_connector(cfg), name=name, options=cfg)
         if pool is None:

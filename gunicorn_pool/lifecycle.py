@@ -7,7 +7,9 @@ stock workers (:mod:`gunicorn_pool.hooks`) call these two functions::
       -> gevent patching, privilege drop, signals (gunicorn)
       -> app loaded (gunicorn: load_wsgi)
       -> boot(worker):      discover services, init_pool() each, warm the worker
-                            (gunicorn_pool.warmup: first-request code paths), start metrics
+                            (gunicorn_pool.warmup: first-request code paths), wrap the app
+                            so each request runs in a request scope (gunicorn_pool.wsgi),
+                            start metrics
       -> user's post_worker_init (gunicorn)
       -> serve requests
       -> shutdown():        close_pool() each, in the worker's own pid only
@@ -29,6 +31,8 @@ import os
 import time
 from typing import Any
 
+from . import wsgi
+from ._concurrency import run_all
 from .base import PoolInterface, WorkerProfile, set_profile, worker_kind
 from .errors import PoolStartupError
 from .registry import discover, settings
@@ -60,17 +64,25 @@ def boot(worker: Any) -> list[tuple[str, PoolInterface]]:
     set_profile(profile)
     services = discover(getattr(worker, "wsgi", None))
     start = time.monotonic()
-    for name, service in services:
-        try:
-            service.init_pool()
-        except PoolStartupError as exc:
+    # At once: several unreachable servers cost one connect_timeout, not one each.
+    results = run_all([(name, service.init_pool) for name, service in services], deadline=profile.deadline)
+    for name, exc in results.items():
+        if exc is None:
+            continue
+        if isinstance(exc, PoolStartupError):
             logger.critical("%s", exc)
-            raise  # strict pool on first start: gunicorn halts the server, as asked
-        except Exception as exc:  # noqa: BLE001 - never halt the server for a pool
+            raise exc  # strict pool on first start: gunicorn halts the server, as asked
+        if isinstance(exc, TimeoutError):
+            logger.error("pool service %s: init_pool() still running at the warm-up deadline; serving without it", name)
+        elif isinstance(exc, Exception):  # never halt the server for a pool
             logger.error("pool service %s: init_pool() failed, it will connect on demand: %s", name, exc)
+        else:
+            raise exc
     if settings.warm_up:
         assert profile.deadline is not None  # profile_for() sets it
         warm_worker(worker, services, requests=settings.warm_requests, deadline=profile.deadline)
+    if settings.request_scope:
+        wsgi.wrap(worker)  # every request in a scope: leaks reclaimed, request_connection() given back
     _booted.update(pid=os.getpid(), services=services, reporter=_start_reporter(worker, services))
     logger.info(
         "gunicorn_pool: %d pool service(s) ready in %.1f ms (%s worker)",

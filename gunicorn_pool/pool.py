@@ -66,11 +66,14 @@ from collections import deque
 from typing import Any, Optional
 
 from . import _concurrency as cc
+from . import leaks
 from . import stats as keys
 from .base import current_profile
 from .connectors.base import DROP, RESET, Connector
 from .errors import ConnectError, LeaseError, PoolClosed, PoolTimeout, TooManyRequests
 from .options import DEFAULTS, PoolOptions
+from .request import _current as _current_request
+from .request import caller
 from .slot import CLOSED, IDLE, LENT, Slot
 
 __all__ = ["ConnectionPool"]
@@ -105,6 +108,7 @@ class ConnectionPool(cc.ForkAware):
         self.dsn = connector.dsn or name
         self.min_size, self.max_size = options.sizes(current_profile())
         self._connector = connector
+        self._lend = connector.lend  # the one connector call of a checkout
         self._check_in = connector.check_in  # the one connector call of a plain return
         self._track_forks()
         self._reset_state()
@@ -125,6 +129,7 @@ class ConnectionPool(cc.ForkAware):
         self._slots: dict[int, Slot] = {}  # every registered slot (IDLE, LENT or in a thread's hands)
         self._size = 0  # registered slots plus reservations (OPENING): never above max_size
         self._closed = False
+        self._watched = False  # by the leak watcher of this process (leak_timeout)
         self._backoff = 0.0
         self._next_attempt = 0.0
         self._last_error = ""
@@ -155,6 +160,8 @@ class ConnectionPool(cc.ForkAware):
         self._options = options
         # Read on every return: a connection is looked at again on checkout only this long after.
         self._recheck_after = options.check_interval if options.probe_after is None else options.probe_after
+        self._owner_check = options.owner_check
+        self._leak_timeout = options.leak_timeout
 
     def resize(self, min_size: int, max_size: int) -> None:
         """Change the sizes (the worker profile may be known only after the pool was built)."""
@@ -272,6 +279,18 @@ class ConnectionPool(cc.ForkAware):
         slot.state = LENT
         slot.lent_at = now
         slot.uses += 1
+        scope = _current_request.get()
+        if scope is not None or self._leak_timeout is not None:
+            slot.taken_at = caller()
+            if scope is not None:
+                scope.record(self, slot)  # reclaimed if still out when the request ends
+            if self._leak_timeout is not None and not self._watched:
+                self._watched = True
+                leaks.watch(self)
+        elif slot.taken_at:
+            slot.taken_at = ""
+        slot.holder = holder = cc.get_ident() if self._owner_check else None
+        self._lend(slot.raw, holder, slot.taken_at)
         self._lent[slot.key] = slot
         return slot
 
@@ -413,12 +432,15 @@ class ConnectionPool(cc.ForkAware):
 
     # -- return (LENT -> IDLE, or -> CLOSED) ----------------------------------------------
 
-    def putconn(self, raw: Any, *, discard: bool = False) -> None:
+    def putconn(self, raw: Any, *, commit: bool = False, discard: bool = False) -> None:
         """Give back a connection taken with :meth:`getconn`.
 
-        An open transaction is rolled back; with *discard* the connection is
-        dropped instead of reused. A connection this pool did not lend, or
-        already took back, raises :class:`LeaseError`.
+        An open transaction is rolled back (committed with *commit*); with
+        *discard* the connection is dropped instead of reused. A connection
+        this pool has not lent out (given back already, reclaimed at the end of
+        its request, or another pool's), or one given back by a thread or
+        greenlet that did not take it, raises :class:`LeaseError` and is left
+        as it is.
         """
         slot = self._unlend(raw)
         if slot is None:
@@ -426,18 +448,29 @@ class ConnectionPool(cc.ForkAware):
         if discard:
             self._remove(slot, polite=False)
         else:
-            self._give_back(slot, commit=False)
+            self._give_back(slot, commit=commit)
 
     def _unlend(self, raw: Any) -> Optional[Slot]:
         """LENT -> in the returner's hands: the lent map's ``dict.pop()`` is the one move
         (invariant 1), so two returns of one lease never both succeed. None: taken before fork."""
         if self.inherited:
             self._adopt_process()
-        slot = self._lent.pop(id(raw), None)
+        key = id(raw)
+        slot = self._lent.get(key)
+        if slot is not None and slot.raw is raw and self._owner_check and slot.holder != cc.get_ident():
+            where = f" (taken at {slot.taken_at})" if slot.taken_at else ""
+            raise LeaseError(
+                f"pool {self.name!r}: putconn() by a thread or greenlet other than the one that took the"
+                f" connection{where}"
+            )
+        slot = self._lent.pop(key, None)
         if slot is None or slot.raw is not raw:
             if self._generation != cc.fork_generation():
                 return None  # taken before fork; the child's pool never lent it
-            raise LeaseError(f"pool {self.name!r}: putconn() of a connection this pool has not lent out")
+            raise LeaseError(
+                f"pool {self.name!r}: putconn() of a connection this pool has not lent out (given back"
+                " already, reclaimed at the end of its request, or not from this pool)"
+            )
         return slot
 
     def _give_back(self, slot: Slot, *, commit: bool) -> None:
@@ -531,6 +564,38 @@ class ConnectionPool(cc.ForkAware):
                     break
         for slot in surplus:
             self._remove(slot, polite=True)
+
+    # -- leases not given back ---------------------------------------------------------------
+
+    def _reclaim(self, slot: Slot, number: int, request: str) -> bool:
+        """LENT -> CLOSED for a lease its request left out (see gunicorn_pool.request).
+
+        *number* is the lease's number on the slot: a slot given back and lent
+        again since is someone else's now. Returns True if it was reclaimed.
+        """
+        if self.inherited or slot.uses != number or self._lent.pop(slot.key, None) is not slot:
+            return False  # given back (or lent again) already: nothing leaked
+        self._counts[keys.CONNECTIONS_LEAKED] += 1
+        logger.warning(
+            "pool %s (%s): a connection taken at %s was not given back by the end of its request%s;"
+            " reclaimed: closed and its capacity freed",
+            self.name, self.dsn, slot.taken_at or "an unknown place", f" ({request})" if request else "",
+        )  # fmt: skip
+        self._remove(slot, polite=False)
+        return True
+
+    def _report_long_leases(self, now: float) -> None:
+        """Log, once per lease, each lease held longer than ``leak_timeout`` (see gunicorn_pool.leaks)."""
+        limit = self._leak_timeout
+        if limit is None or self.inherited:
+            return
+        for slot in list(self._lent.values()):
+            if slot.reported != slot.uses and now - slot.lent_at > limit:
+                slot.reported = slot.uses
+                logger.warning(
+                    "pool %s (%s): a connection taken at %s has been out for %.1fs (leak_timeout=%gs)",
+                    self.name, self.dsn, slot.taken_at or "an unknown place", now - slot.lent_at, limit,
+                )  # fmt: skip
 
     # -- closing (-> CLOSED) and capacity -----------------------------------------------------
 

@@ -6,8 +6,10 @@ Three sources, in this order, each service taken once (by identity):
 
        db = gunicorn_pool.register(gunicorn_pool.DatabasePool(...), name="db")
 
-   Registering a name again replaces the old entry: gunicorn re-runs
-   gunicorn.conf.py on SIGHUP, and the new workers must see the new config.
+   Registering a name again replaces the old entry. gunicorn runs
+   gunicorn.conf.py again on SIGHUP: registrations made by an earlier run of
+   the config file that the new run did not make again are dropped, so a
+   service renamed or removed in the file is not opened by the new workers.
 2. **Entry points** in the group ``gunicorn_pool.services``; each names a
    PoolInterface instance, or a class/factory called without arguments::
 
@@ -15,13 +17,15 @@ Three sources, in this order, each service taken once (by identity):
        gunicorn_pool.services =
            cache = myapp.services:cache_pool
 
+   One that fails to load is logged and skipped.
 3. **The loaded WSGI app**: PoolInterface instances reachable from the app
    object through instance ``__dict__``\\s, dicts, lists, tuples and sets (a
    Flask app's ``extensions``, a Django-style container, a middleware's
-   ``app`` attribute...). The walk is bounded (``walk_depth``, 4 by default,
-   and 20,000 objects), safe against cycles, never calls properties or
-   ``__getattr__``, and skips modules, classes and functions. Switch it off
-   with ``gunicorn_pool.configure(walk_app=False)``.
+   ``app`` attribute...). The walk is bounded (``walk_depth``, 4 levels; 20,000
+   objects; the first 1,000 items of any one container; 0.25 s), safe against
+   cycles, never calls properties, ``__getattr__`` or ``__class__``, skips
+   modules, classes and functions, never raises, and logs when it stops early.
+   Switch it off with ``gunicorn_pool.configure(walk_app=False)``.
 
 :func:`configure` holds the process-wide settings (they cannot be gunicorn
 settings: gunicorn ignores unknown names in its config file).
@@ -30,18 +34,24 @@ settings: gunicorn ignores unknown names in its config file).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
+import sys
+import time
 import types
 from collections import deque
 from typing import Any, Iterator, Optional, TypeVar
 
 from .base import PoolInterface
 
-__all__ = ["Settings", "configure", "discover", "get", "register", "registered", "settings", "unregister"]
+__all__ = ["Settings", "configure", "discover", "get", "register", "registered", "settings", "unregister", "walk"]
 
 logger = logging.getLogger("gunicorn_pool")
 ENTRY_POINT_GROUP = "gunicorn_pool.services"
+_CONFIG_MODULE = "__config__"  # the name gunicorn runs gunicorn.conf.py under
 _MAX_OBJECTS = 20_000
+_MAX_ITEMS = 1_000
+_MAX_SECONDS = 0.25
 _SKIP_TYPES = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType,
                str, bytes, bytearray, int, float, complex, bool, type(None))  # fmt: skip
 
@@ -59,10 +69,17 @@ class Settings:
     stats_interval: float = 10.0  #: seconds between statsd/Prometheus updates
     warm_up: bool = True  #: run a fresh worker's first-request code before traffic (gunicorn_pool.warmup)
     warm_requests: int = 8  #: synthetic requests through gunicorn's HTTP code in that warm-up
+    request_scope: bool = True  #: run each request in a scope: leaks reclaimed, request_connection() (wsgi.py)
+
+
+@dataclasses.dataclass
+class _Registration:
+    service: PoolInterface
+    config_run: Optional[int]  # id() of the config file run's namespace that registered it, if any
 
 
 settings = Settings()
-_services: dict[str, PoolInterface] = {}
+_services: dict[str, _Registration] = {}
 
 
 def configure(**changes: Any) -> Settings:
@@ -79,9 +96,31 @@ def register(service: S, name: Optional[str] = None) -> S:
     """Register *service* under *name* (default: its ``name`` attribute) and return it."""
     if not isinstance(service, PoolInterface):
         raise TypeError(f"register() needs a PoolInterface, got {type(service).__name__}")
-    key = name or getattr(service, "name", None) or type(service).__name__
-    _services[str(key)] = service
+    key = str(name or getattr(service, "name", None) or type(service).__name__)
+    run = _config_run()
+    if run is not None:
+        # A new run of gunicorn.conf.py (SIGHUP): what earlier runs registered goes.
+        for old in [k for k, reg in _services.items() if reg.config_run not in (None, run)]:
+            del _services[old]
+    _services[key] = _Registration(service, run)
     return service
+
+
+def _config_run() -> Optional[int]:
+    """The run of gunicorn.conf.py calling us, if any: id() of its module namespace."""
+    frame: Any = sys._getframe(2)
+    for _ in range(30):
+        if frame is None:
+            return None
+        if frame.f_globals.get("__name__") == _CONFIG_MODULE:
+            return id(frame.f_globals)
+        frame = frame.f_back
+    return None
+
+
+def _current_config_run() -> Optional[int]:
+    module = sys.modules.get(_CONFIG_MODULE)
+    return id(vars(module)) if module is not None else None
 
 
 def unregister(name: str) -> None:
@@ -92,19 +131,20 @@ def unregister(name: str) -> None:
 def get(name: str) -> PoolInterface:
     """The service registered as *name*; KeyError lists the known names."""
     try:
-        return _services[name]
+        return _services[name].service
     except KeyError:
         known = ", ".join(sorted(_services)) or "none registered"
         raise KeyError(f"no pool service named {name!r} (known: {known})") from None
 
 
 def registered() -> dict[str, PoolInterface]:
-    """A copy of the registered services, by name."""
-    return dict(_services)
+    """The registered services, by name (those of an outdated run of the config file left out)."""
+    current = _current_config_run()
+    return {k: r.service for k, r in _services.items() if r.config_run is None or r.config_run == current}
 
 
 def discover(app: Any = None) -> list[tuple[str, PoolInterface]]:
-    """Every service to open in this worker, as (name, service) pairs."""
+    """Every service to open in this worker, as (name, service) pairs. Never raises."""
     found: list[tuple[str, PoolInterface]] = []
     seen: set[int] = set()
 
@@ -113,14 +153,17 @@ def discover(app: Any = None) -> list[tuple[str, PoolInterface]]:
             seen.add(id(service))
             found.append((name, service))
 
-    for name, service in _services.items():
+    for name, service in registered().items():
         add(name, service)
     if settings.entry_points:
         for name, service in _from_entry_points():
             add(name, service)
     if settings.walk_app and app is not None:
-        for name, service in walk(app, max_depth=settings.walk_depth):
-            add(name, service)
+        try:
+            for name, service in walk(app, max_depth=settings.walk_depth):
+                add(name, service)
+        except Exception as exc:  # noqa: BLE001 - walk() does not raise; this guards its callers' boot anyway
+            logger.error("gunicorn_pool: the app walk failed, services found so far are used: %s", exc)
     return found
 
 
@@ -129,48 +172,89 @@ def _from_entry_points() -> Iterator[tuple[str, PoolInterface]]:
 
     select: Any = entry_points
     try:
-        eps = select(group=ENTRY_POINT_GROUP)
-    except TypeError:  # Python 3.9: no selection interface
-        eps = select().get(ENTRY_POINT_GROUP, [])
+        try:
+            eps = list(select(group=ENTRY_POINT_GROUP))
+        except TypeError:  # Python 3.9: no selection interface
+            eps = list(select().get(ENTRY_POINT_GROUP, []))
+    except Exception as exc:  # noqa: BLE001 - broken metadata must not stop a worker
+        logger.error("gunicorn_pool: cannot read the %s entry points: %s", ENTRY_POINT_GROUP, exc)
+        return
     for ep in eps:
-        obj = ep.load()
-        if not isinstance(obj, PoolInterface) and callable(obj):
-            obj = obj()
-        if not isinstance(obj, PoolInterface):
-            raise TypeError(f"entry point {ep.name!r} ({ep.value}) is not a PoolInterface")
+        try:
+            obj = ep.load()
+            if not isinstance(obj, PoolInterface) and callable(obj):
+                obj = obj()
+            if not isinstance(obj, PoolInterface):
+                raise TypeError(f"it is a {type(obj).__name__}, not a PoolInterface")
+        except Exception as exc:  # noqa: BLE001 - one bad entry point must not stop a worker
+            logger.error("gunicorn_pool: entry point %r (%s) skipped: %s", ep.name, ep.value, exc)
+            continue
         yield ep.name, obj
 
 
-def walk(root: Any, *, max_depth: int = 4) -> Iterator[tuple[str, PoolInterface]]:
-    """Yield (path, service) for PoolInterface objects reachable from *root*."""
+def walk(root: Any, *, max_depth: int = 4, max_objects: int = _MAX_OBJECTS,
+         max_seconds: float = _MAX_SECONDS) -> Iterator[tuple[str, PoolInterface]]:  # fmt: skip
+    """Yield (path, service) for PoolInterface objects reachable from *root* (see the module docstring)."""
+    deadline = time.monotonic() + max_seconds
     seen = {id(root)}
     queue: deque[tuple[str, Any, int]] = deque([("app", root, 0)])
     visited = 0
-    while queue and visited < _MAX_OBJECTS:
+    while queue:
+        if visited >= max_objects or (visited % 256 == 0 and time.monotonic() > deadline):
+            logger.warning(
+                "gunicorn_pool: the app walk stopped early after %d objects (limits: %d objects, %gs);"
+                " register services with gunicorn_pool.register() instead",
+                visited, max_objects, max_seconds,
+            )  # fmt: skip
+            return
         path, obj, depth = queue.popleft()
         visited += 1
-        if isinstance(obj, PoolInterface):
+        if _is_service(obj):
             yield path, obj
         if depth >= max_depth:
             continue
         for child_path, child in _children(path, obj):
-            if id(child) not in seen and not isinstance(child, _SKIP_TYPES):
+            if id(child) not in seen and not _skipped(child):
                 seen.add(id(child))
                 queue.append((child_path, child, depth + 1))
 
 
+def _is_service(obj: Any) -> bool:
+    try:
+        return issubclass(type(obj), PoolInterface)  # type(), not isinstance(): never reads obj.__class__
+    except Exception:  # noqa: BLE001 - a class with a broken __subclasscheck__ is no service of ours
+        return False
+
+
+def _skipped(obj: Any) -> bool:
+    try:
+        return issubclass(type(obj), _SKIP_TYPES)
+    except Exception:  # noqa: BLE001
+        return True
+
+
 def _children(path: str, obj: Any) -> Iterator[tuple[str, Any]]:
-    if isinstance(obj, (dict, types.MappingProxyType)):
-        for key, value in list(obj.items()):
-            yield f"{path}[{key!r}]", value
-    elif isinstance(obj, (list, tuple, set, frozenset)):
-        for i, value in enumerate(list(obj)):
-            yield f"{path}[{i}]", value
-    else:
-        try:
+    kind = type(obj)
+    try:
+        if issubclass(kind, (dict, types.MappingProxyType)):
+            items = list(itertools.islice(obj.items(), _MAX_ITEMS))
+            _note_truncated(path, obj, len(items))
+            for key, value in items:
+                yield f"{path}[{key!r}]" if isinstance(key, (str, int)) else f"{path}[...]", value
+        elif issubclass(kind, (list, tuple, set, frozenset, deque)):
+            values = list(itertools.islice(obj, _MAX_ITEMS))
+            _note_truncated(path, obj, len(values))
+            for i, value in enumerate(values):
+                yield f"{path}[{i}]", value
+        else:
             attrs = object.__getattribute__(obj, "__dict__")
-        except AttributeError:
-            return
-        if isinstance(attrs, dict):
-            for key, value in list(attrs.items()):
-                yield f"{path}.{key}", value
+            if type(attrs) is dict:
+                for key, value in list(itertools.islice(attrs.items(), _MAX_ITEMS)):
+                    yield f"{path}.{key}", value
+    except Exception:  # noqa: BLE001 - no __dict__, or a container changed under us: nothing to follow
+        return
+
+
+def _note_truncated(path: str, obj: Any, taken: int) -> None:
+    if taken == _MAX_ITEMS and len(obj) > _MAX_ITEMS:
+        logger.info("gunicorn_pool: the app walk looked at the first %d of %d items of %s", taken, len(obj), path)

@@ -64,7 +64,7 @@ class Slot:
     """One physical connection of a pool and its bookkeeping (see the module docstring)."""
 
     __slots__ = ("raw", "key", "probe", "state", "expires", "last_used", "recheck_at", "lent_at", "uses",
-                 "usage_ms", "holder", "taken_at", "leak_reported")  # fmt: skip
+                 "usage_ms", "holder", "taken_at", "reported")  # fmt: skip
 
     def __init__(self, raw: Any, probe: Optional[Callable[[], Any]], lifetime: float) -> None:
         now = time.monotonic()
@@ -77,10 +77,10 @@ class Slot:
         self.recheck_at = now  # checkout looks at it before its first use
         self.uses = 0  # leases, counted by the holder (invariant 5)
         self.usage_ms = 0
-        # The current lease: who took it and where (leak reports), set by _lend().
+        # The current lease: who took it and where (for leak reports), set when it starts.
         self.holder: Optional[int] = None
         self.taken_at = ""
-        self.leak_reported = False
+        self.reported = 0  # the lease number last reported as held past leak_timeout
 
     def __repr__(self) -> str:
         return f"<Slot {self.state} uses={self.uses}{' taken at ' + self.taken_at if self.taken_at else ''}>"

@@ -355,3 +355,58 @@ class Gunicorn:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+# -- gunicorn configs and measurements shared by the integration tests -------------------------
+
+WORKER_CLASSES = {
+    "sync": ("gunicorn_pool.Worker", ""),
+    "gthread": ("gunicorn_pool.ThreadWorker", "threads = 4"),
+    "gevent": ("gunicorn_pool.GeventWorker", ""),
+}
+
+# POOLS on a line of its own: a failing DatabasePool(...) makes gunicorn print the
+# traceback, with the source line of the call (see docs/failure.md).
+POOL_CONF = """
+import gunicorn_pool
+POOLS = {pools!r}
+gunicorn_pool.register(gunicorn_pool.DatabasePool(POOLS), name={service!r})
+worker_class = {worker!r}
+workers = {workers}
+{extra}
+"""
+
+
+def pool_conf(pools: dict[str, Any], *, kind: str = "sync", workers: int = 2, extra: str = "",
+              service: str = "db") -> str:  # fmt: skip
+    """A gunicorn.conf.py registering ``DatabasePool(pools)`` as *service*, for worker *kind*
+    (sync, gthread with 4 threads, or gevent)."""
+    worker, kind_extra = WORKER_CLASSES[kind]
+    return POOL_CONF.format(pools=pools, service=service, worker=worker, workers=workers,
+                            extra="\n".join(x for x in (kind_extra, extra) if x))  # fmt: skip
+
+
+def figure(name: str, value: float, unit: str = "s") -> None:
+    """Print a measured figure (collected for the docs with ``pytest -s``)."""
+    print(f"FIGURE {name}: {value:.2f} {unit}")
+
+
+def assert_no_secret(server: Any, *secrets: str) -> None:
+    log = server.log()
+    for secret in secrets:
+        assert secret not in log, "a password reached the log"
+
+
+def poll_until_ok(server: Any, path: str, limit: float, streak: int = 1) -> float:
+    """Seconds until *streak* consecutive 200s on *path*; fails after *limit* seconds."""
+    start = time.monotonic()
+    ok = 0
+    while ok < streak:
+        status, _ = server.get(path, timeout=limit)
+        ok = ok + 1 if status == 200 else 0
+        elapsed = time.monotonic() - start
+        if ok < streak:
+            assert elapsed < limit, f"{path}: no {streak} successes in a row within {limit}s"
+            if not ok:
+                time.sleep(0.05)
+    return time.monotonic() - start

@@ -440,10 +440,13 @@ def fast_switching() -> Iterator[None]:
 
 
 def sqlite_pool(tmp_path: Path, **options: Any) -> ConnectionPool:
+    """A SQLite ConnectionPool for the bookkeeping tests; ``owner_check`` off, because they
+    take a connection in one thread and give it back from another on purpose."""
     from gunicorn_pool.config import parse_config
     from gunicorn_pool.connectors import SQLiteConnector
 
     cfg = parse_config("p", f"sqlite:///{tmp_path / 'p.db'}")
+    options.setdefault("owner_check", False)
     pool = ConnectionPool(SQLiteConnector(cfg), name="p", **options)
     pool.open()
     return pool

@@ -7,26 +7,48 @@ connection at a time.
 
 Per lease the pool calls, in order::
 
-    connect()                   once per physical connection (bounded)
-    probe(raw)                  once per connection: a no-round-trip check, or None
-    ping(raw, timeout)          on checkout when the connection sat idle a while
-    lend(raw, holder)           the lease starts (holder: who may use it, or None)
-    check_in(raw) -> clean?     the lease ends; one call on the hot path
-    finish(raw, commit=...)     only when check_in() said "not clean"
-    close(raw) / discard(raw)   when the slot closes: politely, or without a word
+    connect()                     once per physical connection (bounded)
+    probe(raw)                    once per connection: a no-round-trip check, or None
+    ping(raw, timeout)            on checkout when the connection sat idle a while
+    lend(raw, holder, taken_at)   the lease starts (holder: who may use it, or None)
+    check_in(raw) -> clean?       the lease ends; one call on the hot path
+    finish(raw, commit=...)       only when check_in() said "not clean"
+    close(raw) / discard(raw)     when the slot closes: politely, or without a word
 
 ``close`` and ``discard`` never raise. Everything else raises the driver's
 error, which the pool reports through :meth:`Connector.describe_error` (the
 connector's password masked).
+
+The lease guard
+---------------
+Where the driver lets us, the connection object is an instance of a small
+subclass of the driver's own class (so it *is* a ``pymysql.Connection``, a
+``psycopg.Connection``...) that mixes in :class:`LeaseGuard`. At the driver's
+one command chokepoint it checks ``_gp_holder``:
+
+- ``None``: anyone may use it (the pool's own use: ping, rollback, reset; or
+  a pool with ``owner_check`` off, such as the SQLAlchemy and Django ones,
+  whose frameworks guard their connections themselves);
+- a thread or greenlet id: only that caller (the one that took it);
+- :data:`IDLE`: nobody: it is back in the pool;
+- :data:`CLOSED`: nobody: the pool closed or dropped it (a leak reclaimed at
+  the end of its request ends here).
+
+A use that fails the check raises :class:`~gunicorn_pool.errors.LeaseError`
+before anything is sent, so a reference kept past its lease can never
+interleave with the next borrower's protocol stream. ``close()`` by the user
+during the lease marks the connection so the pool drops it at return, and is
+refused outside the lease.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
-from ..errors import describe
+from .._concurrency import get_ident
+from ..errors import LeaseError, describe
 
-__all__ = ["DROP", "RESET", "REUSE", "Connector"]
+__all__ = ["CLOSED", "DROP", "IDLE", "RESET", "REUSE", "Connector", "LeaseGuard", "lease_error"]
 
 _MASK = "***"
 
@@ -34,6 +56,54 @@ _MASK = "***"
 REUSE = "reuse"
 RESET = "reset"
 DROP = "drop"
+
+#: Values of LeaseGuard._gp_holder besides None (anyone) and a thread/greenlet id.
+IDLE = -1
+CLOSED = -2
+
+
+def lease_error(pool_name: str, holder: Optional[int], taken_at: str) -> LeaseError:
+    """The LeaseError for a use of a connection whose holder is *holder* (not the caller)."""
+    where = f" (it was taken at {taken_at})" if taken_at else ""
+    if holder == IDLE:
+        why = "used after it was returned to the pool"
+    elif holder == CLOSED:
+        why = "used after the pool closed it (a lease not given back by the end of its request is closed)"
+    else:
+        why = "used by a thread or greenlet other than the one that took it"
+    return LeaseError(f"pool {pool_name!r}: connection {why}{where}")
+
+
+class LeaseGuard:
+    """Mixin for a driver's connection class: who may use this connection now (see above).
+
+    Subclasses call :meth:`_gp_check` (or inline it) where every command
+    passes, and :meth:`_gp_user_close` from their ``close()``.
+    """
+
+    _gp_holder: Optional[int] = None
+    _gp_pool = ""
+    _gp_taken_at = ""
+    _gp_closed_by_user = False
+
+    def _gp_check(self) -> None:
+        holder = self._gp_holder
+        if holder is not None and holder != get_ident():
+            raise lease_error(self._gp_pool, holder, self._gp_taken_at)
+
+    def _gp_user_close(self) -> None:
+        """The user closes the connection: allowed only by its holder (the pool drops it at
+        return); closing one the pool already closed does nothing more."""
+        if self._gp_holder == CLOSED:
+            return
+        self._gp_check()
+        if self._gp_holder is not None:
+            self._gp_closed_by_user = True
+
+    def _gp_lend(self, holder: Optional[int], taken_at: str) -> None:
+        self._gp_holder = holder
+        self._gp_taken_at = taken_at
+        self._gp_closed_by_user = False
 
 
 class Connector:
@@ -88,19 +158,23 @@ class Connector:
 
     # -- leases ------------------------------------------------------------------------------
 
-    def lend(self, raw: Any, holder: Optional[int]) -> None:
-        """A lease of *raw* starts; *holder* (a thread or greenlet id) alone may use it, or anyone if None."""
+    def lend(self, raw: Any, holder: Optional[int], taken_at: str = "") -> None:
+        """A lease of *raw* starts: arm its guard for *holder* (a thread or greenlet id; None:
+        anyone) and reset per-lease tracking. *taken_at* (``file:line``, may be empty) goes into
+        the guard's messages."""
 
     def check_in(self, raw: Any) -> bool:
-        """The lease of *raw* ends: True if it is clean and goes straight back to the pool;
-        False if :meth:`finish` must run first. One call on the hot path."""
+        """The lease of *raw* ends: True if it is clean and goes straight back to the pool (its
+        guard then reads IDLE); False if :meth:`finish` must run first (the guard then lets the
+        pool's own statements through). One call on the hot path."""
         return True
 
     def finish(self, raw: Any, *, commit: bool) -> str:
         """End what the user left open on *raw*: commit (*commit*) or roll back an open
         transaction, restore a session the user changed. Returns :data:`REUSE`, :data:`RESET`
-        (reusable after its session was reset) or :data:`DROP` (must not be lent again).
-        Raises the driver's error if that fails (the pool then drops *raw*)."""
+        (reusable after its session was reset; the guard then reads IDLE) or :data:`DROP` (must
+        not be lent again: closed by the user, mid-result, or not resettable). Raises the
+        driver's error if that fails (the pool then drops *raw*)."""
         return REUSE
 
     # -- messages ---------------------------------------------------------------------------

@@ -16,26 +16,122 @@
   the connection closes, because its finaliser closes the connection.
 - Transactions are read off PyMySQL's ``server_status`` flag, so returning a
   connection that opened none costs no round trip.
+- A session the user changed is reset on return, and only then (see
+  :class:`PooledMySQLConnection` and :meth:`MySQLConnector.finish`).
+- ``read_timeout`` left unset is gunicorn's ``timeout`` in gthread and gevent
+  workers (:meth:`MySQLConnector.read_timeout`).
 """
 
 from __future__ import annotations
 
 import functools
+import logging
+import os
 import select
 import ssl
+import threading
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
+import pymysql
 from dbutils.steady_db import SteadyDBConnection
+from pymysql.charset import charset_by_name
+from pymysql.connections import MySQLResult
+from pymysql.constants import CLIENT
+from pymysql.protocol import EOFPacketWrapper
 
 from .._concurrency import original_poll
-from .base import DROP, REUSE, Connector
+from ..base import current_profile
+from .base import CLOSED, DROP, IDLE, RESET, REUSE, Connector, LeaseGuard, lease_error
 
 if TYPE_CHECKING:
     from ..config import DatabaseConfig
 
-__all__ = ["MySQLConnector"]
+__all__ = ["MySQLConnector", "PooledMySQLConnection"]
+
+logger = logging.getLogger("gunicorn_pool")
 
 _IN_TRANS = 0x0001  # SERVER_STATUS_IN_TRANS
+_AUTOCOMMIT = 0x0002  # SERVER_STATUS_AUTOCOMMIT
+_STATE_CHANGED = 0x4000  # SERVER_SESSION_STATE_CHANGED (needs CLIENT.SESSION_TRACK)
+_COM_QUERY = 0x03
+_COM_RESET_CONNECTION = 0x1F
+_LOCK_SCAN = 1024  # bytes of a statement searched for LOCK
+
+
+class _PooledResult(MySQLResult):  # type: ignore[misc]
+    """PyMySQL's result, keeping the server status of the EOF packet that ends a result set.
+
+    PyMySQL reads it and drops it, so after a ``SELECT`` the connection's
+    ``server_status`` was the previous statement's: a transaction a ``SELECT``
+    opened (autocommit off) did not show, and a state-changed flag raised
+    earlier seemed raised still.
+    """
+
+    def _check_packet_is_eof(self, packet: Any) -> bool:
+        if not packet.is_eof_packet():
+            return False
+        wp = EOFPacketWrapper(packet)
+        self.warning_count = wp.warning_count
+        self.has_next = wp.has_next
+        self.server_status = wp.server_status
+        if self.unbuffered_active and self.connection is not None:  # an unbuffered result just ended
+            self.connection.server_status = wp.server_status
+            self.connection._gp_seen |= wp.server_status
+        return True
+
+
+class PooledMySQLConnection(LeaseGuard, pymysql.connections.Connection):  # type: ignore[misc]
+    """A ``pymysql.Connection`` that knows its lease and what its user changed.
+
+    - Every command passes :meth:`_execute_command`, where the lease guard
+      refuses a use by anyone but the holder (see :mod:`.base`).
+    - The server's status word is OR-ed into ``_gp_seen`` as each OK/EOF packet
+      is read: PyMySQL keeps only the latest one, and the session-state-changed
+      flag (``SET @x``, ``USE``, temporary tables, isolation level, prepared
+      statements, autocommit) rides on the packet of the statement that changed
+      it, not on later ones.
+    - Named locks (``GET_LOCK``) and ``LOCK TABLES`` change no tracked state:
+      a statement mentioning ``LOCK``/``lock``/``Lock`` in its first 1 KiB
+      marks the session for a reset instead.
+    """
+
+    _gp_seen = 0
+    _gp_locks = False
+
+    def _execute_command(self, command: int, sql: Any) -> Any:
+        holder = self._gp_holder
+        if holder is not None and holder != threading.get_ident():
+            raise lease_error(self._gp_pool, holder, self._gp_taken_at)
+        if command == _COM_QUERY and not self._gp_locks and type(sql) is bytes and (
+            sql.find(b"LOCK", 0, _LOCK_SCAN) >= 0 or sql.find(b"lock", 0, _LOCK_SCAN) >= 0
+            or sql.find(b"Lock", 0, _LOCK_SCAN) >= 0
+        ):  # fmt: skip
+            self._gp_locks = True
+        return super()._execute_command(command, sql)
+
+    def _read_ok_packet(self) -> Any:
+        ok = super()._read_ok_packet()
+        self._gp_seen |= self.server_status
+        return ok
+
+    def _read_query_result(self, unbuffered: bool = False) -> Any:
+        # PyMySQL's own, with a result class that keeps the status of the EOF packet.
+        self._result = None
+        result = _PooledResult(self)
+        if unbuffered:
+            result.init_unbuffered_query()
+        else:
+            result.read()
+        self._result = result
+        status = result.server_status
+        if status is not None:
+            self.server_status = status
+            self._gp_seen |= status
+        return result.affected_rows
+
+    def close(self) -> None:
+        self._gp_user_close()
+        super().close()
 
 
 class MySQLConnector(Connector):
@@ -44,24 +140,41 @@ class MySQLConnector(Connector):
     adapter = "mysql"
 
     def __init__(self, config: DatabaseConfig) -> None:
-        import pymysql
-
         super().__init__(pool_name=config.pool_name, address=config.address, dsn=config.dsn,
                          password=config.password)  # fmt: skip
         self.config = config
-        self._pymysql = pymysql
-        self._tls = _tls_context(config)
+        self._tls: Optional[tuple[bool, ssl.SSLContext]] = None
+        self._tls_for: Any = None  # (pid, ssl.SSLContext class) the context was built for
         self._poll = original_poll()
         self._owners: dict[int, SteadyDBConnection] = {}
+        self._reset = config.reset_session
+        # IN_TRANS and AUTOCOMMIT of a clean session: no transaction, the pool's autocommit.
+        self._clean = _AUTOCOMMIT if config.autocommit else 0
+        self._untracked_warned = False
+
+    def _tls_context(self) -> Optional[tuple[bool, ssl.SSLContext]]:
+        """The pool's one TLS context, built in this process after any gevent patching.
+
+        A context built in the master (``--preload``) before gevent patched
+        ``ssl`` cannot wrap a worker's gevent socket, so it is built again
+        wherever the process or the ``ssl.SSLContext`` class changed.
+        """
+        current = (os.getpid(), ssl.SSLContext)
+        if self._tls_for != current:
+            self._tls, self._tls_for = _tls_context(self.config), current
+        return self._tls
 
     def _create(self) -> Any:
         cfg = self.config
         limit = cfg.connect_timeout
-        conn = self._pymysql.connections.Connection(
+        conn = PooledMySQLConnection(
             host=cfg.host,
             port=cfg.port,
             user=cfg.user,
-            password=cfg.password,
+            # Bytes: PyMySQL sends a str password as latin-1, so a password such as
+            # "pässwörd" (stored by the server as UTF-8) was refused and one such as
+            # "Ωmega" raised a codec error naming the character.
+            password=cfg.password.encode("utf-8"),
             database=cfg.database,
             charset=cfg.charset,
             init_command=cfg.init_command,
@@ -71,23 +184,49 @@ class MySQLConnector(Connector):
             # then switch to the configured query timeouts below.
             read_timeout=limit,
             write_timeout=limit,
+            client_flag=CLIENT.SESSION_TRACK if self._reset else 0,
             ssl_disabled=True,
             defer_connect=True,
         )
-        if self._tls is not None:
+        conn._gp_pool = cfg.pool_name
+        tls = self._tls_context()
+        if tls is not None:
             # One context per pool, reused: PyMySQL's "preferred" mode would
             # otherwise build a fresh one (~30 ms) for every connection.
-            required, conn.ctx = self._tls
+            required, conn.ctx = tls
             conn.ssl, conn._ssl_required = True, required
         conn.connect()
-        conn._read_timeout = cfg.read_timeout
+        if self._reset:
+            self._track_session(conn)
+        conn._read_timeout = self.read_timeout()
         conn._write_timeout = cfg.write_timeout
         return conn
+
+    def read_timeout(self) -> Optional[float]:
+        """The configured ``read_timeout``; unset, gunicorn's ``timeout`` in a gthread or gevent
+        worker (gunicorn kills a hung sync worker at ``timeout`` itself, but not those: a query
+        that hangs mid-flight would otherwise hang its request until ``graceful_timeout``)."""
+        if self.config.read_timeout is not None:
+            return self.config.read_timeout
+        profile = current_profile()
+        return profile.timeout if profile.kind in ("thread", "gevent") else None
+
+    def _track_session(self, conn: Any) -> None:
+        if conn.server_capabilities & CLIENT.SESSION_TRACK:
+            conn.query("SET SESSION session_track_state_change = ON")
+        elif not self._untracked_warned:
+            self._untracked_warned = True
+            logger.warning(
+                "pool %s (%s): the server does not report session state changes; a session a user changed"
+                " (variables, USE, temporary tables, isolation level) is not reset, only transactions,"
+                " autocommit and LOCK statements are",
+                self.pool_name, self.dsn,
+            )  # fmt: skip
 
     def connect(self) -> Any:
         steady = SteadyDBConnection(
             self._create, maxusage=None, setsession=list(self.config.session) or None,
-            failures=self._pymysql.err.MySQLError, ping=0, closeable=True,
+            failures=pymysql.err.MySQLError, ping=0, closeable=True,
         )  # fmt: skip
         raw = steady.dbapi_connection
         self._owners[id(raw)] = steady
@@ -95,6 +234,7 @@ class MySQLConnector(Connector):
 
     def close(self, raw: Any) -> None:
         steady = self._owners.pop(id(raw), None)
+        raw._gp_holder = None  # the pool's own use
         try:
             if steady is not None:
                 steady.close()
@@ -102,12 +242,15 @@ class MySQLConnector(Connector):
                 raw.close()
         except Exception:  # noqa: BLE001 - closing a dead connection may fail
             raw._force_close()
+        raw._gp_holder = CLOSED
 
     def discard(self, raw: Any) -> None:
+        raw._gp_holder = CLOSED
         raw._force_close()  # closes the socket, sends no COM_QUIT
         self._owners.pop(id(raw), None)  # its finaliser now finds the socket closed: nothing sent
 
     def ping(self, raw: Any, timeout: float) -> None:
+        raw._gp_holder = None  # the pool's own use
         old = raw._read_timeout, raw._write_timeout
         raw._read_timeout = raw._write_timeout = timeout
         try:
@@ -129,19 +272,75 @@ class MySQLConnector(Connector):
         poller.register(raw._sock, select.POLLIN)  # POLLHUP and POLLERR are always reported
         return functools.partial(poller.poll, 0)
 
+    def lend(self, raw: Any, holder: Optional[int], taken_at: str = "") -> None:
+        raw._gp_holder = holder
+        raw._gp_taken_at = taken_at
+        raw._gp_seen = 0
+        raw._gp_locks = False
+        raw._gp_closed_by_user = False
+
     def check_in(self, raw: Any) -> bool:
-        if raw.server_status & _IN_TRANS or raw._sock is None:
+        if (
+            (raw.server_status & (_IN_TRANS | _AUTOCOMMIT)) != self._clean
+            or raw._sock is None
+            or (self._reset and (raw._gp_seen & _STATE_CHANGED or raw._gp_locks))
+        ):
+            raw._gp_holder = None  # finish() runs the pool's own statements
             return False
         result = raw._result
-        return result is None or not result.unbuffered_active
+        if result is not None:
+            if result.unbuffered_active:
+                raw._gp_holder = None
+                return False
+            raw._result = None  # a large result would stay alive until the next use
+        raw._gp_holder = IDLE
+        return True
 
     def finish(self, raw: Any, *, commit: bool) -> str:
+        raw._gp_holder = None
+        result = raw._result
+        if raw._sock is None or raw._gp_closed_by_user or (result is not None and result.unbuffered_active):
+            return DROP  # closed by the user, or mid-result
+        raw._result = None
+        changed = self._reset and bool(raw._gp_seen & _STATE_CHANGED or raw._gp_locks)
         if raw.server_status & _IN_TRANS:
             raw.commit() if commit else raw.rollback()
-        result = raw._result
-        if raw._sock is None or (result is not None and result.unbuffered_active):
-            return DROP  # closed by the user, or mid-result
-        return REUSE
+        outcome = REUSE
+        if changed:
+            if not self._reset_session(raw):
+                return DROP
+            outcome = RESET
+        elif (raw.server_status & _AUTOCOMMIT) != (self._clean & _AUTOCOMMIT):
+            raw.autocommit(self.config.autocommit)  # switched by the user (reset_session off)
+            outcome = RESET
+        raw._gp_seen = 0
+        raw._gp_locks = False
+        raw._gp_holder = IDLE
+        return outcome
+
+    def _reset_session(self, raw: Any) -> bool:
+        """Give *raw* back the session the pool configured: COM_RESET_CONNECTION (variables,
+        temporary tables, locks, prepared statements, isolation level), then the character set,
+        autocommit, session tracking, database and the pool's own statements again.
+        False if the session cannot be restored this way (the pool then drops it)."""
+        cfg = self.config
+        if not cfg.database or not raw.server_capabilities & CLIENT.SESSION_TRACK:
+            return False  # no database to go back to with USE (or an old server): a new connection is the reset
+        raw._execute_command(_COM_RESET_CONNECTION, b"")
+        raw._read_ok_packet()
+        raw.query(
+            f"SET NAMES {cfg.charset}, autocommit = {1 if cfg.autocommit else 0}, session_track_state_change = ON"
+        )
+        raw.charset, raw.encoding, raw.collation = cfg.charset, charset_by_name(cfg.charset).encoding, None
+        raw.autocommit_mode = cfg.autocommit
+        raw.select_db(cfg.database)
+        for statement in ((cfg.init_command,) if cfg.init_command else ()) + cfg.session:
+            raw.query(statement)
+        return True
+
+    def warm(self, raw: Any, timeout: float) -> None:
+        super().warm(raw, timeout)
+        raw._gp_holder = IDLE
 
 
 def _always() -> bool:

@@ -9,6 +9,13 @@ Routes (all answer JSON):
   /rows                 count rows of the poison table (stray-row check)
   /poison[/<s>]         insert a row inside a transaction, then get killed by gevent.Timeout(s)
                         (0.05 s by default); answers the CONNECTION_ID() it used
+  /leak                 getconn() and never putconn(): the request leaks its connection
+  /keep                 use a connection in a with block and keep the object in a global
+  /use-kept             run a query on the connection /keep kept (after its lease ended)
+  /request-conn         request_connection() twice: the same connection both times
+  /request-conn-fail    request_connection(), insert a row into the poison table, then raise
+  /lock-and-fail        LOCK TABLES the poison table WRITE, then raise (the lock is left behind)
+  /insert               insert a row into the poison table; answers how long it took
 The poison table is gp_poison, or GP_POISON_TABLE if set; the test creates it.
 Pool errors map to status codes: PoolTimeout 503, TooManyRequests 429,
 ConnectError 502, anything else 500; the body names the error class.
@@ -25,6 +32,7 @@ POOL = os.environ.get("GP_TEST_SERVICE", "db")
 KEY = os.environ.get("GP_TEST_POOL", "default")
 POISON = os.environ.get("GP_POISON_TABLE", "gp_poison")
 assert re.fullmatch(r"\w+", POISON), "GP_POISON_TABLE must be a plain table name"
+KEPT = []
 STATUS = {
     "PoolTimeout": "503 Service Unavailable",
     "TooManyRequests": "429 Too Many Requests",
@@ -81,6 +89,40 @@ def _route(path):
         except gevent.Timeout:
             return {"timed_out": True, **used}
         return {"timed_out": False, **used}
+    if parts[0] == "leak":
+        conn = gunicorn_pool.get(POOL).pool(KEY).getconn()
+        cur = conn.cursor()
+        cur.execute("SELECT CONNECTION_ID()")
+        return {"conn_id": cur.fetchone()[0]}
+    if parts[0] == "keep":
+        with gunicorn_pool.get(POOL).connection(KEY) as conn:
+            cur = conn.cursor()
+            cur.execute("SELECT CONNECTION_ID()")
+            KEPT.append(conn)
+            return {"conn_id": cur.fetchone()[0]}
+    if parts[0] == "use-kept":
+        cur = KEPT[-1].cursor()
+        cur.execute("SELECT CONNECTION_ID()")
+        return {"conn_id": cur.fetchone()[0]}
+    if parts[0] == "request-conn":
+        first = gunicorn_pool.request_connection(POOL, KEY)
+        second = gunicorn_pool.request_connection(POOL, KEY)
+        cur = second.cursor()
+        cur.execute("SELECT CONNECTION_ID()")
+        return {"conn_id": cur.fetchone()[0], "same": first is second}
+    if parts[0] == "request-conn-fail":
+        conn = gunicorn_pool.request_connection(POOL, KEY)
+        conn.begin()
+        conn.cursor().execute(f"INSERT INTO {POISON} (v) VALUES (1)")
+        raise RuntimeError("the view failed after writing")
+    if parts[0] == "lock-and-fail":
+        with gunicorn_pool.get(POOL).connection(KEY) as conn:
+            conn.cursor().execute(f"LOCK TABLES {POISON} WRITE")
+            raise RuntimeError("the view failed while holding a table lock")
+    if parts[0] == "insert":
+        start = time.monotonic()
+        conn_id, _ = _query(f"INSERT INTO {POISON} (v) VALUES (1)")
+        return {"conn_id": conn_id, "took": time.monotonic() - start}
     if parts[0] == "rows":
         conn_id, rows = _query(f"SELECT COUNT(*) FROM {POISON}")
         return {"conn_id": conn_id, "rows": rows[0][0]}

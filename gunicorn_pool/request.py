@@ -1,0 +1,169 @@
+"""The current request: where it begins and ends, what it borrowed, and what it leaked.
+
+A general pool cannot know when a borrower is done. gunicorn_pool can: the
+worker runs every request inside a :class:`RequestScope` (through
+:class:`gunicorn_pool.wsgi.RequestScopeMiddleware`, in every worker model and
+with the hooks), and any code can open one with :func:`request_scope`.
+
+- Every lease taken while a scope is current is recorded in it, with the
+  ``file:line`` of the caller that took it.
+- When the scope ends, :func:`request_connection` leases are given back first
+  (commit when the request succeeded, rollback when it failed), then every
+  lease still out is **reclaimed**: logged once (pool, masked DSN, where it
+  was taken), its connection closed without a word to the server and its
+  capacity freed. The leaker may still hold the object; the lease guard makes
+  any later use of it raise :class:`~gunicorn_pool.errors.LeaseError` instead
+  of touching a connection someone else now uses.
+
+The current scope is a ``contextvars`` variable: per thread under gthread,
+per greenlet under gevent. This module knows nothing of gunicorn or WSGI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import os
+import sys
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
+
+from .errors import PoolError
+
+if TYPE_CHECKING:
+    from .pool import ConnectionPool
+    from .slot import Slot
+
+__all__ = ["RequestScope", "begin", "caller", "current", "end", "request_connection", "request_scope"]
+
+logger = logging.getLogger("gunicorn_pool")
+
+_current: contextvars.ContextVar[Optional[RequestScope]] = contextvars.ContextVar("gunicorn_pool_request",
+                                                                                   default=None)  # fmt: skip
+
+#: Where a lease is "taken": the first frame outside these packages.
+_INTERNAL = ("gunicorn_pool", "sqlalchemy", "flask_sqlalchemy", "django", "contextlib", "dbutils", "redis")
+
+
+class RequestScope:
+    """One request's leases and end-of-request callbacks."""
+
+    __slots__ = ("label", "leases", "finalizers", "pid", "__weakref__")
+
+    def __init__(self, label: str = "") -> None:
+        self.label = label
+        self.leases: list[tuple[ConnectionPool, Slot, int]] = []  # (pool, slot, that lease's number)
+        self.finalizers: dict[Any, Callable[[bool], None]] = {}  # run at the end, with "failed"
+        self.pid = os.getpid()
+
+    def record(self, pool: ConnectionPool, slot: Slot) -> None:
+        """A lease of *slot* started in this request (the pool calls this)."""
+        self.leases.append((pool, slot, slot.uses))
+
+    def close(self, *, failed: bool) -> int:
+        """End the request: run the finalizers, then reclaim what is still lent; return how many were."""
+        finalizers, self.finalizers = list(self.finalizers.values()), {}
+        for finalize in finalizers:
+            try:
+                finalize(failed)
+            except Exception as exc:  # noqa: BLE001 - one failing return must not skip the reclaim
+                logger.warning("gunicorn_pool: giving back a request connection failed: %s", exc)
+        leases, self.leases = self.leases, []
+        if os.getpid() != self.pid:  # forked mid-request: those leases belong to the parent
+            return 0
+        reclaimed = 0
+        for pool, slot, number in leases:
+            if pool._reclaim(slot, number, self.label):
+                reclaimed += 1
+        return reclaimed
+
+
+def current() -> Optional[RequestScope]:
+    """The scope of the request running in this thread or greenlet, if any."""
+    return _current.get()
+
+
+def begin(label: str = "") -> tuple[RequestScope, contextvars.Token[Optional[RequestScope]]]:
+    """Start a request scope here; pass both values to :func:`end`."""
+    scope = RequestScope(label)
+    return scope, _current.set(scope)
+
+
+def end(scope: RequestScope, token: contextvars.Token[Optional[RequestScope]], *, failed: bool) -> int:
+    """End a scope started by :func:`begin`: see :meth:`RequestScope.close`."""
+    try:
+        _current.reset(token)
+    except ValueError:  # ended in another context than it began in: leave that one as it is
+        pass
+    return scope.close(failed=failed)
+
+
+@contextlib.contextmanager
+def request_scope(label: str = "") -> Iterator[RequestScope]:
+    """``with request_scope():`` treat the block as one request (scripts, tests, other servers)."""
+    scope, token = begin(label)
+    failed = True
+    try:
+        yield scope
+        failed = False
+    finally:
+        end(scope, token, failed=failed)
+
+
+def caller() -> str:
+    """``file:line`` of the first frame outside the pool and the frameworks that call it."""
+    frame: Any = sys._getframe(2)
+    depth = 0
+    while frame is not None and depth < 50:
+        name = frame.f_globals.get("__name__", "")
+        if not name.startswith(_INTERNAL):
+            return f"{frame.f_code.co_filename}:{frame.f_lineno}"
+        frame = frame.f_back
+        depth += 1
+    return ""
+
+
+def request_connection(service: Any, name: str = "default") -> Any:
+    """The connection of *service*'s pool *name* for the rest of the current request.
+
+    The same connection on every call in one request; given back when the
+    request ends (commit if it succeeded, rollback if it failed), so a view
+    needs no ``with`` block and no teardown code::
+
+        conn = gunicorn_pool.request_connection("db")
+
+    *service* is a registered name or a service object with a ``pool(name)``
+    method (:class:`~gunicorn_pool.DatabasePool`). Raises
+    :class:`~gunicorn_pool.errors.PoolError` outside a request.
+    """
+    scope = _current.get()
+    if scope is None:
+        raise PoolError(
+            "request_connection() outside a request: use it in a view served by a gunicorn_pool worker or hook,"
+            " or inside gunicorn_pool.request_scope()"
+        )
+    if isinstance(service, str):
+        from .registry import get
+
+        service = get(service)
+    key = (id(service), name)
+    held = scope.finalizers.get(key)
+    if held is not None:
+        return held.raw  # type: ignore[attr-defined]
+    pool = service.pool(name)
+    raw = pool.getconn()
+    scope.finalizers[key] = _RequestLease(pool, raw)
+    return raw
+
+
+class _RequestLease:
+    """Gives a request_connection() lease back when its request ends."""
+
+    __slots__ = ("pool", "raw")
+
+    def __init__(self, pool: ConnectionPool, raw: Any) -> None:
+        self.pool = pool
+        self.raw = raw
+
+    def __call__(self, failed: bool) -> None:
+        self.pool.putconn(self.raw, commit=not failed)
