@@ -308,33 +308,44 @@ class Login:
 
 def _mariadb_options(datadir: Path) -> list[str]:
     """Options shared by mariadb-install-db and mariadbd (--no-defaults: /etc/mysql is never read)."""
-    opts = ["--no-defaults", f"--datadir={datadir}", "--innodb-buffer-pool-size=16M", "--innodb-log-file-size=8M",
-            "--skip-name-resolve", "--performance-schema=OFF", "--character-set-server=utf8mb4",
-            "--collation-server=utf8mb4_general_ci"]  # fmt: skip
+    basedir = Path(MARIADBD).resolve().parent.parent  # /usr: share/ and lib/ are found from here, not the binary
+    opts = ["--no-defaults", f"--basedir={basedir}", f"--datadir={datadir}", "--innodb-buffer-pool-size=16M",
+            "--innodb-log-file-size=8M", "--skip-name-resolve", "--performance-schema=OFF",
+            "--character-set-server=utf8mb4", "--collation-server=utf8mb4_general_ci"]  # fmt: skip
     if os.geteuid() == 0:
         opts.append("--user=root")
     return opts
 
 
-_mariadb_template: Optional[Path] = None
+_mariadb_template: Optional[tuple[Path, str]] = None
 MARIADB_TEMPLATE_SECONDS: Optional[float] = None  # what the one mariadb-install-db of this process took
 
 
-def mariadb_template() -> Path:
-    """A freshly installed, never started datadir, made once per process and copied by every MariaDBServer.
+def mariadb_template() -> tuple[Path, str]:
+    """(datadir, mariadbd): a freshly installed, never started datadir, made once per process and copied by
+    every MariaDBServer, and the mariadbd binary the servers run.
 
     mariadb-install-db loads the system tables, help and sys schema (1 to 5 s
     on this machine), a copy of its 26 MB result takes a fraction of that. A
     datadir holds no per-server identity MariaDB cares about (no server UUID
     as in MySQL; server_id is an option), so copies can replicate.
+
+    The servers run a private copy of mariadbd: ``start-stop-daemon --start
+    --oknodo --exec /usr/sbin/mariadbd`` (how .ci/run restarts the machine's
+    MariaDB when it is down) takes any process running that very file for the
+    machine's server and would not start it while a throwaway one runs. On a
+    noexec temp dir the original binary is used.
     """
     global _mariadb_template, MARIADB_TEMPLATE_SECONDS
-    if _mariadb_template is None or not _mariadb_template.is_dir():
+    if _mariadb_template is None or not _mariadb_template[0].is_dir():
         t0 = time.monotonic()
         directory = make_dir("mariadb-template")
         run([MARIADB_INSTALL_DB, *_mariadb_options(directory / "data"), "--auth-root-authentication-method=normal",
              "--skip-test-db"], timeout=120, cwd=directory)  # fmt: skip
-        _mariadb_template = directory / "data"
+        binary = MARIADBD
+        if not os.statvfs(directory).f_flag & os.ST_NOEXEC:
+            binary = str(shutil.copy2(MARIADBD, directory / "mariadbd"))
+        _mariadb_template = (directory / "data", binary)
         MARIADB_TEMPLATE_SECONDS = time.monotonic() - t0
     return _mariadb_template
 
@@ -377,6 +388,7 @@ class MariaDBServer:
         self.read_only = read_only
         self.create_test_db = create_test_db
         self.extra_args = list(extra_args)
+        self.binary = MARIADBD  # until _install() picks the template's private copy
         self.install_seconds: Optional[float] = None  # datadir copy + TLS files (not the template's install)
         self.boot_seconds: Optional[float] = None  # of the last start(), first boot includes the bootstrap SQL
         self._process: Optional[_Process] = None
@@ -386,7 +398,7 @@ class MariaDBServer:
 
     def _install(self) -> None:
         """Copy the process's template datadir (installing it first if need be); make the TLS files."""
-        template = mariadb_template()
+        template, self.binary = mariadb_template()
         t0 = time.monotonic()
         shutil.copytree(template, self.datadir, symlinks=True)
         if self.tls_enabled:
@@ -394,7 +406,7 @@ class MariaDBServer:
         self.install_seconds = time.monotonic() - t0
 
     def _args(self) -> list[str]:
-        args = [MARIADBD, *_mariadb_options(self.datadir), f"--port={self.port}", f"--bind-address={self.host}",
+        args = [self.binary, *_mariadb_options(self.datadir), f"--port={self.port}", f"--bind-address={self.host}",
                 f"--socket={self.socket}", f"--pid-file={self.pid_file}", f"--log-error={self.log_path}",
                 f"--server-id={self.server_id}", "--innodb-buffer-pool-dump-at-shutdown=OFF",
                 "--innodb-buffer-pool-load-at-startup=OFF", "--innodb-flush-log-at-trx-commit=2",

@@ -91,7 +91,17 @@ def test_mariadb_checks_passwords(mariadb_tls: MariaDBServer) -> None:
     assert info.value.args[0] == 1045
     with pytest.raises(pymysql.err.OperationalError):
         mariadb_tls.connect("root", "", "test")
-    mariadb_tls.connect(**{k: v for k, v in login.config().items() if k != "database"}, database="test").close()
+    pymysql.connect(**login.config(), ssl_disabled=True, connect_timeout=3).close()  # config() as MySQLUser's
+
+
+@pytest.mark.mysql
+def test_mariadb_runs_a_private_copy_of_the_binary(mariadb_tls: MariaDBServer) -> None:
+    """``start-stop-daemon --exec /usr/sbin/mariadbd`` (.ci/run) must not take ours for the machine's server."""
+    exe = os.readlink(f"/proc/{mariadb_tls.pid}/exe")
+    if mariadb_tls.binary == servers.MARIADBD:
+        pytest.skip("temp dir is noexec: the original binary runs")
+    assert exe != os.path.realpath(servers.MARIADBD)
+    assert Path(exe).parent == Path(mariadb_tls.binary).parent
 
 
 # --------------------------------------------------------------------------- MariaDB replication
