@@ -42,6 +42,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
+from urllib.parse import quote
 
 import pymysql
 import pymysql.cursors
@@ -56,9 +57,12 @@ SETPRIV = shutil.which("setpriv")
 HOST = "127.0.0.1"
 _LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
-# Servers started by this module and still running, and the directories it made: the atexit fallback's work list.
+# Servers started by this module and still running, and the directories it made, each with the pid of the process
+# that made it: the atexit fallback's work list. A forked child inherits both and must touch neither.
 _LIVE: dict[int, _Process] = {}
-_DIRS: set[Path] = set()
+_DIRS: dict[Path, int] = {}
+_OWNER_FILE = ".gp-owner"  # "pid starttime" of the process that made a directory: lets a later run sweep it
+_swept = False
 
 
 # --------------------------------------------------------------------------- processes and directories
@@ -113,18 +117,40 @@ def _as_user(user: Optional[pwd.struct_passwd]) -> dict[str, Any]:
     return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
 
 
+def _sweep_stale_dirs() -> None:
+    """Once per process: remove gp-* dirs in the system temp dir whose maker is dead (a SIGKILLed session).
+
+    Only directories stamped by this module are touched, and only when their
+    maker no longer exists; its servers died with it (death signal), so only
+    when setpriv gave them one.
+    """
+    global _swept
+    if _swept or SETPRIV is None:
+        return
+    _swept = True
+    for path in Path(tempfile.gettempdir()).glob("gp-*"):
+        try:
+            pid, started = (path / _OWNER_FILE).read_text().split()
+        except (OSError, ValueError):
+            continue
+        if _start_time(int(pid)) != started:
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def make_dir(prefix: str, base: Optional[Path] = None, owner: Optional[pwd.struct_passwd] = None) -> Path:
     """A fresh private (0700) directory, owned by *owner* if given; removed at exit if nobody removed it before."""
+    _sweep_stale_dirs()
     path = Path(tempfile.mkdtemp(prefix=f"gp-{prefix}-", dir=base))
+    (path / _OWNER_FILE).write_text(f"{os.getpid()} {_start_time(os.getpid())}\n")
     if owner is not None:
         os.chown(path, owner.pw_uid, owner.pw_gid)
-    _DIRS.add(path)
+    _DIRS[path] = os.getpid()
     return path
 
 
 def remove_dir(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
-    _DIRS.discard(path)
+    _DIRS.pop(path, None)
 
 
 def run(args: Sequence[str], timeout: float, user: Optional[pwd.struct_passwd] = None,
@@ -159,8 +185,10 @@ class _Process:
         self.user = user
         self.stop_signals = tuple(stop_signals)
         self.proc: Optional[subprocess.Popen[bytes]] = None
+        self.owner_pid = os.getpid()
 
     def start(self) -> _Process:
+        self.owner_pid = os.getpid()
         prefix = [SETPRIV, "--pdeathsig=KILL", "--"] if SETPRIV else []
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(prefix + self.args, stdin=subprocess.DEVNULL, stdout=log,
@@ -210,11 +238,14 @@ class _Process:
 @atexit.register
 def _stop_everything() -> None:
     """Fallback for servers whose owner did not stop them (a crashed session, a forgotten close())."""
+    me = os.getpid()
     for process in list(_LIVE.values()):
-        with contextlib.suppress(Exception):
-            process.stop(timeout=5)
-    for path in list(_DIRS):
-        remove_dir(path)
+        if process.owner_pid == me:
+            with contextlib.suppress(Exception):
+                process.stop(timeout=5)
+    for path, maker in list(_DIRS.items()):
+        if maker == me:
+            remove_dir(path)
 
 
 def _wait_ready(process: _Process, probe: Any, timeout: float, what: str) -> None:
@@ -229,6 +260,8 @@ def _wait_ready(process: _Process, probe: Any, timeout: float, what: str) -> Non
     try:
         wait_until(ready, timeout, interval=0.05, what=what)
     except AssertionError as exc:
+        if not process.alive():
+            raise  # the message has the log already
         raise AssertionError(f"{exc}\n--- {process.log_path}:\n{process.log()}") from None
 
 
@@ -292,10 +325,10 @@ class Login:
     database: str
 
     def url(self, **query: Any) -> str:
+        """``scheme://name:password@host:port/database?query``, name and password percent-quoted."""
         q = "&".join(f"{k}={v}" for k, v in query.items())
-        return f"{self.scheme}://{self.name}:{self.password}@{self.host}:{self.port}/{self.database}" + (
-            f"?{q}" if q else ""
-        )
+        auth = f"{quote(self.name, safe='')}:{quote(self.password, safe='')}"
+        return f"{self.scheme}://{auth}@{self.host}:{self.port}/{self.database}" + (f"?{q}" if q else "")
 
     def config(self, **extra: Any) -> dict[str, Any]:
         cfg: dict[str, Any] = dict(host=self.host, port=self.port, user=self.name, password=self.password,
@@ -1034,11 +1067,14 @@ class PgBouncer:
 def mariadb_tls() -> Iterator[MariaDBServer]:
     """A MariaDB that offers TLS (throwaway CA in ``.tls.ca``), shared by the session.
 
-    Session-scoped: install + certificates + boot cost about a second or
-    two and tests only add their own users to it. Stopped and removed at the
-    end of the session.
+    Session-scoped: the process's first MariaDB pays mariadb-install-db (1 to
+    5 s here), every one a datadir copy, certificates and a boot (about 0.5 s);
+    tests only add their own users to it. Stopped and removed at the end of
+    the session.
     """
     _need(MARIADBD)
+    _need(MARIADB_INSTALL_DB)
+    _need(shutil.which("openssl"))
     server = MariaDBServer(name="mariadb-tls", tls=True)
     try:
         yield server.start()
@@ -1049,6 +1085,7 @@ def mariadb_tls() -> Iterator[MariaDBServer]:
 @pytest.fixture(scope="session")
 def _mariadb_pair_session() -> Iterator[MariaDBReplicaPair]:
     _need(MARIADBD)
+    _need(MARIADB_INSTALL_DB)
     pair = MariaDBReplicaPair()
     try:
         yield pair.start()
@@ -1060,16 +1097,19 @@ def _mariadb_pair_session() -> Iterator[MariaDBReplicaPair]:
 def mariadb_pair(_mariadb_pair_session: MariaDBReplicaPair) -> MariaDBReplicaPair:
     """A primary/replica MariaDB pair with replication running and caught up.
 
-    The two servers are booted once per session (two installs and boots,
-    a few seconds); this function-scoped wrapper hands them to each test
-    healthy: a replica a previous test stopped is booted again and
-    replication is waited for, so tests may stop and restart the replica.
+    The two servers are booted once per session (two datadir copies and
+    boots, about a second after the template exists); this function-scoped
+    wrapper hands them to each test healthy: a server a previous test stopped
+    is booted again, stopped replication threads are started, and the
+    replica has caught up. So tests may stop and restart the replica.
     """
     pair = _mariadb_pair_session
     if not pair.primary.alive():
         pair.primary.start()
     if not pair.replica.alive():
         pair.replica.start()
+    if not pair.replication_running():
+        pair.replica.query("START SLAVE")  # a previous test stopped the threads (a warning if they run)
     pair.wait_running()
     pair.wait_caught_up()
     return pair
@@ -1079,7 +1119,7 @@ def mariadb_pair(_mariadb_pair_session: MariaDBReplicaPair) -> MariaDBReplicaPai
 def pg_scram() -> Iterator[PostgresServer]:
     """A PostgreSQL that checks passwords (SCRAM-SHA-256 on TCP), shared by the session.
 
-    Session-scoped: initdb costs about a second; tests add their own roles
+    Session-scoped: initdb costs 1 to 2 s here; tests add their own roles
     with ``create_user``. Stopped and removed at the end of the session.
     """
     _need(str(PG_BIN / "postgres"))
