@@ -5,8 +5,11 @@ passwords the way some tests need (PostgreSQL trusts every login), offer no
 TLS and have no replica. The classes here start private servers instead: each
 in a fresh temporary directory of its own (data dir, socket, pid file, log)
 on a free loopback port, and stop them by pid: the graceful signal first,
-SIGKILL after a bound. Nothing is written outside that directory, and no
-machine server is ever configured, signalled or stopped.
+SIGKILL after a bound. Nothing is written outside that directory (scratch
+files included: mariadbd's tmpdir and every child's TMPDIR point into it,
+because a mariadbd deletes the ``#sql*`` files of its tmpdir at start, and
+/tmp is the machine MariaDB's), and no machine server is ever configured,
+signalled or stopped.
 
 Processes are never left behind: every server is stopped by its owner
 (``close()`` in a ``finally`` / fixture teardown), an ``atexit`` handler stops
@@ -103,10 +106,12 @@ def _service_user() -> Optional[pwd.struct_passwd]:
     return pwd.getpwnam("postgres")
 
 
-def _clean_env() -> dict[str, str]:
-    """Our environment without PG*/MYSQL* variables, which could point a tool at another server."""
+def _clean_env(tmpdir: Path) -> dict[str, str]:
+    """Our environment without PG*/MYSQL* variables (they could point a tool at another server), with LC_ALL=C
+    and TMPDIR set to *tmpdir*: a server's scratch files stay in its own directory, never in a shared /tmp."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "MYSQL", "MARIADB"))}
     env["LC_ALL"] = "C"
+    env["TMPDIR"] = str(tmpdir)
     return env
 
 
@@ -158,7 +163,8 @@ def run(args: Sequence[str], timeout: float, user: Optional[pwd.struct_passwd] =
     """Run a setup tool to completion (killed after *timeout* s); its output, or AssertionError with it."""
     try:
         done = subprocess.run(list(args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout,
-                              cwd=cwd, env=_clean_env(), **_as_user(user))  # fmt: skip
+                              cwd=cwd, env=_clean_env(cwd or Path(tempfile.gettempdir())),
+                              **_as_user(user))  # fmt: skip
     except subprocess.TimeoutExpired as exc:
         raise AssertionError(f"{args[0]} did not finish in {timeout}s:\n{exc.output}") from None
     if done.returncode != 0:
@@ -192,7 +198,7 @@ class _Process:
         prefix = [SETPRIV, "--pdeathsig=KILL", "--"] if SETPRIV else []
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(prefix + self.args, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, cwd=self.cwd, env=_clean_env(),
+                                         stderr=subprocess.STDOUT, cwd=self.cwd, env=_clean_env(self.cwd),
                                          **_as_user(self.user))  # fmt: skip
         _LIVE[self.proc.pid] = self
         return self
@@ -340,11 +346,21 @@ class Login:
 
 
 def _mariadb_options(datadir: Path) -> list[str]:
-    """Options shared by mariadb-install-db and mariadbd (--no-defaults: /etc/mysql is never read)."""
+    """Options shared by mariadb-install-db and mariadbd (--no-defaults: /etc/mysql is never read).
+
+    ``--tmpdir`` is a private directory next to *datadir*, never the default
+    /tmp: at every start (the install's bootstrap included) mariadbd deletes
+    all ``#sql*`` files in its tmpdir as crash leftovers, and /tmp is the
+    machine MariaDB's tmpdir, where its internal temporary tables live while
+    queries run (deleting them crashed it, SIGSEGV in ha_maria::drop_table).
+    """
     basedir = Path(MARIADBD).resolve().parent.parent  # /usr: share/ and lib/ are found from here, not the binary
-    opts = ["--no-defaults", f"--basedir={basedir}", f"--datadir={datadir}", "--innodb-buffer-pool-size=16M",
-            "--innodb-log-file-size=8M", "--skip-name-resolve", "--performance-schema=OFF",
-            "--character-set-server=utf8mb4", "--collation-server=utf8mb4_general_ci"]  # fmt: skip
+    tmpdir = datadir.parent / "tmp"
+    tmpdir.mkdir(mode=0o700, exist_ok=True)
+    opts = ["--no-defaults", f"--basedir={basedir}", f"--datadir={datadir}", f"--tmpdir={tmpdir}",
+            "--innodb-buffer-pool-size=16M", "--innodb-log-file-size=8M", "--skip-name-resolve",
+            "--performance-schema=OFF", "--character-set-server=utf8mb4",
+            "--collation-server=utf8mb4_general_ci"]  # fmt: skip
     if os.geteuid() == 0:
         opts.append("--user=root")
     return opts
