@@ -135,10 +135,11 @@ def _sweep_stale_dirs() -> None:
     _swept = True
     for path in Path(tempfile.gettempdir()).glob("gp-*"):
         try:
-            pid, started = (path / _OWNER_FILE).read_text().split()
+            pid_text, started = (path / _OWNER_FILE).read_text().split()
+            pid = int(pid_text)
         except (OSError, ValueError):
             continue
-        if _start_time(int(pid)) != started:
+        if _start_time(pid) != started:
             shutil.rmtree(path, ignore_errors=True)
 
 
@@ -169,7 +170,7 @@ def run(args: Sequence[str], timeout: float, user: Optional[pwd.struct_passwd] =
         raise AssertionError(f"{args[0]} did not finish in {timeout}s:\n{exc.output}") from None
     if done.returncode != 0:
         raise AssertionError(f"{' '.join(args)} exited with {done.returncode}:\n{done.stdout[-3000:]}")
-    return done.stdout
+    return str(done.stdout)
 
 
 class _Process:
@@ -1014,6 +1015,11 @@ class PgBouncer:
     def stop(self, timeout: float = 10.0) -> Optional[int]:
         """SIGTERM (immediate shutdown: clients are cut), SIGKILL after *timeout* s."""
         return self._process.stop(timeout) if self._process is not None else None
+
+    def restart(self, timeout: float = 30.0) -> PgBouncer:
+        """Stop, then start again on the same port with the same users (new, empty pools)."""
+        self.stop()
+        return self.start(timeout)
 
     def close(self) -> None:
         try:

@@ -168,6 +168,19 @@ def test_replica_goes_away_and_comes_back(mariadb_pair: MariaDBReplicaPair) -> N
     assert mariadb_pair.replica.query(f"SELECT COUNT(*) AS n FROM test.{table}") == [{"n": 2}]
 
 
+@pytest.mark.mysql
+def test_replica_pair_context_manager_under_tmp_path(tmp_path: Path) -> None:
+    with servers.mariadb_replica_pair(tmp_path) as pair:
+        assert pair.primary.dir.parent == tmp_path and pair.replica.dir.parent == tmp_path
+        pids = (pair.primary.pid, pair.replica.pid)
+        assert pair.replication_running()
+        pair.primary.query("CREATE TABLE test.t (id INT PRIMARY KEY)")
+        pair.wait_caught_up()
+        assert pair.replica.query("SHOW TABLES FROM test") == [{"Tables_in_test": "t"}]
+    assert all(pid_gone(pid) for pid in pids)
+    assert list(tmp_path.iterdir()) == []
+
+
 # --------------------------------------------------------------------------- PostgreSQL with SCRAM
 
 
@@ -217,6 +230,11 @@ def test_pgbouncer_in_front_of_a_scram_server(pg_scram: PostgresServer) -> None:
         bouncer.add_user("late", "pw-late")  # reload while running
         assert "late" in bouncer.users
         assert bouncer.show("POOLS")
+        port, old_pid = bouncer.port, bouncer.pid
+        bouncer.restart()
+        assert (bouncer.port, pid_gone(old_pid)) == (port, True)
+        with psycopg.connect(bouncer.url(login.name), connect_timeout=3) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
 # --------------------------------------------------------------------------- no process left behind
