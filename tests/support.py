@@ -378,10 +378,13 @@ workers = {workers}
 
 
 def pool_conf(pools: dict[str, Any], *, kind: str = "sync", workers: int = 2, extra: str = "",
-              service: str = "db") -> str:  # fmt: skip
+              service: str = "db", worker: Optional[str] = None) -> str:  # fmt: skip
     """A gunicorn.conf.py registering ``DatabasePool(pools)`` as *service*, for worker *kind*
-    (sync, gthread with 4 threads, or gevent)."""
-    worker, kind_extra = WORKER_CLASSES[kind]
+    (sync, gthread with 4 threads, or gevent), or for the worker class *worker*."""
+    kind_worker, kind_extra = WORKER_CLASSES[kind]
+    if worker is not None:
+        kind_worker, kind_extra = worker, ""
+    worker = kind_worker
     return POOL_CONF.format(pools=pools, service=service, worker=worker, workers=workers,
                             extra="\n".join(x for x in (kind_extra, extra) if x))  # fmt: skip
 
@@ -410,3 +413,36 @@ def poll_until_ok(server: Any, path: str, limit: float, streak: int = 1) -> floa
             if not ok:
                 time.sleep(0.05)
     return time.monotonic() - start
+
+
+# -- pool helpers for tests that need no server -------------------------------------------------
+
+
+def sqlite_pool(tmp_path: Path, **options: Any) -> Any:
+    """An open SQLite ConnectionPool for the bookkeeping tests; ``owner_check`` off, because they
+    take a connection in one thread and give it back from another on purpose."""
+    from gunicorn_pool import ConnectionPool
+    from gunicorn_pool.config import parse_config
+    from gunicorn_pool.connectors import SQLiteConnector
+
+    cfg = parse_config("p", f"sqlite:///{tmp_path / 'p.db'}")
+    options.setdefault("owner_check", False)
+    pool = ConnectionPool(SQLiteConnector(cfg), name="p", **options)
+    pool.open()
+    return pool
+
+
+def start_threads(target: Callable[..., Any], args: list[tuple[Any, ...]]) -> list[Any]:
+    import threading
+
+    threads = [threading.Thread(target=target, args=a, daemon=True) for a in args]
+    for t in threads:
+        t.start()
+    return threads
+
+
+def join_all(threads: list[Any], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    assert not any(t.is_alive() for t in threads), "threads still running"

@@ -1,4 +1,4 @@
-"""Issue 5: ``gunicorn-pool check`` against the real MariaDB, run as a real command."""
+"""``gunicorn-pool check`` against the real MariaDB, run as a real command."""
 
 from __future__ import annotations
 

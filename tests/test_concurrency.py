@@ -1,4 +1,4 @@
-"""Issue 3, real gunicorn: ThreadWorker and GeventWorker keep their pools bounded and fair.
+"""Real gunicorn: ThreadWorker and GeventWorker keep their pools bounded and fair.
 
 Every server is a real gunicorn master (tests/apps/webapp.py) against the real
 MariaDB, logging in as a dedicated user so PROCESSLIST counts exactly the

@@ -1,4 +1,4 @@
-"""Issue 4: fault injection against real gunicorn and the real MariaDB.
+"""Fault injection against real gunicorn and the real MariaDB.
 
 Each test is one row of the failure table (see docs/failure.md): the fault is
 made for real (tests/proxy.py refuses, blackholes or cuts TCP; the server
@@ -15,57 +15,17 @@ import time
 from typing import Any
 
 import pytest
-from support import wait_until
+from support import assert_no_secret, figure, poll_until_ok, pool_conf, wait_until
 
 pytestmark = pytest.mark.mysql
 
-# POOLS on a line of its own: a failing DatabasePool(...) makes gunicorn print the
-# traceback, with the source line of the call (see docs/failure.md).
-CONF = """
-import gunicorn_pool
-POOLS = {pools!r}
-gunicorn_pool.register(gunicorn_pool.DatabasePool(POOLS), name="db")
-worker_class = {worker!r}
-workers = {workers}
-{extra}
-"""
-
 APP = "faults_app:app"
-
-
-def conf(pools: dict[str, Any], workers: int = 2, worker: str = "gunicorn_pool.Worker", extra: str = "") -> str:
-    return CONF.format(pools=pools, worker=worker, workers=workers, extra=extra)
-
-
-def figure(name: str, value: float, unit: str = "s") -> None:
-    print(f"FIGURE {name}: {value:.2f} {unit}")
-
-
-def assert_no_secret(server: Any, *secrets: str) -> None:
-    log = server.log()
-    for secret in secrets:
-        assert secret not in log, "a password reached the log"
-
-
-def poll_until_ok(server: Any, path: str, limit: float, streak: int = 1) -> float:
-    """Seconds until *streak* consecutive 200s on *path*; fails after *limit* seconds."""
-    start = time.monotonic()
-    ok = 0
-    while ok < streak:
-        status, _ = server.get(path, timeout=limit)
-        ok = ok + 1 if status == 200 else 0
-        elapsed = time.monotonic() - start
-        if ok < streak:
-            assert elapsed < limit, f"{path}: no {streak} successes in a row within {limit}s"
-            if not ok:
-                time.sleep(0.05)
-    return time.monotonic() - start
 
 
 def test_db_refused_while_workers_respawn(mysql_user, tcp_proxy, gunicorn):
     """Respawns (max_requests=3) while connects are refused: master lives, heals within 5 s."""
     pools = {"default": mysql_user.config(port=tcp_proxy.port)}
-    server = gunicorn(conf(pools, extra="max_requests = 3"), app=APP)
+    server = gunicorn(pool_conf(pools, extra="max_requests = 3"), app=APP)
     server.start(workers_ready=2)
     assert server.get("/conn")[0] == 200
     tcp_proxy.refuse()
@@ -99,7 +59,7 @@ WORKER_KINDS = {
 def test_kill_every_pooled_connection(mysql_user, gunicorn, kind):
     """KILL CONNECTION of every pooled session: the next 20 requests all succeed."""
     worker, extra = WORKER_KINDS[kind]
-    server = gunicorn(conf({"default": mysql_user.config()}, worker=worker, extra=extra), app=APP)
+    server = gunicorn(pool_conf({"default": mysql_user.config()}, worker=worker, extra=extra), app=APP)
     server.start(workers_ready=2)
     for _ in range(10):
         assert server.get("/conn")[0] == 200
@@ -117,7 +77,7 @@ def test_kill_every_pooled_connection(mysql_user, gunicorn, kind):
 def test_sigkill_of_a_worker(mysql_user, gunicorn):
     """SIGKILL of a worker: the server-side count is back to W within 5 s."""
     workers = 3
-    server = gunicorn(conf({"default": mysql_user.config()}, workers=workers), app=APP)
+    server = gunicorn(pool_conf({"default": mysql_user.config()}, workers=workers), app=APP)
     server.start(workers_ready=workers)
     wait_until(lambda: mysql_user.count() == workers, 10, what="W connections")
     before = set(mysql_user.connection_ids())
@@ -143,7 +103,7 @@ def test_blackholed_db_at_boot(mysql_user, tcp_proxy, gunicorn):
     timeout = 2.0
     tcp_proxy.blackhole()
     pools = {"default": mysql_user.config(port=tcp_proxy.port, connect_timeout=timeout)}
-    server = gunicorn(conf(pools), app=APP)
+    server = gunicorn(pool_conf(pools), app=APP)
     server.start()
     start = time.monotonic()
     status, body = server.get("/conn", timeout=30)
@@ -193,7 +153,7 @@ def test_wrong_password_beside_healthy_pool(mysql_user, gunicorn):
     """One pool with a wrong password: master alive, error within 5 s, the other pool serves."""
     wrong = "wrong-" + mysql_user.password[3:]
     pools = {"default": mysql_user.config(), "bad": mysql_user.config(password=wrong)}
-    server = gunicorn(conf(pools), app=APP)
+    server = gunicorn(pool_conf(pools), app=APP)
     start = time.monotonic()
     server.start()
     server.wait_log("pool bad (", timeout=30)
@@ -224,7 +184,7 @@ def test_typo_in_pool_option_refuses_startup(mysql_user, gunicorn, where):
         pools: dict[str, Any] = {"default": mysql_user.config(max_sise=4)}
     else:
         pools = {"default": mysql_user.url(max_sise=4)}
-    server = gunicorn(conf(pools), app=APP)
+    server = gunicorn(pool_conf(pools), app=APP)
     server.start(wait=False)
     assert server.proc is not None
     code = server.proc.wait(30)

@@ -1,4 +1,4 @@
-"""Issue 4: boot policy (strict), pools closed on every exit path, secrets kept out.
+"""boot policy (strict), pools closed on every exit path, secrets kept out.
 
 Real gunicorn, real MariaDB; the DB faults come from tests/proxy.py. The
 last tests are unit tests of repr()/str() of configs, pools and errors.
@@ -11,8 +11,7 @@ import threading
 import time
 
 import pytest
-from support import admin_connect, free_port, wait_until
-from test_faults import APP, assert_no_secret, conf, figure, poll_until_ok
+from support import admin_connect, assert_no_secret, figure, free_port, poll_until_ok, pool_conf, wait_until
 
 import gunicorn_pool
 from gunicorn_pool import ConnectError, ConnectionPool, DatabasePool, PoolStartupError, parse_config
@@ -21,6 +20,8 @@ from gunicorn_pool.errors import ConfigError
 
 pytestmark = pytest.mark.mysql
 
+APP = "faults_app:app"
+
 
 # -- strict boot policy ------------------------------------------------------------
 
@@ -28,7 +29,7 @@ pytestmark = pytest.mark.mysql
 def test_strict_pool_fails_the_first_start(mysql_user, gunicorn):
     """strict=True and no server on the first start: the master exits non-zero, naming the pool."""
     pools = {"orders": mysql_user.config(port=free_port(), strict=True)}  # nothing listens there
-    server = gunicorn(conf(pools), app=APP)
+    server = gunicorn(pool_conf(pools), app=APP)
     start = time.monotonic()
     server.start(wait=False)
     assert server.proc is not None
@@ -44,7 +45,7 @@ def test_strict_pool_fails_the_first_start(mysql_user, gunicorn):
 def test_strict_pool_does_not_halt_a_respawn(mysql_user, tcp_proxy, gunicorn):
     """A strict pool whose DB dies later: respawned workers (max_requests) boot anyway."""
     pools = {"default": mysql_user.config(port=tcp_proxy.port, strict=True)}
-    server = gunicorn(conf(pools, extra="max_requests = 2"), app=APP)
+    server = gunicorn(pool_conf(pools, extra="max_requests = 2"), app=APP)
     server.start(workers_ready=2)
     assert server.get("/conn")[0] == 200
     tcp_proxy.refuse()
@@ -69,7 +70,7 @@ def test_strict_pool_does_not_halt_a_respawn(mysql_user, tcp_proxy, gunicorn):
 @pytest.mark.parametrize("sig", [signal.SIGQUIT, signal.SIGINT], ids=["SIGQUIT", "SIGINT"])
 def test_quick_shutdown_closes_pools(mysql_user, gunicorn, sig):
     workers = 2
-    server = gunicorn(conf({"default": mysql_user.config()}, workers=workers), app=APP)
+    server = gunicorn(pool_conf({"default": mysql_user.config()}, workers=workers), app=APP)
     server.start(workers_ready=workers)
     wait_until(lambda: mysql_user.count() == workers, 10, what="W connections")
     for _ in range(6):
@@ -85,7 +86,7 @@ def test_quick_shutdown_closes_pools(mysql_user, gunicorn, sig):
 
 def test_max_requests_closes_pools(mysql_user, gunicorn):
     workers = 2
-    server = gunicorn(conf({"default": mysql_user.config()}, workers=workers, extra="max_requests = 4"), app=APP)
+    server = gunicorn(pool_conf({"default": mysql_user.config()}, workers=workers, extra="max_requests = 4"), app=APP)
     server.start(workers_ready=workers)
     used = set()
     for _ in range(30):
@@ -106,7 +107,7 @@ def test_max_requests_closes_pools(mysql_user, gunicorn):
 def test_sighup_closes_old_pools(mysql_user, gunicorn):
     """SIGHUP: new workers first (the count may double), then the old ones close their pools."""
     workers = 2
-    server = gunicorn(conf({"default": mysql_user.config()}, workers=workers), app=APP)
+    server = gunicorn(pool_conf({"default": mysql_user.config()}, workers=workers), app=APP)
     server.start(workers_ready=workers)
     wait_until(lambda: mysql_user.count() == workers, 10, what="W connections")
     before = set(mysql_user.connection_ids())
@@ -160,7 +161,7 @@ def test_password_env_and_password_file(mysql_user, gunicorn, tmp_path):
     base = mysql_user.config()
     del base["password"]
     pools = {"default": dict(base, password_env="GP_FAULTS_DB_PW"), "filed": dict(base, password_file=str(secret))}
-    server = gunicorn(conf(pools), app=APP, env={"GP_FAULTS_DB_PW": mysql_user.password})
+    server = gunicorn(pool_conf(pools), app=APP, env={"GP_FAULTS_DB_PW": mysql_user.password})
     server.start(workers_ready=2)
     for path in ("/q/default", "/q/filed") * 3:
         status, body = server.get(path)

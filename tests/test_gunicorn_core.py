@@ -1,4 +1,4 @@
-"""Issue 2: real gunicorn, real MariaDB: one pool set per worker, opened at boot."""
+"""Real gunicorn, real MariaDB: one pool set per worker, opened at boot."""
 
 from __future__ import annotations
 

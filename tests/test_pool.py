@@ -1,4 +1,4 @@
-"""Issue 3, pool level: bounded, fair, interrupt-safe pools (no gunicorn).
+"""Pool level: bounded, fair, interrupt-safe pools (no gunicorn).
 
 Real MariaDB through the ``mysql_user`` fixture (a dedicated login, so the
 server's PROCESSLIST tells exactly how many sessions the pool holds), SQLite
@@ -12,15 +12,12 @@ import contextlib
 import dataclasses
 import itertools
 import json
-import os
 import queue
-import signal
 import statistics
 import subprocess
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
@@ -28,7 +25,7 @@ from typing import Any, Callable
 import pymysql
 import pytest
 from sampling import PeakSampler
-from support import ROOT, admin_connect, wait_until
+from support import ROOT, admin_connect, join_all, sqlite_pool, start_threads, wait_until
 
 from gunicorn_pool import ConnectionPool, DatabasePool, PoolError, PoolTimeout, TooManyRequests
 
@@ -59,20 +56,6 @@ def conn_id(conn: Any) -> int:
     with conn.cursor() as cur:
         cur.execute("SELECT CONNECTION_ID()")
         return int(cur.fetchone()[0])
-
-
-def start_threads(target: Callable[..., Any], args: list[tuple[Any, ...]]) -> list[threading.Thread]:
-    threads = [threading.Thread(target=target, args=a, daemon=True) for a in args]
-    for t in threads:
-        t.start()
-    return threads
-
-
-def join_all(threads: list[threading.Thread], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    for t in threads:
-        t.join(max(0.0, deadline - time.monotonic()))
-    assert not any(t.is_alive() for t in threads), "threads still running"
 
 
 # -- timeout and max_waiting -------------------------------------------------
@@ -367,38 +350,6 @@ def test_never_exceeds_max_size_under_thread_burst(mysql_user, make_pool):
     assert stats["requests_num"] == 120 and stats["connections_num"] == 3 and stats["pool_size"] == 3
 
 
-# -- fork ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("call", ["stats", "getconn", "close"])
-def test_child_forked_while_the_lock_was_held_does_not_hang(tmp_path, call):
-    """A thread of the parent held the pool's lock when the process forked (gunicorn
-    --preload with a thread using the pool): the child's copy of that lock is held
-    forever. Every entry point must adopt the process (fresh lock, inherited
-    connections dropped) before taking it."""
-    pool = sqlite_pool(tmp_path, min_size=1, max_size=2, timeout=2)
-    with pool._lock:
-        pid = os.fork()
-        if pid == 0:  # the child: report through the exit code, never return into pytest
-            code = 1
-            try:
-                signal.alarm(5)  # a hang ends the child with SIGALRM
-                if call == "stats":
-                    code = 0 if pool.stats()["pool_size"] == 0 else 2
-                elif call == "getconn":
-                    conn = pool.getconn()
-                    code = 0 if conn.execute("SELECT 1").fetchone() == (1,) else 3
-                else:
-                    pool.close()
-                    code = 0
-            finally:
-                os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"child status {status}"
-    assert pool.stats()["pool_size"] == 1  # the parent's pool is untouched
-    pool.close()
-
-
 # -- the socket probe ------------------------------------------------------------
 
 
@@ -423,193 +374,6 @@ def test_probe_replaces_a_connection_killed_moments_after_use(mysql_user, make_p
     with pool.connection() as conn:
         assert conn_id(conn) != victim
     assert pool.stats()["connections_lost"] == (1 if probe_after else 0)
-
-
-# -- lock-free checkout and return (the pool's own bookkeeping: SQLite) ----------
-
-
-@pytest.fixture
-def fast_switching() -> Iterator[None]:
-    """Switch threads every microsecond, so races between pool steps happen often."""
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(old)
-
-
-def sqlite_pool(tmp_path: Path, **options: Any) -> ConnectionPool:
-    """A SQLite ConnectionPool for the bookkeeping tests; ``owner_check`` off, because they
-    take a connection in one thread and give it back from another on purpose."""
-    from gunicorn_pool.config import parse_config
-    from gunicorn_pool.connectors import SQLiteConnector
-
-    cfg = parse_config("p", f"sqlite:///{tmp_path / 'p.db'}")
-    options.setdefault("owner_check", False)
-    pool = ConnectionPool(SQLiteConnector(cfg), name="p", **options)
-    pool.open()
-    return pool
-
-
-def test_no_connection_is_lent_twice_and_no_wake_up_is_lost(tmp_path, fast_switching):
-    """12 threads x 1,500 uses on 3 connections, threads switching every microsecond.
-
-    Checkout takes an idle connection without a lock and return appends without
-    one when nobody waits; a waiter that queues re-checks the idle stack. A
-    connection lent twice shows as two holders at once; a lost wake-up leaves a
-    waiter asleep with a connection idle, which ends in PoolTimeout (5 s here,
-    while a use takes microseconds).
-    """
-    pool = sqlite_pool(tmp_path, min_size=3, max_size=3, timeout=5)
-    holders: dict[int, int] = {}
-    errors: list[BaseException] = []
-    threads, uses = 12, 1500
-
-    def user(i: int) -> None:
-        try:
-            for n in range(uses):
-                ctx = pool.connection() if n % 2 else contextlib.nullcontext(pool.getconn())
-                with ctx as conn:
-                    if holders.setdefault(id(conn), i) != i:
-                        raise AssertionError(f"connection lent to threads {holders[id(conn)]} and {i}")
-                    time.sleep(0) if n % 3 == 0 else None
-                    del holders[id(conn)]
-                    if not n % 2:
-                        pool.putconn(conn)
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    join_all(start_threads(user, [(i,) for i in range(threads)]), 120)
-    stats = pool.stats()
-    pool.close()
-    assert not errors, errors[:3]
-    assert stats["requests_num"] == threads * uses, stats
-    assert stats["pool_size"] == 3 and stats["pool_available"] == 3, stats
-    assert stats["requests_waiting"] == 0 and stats["requests_timeouts"] == 0, stats
-    assert stats["requests_queued"] > 0, "no contention: the test proved nothing"
-
-
-class _Paused:
-    """Runs *step* only after signalling ``entered`` and waiting (at most 5 s) until
-    *until* holds: holds one race window of the pool open on purpose, whatever
-    the machine's speed."""
-
-    def __init__(self, until: Callable[[], bool]) -> None:
-        self.until = until
-        self.entered = threading.Event()
-
-    def __call__(self, step: Callable[..., Any], *args: Any) -> Any:
-        self.entered.set()
-        wait_until(self.until, 5, interval=0.01, what="the other side of the race")
-        return step(*args)
-
-
-def _timed_taker(pool: ConnectionPool) -> tuple[dict[str, Any], Callable[[], None]]:
-    """A getconn() to run in a thread; its result, error and duration land in the dict."""
-    got: dict[str, Any] = {}
-
-    def taker() -> None:
-        start = time.monotonic()
-        try:
-            got["conn"] = pool.getconn(timeout=2)
-        except PoolError as exc:
-            got["error"] = exc
-        got["s"] = time.monotonic() - start
-
-    return got, taker
-
-
-def test_waiter_queueing_while_a_connection_returns_is_served_at_once(tmp_path):
-    """A taker finds nothing idle; before it queues (paused here), the holder returns
-    its connection without the lock, sees nobody waiting and leaves it idle. The
-    taker must look at the idle stack again after queueing, or it sleeps next to an
-    idle connection until PoolTimeout."""
-    pool = sqlite_pool(tmp_path, min_size=1, max_size=1, timeout=2)
-    held = pool.getconn()
-    returned = threading.Event()
-    paused = _Paused(returned.is_set)  # the taker queues only once the holder returned
-    make_waiter = pool._waiter_class
-    pool._waiter_class = lambda: paused(make_waiter)
-    got, taker = _timed_taker(pool)
-    thread = start_threads(taker, [()])[0]
-    assert paused.entered.wait(5)
-    pool.putconn(held)  # lock-free: nobody is queued yet
-    returned.set()
-    join_all([thread], 10)
-    pool._waiter_class = make_waiter
-    assert "error" not in got, got
-    assert got["s"] < 1.0, f"waited {got['s']:.2f}s next to an idle connection"
-    pool.putconn(got["conn"])
-    pool.close()
-
-
-def test_return_racing_a_new_waiter_hands_the_connection_over(tmp_path):
-    """The holder saw nobody waiting and is about to put its connection on the idle
-    stack (paused here); meanwhile a taker queues. The holder must look at the
-    queue again after the append and hand the connection over."""
-    pool = sqlite_pool(tmp_path, min_size=1, max_size=1, timeout=2)
-    held = pool.getconn()
-    paused = _Paused(lambda: len(pool._waiters) == 1)  # the append waits until the taker queued
-
-    class PausedAppend(deque):  # type: ignore[type-arg]
-        def append(self, item: Any) -> None:
-            paused(super().append, item)
-
-    pool._idle = PausedAppend(pool._idle)
-    got, taker = _timed_taker(pool)
-    returner = start_threads(lambda: pool.putconn(held), [()])[0]
-    assert paused.entered.wait(5)
-    thread = start_threads(taker, [()])[0]
-    join_all([returner, thread], 10)
-    pool._idle = deque(pool._idle)  # no more pauses from here on
-    assert "error" not in got, got
-    assert got["s"] < 1.0, f"waited {got['s']:.2f}s next to an idle connection"
-    pool.putconn(got["conn"])
-    pool.close()
-
-
-def test_close_during_lock_free_use_closes_every_connection_once(tmp_path, fast_switching):
-    """close() while threads check out and return without the lock: every connection
-    is closed exactly once, none is lent after being closed, and no thread hangs."""
-    from gunicorn_pool.connectors import SQLiteConnector
-
-    closed: list[Any] = []
-
-    class Counting(SQLiteConnector):
-        def close(self, raw: Any) -> None:
-            closed.append(raw)
-            super().close(raw)
-
-    from gunicorn_pool.config import parse_config
-
-    cfg = parse_config("p", f"sqlite:///{tmp_path / 'c.db'}")
-    pool = ConnectionPool(Counting(cfg), name="p", min_size=6, max_size=6, timeout=5)
-    pool.open()
-    stop = threading.Event()
-    errors: list[BaseException] = []
-
-    def user() -> None:
-        while not stop.is_set():
-            try:
-                with pool.connection() as conn:
-                    assert conn not in closed, "lent a closed connection"
-                    conn.execute("SELECT 1")
-                time.sleep(0.0005)  # between uses, so some thread is checking out when close() runs
-            except PoolError:
-                return  # PoolClosed: expected once close() ran
-            except BaseException as exc:  # noqa: BLE001 - reported below
-                errors.append(exc)
-                return
-
-    workers = start_threads(user, [()] * 3)  # fewer than the connections: some always idle
-    time.sleep(0.3)
-    pool.close()
-    stop.set()
-    join_all(workers, 30)
-    assert not errors, errors[:3]
-    assert len(closed) == 6 and len({id(c) for c in closed}) == 6, closed
-    assert pool.stats()["pool_size"] == 0
 
 
 def test_idle_connections_above_min_size_close_after_max_idle(tmp_path):

@@ -1,0 +1,190 @@
+"""The slot state machine of gunicorn_pool/slot.py, transition by transition, with no server.
+
+A stand-in connector counts every call the pool makes; the assertions are
+about the pool's own bookkeeping (states, capacity, which connector call
+closes what), which no database decides.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Optional
+
+import pytest
+
+from gunicorn_pool import ConnectError, ConnectionPool, LeaseError, PoolClosed, PoolTimeout
+from gunicorn_pool.connectors.base import DROP, RESET, REUSE, Connector
+from gunicorn_pool.slot import CLOSED, IDLE, LENT
+
+
+class Conn:
+    """A stand-in connection: flags say what its user left behind."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.in_transaction = False
+        self.changed = False
+        self.dead = False
+
+
+class StandIn(Connector):
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(pool_name="s", address="stand-in:0", dsn="standin://s", **kw)
+        self.made = 0
+        self.calls: list[tuple[str, int]] = []
+        self.fail_connect: Optional[BaseException] = None
+        self.finish_outcome = REUSE
+
+    def connect(self) -> Conn:
+        if self.fail_connect is not None:
+            raise self.fail_connect
+        self.made += 1
+        return Conn(self.made)
+
+    def close(self, raw: Conn) -> None:
+        self.calls.append(("close", raw.n))
+
+    def discard(self, raw: Conn) -> None:
+        self.calls.append(("discard", raw.n))
+
+    def ping(self, raw: Conn, timeout: float) -> None:
+        self.calls.append(("ping", raw.n))
+        if raw.dead:
+            raise OSError("gone")
+
+    def lend(self, raw: Conn, holder: Optional[int], taken_at: str = "") -> None:
+        self.calls.append(("lend", raw.n))
+
+    def check_in(self, raw: Conn) -> bool:
+        return not (raw.in_transaction or raw.changed)
+
+    def finish(self, raw: Conn, *, commit: bool) -> str:
+        self.calls.append(("commit" if commit else "rollback", raw.n))
+        raw.in_transaction = raw.changed = False
+        return self.finish_outcome
+
+
+def make(**options: Any) -> tuple[ConnectionPool, StandIn]:
+    connector = StandIn()
+    options.setdefault("check_interval", 60.0)
+    pool = ConnectionPool(connector, name="s", **options)
+    return pool, connector
+
+
+def slot_of(pool: ConnectionPool, raw: Any) -> Any:
+    return pool._slots[id(raw)]
+
+
+def test_a_lease_moves_a_slot_opening_idle_lent_idle_and_closed():
+    pool, c = make(min_size=1, max_size=2)
+    assert pool.open() == 1
+    (slot,) = pool._slots.values()
+    assert slot.state is IDLE and pool._size == 1
+    raw = pool.getconn()
+    assert slot.state is LENT and pool._lent == {slot.key: slot} and slot.uses == 1
+    pool.putconn(raw)
+    assert slot.state is IDLE and pool._lent == {} and list(pool._idle) == [slot]
+    pool.close()
+    assert slot.state is CLOSED and pool._size == 0 and ("close", 1) in c.calls
+
+
+def test_capacity_is_released_exactly_once_per_slot():
+    pool, c = make(min_size=0, max_size=1)
+    raw = pool.getconn()
+    slot = slot_of(pool, raw)
+    pool._remove(slot, polite=False)
+    pool._remove(slot, polite=True)  # a second remove of the same slot changes nothing
+    assert pool._size == 0 and c.calls.count(("discard", 1)) == 1 and ("close", 1) not in c.calls
+    with pytest.raises(LeaseError):
+        pool.putconn(raw)  # its lease ended with the remove
+    assert pool._size == 0
+
+
+def test_a_failed_connect_gives_the_reservation_back_and_backs_off():
+    pool, c = make(min_size=0, max_size=1, reconnect_backoff_max=5)
+    c.fail_connect = OSError("refused")
+    with pytest.raises(ConnectError, match="stand-in:0"):
+        pool.getconn()
+    assert pool._size == 0 and pool.stats()["connections_errors"] == 1
+    c.fail_connect = None
+    with pytest.raises(ConnectError, match="next attempt in"):
+        pool.getconn()  # backing off: refused at once, no connect tried
+    assert c.made == 0 and pool._size == 0
+
+
+def test_an_expired_slot_is_closed_on_return_and_replaced_on_checkout():
+    pool, c = make(min_size=1, max_size=1, max_lifetime=1e-6)
+    pool.open()
+    raw = pool.getconn()  # expired already: replaced before it is lent
+    assert raw.n == 2 and ("close", 1) in c.calls
+    pool.putconn(raw)  # expired again: closed politely, capacity freed
+    assert ("close", 2) in c.calls and pool._size == 0
+
+
+def test_a_dead_idle_connection_is_dropped_and_replaced_within_the_same_reservation():
+    pool, c = make(min_size=1, max_size=1, check_interval=0.0)
+    pool.open()
+    next(iter(pool._slots.values())).raw.dead = True
+    raw = pool.getconn()
+    assert raw.n == 2 and ("discard", 1) in c.calls and pool._size == 1
+    assert pool.stats()["connections_lost"] == 1
+
+
+@pytest.mark.parametrize("outcome, kept", [(REUSE, True), (RESET, True), (DROP, False)])
+def test_return_of_a_dirty_connection_settles_it_by_the_connectors_outcome(outcome, kept):
+    pool, c = make(min_size=0, max_size=1)
+    c.finish_outcome = outcome
+    with pool.connection() as raw:
+        raw.in_transaction = True
+    assert ("commit", raw.n) in c.calls  # a clean exit commits
+    assert (pool._size == 1) is kept and (("discard", raw.n) in c.calls) is not kept
+    assert pool.stats()["connections_reset"] == (1 if outcome == RESET else 0)
+    with pytest.raises(RuntimeError):
+        with pool.connection() as raw2:
+            raw2.changed = True
+            raise RuntimeError("view failed")
+    assert ("rollback", raw2.n) in c.calls
+
+
+def test_a_base_exception_drops_the_connection_without_a_word():
+    pool, c = make(min_size=1, max_size=1)
+    pool.open()
+    with pytest.raises(KeyboardInterrupt):
+        with pool.connection():
+            raise KeyboardInterrupt
+    assert ("discard", 1) in c.calls and pool._size == 0 and ("close", 1) not in c.calls
+
+
+def test_a_waiter_is_handed_the_returned_slot_directly():
+    pool, c = make(min_size=1, max_size=1, timeout=5)
+    pool.open()
+    raw = pool.getconn()
+    got: dict[str, Any] = {}
+    waiter = threading.Thread(target=lambda: got.update(raw=pool.getconn()))
+    waiter.start()
+    while not pool._waiters:
+        threading.Event().wait(0.001)
+    pool.putconn(raw)
+    waiter.join(5)
+    assert got["raw"] is raw and slot_of(pool, raw).state is LENT and not pool._idle
+    assert pool.stats()["requests_queued"] == 1
+
+
+def test_a_slot_returned_to_a_closed_pool_is_closed_not_shelved():
+    pool, c = make(min_size=0, max_size=2)
+    raw = pool.getconn()
+    pool.close()
+    with pytest.raises(PoolClosed):
+        pool.getconn()
+    pool.putconn(raw)
+    assert ("close", raw.n) in c.calls and pool._size == 0 and not pool._idle
+
+
+def test_a_waiter_times_out_and_leaves_the_queue():
+    pool, c = make(min_size=0, max_size=1, timeout=0.05)
+    raw = pool.getconn()
+    with pytest.raises(PoolTimeout):
+        pool.getconn()
+    assert not pool._waiters and pool.stats()["requests_timeouts"] == 1
+    pool.putconn(raw)
+    assert pool.getconn() is raw
