@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional
 
 import pytest
 from proxy import FaultProxy
+from servers import _mariadb_pair_session, mariadb_pair, mariadb_tls, pg_scram, pgbouncer  # noqa: F401
 from support import (
     Gunicorn,
     MySQLUser,

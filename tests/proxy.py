@@ -8,6 +8,7 @@ server runs::
     proxy.refuse()      # listener closed: new connects get ECONNREFUSED
     proxy.cut()         # reset every forwarded connection now
     proxy.blackhole()   # accept, never answer, never forward
+    proxy.freeze()      # open connections stop moving (a server hung mid-query); forward() thaws
     proxy.forward()     # back to normal (rebinds the same port)
     proxy.stop()        # close everything, join every thread
 
@@ -46,9 +47,10 @@ def _reset(sock: socket.socket) -> None:
 class _Pair:
     """One forwarded connection: client <-> upstream, pumped by one thread."""
 
-    def __init__(self, client: socket.socket, upstream: socket.socket) -> None:
+    def __init__(self, client: socket.socket, upstream: socket.socket, frozen: threading.Event) -> None:
         self.client = client
         self.upstream = upstream
+        self.frozen = frozen  # set: bytes stay where they are, in both directions
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._pump, name="proxy-pump", daemon=True)
 
@@ -56,6 +58,9 @@ class _Pair:
         socks = [self.client, self.upstream]
         try:
             while not self.done.is_set():
+                if self.frozen.is_set():
+                    self.done.wait(_TICK)
+                    continue
                 readable, _, _ = select.select(socks, [], [], _TICK)
                 for src in readable:
                     data = src.recv(65536)
@@ -88,6 +93,7 @@ class FaultProxy:
         self._listener: Optional[socket.socket] = None
         self._pairs: list[_Pair] = []
         self._held: list[socket.socket] = []  # blackholed client sockets
+        self._frozen = threading.Event()
         self._stopping = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
@@ -116,7 +122,8 @@ class FaultProxy:
     # -- modes ---------------------------------------------------------------------
 
     def forward(self) -> None:
-        """Forward new connections to the server (rebinding the port if refused)."""
+        """Forward new connections to the server (rebinding the port if refused); thaw frozen ones."""
+        self._frozen.clear()
         with self._lock:
             self.mode = "forward"
         self._release_held()
@@ -133,6 +140,10 @@ class FaultProxy:
         with self._lock:
             self.mode = "blackhole"
         self._listen()
+
+    def freeze(self) -> None:
+        """Stop moving bytes on every open connection, both ways: a server hung mid-query."""
+        self._frozen.set()
 
     def cut(self) -> int:
         """Reset every forwarded connection now; return how many were cut."""
@@ -210,7 +221,7 @@ class FaultProxy:
         except OSError:
             _reset(client)
             return
-        pair = _Pair(client, upstream)
+        pair = _Pair(client, upstream, self._frozen)
         with self._lock:
             self._pairs.append(pair)
         pair.thread.start()

@@ -24,13 +24,6 @@ import servers
 from servers import MariaDBReplicaPair, MariaDBServer, PgBouncer, PostgresServer
 from support import wait_until
 
-# The fixtures of tests/servers.py, until conftest.py imports them (assigned, not imported: no F811 on the arguments).
-mariadb_tls = servers.mariadb_tls
-mariadb_pair = servers.mariadb_pair
-_mariadb_pair_session = servers._mariadb_pair_session
-pg_scram = servers.pg_scram
-pgbouncer = servers.pgbouncer
-
 TESTS = Path(__file__).resolve().parent
 
 

@@ -49,6 +49,7 @@ def test_warm_up_runs_before_traffic_and_leaves_no_trace(gunicorn, mysql_user, w
     assert stats["requests_num"] == 0 and stats["usage_ms"] == 0, stats  # warm-up uses are not traffic
     assert stats["connections_num"] == 2 and stats["pool_available"] == 2, stats
     assert mysql_user.count() == 2
+    wait_until(lambda: '"GET /stats' in server.log(), 5, what="the access line of /stats")
     access = [line for line in server.log().splitlines() if '"GET ' in line]
     assert len(access) == 1 and "/stats" in access[0], access  # the warm-up's requests are not logged
     assert "__gunicorn_pool_warmup__" not in server.log()

@@ -16,6 +16,7 @@ Routes (all answer JSON):
   /request-conn-fail    request_connection(), insert a row into the poison table, then raise
   /lock-and-fail        LOCK TABLES the poison table WRITE, then raise (the lock is left behind)
   /insert               insert a row into the poison table; answers how long it took
+  /tls                  the TLS cipher of the pooled session (empty: plain TCP)
 The poison table is gp_poison, or GP_POISON_TABLE if set; the test creates it.
 Pool errors map to status codes: PoolTimeout 503, TooManyRequests 429,
 ConnectError 502, anything else 500; the body names the error class.
@@ -123,6 +124,9 @@ def _route(path):
         start = time.monotonic()
         conn_id, _ = _query(f"INSERT INTO {POISON} (v) VALUES (1)")
         return {"conn_id": conn_id, "took": time.monotonic() - start}
+    if parts[0] == "tls":
+        conn_id, rows = _query("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+        return {"conn_id": conn_id, "cipher": rows[0][1] if rows else ""}
     if parts[0] == "rows":
         conn_id, rows = _query(f"SELECT COUNT(*) FROM {POISON}")
         return {"conn_id": conn_id, "rows": rows[0][0]}
