@@ -55,7 +55,7 @@ from .base import PoolInterface, WorkerProfile, current_profile
 from .config import ConfigValue, DatabaseConfig, parse_config
 from .connectors import make_connector
 from .errors import ConfigError, ConnectError, PoolClosed, PoolStartupError
-from .pool import ConnectionPool
+from .pool import ConnectionPool, Lease
 
 __all__ = ["DatabasePool"]
 
@@ -157,9 +157,10 @@ class DatabasePool(PoolInterface):
 
     # -- use -------------------------------------------------------------------
 
-    def connection(self, name: str = "default", *, timeout: Optional[float] = None) -> Any:
+    def connection(self, name: str = "default", *, timeout: Optional[float] = None) -> Lease:
         """``with db.connection("default") as conn:`` lends a driver connection."""
-        return self.pool(name).connection(timeout)
+        pool = self._pools.get(name)  # pool()'s first test, here too: every request passes here
+        return Lease(pool if pool is not None and not pool.closed else self.pool(name), timeout)
 
     def pool(self, name: str = "default") -> ConnectionPool:
         """The :class:`ConnectionPool` for *name*, built on first use."""

@@ -61,6 +61,7 @@ import dataclasses
 import logging
 import os
 import random
+import threading
 import time
 from collections import deque
 from typing import Any, Optional
@@ -108,8 +109,11 @@ class ConnectionPool(cc.ForkAware):
         self.dsn = connector.dsn or name
         self.min_size, self.max_size = options.sizes(current_profile())
         self._connector = connector
-        self._lend = connector.lend  # the one connector call of a checkout
-        self._check_in = connector.check_in  # the one connector call of a plain return
+        # A lease starts with attribute writes on the connection (its LeaseGuard) and no call,
+        # unless the connector has more to do then; a plain return is one call (check_in).
+        self._guarded = connector.guarded
+        self._lend = connector.lend if type(connector).lend is not Connector.lend else None
+        self._check_in = connector.check_in
         self._track_forks()
         self._reset_state()
 
@@ -124,11 +128,11 @@ class ConnectionPool(cc.ForkAware):
         self._waiter_class = cc.waiter_class()
         self._lock_free = cc.lock_free_ok()
         self._idle: deque[Slot] = deque()  # IDLE slots; the last returned on the right
-        self._lent: dict[int, Slot] = {}  # LENT slots, by id() of the driver's connection
+        self._lent: dict[int, Slot] = {}  # slots lent by getconn(), by id() of the driver's connection
         self._waiters: deque[cc.Waiter] = deque()
         self._slots: dict[int, Slot] = {}  # every registered slot (IDLE, LENT or in a thread's hands)
         self._size = 0  # registered slots plus reservations (OPENING): never above max_size
-        self._closed = False
+        self.closed = False  #: True once close() ran (read by DatabasePool on every connection())
         self._watched = False  # by the leak watcher of this process (leak_timeout)
         self._backoff = 0.0
         self._next_attempt = 0.0
@@ -169,11 +173,6 @@ class ConnectionPool(cc.ForkAware):
             raise ValueError(f"pool {self.name!r}: need 0 <= min_size <= max_size and max_size >= 1")
         self.min_size, self.max_size = min_size, max_size
 
-    @property
-    def closed(self) -> bool:
-        """True once :meth:`close` ran in this process."""
-        return self._closed and not self.inherited
-
     # -- opening (reservation -> OPENING -> a registered slot) -----------------------
 
     def open(self, *, deadline: Optional[float] = None) -> int:
@@ -186,7 +185,7 @@ class ConnectionPool(cc.ForkAware):
             self._adopt_process()
         if not self._waiters:  # gevent may have patched threading since
             self._waiter_class = cc.waiter_class()
-        if self._closed:
+        if self.closed:
             raise PoolClosed(f"pool {self.name!r} is closed")
         opened = 0
         while True:
@@ -223,7 +222,7 @@ class ConnectionPool(cc.ForkAware):
         except Exception as exc:
             self._counts[keys.CONNECTIONS_ERRORS] += 1
             self._last_error = self._connector.describe_error(exc)
-            self._backoff = min(self.options.reconnect_backoff_max, max(0.1, self._backoff * 2))
+            self._backoff = min(self._options.reconnect_backoff_max, max(0.1, self._backoff * 2))
             self._next_attempt = monotonic() + self._backoff * random.uniform(0.5, 1.0)
             logger.error(
                 "pool %s (%s): cannot connect to %s: %s", self.name, self.dsn, self._connector.address, self._last_error
@@ -242,7 +241,7 @@ class ConnectionPool(cc.ForkAware):
         except BaseException:
             self._connector.discard(raw)
             raise
-        slot = Slot(raw, probe, self.options.max_lifetime)
+        slot = Slot(raw, probe, self._options.max_lifetime)
         self._slots[slot.key] = slot
         return slot
 
@@ -253,7 +252,9 @@ class ConnectionPool(cc.ForkAware):
 
         Waits at most *timeout* seconds (the pool's ``timeout`` by default).
         """
-        return self._take(timeout).raw
+        slot = self._take(timeout)
+        self._lent[slot.key] = slot  # putconn()'s dict.pop() ends this lease (invariant 1)
+        return slot.raw
 
     def connection(self, timeout: Optional[float] = None) -> Lease:
         """Context manager lending a connection (see "Return" above)."""
@@ -289,27 +290,33 @@ class ConnectionPool(cc.ForkAware):
                 leaks.watch(self)
         elif slot.taken_at:
             slot.taken_at = ""
-        slot.holder = holder = cc.get_ident() if self._owner_check else None
-        self._lend(slot.raw, holder, slot.taken_at)
-        self._lent[slot.key] = slot
+        # Looked up on each call: gevent replaces it when patching, and the lease guard compares
+        # with threading.get_ident() at use time.
+        slot.holder = holder = threading.get_ident() if self._owner_check else None
+        raw = slot.raw
+        if self._guarded:
+            raw._gp_holder = holder
+            raw._gp_taken_at = slot.taken_at
+        if self._lend is not None:
+            self._lend(raw, holder, slot.taken_at)
         return slot
 
     def _take_slow(self, timeout: Optional[float]) -> tuple[Slot, float]:
         """Check out when the fast path cannot: under the lock, open a connection, or queue."""
         waiter = slot = None
         with self._lock:
-            if self._closed:
+            if self.closed:
                 raise PoolClosed(f"pool {self.name!r} is closed")
             waiters = self._waiters
             if not waiters and (slot := self._pop_idle()) is not None:
                 pass
             elif not waiters and self._size < self.max_size:
                 self._size += 1  # a reservation: this caller opens a connection
-            elif self.options.max_waiting and len(waiters) >= self.options.max_waiting:
+            elif self._options.max_waiting and len(waiters) >= self._options.max_waiting:
                 self._counts[keys.REQUESTS_ERRORS] += 1
                 raise TooManyRequests(
                     f"pool {self.name!r}: {len(waiters)} requests already waiting"
-                    f" (max_waiting={self.options.max_waiting})"
+                    f" (max_waiting={self._options.max_waiting})"
                 )
             else:
                 waiter = self._waiter_class()
@@ -321,9 +328,9 @@ class ConnectionPool(cc.ForkAware):
             slot = self._ready(slot, peek=True)
             now = monotonic()
         else:
-            slot, now = self._wait(waiter, self.options.timeout if timeout is None else timeout)
+            slot, now = self._wait(waiter, self._options.timeout if timeout is None else timeout)
             # Handed over by a return just now: only lifetime and check_interval apply.
-            if slot is None or now >= slot.expires or now - slot.last_used > self.options.check_interval:
+            if slot is None or now >= slot.expires or now - slot.last_used > self._options.check_interval:
                 slot = self._ready(slot, peek=False)
         return slot, now
 
@@ -404,16 +411,16 @@ class ConnectionPool(cc.ForkAware):
         """
         if slot is not None:
             now = monotonic()
-            probe_after = self.options.probe_after
+            probe_after = self._options.probe_after
             if now >= slot.expires:
                 self._unregister(slot)
                 self._connector.close(slot.raw)
                 slot = None
-            elif (idle := now - slot.last_used) > self.options.check_interval or (
+            elif (idle := now - slot.last_used) > self._options.check_interval or (
                 peek and slot.probe is not None and probe_after is not None and idle >= probe_after and slot.probe()
             ):
                 try:
-                    self._connector.ping(slot.raw, self.options.check_timeout)
+                    self._connector.ping(slot.raw, self._options.check_timeout)
                 except BaseException as exc:
                     # Interrupted mid-ping or dead: the state is unknown either way.
                     self._unregister(slot)
@@ -457,7 +464,7 @@ class ConnectionPool(cc.ForkAware):
             self._adopt_process()
         key = id(raw)
         slot = self._lent.get(key)
-        if slot is not None and slot.raw is raw and self._owner_check and slot.holder != cc.get_ident():
+        if slot is not None and slot.raw is raw and self._owner_check and slot.holder != threading.get_ident():
             where = f" (taken at {slot.taken_at})" if slot.taken_at else ""
             raise LeaseError(
                 f"pool {self.name!r}: putconn() by a thread or greenlet other than the one that took the"
@@ -480,10 +487,11 @@ class ConnectionPool(cc.ForkAware):
         else:
             self._settle(slot, commit=commit)
 
-    def _settle(self, slot: Slot, *, commit: bool) -> None:
-        """Return a connection the user left something open on (see Connector.finish)."""
+    def _settle(self, slot: Slot, *, commit: bool, failed: bool = False) -> None:
+        """Return a connection the user left something open on, or whose user failed
+        (see Connector.finish)."""
         try:
-            outcome = self._connector.finish(slot.raw, commit=commit)
+            outcome = self._connector.finish(slot.raw, commit=commit, failed=failed)
         except BaseException as exc:
             # A failed commit/rollback/reset, or one interrupted mid-way (gevent.Timeout,
             # GreenletExit): the state is unknown, drop it. A failed commit is the user's news.
@@ -512,13 +520,13 @@ class ConnectionPool(cc.ForkAware):
             slot.recheck_at = recheck if recheck < slot.expires else slot.expires
         if now >= slot.expires:
             self._remove(slot, polite=True)
-        elif self._waiters or self._closed or not self._lock_free:
+        elif self._waiters or self.closed or not self._lock_free:
             self._shelve_locked(slot, cold=False)
         else:
             slot.state = IDLE
             idle = self._idle
             idle.append(slot)
-            if self._waiters or self._closed:
+            if self._waiters or self.closed:
                 self._shelve_locked(None, cold=False)
             elif self._size > self.min_size:
                 try:
@@ -542,7 +550,7 @@ class ConnectionPool(cc.ForkAware):
                     self._idle.appendleft(slot) if cold else self._idle.append(slot)
             if self._idle:
                 self._hand_over_idle()
-            if not self._closed:
+            if not self.closed:
                 return
             leftover = []
             while (extra := self._pop_idle()) is not None:
@@ -557,7 +565,7 @@ class ConnectionPool(cc.ForkAware):
             while self._size - len(surplus) > self.min_size and not self._waiters:
                 try:
                     oldest = self._idle[0]
-                    if now - oldest.last_used <= self.options.max_idle:
+                    if now - oldest.last_used <= self._options.max_idle:
                         break
                     surplus.append(self._idle.popleft())
                 except IndexError:  # emptied by lock-free checkouts meanwhile
@@ -573,8 +581,10 @@ class ConnectionPool(cc.ForkAware):
         *number* is the lease's number on the slot: a slot given back and lent
         again since is someone else's now. Returns True if it was reclaimed.
         """
-        if self.inherited or slot.uses != number or self._lent.pop(slot.key, None) is not slot:
+        if self.inherited or slot.uses != number or slot.state is not LENT:
             return False  # given back (or lent again) already: nothing leaked
+        if slot.key in self._lent and self._lent.pop(slot.key, None) is not slot:
+            return False  # a putconn() from another thread won the race
         self._counts[keys.CONNECTIONS_LEAKED] += 1
         logger.warning(
             "pool %s (%s): a connection taken at %s was not given back by the end of its request%s;"
@@ -589,8 +599,8 @@ class ConnectionPool(cc.ForkAware):
         limit = self._leak_timeout
         if limit is None or self.inherited:
             return
-        for slot in list(self._lent.values()):
-            if slot.reported != slot.uses and now - slot.lent_at > limit:
+        for slot in list(self._slots.values()):
+            if slot.state is LENT and slot.reported != slot.uses and now - slot.lent_at > limit:
                 slot.reported = slot.uses
                 logger.warning(
                     "pool %s (%s): a connection taken at %s has been out for %.1fs (leak_timeout=%gs)",
@@ -652,7 +662,7 @@ class ConnectionPool(cc.ForkAware):
             while slots:
                 slot = slots.pop()
                 try:
-                    self._connector.warm(slot.raw, self.options.check_timeout)
+                    self._connector.warm(slot.raw, self._options.check_timeout)
                     if slot.probe is not None:
                         slot.probe()
                 except Exception as exc:  # noqa: BLE001 - dropped, replaced on demand
@@ -681,9 +691,9 @@ class ConnectionPool(cc.ForkAware):
         if self.inherited:
             self._adopt_process()
         with self._lock:
-            if self._closed:
+            if self.closed:
                 return
-            self._closed = True
+            self.closed = True
             idle = []
             while (slot := self._pop_idle()) is not None:
                 idle.append(slot)
@@ -721,15 +731,21 @@ class ConnectionPool(cc.ForkAware):
     def __repr__(self) -> str:
         return (
             f"<ConnectionPool {self.name!r} {self.dsn} size={self._size}/{self.max_size}"
-            f" idle={len(self._idle)} pid={self.pid}{' closed' if self._closed else ''}>"
+            f" idle={len(self._idle)} pid={self.pid}{' closed' if self.closed else ''}>"
         )
 
 
 class Lease:
-    """``with pool.connection() as conn``: one lease; commit/rollback and return on exit."""
+    """``with pool.connection() as conn``: one lease; commit/rollback and return on exit.
 
-    __slots__ = ("_pool", "_timeout", "_slot")
+    The Lease object is the lease's token (a getconn() lease's is its entry in the
+    pool's lent map): the slot's lease number tells whether the pool took it back
+    (a leak reclaimed at the end of a request) before the block ended.
+    """
+
+    __slots__ = ("_pool", "_timeout", "_slot", "_number")
     _slot: Optional[Slot]  # set by __enter__
+    _number: int
 
     def __init__(self, pool: ConnectionPool, timeout: Optional[float]) -> None:
         self._pool = pool
@@ -737,17 +753,19 @@ class Lease:
 
     def __enter__(self) -> Any:
         self._slot = slot = self._pool._take(self._timeout)
+        self._number = slot.uses
         return slot.raw
 
     def __exit__(self, exc_type: Optional[type[BaseException]], exc: Any, tb: Any) -> None:
         slot, self._slot = self._slot, None
         pool = self._pool
-        if slot is None or pool._lent.pop(slot.key, None) is None:
+        if slot is None or slot.uses != self._number or slot.state is not LENT:
             return  # the lease already ended (taken back by the pool)
         if exc_type is None:
             pool._give_back(slot, commit=True)
         elif issubclass(exc_type, Exception):
-            pool._give_back(slot, commit=False)
+            # The block failed: whatever clean-up code it skipped may have left state behind.
+            pool._settle(slot, commit=False, failed=True)
         else:  # BaseException: interrupted mid-use, protocol state unknown
             pool._remove(slot, polite=False)
 

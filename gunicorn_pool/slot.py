@@ -18,19 +18,24 @@ four states, each move one method of :class:`~gunicorn_pool.pool.ConnectionPool`
   in the reserving thread, outside the lock.
 - ``IDLE``: in the idle stack, or in the hands of the one thread moving it
   (a taker that just popped it, a returner handing it to a waiter).
-- ``LENT``: in the pool's lent map, used by whoever took it.
+- ``LENT``: used by whoever took it: a :class:`~gunicorn_pool.pool.Lease`
+  (``with pool.connection()``) holds it, or the pool's lent map does
+  (``getconn()``, until ``putconn()``).
 - ``CLOSED``: unregistered, closed politely (``polite=True``: the server is
   told) or dropped (the socket is closed without a word: after fork, after an
   interruption mid-protocol, after a leak), and its capacity freed.
 
 Invariants the pool relies on, stated once:
 
-1. A slot is in at most one place: the idle stack, the lent map, or the hands
-   of exactly one thread. ``deque.pop()``/``append()`` and ``dict.pop()`` are
-   the moves between places; each is atomic under the GIL, so two takers never
-   pop the same slot and two returns of one lease never both succeed. On a
+1. A slot is in at most one place: the idle stack, one lease (a ``Lease``
+   object, or the lent map for ``getconn()``), or the hands of exactly one
+   thread. ``deque.pop()``/``append()`` and ``dict.pop()`` are the moves
+   between places; each is atomic under the GIL, so two takers never pop the
+   same slot and two ``putconn()`` of one lease never both succeed. On a
    free-threaded build without a GIL the pool takes its lock around them
-   (:func:`gunicorn_pool._concurrency.lock_free_ok`).
+   (:func:`gunicorn_pool._concurrency.lock_free_ok`). A ``Lease`` ends on its
+   own thread; only a leak reclaimed by another thread at the end of its
+   request could meet it, and the lease number (``uses``) tells that one.
 2. ``_size`` counts registered slots plus reservations (``OPENING``), never
    more than ``max_size``; capacity is released exactly once per slot, by
    :meth:`~gunicorn_pool.pool.ConnectionPool._remove` (which unregisters first

@@ -58,7 +58,7 @@ class StandIn(Connector):
     def check_in(self, raw: Conn) -> bool:
         return not (raw.in_transaction or raw.changed)
 
-    def finish(self, raw: Conn, *, commit: bool) -> str:
+    def finish(self, raw: Conn, *, commit: bool, failed: bool = False) -> str:
         self.calls.append(("commit" if commit else "rollback", raw.n))
         raw.in_transaction = raw.changed = False
         return self.finish_outcome

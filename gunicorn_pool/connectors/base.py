@@ -10,7 +10,8 @@ Per lease the pool calls, in order::
     connect()                     once per physical connection (bounded)
     probe(raw)                    once per connection: a no-round-trip check, or None
     ping(raw, timeout)            on checkout when the connection sat idle a while
-    lend(raw, holder, taken_at)   the lease starts (holder: who may use it, or None)
+    (lease starts)                the pool arms a guarded connection's LeaseGuard;
+    lend(raw, holder, taken_at)   then per-lease work, for connectors that have some
     check_in(raw) -> clean?       the lease ends; one call on the hot path
     finish(raw, commit=...)       only when check_in() said "not clean"
     close(raw) / discard(raw)     when the slot closes: politely, or without a word
@@ -100,11 +101,6 @@ class LeaseGuard:
         if self._gp_holder is not None:
             self._gp_closed_by_user = True
 
-    def _gp_lend(self, holder: Optional[int], taken_at: str) -> None:
-        self._gp_holder = holder
-        self._gp_taken_at = taken_at
-        self._gp_closed_by_user = False
-
 
 class Connector:
     """Base class of every connector; subclasses implement :meth:`connect`, :meth:`close`
@@ -112,6 +108,9 @@ class Connector:
 
     #: The adapter's name, as in a config's ``adapter`` key.
     adapter = ""
+    #: True if connections are LeaseGuard instances: the pool then writes ``_gp_holder`` and
+    #: ``_gp_taken_at`` on them when a lease starts, and :meth:`lend` need not.
+    guarded = False
 
     def __init__(self, *, pool_name: str = "", address: str = "", dsn: str = "", password: str = "") -> None:
         self.pool_name = pool_name
@@ -159,9 +158,9 @@ class Connector:
     # -- leases ------------------------------------------------------------------------------
 
     def lend(self, raw: Any, holder: Optional[int], taken_at: str = "") -> None:
-        """A lease of *raw* starts: arm its guard for *holder* (a thread or greenlet id; None:
-        anyone) and reset per-lease tracking. *taken_at* (``file:line``, may be empty) goes into
-        the guard's messages."""
+        """A lease of *raw* starts, taken by *holder* (a thread or greenlet id; None: anyone) at
+        *taken_at* (``file:line``, may be empty). A connector with per-lease work overrides this;
+        the pool calls it only then (a :attr:`guarded` connector's guard is armed by the pool)."""
 
     def check_in(self, raw: Any) -> bool:
         """The lease of *raw* ends: True if it is clean and goes straight back to the pool (its
@@ -169,9 +168,11 @@ class Connector:
         pool's own statements through). One call on the hot path."""
         return True
 
-    def finish(self, raw: Any, *, commit: bool) -> str:
+    def finish(self, raw: Any, *, commit: bool, failed: bool = False) -> str:
         """End what the user left open on *raw*: commit (*commit*) or roll back an open
-        transaction, restore a session the user changed. Returns :data:`REUSE`, :data:`RESET`
+        transaction, restore a session the user changed. *failed*: the lease ended with an
+        exception, so the user's clean-up code may have been skipped: restore the session even if
+        no change was seen. Returns :data:`REUSE`, :data:`RESET`
         (reusable after its session was reset; the guard then reads IDLE) or :data:`DROP` (must
         not be lent again: closed by the user, mid-result, or not resettable). Raises the
         driver's error if that fails (the pool then drops *raw*)."""

@@ -80,6 +80,7 @@ class SQLiteConnector(Connector):
     """Opens sqlite3 connections for one pool."""
 
     adapter = "sqlite"
+    guarded = True
 
     def __init__(self, config: DatabaseConfig) -> None:
         super().__init__(pool_name=config.pool_name, address=config.address, dsn=config.dsn)
@@ -131,9 +132,6 @@ class SQLiteConnector(Connector):
         raw._gp_holder = None
         raw.execute("SELECT 1")
 
-    def lend(self, raw: Any, holder: Optional[int], taken_at: str = "") -> None:
-        raw._gp_lend(holder, taken_at)
-
     def check_in(self, raw: Any) -> bool:
         if raw._gp_closed_by_user:
             raw._gp_holder = None
@@ -145,7 +143,7 @@ class SQLiteConnector(Connector):
         raw._gp_holder = None if busy else IDLE
         return not busy
 
-    def finish(self, raw: Any, *, commit: bool) -> str:
+    def finish(self, raw: Any, *, commit: bool, failed: bool = False) -> str:
         raw._gp_holder = None
         if raw._gp_closed_by_user:
             return DROP
