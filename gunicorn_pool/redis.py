@@ -58,7 +58,7 @@ import logging
 import os
 import sys
 import time
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Union
 from urllib.parse import parse_qsl, quote, unquote
 
 import redis
@@ -77,6 +77,7 @@ __all__ = ["KEYS", "RedisConfig", "RedisConnectionPool", "RedisPool", "parse_red
 logger = logging.getLogger("gunicorn_pool")
 
 _MASK = "***"
+_exc_info = sys.exc_info
 _TCP = ("tcp", "ssl")
 _ALL = ("tcp", "ssl", "unix")
 _SCHEMES = {"redis": "tcp", "rediss": "ssl", "unix": "unix"}
@@ -325,32 +326,53 @@ class RedisConnectionPool(redis.ConnectionPool):
         )
         self.config = config
         self._core: Optional[ConnectionPool] = None
+        # The core's checkout and return steps, bound once: redis-py calls get_connection()
+        # and release() around every command, so each call layer here is paid per command.
+        self._take: Callable[[Optional[float]], Any] = self._not_open
+        self._unlend: Callable[[Any], Any] = self._not_open
+        self._give_back: Callable[..., None] = self._not_open
 
     def bind(self, core: ConnectionPool) -> None:
         """Lend connections of *core* from now on."""
         self._core = core
+        self._take, self._unlend, self._give_back = core._take, core._unlend, core._give_back
+
+    def _not_open(self, *args: Any, **kwargs: Any) -> Any:
+        raise PoolClosed(f"pool {self.config.pool_name!r} is not open")
 
     @property
     def core(self) -> ConnectionPool:
         """The gunicorn_pool :class:`ConnectionPool` this adapter lends from."""
         if self._core is None:
-            raise PoolClosed(f"pool {self.config.pool_name!r} is not open")
+            self._not_open()
+        assert self._core is not None
         return self._core
 
     def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> Any:
-        """Check a connection out (waits at most the pool's ``timeout``: PoolTimeout)."""
-        return self.core.getconn()
+        """Check a connection out (waits at most the pool's ``timeout``: PoolTimeout).
+        The same steps as :meth:`ConnectionPool.getconn`."""
+        return self._take(None).raw
 
     def release(self, connection: Any) -> None:
-        """Give *connection* back. One interrupted by a BaseException (gevent.Timeout,
-        KeyboardInterrupt, SystemExit) in flight is dropped: a reply may still be on its way.
-        A connection this pool has not lent (given back already, or reclaimed at the end of
-        its request) is ignored, as redis-py's own pool does."""
-        exc = sys.exc_info()[1]
+        """Give *connection* back (the steps of :meth:`ConnectionPool.putconn`).
+
+        One interrupted by a BaseException in flight (gevent.Timeout,
+        KeyboardInterrupt, SystemExit) is dropped: a reply may still be on its
+        way. A connection this pool has not lent (given back already, or
+        reclaimed at the end of its request) is ignored, as redis-py's own
+        pool does.
+        """
         try:
-            self.core.putconn(connection, discard=exc is not None and not isinstance(exc, Exception))
+            slot = self._unlend(connection)
         except LeaseError:
-            pass
+            return
+        if slot is None:  # taken before a fork
+            return
+        exc = _exc_info()[1]
+        if exc is not None and not isinstance(exc, Exception):
+            self.core._remove(slot, polite=False)
+        else:
+            self._give_back(slot, commit=False)
 
     def make_connection(self) -> Any:
         raise redis.RedisError("connections of a gunicorn_pool RedisPool are opened by the pool itself")
