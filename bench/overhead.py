@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import statistics
 import time
 from typing import Any, Callable
@@ -158,12 +159,100 @@ def build(user: BenchUser, ops: int) -> tuple[dict[str, Callable[[], float]], li
     return variants, closers
 
 
+REDIS_RAW = "raw redis.Redis(single_connection_client=True): its own connection"
+REDIS_PAIRED = ("redis-py default ConnectionPool: redis.Redis()", "gunicorn_pool RedisPool.client()",
+                "gunicorn_pool RedisPool.client(), probe_after=none",
+                "gunicorn_pool RedisPool.client() in a request scope")  # fmt: skip
+
+
+def build_redis(ops: int) -> tuple[dict[str, Callable[[], float]], list[Callable[[], None]]]:
+    """The Redis rows: one GET of a short string per operation, each row on its own connection."""
+    import redis
+
+    from gunicorn_pool import RedisPool, request_scope
+
+    host, port = os.environ.get("GP_REDIS_HOST", "127.0.0.1"), int(os.environ.get("GP_REDIS_PORT", "6379"))
+    closers: list[Callable[[], None]] = []
+    variants: dict[str, Callable[[], float]] = {}
+    bodies.clear()
+    key = "gunicorn_pool:bench:overhead"
+
+    def add(label: str, client: Any) -> None:
+        def body() -> None:
+            client.get(key)
+
+        bodies[label] = body
+        variants[label] = timed(ops, body)
+
+    raw = redis.Redis(host=host, port=port, single_connection_client=True)
+    raw.set(key, "x" * 16)
+    closers.append(raw.close)
+    add(REDIS_RAW, raw)
+    default = redis.Redis(host=host, port=port)
+    closers.append(default.close)
+    add(REDIS_PAIRED[0], default)
+    url = f"redis://{host}:{port}/0?min_size=1&max_size=1"
+    service = RedisPool({"default": url, "np": url + "&probe_after=none"}, name="bench-redis")
+    service.init_pool()
+    closers.append(service.close_pool)
+    add(REDIS_PAIRED[1], service.client())
+    add(REDIS_PAIRED[2], service.client("np"))
+    scope = request_scope("bench")
+    scope.__enter__()  # the request scope is this thread's context from here on
+    closers.append(lambda: scope.__exit__(None, None, None))
+    add(REDIS_PAIRED[3], service.client())
+    closers.reverse()  # the scope ends before the pool closes
+    return variants, closers
+
+
+def run_part(title: str, base_name: str, paired_names: tuple[str, ...], target: str,
+             build: Callable[[], tuple[dict[str, Callable[[], float]], list[Callable[[], None]]]],
+             args: argparse.Namespace) -> None:  # fmt: skip
+    variants, closers = build()
+    try:
+        for run in variants.values():  # warm-up, not reported
+            run()
+        base = variants.pop(base_name)
+        base_values, values, rel = bracketed(base, variants, args.rounds)
+        pair_rel = {name: paired(bodies[base_name], bodies[name], args.pairs, 500) for name in paired_names}
+    finally:
+        for close in closers:
+            close()
+    med, lo, hi = spread(base_values)
+    rows = [[base_name, fmt(med), fmt(lo), fmt(hi), "**1.00**"]]
+    for name in values:
+        med, lo, hi = spread(values[name])
+        rmed, rlo, rhi = spread(rel[name])
+        rows.append([name, fmt(med), fmt(lo), fmt(hi), f"**{rmed:.2f}** ({rlo:.2f}–{rhi:.2f})"])
+    print(preamble(title, f"{args.rounds} rounds, {args.ops} operations per block; every block runs between two"
+                          " raw blocks; ratio = block µs/op ÷ mean of the raw blocks around it, median (min–max)"))
+    print(table(["row", "median µs/op", "min", "max", "÷ raw"], rows))
+    print()
+    print(f"Paired per operation: {args.pairs} pairs per row, raw and row operations alternating (AB, BA); "
+          "ratio = median row op ÷ median raw op per 500 pairs, median (min–max) over those chunks")
+    print()
+    prow = []
+    for name in paired_names:
+        med, lo, hi = spread(pair_rel[name])
+        prow.append([name, f"**{med:.3f}** ({lo:.3f}–{hi:.3f})"])
+    print(table(["row", "÷ raw, paired"], prow))
+    print()
+    print(target)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--part", choices=("all", "mysql", "redis"), default="all", help="which rows (default all)")
     parser.add_argument("--rounds", type=int, default=40, help="rounds (default 40)")
     parser.add_argument("--ops", type=int, default=200, help="operations per block (default 200)")
     parser.add_argument("--pairs", type=int, default=10000, help="pairs per row in the paired part (default 10000)")
     args = parser.parse_args()
+    if args.part in ("all", "redis"):
+        run_part("Overhead: GET through redis-py, one connection", REDIS_RAW, REDIS_PAIRED,
+                 "Target: gunicorn_pool RedisPool.client() ≤ 1.05 × raw.", lambda: build_redis(args.ops), args)
+        print()
+    if args.part == "redis":
+        return
     with BenchUser() as user:
         variants, closers = build(user, args.ops)
         try:
