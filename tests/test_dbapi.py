@@ -271,3 +271,25 @@ def test_pymysql_connection_inherited_through_fork_is_left_to_the_parent(make_db
     with db.connection() as conn:
         assert conn_id(conn) == parent  # the parent's session lives on
     wait_until(lambda: mysql_user.connection_ids() == [parent], 5, what="only the parent's session")
+
+
+def test_gunicorn_pool_check_lists_a_dbapi_pool_without_probing_it(tmp_path):
+    """``gunicorn-pool check`` knows nothing of an arbitrary driver's server: the pool is listed
+    with its sizes and marked not checked, and the check passes."""
+    import subprocess
+    import sys
+
+    from support import ROOT
+
+    conf = tmp_path / "gunicorn.conf.py"
+    conf.write_text(
+        "import gunicorn_pool\n"
+        "gunicorn_pool.register(gunicorn_pool.DatabasePool({'legacy': "
+        "{'adapter': 'dbapi', 'creator': 'dbapi_creators:sqlite_file', 'max_size': 3}}), name='db')\n"
+        "worker_class = 'gunicorn_pool.Worker'\nworkers = 2\n"
+    )
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}", "HOME": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "gunicorn_pool", "check", "-c", str(conf)], cwd=str(tmp_path),
+                          env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "dbapi:dbapi_creators:sqlite_file" in proc.stdout and "dbapi: not checked" in proc.stdout
