@@ -327,15 +327,18 @@ class RedisConnectionPool(redis.ConnectionPool):
         self.config = config
         self._core: Optional[ConnectionPool] = None
         # The core's checkout and return steps, bound once: redis-py calls get_connection()
-        # and release() around every command, so each call layer here is paid per command.
+        # and release() around every command, so each call layer here is paid per command
+        # (bench/overhead.py --part redis).
         self._take: Callable[[Optional[float]], Any] = self._not_open
         self._unlend: Callable[[Any], Any] = self._not_open
-        self._give_back: Callable[..., None] = self._not_open
+        self._check_in: Callable[[Any], bool] = self._not_open
+        self._shelve: Callable[[Any], None] = self._not_open
 
     def bind(self, core: ConnectionPool) -> None:
         """Lend connections of *core* from now on."""
         self._core = core
-        self._take, self._unlend, self._give_back = core._take, core._unlend, core._give_back
+        self._take, self._unlend = core._take, core._unlend
+        self._check_in, self._shelve = core._check_in, core._shelve
 
     def _not_open(self, *args: Any, **kwargs: Any) -> Any:
         raise PoolClosed(f"pool {self.config.pool_name!r} is not open")
@@ -371,8 +374,10 @@ class RedisConnectionPool(redis.ConnectionPool):
         exc = _exc_info()[1]
         if exc is not None and not isinstance(exc, Exception):
             self.core._remove(slot, polite=False)
+        elif self._check_in(connection):  # ConnectionPool._give_back, one frame less
+            self._shelve(slot)
         else:
-            self._give_back(slot, commit=False)
+            self.core._settle(slot, commit=False)
 
     def make_connection(self) -> Any:
         raise redis.RedisError("connections of a gunicorn_pool RedisPool are opened by the pool itself")
