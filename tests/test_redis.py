@@ -226,8 +226,8 @@ def test_max_waiting_turns_a_command_away_at_once(make_service):
 
 @pytest.mark.redis
 def test_waiting_commands_are_served_in_arrival_order(make_service, redis_clients):
-    """12 threads queue on max_size=2 one after another; each BLPOPs 50 ms on the server.
-    The connections go to the waiters strictly in arrival order."""
+    """12 threads queue on max_size=2 one after another; they are served in that order. The
+    test controls every hand-over: each connection given back lets exactly one waiter in."""
     count = 12
     service = make_service(min_size=2, max_size=2, timeout=30)
     r = service.client()
@@ -235,26 +235,32 @@ def test_waiting_commands_are_served_in_arrival_order(make_service, redis_client
     for h in held:
         h.ping()
     granted: queue.Queue[int] = queue.Queue()
+    release = [threading.Event() for _ in range(count)]
     adapter = service.connection_pool()
-    take = adapter.get_connection
 
     def user(i: int) -> None:
-        conn = take()
+        conn = adapter.get_connection()
         try:
             granted.put(i)
-            conn.send_command("BLPOP", f"gunicorn_pool:test:{redis_clients.name}:{i}", 0.05)
+            conn.send_command("PING")
             conn.read_response()
+            release[i].wait(20)
         finally:
             adapter.release(conn)
 
     threads = []
-    for i in range(count):
+    for i in range(count):  # arrival order is well defined: i queues once i-1 is queued
         threads += start_threads(user, [(i,)])
         wait_until(lambda n=i + 1: service.stats()["default"]["requests_waiting"] == n, 5, what=f"{i + 1} waiters")
+    order: list[int] = []
     for h in held:
         h.close()
+        order.append(granted.get(timeout=5))
+    for k in range(count):
+        release[order[k]].set()  # one connection comes back: exactly one waiter gets it
+        if len(order) < count:
+            order.append(granted.get(timeout=5))
     join_all(threads)
-    order = [granted.get_nowait() for _ in range(count)]
     assert order == list(range(count)), order
     assert redis_clients.count() == 2
 
