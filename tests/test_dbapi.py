@@ -90,6 +90,15 @@ def test_sqlite_autocommit_is_set_and_an_explicit_transaction_is_still_seen(make
         assert rows(tmp_path / "b.db") == [2]
 
 
+def test_autocommit_switched_by_a_user_is_restored_on_return(make_db, tmp_path):
+    db = make_db(sqlite_creator(tmp_path / "h.db"), max_size=1)
+    with db.connection() as conn:
+        conn.isolation_level = "DEFERRED"  # autocommit off, no transaction open
+    with db.connection() as conn:
+        assert conn.isolation_level is None
+    assert db.stats()["default"]["connections_reset"] == 1
+
+
 def test_init_command_and_session_run_on_every_new_connection(make_db, tmp_path):
     db = make_db(sqlite_creator(tmp_path / "c.db"), init_command="PRAGMA foreign_keys = ON",
                  session=["PRAGMA cache_size = -4321"], max_size=2)  # fmt: skip

@@ -162,7 +162,10 @@ class DBAPIConnector(Connector):
     # -- leases ------------------------------------------------------------------------------
 
     def check_in(self, raw: Any) -> bool:
-        return _transaction_state(raw) is False
+        try:
+            return _transaction_state(raw) is False and self._autocommit_on(raw) == self.config.autocommit
+        except Exception:  # noqa: BLE001 - closed: finish() drops it
+            return False
 
     def finish(self, raw: Any, *, commit: bool) -> str:
         state = _transaction_state(raw)
