@@ -72,7 +72,7 @@ from .errors import ConfigError, ConnectError, LeaseError, PoolClosed, PoolStart
 from .options import PoolOptions, Rule, coerce, rule_of
 from .pool import ConnectionPool
 
-__all__ = ["KEYS", "RedisConfig", "RedisConnectionPool", "RedisPool", "parse_redis_config"]
+__all__ = ["KEYS", "PooledRedis", "RedisConfig", "RedisConnectionPool", "RedisPool", "parse_redis_config"]
 
 logger = logging.getLogger("gunicorn_pool")
 
@@ -403,6 +403,22 @@ class RedisConnectionPool(redis.ConnectionPool):
         return f"<RedisConnectionPool {self.config.pool_name!r} {self.config.dsn}>"
 
 
+class PooledRedis(redis.Redis):
+    """The ``redis.Redis`` of :meth:`RedisPool.client`: redis-py's client, minus ``select()``.
+
+    ``SELECT`` changes the database of the connection it runs on, and that
+    connection goes back to the pool for other requests (redis-py's own pool
+    has the same trap): choose the database with the pool's ``db`` key, one
+    named pool per database.
+    """
+
+    def select(self, index: Any, **kwargs: Any) -> Any:
+        raise redis.RedisError(
+            "SELECT on a pooled client would change the database of a connection other requests share;"
+            " configure one named pool per database (its db key)"
+        )
+
+
 class RedisPool(PoolInterface):
     """Redis pools keyed by name, one :class:`~gunicorn_pool.pool.ConnectionPool` each,
     used through :meth:`client`.
@@ -485,7 +501,7 @@ class RedisPool(PoolInterface):
         adapter = self.connection_pool(name)
         client = self._clients.get(name)
         if client is None:
-            client = self._clients.setdefault(name, redis.Redis(connection_pool=adapter))
+            client = self._clients.setdefault(name, PooledRedis(connection_pool=adapter))
         return client
 
     def connection_pool(self, name: str = "default") -> RedisConnectionPool:

@@ -189,6 +189,18 @@ def test_commands_pipelines_and_transactions_run_on_pooled_connections(make_serv
 
 
 @pytest.mark.redis
+def test_select_is_refused_on_pooled_clients(make_service):
+    """SELECT would move a shared connection to another database for every later request."""
+    service = make_service(max_size=1)
+    r = service.client()
+    with pytest.raises(redis.RedisError, match="one named pool per database"):
+        r.select(5)
+    with r.client() as single, pytest.raises(redis.RedisError):
+        single.select(5)  # a single-connection client's connection goes back to the pool too
+    assert r.execute_command("CLIENT", "INFO").decode().count(" db=0 ") == 1
+
+
+@pytest.mark.redis
 def test_a_command_waits_in_turn_and_times_out_with_pool_timeout(make_service, redis_clients):
     service = make_service(max_size=1, timeout=0.5)
     r = service.client()
