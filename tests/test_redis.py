@@ -19,14 +19,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+import redis
 from support import REDIS_HOST, REDIS_PORT, ROOT, wait_until
 
 import gunicorn_pool
 from gunicorn_pool import ConfigError, ConnectError, PoolClosed, PoolStartupError, PoolTimeout, TooManyRequests
 from gunicorn_pool.base import WorkerProfile, set_profile
 from gunicorn_pool.redis import RedisPool, parse_redis_config
-
-redis = pytest.importorskip("redis")
 
 SECRET = "Zq9-s3cr3t-Xw"
 GEVENT_SCRIPT = Path(__file__).resolve().parent / "scripts" / "gevent_redis.py"
