@@ -13,7 +13,7 @@ Register it in gunicorn.conf.py (or in app code) and use ``client()`` in views::
     # app.py
     import gunicorn_pool
     def app(environ, start_response):
-        r = gunicorn_pool.get("redis").client()      # a redis.Redis
+        r = gunicorn_pool.get("redis").client()      # a redis.Redis, shared by every thread
         hits = r.incr("hits")
         ...
 
@@ -22,7 +22,8 @@ the first request) and closes them when it exits.
 
 How redis-py uses the pool
 --------------------------
-``client(name)`` is a plain ``redis.Redis`` whose ``connection_pool`` is a
+``client(name)`` is a ``redis.Redis`` (:class:`PooledRedis`, which only
+refuses ``select()``) whose ``connection_pool`` is a
 :class:`RedisConnectionPool`: a ``redis.ConnectionPool`` whose
 ``get_connection()`` and ``release()`` check connections out of, and back
 into, gunicorn_pool's :class:`~gunicorn_pool.pool.ConnectionPool` (bounded,
@@ -310,7 +311,8 @@ class RedisConnectionPool(redis.ConnectionPool):
 
     redis-py calls ``get_connection()`` before a command (or a pipeline, a
     WATCH, a PubSub, a single-connection client) and ``release()`` after it;
-    both go to the pool core (:meth:`ConnectionPool.getconn`/``putconn``).
+    both run the pool core's steps of :meth:`ConnectionPool.getconn` and
+    ``putconn``.
     The rest of the interface is what redis-py reads off its pool:
     ``connection_kwargs`` (protocol, decoding), ``get_encoder()``,
     ``get_protocol()``. The connections' life is the service's business:
