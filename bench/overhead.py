@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import statistics
 import time
 from typing import Any, Callable
@@ -78,8 +79,10 @@ def paired(raw: Callable[[], None], body: Callable[[], None], pairs: int, chunk:
 
 
 NO_PROBE = "gunicorn_pool, probe_after=none (no socket poll on checkout)"
+DBAPI_ON = "gunicorn_pool dbapi adapter, PyMySQL creator, autocommit on (no round trip on return)"
+DBAPI_OFF = "gunicorn_pool dbapi adapter, PyMySQL creator, autocommit off (a COMMIT on every return)"
 PAIRED = ("DBUtils PooledDB (ping=1, default)", "SQLAlchemy QueuePool", "gunicorn_pool DatabasePool.connection()",
-          NO_PROBE, "reference: minimal FIFO pool (lock + deque, no features)")  # fmt: skip
+          NO_PROBE, "reference: minimal FIFO pool (lock + deque, no features)", DBAPI_ON, DBAPI_OFF)  # fmt: skip
 
 
 def _closing(acquire: Callable[[], Any]) -> Callable[[], None]:
@@ -146,6 +149,16 @@ def build(user: BenchUser, ops: int) -> tuple[dict[str, Callable[[], float]], li
     add(NO_PROBE, _within(no_probe.connection))
     add("gunicorn_pool ConnectionPool.connection()", _within(db.pool("default").connection))
 
+    import functools
+
+    creator = functools.partial(pymysql.connect, ssl_disabled=True, **kw)
+    for label, autocommit in ((DBAPI_ON, True), (DBAPI_OFF, False)):
+        generic = DatabasePool({"default": {"adapter": "dbapi", "creator": creator, "autocommit": autocommit,
+                                            "min_size": 1, "max_size": 1}}, name="bench-dbapi")  # fmt: skip
+        generic.init_pool()
+        closers.append(generic.close_pool)
+        add(label, _within(generic.connection))
+
     ref = MinimalFifoPool([pymysql.connect(ssl_disabled=True, **kw)])
     closers.append(ref.connections[0].close)
 
@@ -158,45 +171,136 @@ def build(user: BenchUser, ops: int) -> tuple[dict[str, Callable[[], float]], li
     return variants, closers
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=40, help="rounds (default 40)")
-    parser.add_argument("--ops", type=int, default=200, help="operations per block (default 200)")
-    parser.add_argument("--pairs", type=int, default=10000, help="pairs per row in the paired part (default 10000)")
-    args = parser.parse_args()
-    with BenchUser() as user:
-        variants, closers = build(user, args.ops)
-        try:
-            for run in variants.values():  # warm-up, not reported
-                run()
-            base = variants.pop(RAW)
-            base_values, values, rel = bracketed(base, variants, args.rounds)
-            pair_rel = {name: paired(bodies[RAW], bodies[name], args.pairs, 500) for name in PAIRED}
-        finally:
-            for close in closers:
-                close()
+REDIS_RAW = "raw redis.Redis(single_connection_client=True): its own connection"
+REDIS_MINIMAL = "reference: minimal per-command pool (deque pop/append, no features)"
+REDIS_PAIRED = ("redis-py default ConnectionPool: redis.Redis()", "gunicorn_pool RedisPool.client()",
+                "gunicorn_pool RedisPool.client(), probe_after=none",
+                "gunicorn_pool RedisPool.client() in a request scope", REDIS_MINIMAL)  # fmt: skip
+
+
+def minimal_redis_pool(host: str, port: int) -> Any:
+    """Reference only: the least a per-command checkout can cost in redis-py (a deque of one
+    connection; no bound, wait, check, lifetime, stats or fork safety)."""
+    import collections
+
+    import redis
+
+    class MinimalPool(redis.ConnectionPool):
+        def __init__(self) -> None:
+            super().__init__(host=host, port=port)
+            conn = redis.Connection(host=host, port=port)
+            conn.connect()
+            self.idle = collections.deque([conn])
+
+        def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> Any:
+            return self.idle.pop()
+
+        def release(self, connection: Any) -> None:
+            self.idle.append(connection)
+
+        def close(self) -> None:
+            for conn in self.idle:
+                conn.disconnect()
+
+    return MinimalPool()
+
+
+def build_redis(ops: int) -> tuple[dict[str, Callable[[], float]], list[Callable[[], None]]]:
+    """The Redis rows: one GET of a short string per operation, each row on its own connection."""
+    import redis
+
+    from gunicorn_pool import RedisPool, request_scope
+
+    host, port = os.environ.get("GP_REDIS_HOST", "127.0.0.1"), int(os.environ.get("GP_REDIS_PORT", "6379"))
+    closers: list[Callable[[], None]] = []
+    variants: dict[str, Callable[[], float]] = {}
+    bodies.clear()
+    key = "gunicorn_pool:bench:overhead"
+
+    def add(label: str, client: Any) -> None:
+        def body() -> None:
+            client.get(key)
+
+        bodies[label] = body
+        variants[label] = timed(ops, body)
+
+    raw = redis.Redis(host=host, port=port, single_connection_client=True)
+    raw.set(key, "x" * 16)
+    closers.append(raw.close)
+    add(REDIS_RAW, raw)
+    default = redis.Redis(host=host, port=port)
+    closers.append(default.close)
+    add(REDIS_PAIRED[0], default)
+    url = f"redis://{host}:{port}/0?min_size=1&max_size=1"
+    service = RedisPool({"default": url, "np": url + "&probe_after=none"}, name="bench-redis")
+    service.init_pool()
+    closers.append(service.close_pool)
+    add(REDIS_PAIRED[1], service.client())
+    add(REDIS_PAIRED[2], service.client("np"))
+    scope = request_scope("bench")
+    scope.__enter__()  # the request scope is this thread's context from here on
+    closers.append(lambda: scope.__exit__(None, None, None))
+    add(REDIS_PAIRED[3], service.client())
+    minimal = minimal_redis_pool(host, port)
+    closers.append(minimal.close)
+    add(REDIS_MINIMAL, redis.Redis(connection_pool=minimal))
+    closers.reverse()  # the scope ends before the pool closes
+    return variants, closers
+
+
+def run_part(title: str, base_name: str, paired_names: tuple[str, ...], target: str,
+             build: Callable[[], tuple[dict[str, Callable[[], float]], list[Callable[[], None]]]],
+             args: argparse.Namespace, note: str = "") -> None:  # fmt: skip
+    """Build the rows, time them (blocks between raw blocks, then paired) and print both tables."""
+    variants, closers = build()
+    try:
+        for run in variants.values():  # warm-up, not reported
+            run()
+        base = variants.pop(base_name)
+        base_values, values, rel = bracketed(base, variants, args.rounds)
+        pair_rel = {name: paired(bodies[base_name], bodies[name], args.pairs, 500) for name in paired_names}
+    finally:
+        for close in closers:
+            close()
     med, lo, hi = spread(base_values)
-    rows = [[RAW, fmt(med), fmt(lo), fmt(hi), "**1.00**"]]
+    rows = [[base_name, fmt(med), fmt(lo), fmt(hi), "**1.00**"]]
     for name in values:
         med, lo, hi = spread(values[name])
         rmed, rlo, rhi = spread(rel[name])
         rows.append([name, fmt(med), fmt(lo), fmt(hi), f"**{rmed:.2f}** ({rlo:.2f}–{rhi:.2f})"])
-    print(preamble("Overhead: checkout + SELECT 1 + checkin, one connection",
-                   f"{args.rounds} rounds, {args.ops} operations per block ({max(5, args.ops // 40)} for "
-                   "connect-per-operation); every block runs between two raw blocks; ratio = block µs/op "
-                   "÷ mean of the raw blocks around it, median (min–max)"))  # fmt: skip
+    print(preamble(title, f"{args.rounds} rounds, {args.ops} operations per block{note}; every block runs between"
+                          " two raw blocks; ratio = block µs/op ÷ mean of the raw blocks around it, median (min–max)"))
     print(table(["row", "median µs/op", "min", "max", "÷ raw"], rows))
     print()
     print(f"Paired per operation: {args.pairs} pairs per row, raw and row operations alternating (AB, BA); "
           "ratio = median row op ÷ median raw op per 500 pairs, median (min–max) over those chunks")
     print()
     prow = []
-    for name in PAIRED:
+    for name in paired_names:
         med, lo, hi = spread(pair_rel[name])
         prow.append([name, f"**{med:.3f}** ({lo:.3f}–{hi:.3f})"])
     print(table(["row", "÷ raw, paired"], prow))
     print()
-    print("Target: gunicorn_pool ≤ 1.05 × raw.")
+    print(target)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--part", choices=("all", "mysql", "redis"), default="all", help="which rows (default all)")
+    parser.add_argument("--rounds", type=int, default=40, help="rounds (default 40)")
+    parser.add_argument("--ops", type=int, default=200, help="operations per block (default 200)")
+    parser.add_argument("--pairs", type=int, default=10000, help="pairs per row in the paired part (default 10000)")
+    args = parser.parse_args()
+    if args.part in ("all", "redis"):
+        run_part("Overhead: GET through redis-py, one connection", REDIS_RAW, REDIS_PAIRED,
+                 "Target: gunicorn_pool RedisPool.client() ≤ 1.05 × raw.", lambda: build_redis(args.ops), args)
+        print()
+    if args.part == "redis":
+        return
+    with BenchUser() as user:
+        run_part("Overhead: checkout + SELECT 1 + checkin, one connection", RAW, PAIRED,
+                 "Target: gunicorn_pool ≤ 1.05 × raw.", lambda: build(user, args.ops), args,
+                 note=f" ({max(5, args.ops // 40)} for connect-per-operation)")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -7,8 +7,9 @@ registered pool service: one independent pool set per worker process.
 Public API:
 
 - :class:`DatabasePool`: named database pools (MySQL/MariaDB, PostgreSQL,
-  SQLite, any DB-API driver); :class:`PoolInterface`, the contract of any
-  pool service.
+  SQLite, any DB-API driver); :class:`RedisPool`: named Redis pools used
+  through redis-py's own client (needs the ``redis`` extra, imported only
+  when asked for); :class:`PoolInterface`, the contract of any pool service.
 - :class:`ConnectionPool`, the pool core, and :class:`PoolOptions`, its knobs.
 - :func:`register`, :func:`get`, :func:`configure`: the registry.
 - :func:`request_connection`, :func:`request_scope`: a connection for the rest
@@ -20,7 +21,7 @@ Public API:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .base import PoolInterface
 from .config import DatabaseConfig, mask_dsn, parse_config
@@ -40,12 +41,15 @@ from .pool import ConnectionPool
 from .registry import configure, get, register, registered, unregister
 from .request import request_connection, request_scope
 
+if TYPE_CHECKING:
+    from .redis import RedisPool
+
 __version__ = "0.1.0"
 
 __all__ = [
     "ConfigError", "ConnectError", "ConnectionPool", "DatabaseConfig", "DatabasePool",
     "GeventWorker", "LeaseError", "PoolClosed", "PoolError", "PoolInterface", "PoolOptions",
-    "PoolStartupError", "PoolTimeout", "ThreadWorker", "TooManyRequests", "Worker", "configure",
+    "PoolStartupError", "PoolTimeout", "RedisPool", "ThreadWorker", "TooManyRequests", "Worker", "configure",
     "get", "mask_dsn", "parse_config", "register", "registered", "request_connection", "request_scope",
     "unregister",
 ]  # fmt: skip
@@ -57,4 +61,8 @@ def __getattr__(name: str) -> Any:
         from . import workers
 
         return getattr(workers, name)
+    if name == "RedisPool":  # imports redis-py
+        from .redis import RedisPool
+
+        return RedisPool
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

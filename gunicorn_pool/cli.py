@@ -296,6 +296,7 @@ def _render(report: dict[str, Any]) -> str:
         c = p.get("connect") or {}
         status = (
             "sqlite: no server budget" if p["adapter"] == "sqlite"
+            else "dbapi: not checked (any driver)" if p["adapter"] == "dbapi"
             else f"ok {c['connect_ms']} ms" if c.get("ok") else "FAILED"
         )  # fmt: skip
         rows.append([p["service"], p["pool"], p["dsn"], p["min_size"], p["max_size"],

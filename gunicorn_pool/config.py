@@ -146,6 +146,8 @@ class DatabaseConfig(PoolOptions):
     # Any DB-API driver
     creator: Any = _key(None, Rule(object, optional=True, meaning="callable returning a DB-API connection, or"
                                                                    " 'module:callable'"), ("dbapi",))  # fmt: skip
+    ping_query: Optional[str] = _key(None, _text("statement of the checkout ping (default: the driver's own ping"
+                                                 " where it is safe, else SELECT 1)"), ("dbapi",))  # fmt: skip
 
     @property
     def address(self) -> str:

@@ -14,12 +14,13 @@ from .base import Connector
 if TYPE_CHECKING:
     from ..config import DatabaseConfig
 
-__all__ = ["Connector", "MySQLConnector", "SQLiteConnector", "make_connector"]
+__all__ = ["Connector", "DBAPIConnector", "MySQLConnector", "SQLiteConnector", "make_connector"]
 
 #: adapter -> (module, class)
 _BY_ADAPTER = {
     "mysql": (".mysql", "MySQLConnector"),
     "sqlite": (".sqlite", "SQLiteConnector"),
+    "dbapi": (".dbapi", "DBAPIConnector"),
 }
 
 
