@@ -219,7 +219,8 @@ def parse_config(pool_name: str, value: Union[ConfigValue, DatabaseConfig]) -> D
 
 # -- URLs ------------------------------------------------------------------------------------
 
-_ENCODE_HINT = (
+#: The hint of every "ambiguous URL" error: what to percent-encode, and how.
+ENCODE_HINT = (
     "percent-encode these characters in the user name and password: / as %2F, ? as %3F, # as %23,"
     " [ as %5B, ] as %5D, @ as %40, : as %3A (in the user name)"
 )
@@ -241,10 +242,10 @@ def _from_url(pool_name: str, url: str) -> dict[str, Any]:
     end = re.search(r"[/?#]", rest)
     authority, tail = (rest[: end.start()], rest[end.start() :]) if end else (rest, "")
     if "@" in tail or authority.count("@") > 1 or "#" in tail:
-        raise ConfigError(f"pool {pool_name!r}: ambiguous URL: {_ENCODE_HINT}")
+        raise ConfigError(f"pool {pool_name!r}: ambiguous URL: {ENCODE_HINT}")
     userinfo, at, hostport = authority.rpartition("@")
     if any(c in userinfo for c in "[]"):
-        raise ConfigError(f"pool {pool_name!r}: ambiguous URL: {_ENCODE_HINT}")
+        raise ConfigError(f"pool {pool_name!r}: ambiguous URL: {ENCODE_HINT}")
     raw: dict[str, Any] = {"adapter": adapter}
     if at:
         user, colon, password = userinfo.partition(":")
@@ -252,7 +253,7 @@ def _from_url(pool_name: str, url: str) -> dict[str, Any]:
             raw["user"] = unquote(user)
         if colon:
             raw["password"] = unquote(password)
-    host, port = _host_port(pool_name, hostport)
+    host, port = host_port(pool_name, hostport)
     if host:
         raw["host"] = host
     if port is not None:
@@ -271,11 +272,12 @@ def _from_url(pool_name: str, url: str) -> dict[str, Any]:
     return raw
 
 
-def _host_port(pool_name: str, hostport: str) -> tuple[str, Optional[int]]:
+def host_port(pool_name: str, hostport: str) -> tuple[str, Optional[int]]:
+    """``host[:port]`` or ``[ipv6][:port]`` of a URL, checked (ConfigError names only the pool)."""
     if hostport.startswith("["):  # [IPv6]:port
         host, close, after = hostport[1:].partition("]")
         if not close or (after and not after.startswith(":")):
-            raise ConfigError(f"pool {pool_name!r}: bad host in the URL ({_ENCODE_HINT})")
+            raise ConfigError(f"pool {pool_name!r}: bad host in the URL ({ENCODE_HINT})")
         port_text = after[1:]
     else:
         host, _, port_text = hostport.partition(":")
@@ -285,7 +287,7 @@ def _host_port(pool_name: str, hostport: str) -> tuple[str, Optional[int]]:
     if not port_text:
         return host, None
     if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        raise ConfigError(f"pool {pool_name!r}: bad port in the URL (a number from 1 to 65535; {_ENCODE_HINT})")
+        raise ConfigError(f"pool {pool_name!r}: bad port in the URL (a number from 1 to 65535; {ENCODE_HINT})")
     return host, int(port_text)
 
 
@@ -331,7 +333,7 @@ def _normalise(pool_name: str, raw: dict[str, Any]) -> dict[str, Any]:
         if name in out:
             raise ConfigError(f"pool {pool_name!r}: option {name!r} given twice (as {key!r} and an alias)")
         out[name] = _coerce(pool_name, name, val)
-    password = _password_from_source(pool_name, raw)
+    password = password_from_source(pool_name, raw)
     if password is not None:
         if "password" in out:
             raise ConfigError(f"pool {pool_name!r}: give the password once (password, password_env or password_file)")
@@ -398,7 +400,8 @@ def _callable_name(value: Any) -> str:
     return f"{module}:{name}"
 
 
-def _password_from_source(pool_name: str, raw: Mapping[str, Any]) -> Optional[str]:
+def password_from_source(pool_name: str, raw: Mapping[str, Any]) -> Optional[str]:
+    """The password named by ``password_env`` or ``password_file`` in *raw*, if either is given."""
     env, path = raw.get("password_env"), raw.get("password_file")
     for key, val in (("password_env", env), ("password_file", path)):
         if val is not None and (not isinstance(val, (str, os.PathLike)) or "\x00" in str(val)):

@@ -58,6 +58,6 @@ def _run() -> None:
         now = time.monotonic()
         for pool in list(_pools):
             try:
-                pool._report_long_leases(now)
+                pool.report_long_leases(now)
             except Exception as exc:  # noqa: BLE001 - the watcher must outlive any one pool
                 logger.debug("gunicorn_pool: leak check of %s failed: %s", pool.name, exc)

@@ -73,7 +73,7 @@ from .base import current_profile
 from .connectors.base import DROP, RESET, Connector
 from .errors import ConnectError, LeaseError, PoolClosed, PoolTimeout, TooManyRequests
 from .options import DEFAULTS, PoolOptions
-from .request import _current as _current_request
+from .request import CURRENT as _current_request
 from .request import caller
 from .slot import CLOSED, IDLE, LENT, Slot
 
@@ -575,8 +575,8 @@ class ConnectionPool(cc.ForkAware):
 
     # -- leases not given back ---------------------------------------------------------------
 
-    def _reclaim(self, slot: Slot, number: int, request: str) -> bool:
-        """LENT -> CLOSED for a lease its request left out (see gunicorn_pool.request).
+    def reclaim(self, slot: Slot, number: int, request: str) -> bool:
+        """LENT -> CLOSED for a lease its request left out; called by gunicorn_pool.request.
 
         *number* is the lease's number on the slot: a slot given back and lent
         again since is someone else's now. Returns True if it was reclaimed.
@@ -594,8 +594,8 @@ class ConnectionPool(cc.ForkAware):
         self._remove(slot, polite=False)
         return True
 
-    def _report_long_leases(self, now: float) -> None:
-        """Log, once per lease, each lease held longer than ``leak_timeout`` (see gunicorn_pool.leaks)."""
+    def report_long_leases(self, now: float) -> None:
+        """Log, once per lease, each lease held longer than ``leak_timeout``; called by gunicorn_pool.leaks."""
         limit = self._leak_timeout
         if limit is None or self.inherited:
             return
@@ -706,6 +706,11 @@ class ConnectionPool(cc.ForkAware):
         logger.info("pool %s (%s): closed %d connection(s)", self.name, self.dsn, len(idle))
 
     # -- figures -----------------------------------------------------------------------------
+
+    def connections(self, state: str) -> list[Any]:
+        """The driver connections whose slots are in *state* now (``slot.IDLE`` or
+        ``slot.LENT``): a snapshot, for adapters and tests; they stay the pool's."""
+        return [slot.raw for slot in list(self._slots.values()) if slot.state is state]
 
     def stats(self) -> dict[str, int]:
         """Current figures, under the names of :mod:`gunicorn_pool.stats`."""

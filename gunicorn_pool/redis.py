@@ -67,11 +67,12 @@ from redis.maint_notifications import MaintNotificationsConfig
 
 from ._concurrency import run_all
 from .base import PoolInterface, WorkerProfile, current_profile
-from .config import _ENCODE_HINT, _host_port, _password_from_source
+from .config import ENCODE_HINT, host_port, password_from_source
 from .connectors.redis import RedisConnector, connection_class, handshake
 from .errors import ConfigError, ConnectError, LeaseError, PoolClosed, PoolStartupError
 from .options import PoolOptions, Rule, coerce, rule_of
 from .pool import ConnectionPool
+from .slot import IDLE, LENT
 
 __all__ = ["KEYS", "PooledRedis", "RedisConfig", "RedisConnectionPool", "RedisPool", "parse_redis_config"]
 
@@ -237,10 +238,10 @@ def _from_url(pool_name: str, url: str) -> dict[str, Any]:
         end = next((i for i, c in enumerate(rest) if c in "/?#"), -1)
     authority, tail = (rest[:end], rest[end:]) if end >= 0 else (rest, "")
     if "@" in tail or authority.count("@") > 1 or "#" in tail:
-        raise ConfigError(f"pool {pool_name!r}: ambiguous URL: {_ENCODE_HINT}")
+        raise ConfigError(f"pool {pool_name!r}: ambiguous URL: {ENCODE_HINT}")
     userinfo, at, hostport = authority.rpartition("@")
     if any(c in userinfo for c in "[]"):
-        raise ConfigError(f"pool {pool_name!r}: ambiguous URL: {_ENCODE_HINT}")
+        raise ConfigError(f"pool {pool_name!r}: ambiguous URL: {ENCODE_HINT}")
     raw: dict[str, Any] = {}
     if transport == "ssl":
         raw["ssl"] = True
@@ -258,7 +259,7 @@ def _from_url(pool_name: str, url: str) -> dict[str, Any]:
             raise ConfigError(f"pool {pool_name!r}: a unix:// URL needs the socket path (unix:///path/to/redis.sock)")
         raw["path"] = unquote(path)
     else:
-        host, port = _host_port(pool_name, hostport)
+        host, port = host_port(pool_name, hostport)
         if host:
             raw["host"] = host
         if port is not None:
@@ -295,7 +296,7 @@ def _normalise(pool_name: str, raw: dict[str, Any]) -> dict[str, Any]:
             where = {"unix": "a unix socket", "tcp": "redis:// without TLS (use rediss:// or ssl=true)",
                      "ssl": "TLS"}[transport]  # fmt: skip
             raise ConfigError(f"pool {pool_name!r}: option {name!r} does not apply to {where}")
-    password = _password_from_source(pool_name, raw)
+    password = password_from_source(pool_name, raw)
     if password is not None:
         if "password" in out:
             raise ConfigError(f"pool {pool_name!r}: give the password once (password, password_env or password_file)")
@@ -310,9 +311,8 @@ class RedisConnectionPool(redis.ConnectionPool):
     pool interface over gunicorn_pool's :class:`~gunicorn_pool.pool.ConnectionPool`.
 
     redis-py calls ``get_connection()`` before a command (or a pipeline, a
-    WATCH, a PubSub, a single-connection client) and ``release()`` after it;
-    both run the pool core's steps of :meth:`ConnectionPool.getconn` and
-    ``putconn``.
+    WATCH, a PubSub, a single-connection client) and ``release()`` after it:
+    :meth:`ConnectionPool.getconn` and :meth:`~ConnectionPool.putconn`.
     The rest of the interface is what redis-py reads off its pool:
     ``connection_kwargs`` (protocol, decoding), ``get_encoder()``,
     ``get_protocol()``. The connections' life is the service's business:
@@ -328,19 +328,15 @@ class RedisConnectionPool(redis.ConnectionPool):
         )
         self.config = config
         self._core: Optional[ConnectionPool] = None
-        # The core's checkout and return steps, bound once: redis-py calls get_connection()
-        # and release() around every command, so each call layer here is paid per command
-        # (bench/overhead.py --part redis).
-        self._take: Callable[[Optional[float]], Any] = self._not_open
-        self._unlend: Callable[[Any], Any] = self._not_open
-        self._check_in: Callable[[Any], bool] = self._not_open
-        self._shelve: Callable[[Any], None] = self._not_open
+        # The core's getconn/putconn, bound once: redis-py calls get_connection() and
+        # release() around every command (bench/overhead.py --part redis).
+        self._getconn: Callable[[], Any] = self._not_open
+        self._putconn: Callable[..., None] = self._not_open
 
     def bind(self, core: ConnectionPool) -> None:
         """Lend connections of *core* from now on."""
         self._core = core
-        self._take, self._unlend = core._take, core._unlend
-        self._check_in, self._shelve = core._check_in, core._shelve
+        self._getconn, self._putconn = core.getconn, core.putconn
 
     def _not_open(self, *args: Any, **kwargs: Any) -> Any:
         raise PoolClosed(f"pool {self.config.pool_name!r} is not open")
@@ -354,9 +350,8 @@ class RedisConnectionPool(redis.ConnectionPool):
         return self._core
 
     def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> Any:
-        """Check a connection out (waits at most the pool's ``timeout``: PoolTimeout).
-        The same steps as :meth:`ConnectionPool.getconn`."""
-        return self._take(None).raw
+        """Check a connection out (waits at most the pool's ``timeout``: PoolTimeout)."""
+        return self._getconn()
 
     def release(self, connection: Any) -> None:
         """Give *connection* back (the steps of :meth:`ConnectionPool.putconn`).
@@ -367,19 +362,11 @@ class RedisConnectionPool(redis.ConnectionPool):
         reclaimed at the end of its request) is ignored, as redis-py's own
         pool does.
         """
+        exc = _exc_info()[1]
         try:
-            slot = self._unlend(connection)
+            self._putconn(connection, discard=exc is not None and not isinstance(exc, Exception))
         except LeaseError:
             return
-        if slot is None:  # taken before a fork
-            return
-        exc = _exc_info()[1]
-        if exc is not None and not isinstance(exc, Exception):
-            self.core._remove(slot, polite=False)
-        elif self._check_in(connection):  # ConnectionPool._give_back, one frame less
-            self._shelve(slot)
-        else:
-            self.core._settle(slot, commit=False)
 
     def make_connection(self) -> Any:
         raise redis.RedisError("connections of a gunicorn_pool RedisPool are opened by the pool itself")
@@ -395,11 +382,11 @@ class RedisConnectionPool(redis.ConnectionPool):
 
     def _get_free_connections(self) -> list[Any]:
         core = self._core
-        return [slot.raw for slot in list(core._idle)] if core is not None else []
+        return core.connections(IDLE) if core is not None else []
 
     def _get_in_use_connections(self) -> set[Any]:
         core = self._core
-        return {slot.raw for slot in list(core._lent.values())} if core is not None else set()
+        return set(core.connections(LENT)) if core is not None else set()
 
     def __repr__(self) -> str:
         return f"<RedisConnectionPool {self.config.pool_name!r} {self.config.dsn}>"

@@ -38,7 +38,8 @@ __all__ = ["RequestScope", "begin", "caller", "current", "end", "request_connect
 
 logger = logging.getLogger("gunicorn_pool")
 
-_current: contextvars.ContextVar[Optional[RequestScope]] = contextvars.ContextVar("gunicorn_pool_request",
+#: The scope of the request running in this thread or greenlet (the pool reads it on every checkout).
+CURRENT: contextvars.ContextVar[Optional[RequestScope]] = contextvars.ContextVar("gunicorn_pool_request",
                                                                                    default=None)  # fmt: skip
 
 #: Where a lease is "taken": the first frame outside these packages.
@@ -73,26 +74,26 @@ class RequestScope:
             return 0
         reclaimed = 0
         for pool, slot, number in leases:
-            if pool._reclaim(slot, number, self.label):
+            if pool.reclaim(slot, number, self.label):
                 reclaimed += 1
         return reclaimed
 
 
 def current() -> Optional[RequestScope]:
     """The scope of the request running in this thread or greenlet, if any."""
-    return _current.get()
+    return CURRENT.get()
 
 
 def begin(label: str = "") -> tuple[RequestScope, contextvars.Token[Optional[RequestScope]]]:
     """Start a request scope here; pass both values to :func:`end`."""
     scope = RequestScope(label)
-    return scope, _current.set(scope)
+    return scope, CURRENT.set(scope)
 
 
 def end(scope: RequestScope, token: contextvars.Token[Optional[RequestScope]], *, failed: bool) -> int:
     """End a scope started by :func:`begin`: see :meth:`RequestScope.close`."""
     try:
-        _current.reset(token)
+        CURRENT.reset(token)
     except ValueError:  # ended in another context than it began in: leave that one as it is
         pass
     return scope.close(failed=failed)
@@ -136,7 +137,7 @@ def request_connection(service: Any, name: str = "default") -> Any:
     method (:class:`~gunicorn_pool.DatabasePool`). Raises
     :class:`~gunicorn_pool.errors.PoolError` outside a request.
     """
-    scope = _current.get()
+    scope = CURRENT.get()
     if scope is None:
         raise PoolError(
             "request_connection() outside a request: use it in a view served by a gunicorn_pool worker or hook,"

@@ -167,7 +167,7 @@ class DBAPIConnector(Connector):
         except Exception:  # noqa: BLE001 - closed: finish() drops it
             return False
 
-    def finish(self, raw: Any, *, commit: bool) -> str:
+    def finish(self, raw: Any, *, commit: bool, failed: bool = False) -> str:
         state = _transaction_state(raw)
         if state == _BROKEN:
             return DROP

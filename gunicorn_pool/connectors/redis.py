@@ -231,7 +231,7 @@ class RedisConnector(Connector):
     def check_in(self, raw: Any) -> bool:
         return raw._sock is raw._gp_sock and not raw._connect_callbacks
 
-    def finish(self, raw: Any, *, commit: bool) -> str:
+    def finish(self, raw: Any, *, commit: bool, failed: bool = False) -> str:
         # Disconnected, reconnected behind the pool's back, or bound to a PubSub: a new
         # connection is the only clean state (Redis's RESET would also log it out).
         return DROP
