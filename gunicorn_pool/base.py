@@ -58,6 +58,11 @@ class PoolInterface(abc.ABC):
         ``{stat: number}``; empty unless the service has some."""
         return {}
 
+    def connection_pools(self) -> dict[str, Any]:
+        """Optional: the :class:`~gunicorn_pool.pool.ConnectionPool` objects this service
+        opened in this process, by pool name (for observers such as OpenTelemetry)."""
+        return {}
+
 
 @dataclasses.dataclass(frozen=True)
 class WorkerProfile:

@@ -42,7 +42,7 @@ __all__ = ["boot", "profile_for", "shutdown"]
 
 logger = logging.getLogger("gunicorn_pool")
 
-_booted: dict[str, Any] = {"pid": None, "services": [], "reporter": None}
+_booted: dict[str, Any] = {"pid": None, "services": [], "reporter": None, "otel": None}
 
 
 def profile_for(worker: Any) -> WorkerProfile:
@@ -83,7 +83,8 @@ def boot(worker: Any) -> list[tuple[str, PoolInterface]]:
         warm_worker(worker, services, requests=settings.warm_requests, deadline=profile.deadline)
     if settings.request_scope:
         wsgi.wrap(worker)  # every request in a scope: leaks reclaimed, request_connection() given back
-    _booted.update(pid=os.getpid(), services=services, reporter=_start_reporter(worker, services))
+    _booted.update(pid=os.getpid(), services=services, reporter=_start_reporter(worker, services),
+                   otel=_start_otel(services))  # fmt: skip
     logger.info(
         "gunicorn_pool: %d pool service(s) ready in %.1f ms (%s worker)",
         len(services), (time.monotonic() - start) * 1000, profile.kind,
@@ -98,12 +99,14 @@ def shutdown() -> None:
     reporter = _booted["reporter"]
     if reporter is not None:
         reporter.stop()
+    if _booted["otel"] is not None:
+        _booted["otel"].close()
     for name, service in _booted["services"]:
         try:
             service.close_pool()
         except Exception as exc:  # noqa: BLE001 - one failing close must not skip the others
             logger.warning("pool service %s: close_pool() failed: %s", name, exc)
-    _booted.update(pid=None, services=[], reporter=None)
+    _booted.update(pid=None, services=[], reporter=None, otel=None)
 
 
 def _start_reporter(worker: Any, services: list[tuple[str, PoolInterface]]) -> Any:
@@ -113,6 +116,16 @@ def _start_reporter(worker: Any, services: list[tuple[str, PoolInterface]]) -> A
         return start_reporter(worker, services, interval=settings.stats_interval)
     except Exception as exc:  # noqa: BLE001 - metrics must never stop a worker
         logger.warning("gunicorn_pool: metrics reporter not started: %s", exc)
+        return None
+
+
+def _start_otel(services: list[tuple[str, PoolInterface]]) -> Any:
+    from .otel import instrument
+
+    try:
+        return instrument(services)
+    except Exception as exc:  # noqa: BLE001 - metrics must never stop a worker
+        logger.warning("gunicorn_pool: OpenTelemetry metrics not started: %s", exc)
         return None
 
 

@@ -64,7 +64,7 @@ import random
 import threading
 import time
 from collections import deque
-from typing import Any, Optional
+from typing import Any, Optional, Protocol
 
 from . import _concurrency as cc
 from . import leaks
@@ -77,7 +77,7 @@ from .request import CURRENT as _current_request
 from .request import caller
 from .slot import CLOSED, IDLE, LENT, Slot
 
-__all__ = ["ConnectionPool"]
+__all__ = ["ConnectionPool", "Lease", "PoolObserver"]
 
 logger = logging.getLogger("gunicorn_pool")
 monotonic = time.monotonic
@@ -88,6 +88,20 @@ _POOL_COUNTERS = (
     keys.CONNECTIONS_NUM, keys.CONNECTIONS_MS, keys.CONNECTIONS_ERRORS, keys.CONNECTIONS_LOST,
     keys.CONNECTIONS_LEAKED, keys.CONNECTIONS_RESET,
 )  # fmt: skip
+
+
+class PoolObserver(Protocol):
+    """What a pool tells an observer (``pool.observer``), in seconds, as it happens:
+    the distributions behind OpenTelemetry's histograms (gunicorn_pool.otel)."""
+
+    def connected(self, seconds: float) -> None:
+        """A new connection opened, taking *seconds*."""
+
+    def waited(self, seconds: float) -> None:
+        """A caller obtained a connection *seconds* after asking (0 from the idle stack)."""
+
+    def used(self, seconds: float) -> None:
+        """A lease of *seconds* ended."""
 
 
 class ConnectionPool(cc.ForkAware):
@@ -109,6 +123,8 @@ class ConnectionPool(cc.ForkAware):
         self.dsn = connector.dsn or name
         self.min_size, self.max_size = options.sizes(current_profile())
         self._connector = connector
+        #: Set to a PoolObserver to be told of each connect, wait and lease (None: nobody asks).
+        self.observer: Optional[PoolObserver] = None
         # A lease starts with attribute writes on the connection (its LeaseGuard) and no call,
         # unless the connector has more to do then; a plain return is one call (check_in).
         self._guarded = connector.guarded
@@ -234,8 +250,11 @@ class ConnectionPool(cc.ForkAware):
             logger.info("pool %s (%s): reconnected to %s", self.name, self.dsn, self._connector.address)
         self._backoff = 0.0
         self._counts[keys.CONNECTIONS_NUM] += 1
-        ms = int((monotonic() - start) * 1000)  # before the read-modify-write: no thread switch inside it
+        took = monotonic() - start
+        ms = int(took * 1000)  # before the read-modify-write: no thread switch inside it
         self._counts[keys.CONNECTIONS_MS] += ms
+        if self.observer is not None:
+            self.observer.connected(took)
         try:
             probe = self._connector.probe(raw)
         except BaseException:
@@ -265,6 +284,9 @@ class ConnectionPool(cc.ForkAware):
         nobody queued, returned moments ago) is this method alone: no lock, one clock read."""
         if self.inherited:
             self._adopt_process()
+        observer = self.observer
+        if observer is not None:
+            asked = monotonic()
         if self._waiters or not self._idle or not self._lock_free:
             slot, now = self._take_slow(timeout)
         else:
@@ -299,6 +321,8 @@ class ConnectionPool(cc.ForkAware):
             raw._gp_taken_at = slot.taken_at
         if self._lend is not None:
             self._lend(raw, holder, slot.taken_at)
+        if observer is not None:
+            observer.waited(monotonic() - asked)
         return slot
 
     def _take_slow(self, timeout: Optional[float]) -> tuple[Slot, float]:
@@ -514,6 +538,8 @@ class ConnectionPool(cc.ForkAware):
         now = monotonic()
         if slot.state is LENT:
             slot.usage_ms += int((now - slot.lent_at) * 1000)
+            if self.observer is not None:
+                self.observer.used(now - slot.lent_at)
             slot.last_used = now
             # Checkout looks at the slot again only after this; capped by expiry.
             recheck = now + self._recheck_after

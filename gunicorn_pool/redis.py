@@ -482,6 +482,10 @@ class RedisPool(PoolInterface):
         """``{pool name: ConnectionPool.stats()}`` for the pools in use."""
         return {key: pool.stats() for key, pool in self._pools.items()}
 
+    def connection_pools(self) -> dict[str, ConnectionPool]:
+        """The named pools in use in this process."""
+        return dict(self._pools)
+
     # -- use -------------------------------------------------------------------
 
     def client(self, name: str = "default") -> redis.Redis:
