@@ -132,5 +132,6 @@ def scratch_table(mysql_server: None) -> Iterator[str]:
         yield name
     finally:
         with admin.cursor() as cur:
+            cur.execute("SET SESSION lock_wait_timeout = 10")  # a lock a failed test left cannot hang teardown
             cur.execute(f"DROP TABLE IF EXISTS {name}")
         admin.close()
