@@ -204,17 +204,20 @@ def parse_config(pool_name: str, value: Union[ConfigValue, DatabaseConfig]) -> D
     """
     if isinstance(value, DatabaseConfig):
         return dataclasses.replace(value, pool_name=pool_name)
-    if isinstance(value, str):
-        raw = _from_url(pool_name, value)
-    elif isinstance(value, Mapping):
-        raw = dict(value)
-        if not all(isinstance(k, str) for k in raw):
-            raise ConfigError(f"pool {pool_name!r}: config keys must be strings")
-    else:
-        raise ConfigError(f"pool {pool_name!r}: config must be a dict or a URL string, not {type(value).__name__}")
-    config = DatabaseConfig(pool_name=pool_name, **_normalise(pool_name, raw))
+    config = DatabaseConfig(pool_name=pool_name, **_normalise(pool_name, raw_config(pool_name, value, _from_url)))
     config.check(pool_name)
     return config
+
+
+def raw_config(pool_name: str, value: Any, from_url: Callable[[str, str], dict[str, Any]]) -> dict[str, Any]:
+    """A config given as a URL (read by *from_url*) or as a dict, as a plain dict of its keys."""
+    if isinstance(value, str):
+        return from_url(pool_name, value)
+    if isinstance(value, Mapping):
+        if not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"pool {pool_name!r}: config keys must be strings")
+        return dict(value)
+    raise ConfigError(f"pool {pool_name!r}: config must be a dict or a URL string, not {type(value).__name__}")
 
 
 # -- URLs ------------------------------------------------------------------------------------

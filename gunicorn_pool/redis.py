@@ -56,22 +56,19 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import os
 import sys
-import time
 from typing import Any, Callable, Mapping, Optional, Union
 from urllib.parse import parse_qsl, quote, unquote
 
 import redis
 from redis.maint_notifications import MaintNotificationsConfig
 
-from ._concurrency import run_all
-from .base import PoolInterface, WorkerProfile, current_profile
-from .config import ENCODE_HINT, host_port, password_from_source
+from .config import ENCODE_HINT, host_port, password_from_source, raw_config
 from .connectors.redis import RedisConnector, connection_class, handshake
-from .errors import ConfigError, ConnectError, LeaseError, PoolClosed, PoolStartupError
+from .errors import ConfigError, LeaseError, PoolClosed
 from .options import PoolOptions, Rule, coerce, rule_of
 from .pool import ConnectionPool
+from .service import NamedPools, single_config
 from .slot import IDLE, LENT
 
 __all__ = ["KEYS", "PooledRedis", "RedisConfig", "RedisConnectionPool", "RedisPool", "parse_redis_config"]
@@ -215,14 +212,7 @@ def parse_redis_config(pool_name: str, value: Union[str, Mapping[str, Any], Redi
     """
     if isinstance(value, RedisConfig):
         return dataclasses.replace(value, pool_name=pool_name)
-    if isinstance(value, str):
-        raw = _from_url(pool_name, value)
-    elif isinstance(value, Mapping):
-        raw = dict(value)
-        if not all(isinstance(k, str) for k in raw):
-            raise ConfigError(f"pool {pool_name!r}: config keys must be strings")
-    else:
-        raise ConfigError(f"pool {pool_name!r}: config must be a dict or a URL string, not {type(value).__name__}")
+    raw = raw_config(pool_name, value, _from_url)
     config = RedisConfig(pool_name=pool_name, owner_check=False, **_normalise(pool_name, raw))
     config.check(pool_name)
     return config
@@ -408,85 +398,37 @@ class PooledRedis(redis.Redis):
         )
 
 
-class RedisPool(PoolInterface):
+class RedisPool(NamedPools["RedisConfig"]):
     """Redis pools keyed by name, one :class:`~gunicorn_pool.pool.ConnectionPool` each,
     used through :meth:`client`.
 
     *configs* maps names to URLs (``redis://``, ``rediss://``, ``unix://``) or
     dicts; a single URL or dict means ``{"default": value}``. Every config is
-    validated here, so a typo fails at import of gunicorn.conf.py.
+    validated here, so a typo fails at import of gunicorn.conf.py. The life
+    cycle (open at boot, each connect ending with a PING, all at once; close at
+    exit; figures) is :class:`~gunicorn_pool.service.NamedPools`'.
     """
 
     def __init__(self, configs: Union[Mapping[str, Any], str], *, name: str = "redis") -> None:
-        if isinstance(configs, str) or (isinstance(configs, Mapping) and _looks_like_one_config(configs)):
+        if isinstance(configs, str) or single_config(configs, _ONE_CONFIG_KEYS):
             configs = {"default": configs}
         if not configs:
             raise ConfigError(f"RedisPool {name!r}: no Redis server configured")
-        self.name = name
-        self.configs: dict[str, RedisConfig] = {key: parse_redis_config(key, val) for key, val in configs.items()}
-        self._pools: dict[str, ConnectionPool] = {}
+        super().__init__({key: parse_redis_config(key, val) for key, val in configs.items()}, name=name)
         self._adapters: dict[str, RedisConnectionPool] = {}
         self._clients: dict[str, redis.Redis] = {}
-        self._closed_in: Optional[int] = None  # the pid where close_pool() ran last
 
-    # -- PoolInterface ---------------------------------------------------------
+    def _build(self, name: str, config: RedisConfig) -> ConnectionPool:
+        adapter = self._adapters.get(name)
+        if adapter is None:
+            adapter = self._adapters.setdefault(name, RedisConnectionPool(config))
+        return ConnectionPool(RedisConnector(config, kwargs=adapter.connection_kwargs), name=name, options=config)
 
-    def init_pool(self) -> None:
-        """Open ``min_size`` connections of every named pool in this process (each
-        connect ends with a PING), all pools at once, within the worker's warm-up deadline."""
-        self._closed_in = None
-        profile = current_profile()
-        tasks = [(key, functools.partial(self._open, key, cfg, profile)) for key, cfg in self.configs.items()]
-        for key, exc in run_all(tasks, deadline=profile.deadline).items():
-            if exc is None:
-                continue
-            if isinstance(exc, TimeoutError):
-                logger.error(
-                    "pool %s (%s): warm-up still connecting at the worker's warm-up deadline; serving without it",
-                    key, self.configs[key].dsn,
-                )  # fmt: skip
-            elif isinstance(exc, PoolStartupError) or not isinstance(exc, Exception):
-                raise exc
-            else:
-                logger.error("pool %s (%s): warm-up failed: %s", key, self.configs[key].dsn, exc)
-
-    def _open(self, key: str, cfg: RedisConfig, profile: WorkerProfile) -> None:
-        pool = self.pool(key)
-        pool.resize(*cfg.sizes(profile))
-        start = time.monotonic()
-        try:
-            opened = pool.open(deadline=profile.deadline)
-        except ConnectError as exc:
-            if cfg.strict and profile.first_boot:
-                raise PoolStartupError(f"{exc} (strict pool, first start)") from None
-            logger.error("pool %s (%s): warm-up failed, will connect on demand: %s", key, cfg.dsn, exc)
-            return
-        logger.info(
-            "pool %s (%s): opened %d connection(s) in %.1f ms [min=%d max=%d]",
-            key, cfg.dsn, opened, (time.monotonic() - start) * 1000, pool.min_size, pool.max_size,
-        )  # fmt: skip
-
-    def warm_pool(self) -> int:
-        """PING each open connection once now, before traffic (see ConnectionPool.warm)."""
-        return sum(pool.warm() for pool in list(self._pools.values()))
-
-    def close_pool(self) -> None:
-        """Close every named pool opened in this process; later use raises PoolClosed
-        (until :meth:`init_pool` opens them again)."""
-        self._closed_in = os.getpid()
-        for pool in self._pools.values():
-            pool.close()
-        self._pools.clear()
-
-    def stats(self) -> dict[str, Any]:
-        """``{pool name: ConnectionPool.stats()}`` for the pools in use."""
-        return {key: pool.stats() for key, pool in self._pools.items()}
-
-    def connection_pools(self) -> dict[str, ConnectionPool]:
-        """The named pools in use in this process."""
-        return dict(self._pools)
-
-    # -- use -------------------------------------------------------------------
+    def pool(self, name: str = "default") -> ConnectionPool:
+        """The :class:`~gunicorn_pool.pool.ConnectionPool` behind *name*, built on first use."""
+        pool = super().pool(name)
+        self._adapters[name].bind(pool)
+        return pool
 
     def client(self, name: str = "default") -> redis.Redis:
         """A ``redis.Redis`` whose commands use this worker's pool *name* (one client per name,
@@ -502,38 +444,5 @@ class RedisPool(PoolInterface):
         self.pool(name)
         return self._adapters[name]
 
-    def pool(self, name: str = "default") -> ConnectionPool:
-        """The :class:`~gunicorn_pool.pool.ConnectionPool` behind *name*, built on first use."""
-        pool = self._pools.get(name)
-        if pool is not None and not pool.closed:
-            return pool
-        if self._closed_in == os.getpid():
-            raise PoolClosed(f"RedisPool {self.name!r} is closed: no connection for {name!r}")
-        cfg = self._config(name)
-        adapter = self._adapters.get(name)
-        if adapter is None:
-            adapter = self._adapters.setdefault(name, RedisConnectionPool(cfg))
-        candidate = ConnectionPool(RedisConnector(cfg, kwargs=adapter.connection_kwargs), name=name, options=cfg)
-        if pool is None:
-            pool = self._pools.setdefault(name, candidate)  # two threads racing get the same pool
-        else:
-            pool = self._pools[name] = candidate
-        adapter.bind(pool)
-        return pool
 
-    def _config(self, name: str) -> RedisConfig:
-        try:
-            return self.configs[name]
-        except KeyError:
-            raise KeyError(
-                f"RedisPool {self.name!r} has no pool {name!r} (known: {', '.join(sorted(self.configs))})"
-            ) from None
-
-    def __repr__(self) -> str:
-        return f"<RedisPool {self.name!r} {', '.join(f'{k}={c.dsn}' for k, c in self.configs.items())}>"
-
-
-def _looks_like_one_config(value: Mapping[str, Any]) -> bool:
-    """``RedisPool({"host": ...})``: a single config, not a mapping of them."""
-    keys = {"host", "port", "path", "db", "password", "username", "ssl"}
-    return any(k in keys for k in value) and not any(isinstance(v, Mapping) for v in value.values())
+_ONE_CONFIG_KEYS = {"host", "port", "path", "db", "password", "username", "ssl"}

@@ -44,12 +44,14 @@ refused outside the lease.
 
 from __future__ import annotations
 
+import functools
+import select
 from typing import Any, Callable, Optional
 
-from .._concurrency import get_ident
+from .._concurrency import get_ident, original_poll
 from ..errors import LeaseError, describe
 
-__all__ = ["CLOSED", "DROP", "IDLE", "RESET", "REUSE", "Connector", "LeaseGuard", "lease_error"]
+__all__ = ["CLOSED", "DROP", "IDLE", "RESET", "REUSE", "Connector", "LeaseGuard", "lease_error", "socket_probe"]
 
 _MASK = "***"
 
@@ -184,3 +186,27 @@ class Connector:
         """*exc* in one line, the server's message kept and the password masked."""
         text = describe(exc)
         return text.replace(self._password, _MASK) if self._password else text
+
+
+def _suspect() -> bool:
+    return True
+
+
+def socket_probe(sock: Any) -> Optional[Callable[[], Any]]:
+    """The checkout probe of a connection over *sock*: a zero-timeout ``poll()``, no round trip.
+
+    An idle session's socket has nothing to read; EOF, a reset or bytes (the
+    server ended the session: KILL, pg_terminate_backend, a restart, an idle
+    timeout) make it readable. The poller is built and the socket registered
+    once, so each checkout pays one ``poll`` call. No socket: always suspect.
+    A closed socket reports POLLNVAL, so it stays suspect too. None where the
+    OS has no ``poll``.
+    """
+    if sock is None:
+        return _suspect
+    make_poller = original_poll()  # the OS poll, also once gevent patched select
+    if make_poller is None:
+        return None
+    poller = make_poller()
+    poller.register(sock, select.POLLIN)  # POLLHUP and POLLERR are always reported
+    return functools.partial(poller.poll, 0)

@@ -24,11 +24,9 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import re
-import select
 import ssl
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Optional
@@ -40,9 +38,8 @@ from pymysql.connections import MySQLResult
 from pymysql.constants import CLIENT
 from pymysql.protocol import EOFPacketWrapper
 
-from .._concurrency import original_poll
 from ..base import current_profile
-from .base import CLOSED, DROP, IDLE, RESET, REUSE, Connector, LeaseGuard, lease_error
+from .base import CLOSED, DROP, IDLE, RESET, REUSE, Connector, LeaseGuard, lease_error, socket_probe
 
 if TYPE_CHECKING:
     from ..config import DatabaseConfig
@@ -161,7 +158,6 @@ class MySQLConnector(Connector):
         self.config = config
         self._tls: Optional[tuple[bool, ssl.SSLContext]] = None
         self._tls_for: Any = None  # (pid, ssl.SSLContext class) the context was built for
-        self._poll = original_poll()
         self._owners: dict[int, SteadyDBConnection] = {}
         self._reset = config.reset_session
         # IN_TRANS and AUTOCOMMIT of a clean session: no transaction, the pool's autocommit.
@@ -276,18 +272,7 @@ class MySQLConnector(Connector):
             raw._read_timeout, raw._write_timeout = old
 
     def probe(self, raw: Any) -> Optional[Callable[[], Any]]:
-        # An idle session's socket has nothing to read. EOF, a reset or bytes
-        # (a KILLed session, a server restart) mean the server ended it. A
-        # zero-timeout poll() sees all three without a round trip; the poller is
-        # built and the socket registered once per connection. A closed socket
-        # reports POLLNVAL, so it stays suspect.
-        if raw._sock is None:
-            return _always
-        if self._poll is None:
-            return None
-        poller = self._poll()
-        poller.register(raw._sock, select.POLLIN)  # POLLHUP and POLLERR are always reported
-        return functools.partial(poller.poll, 0)
+        return socket_probe(raw._sock)
 
     def check_in(self, raw: Any) -> bool:
         if (
@@ -357,10 +342,6 @@ class MySQLConnector(Connector):
     def warm(self, raw: Any, timeout: float) -> None:
         super().warm(raw, timeout)
         raw._gp_holder = IDLE
-
-
-def _always() -> bool:
-    return True
 
 
 def _tls_context(cfg: DatabaseConfig) -> Optional[tuple[bool, ssl.SSLContext]]:

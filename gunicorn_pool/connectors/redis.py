@@ -30,9 +30,7 @@ subclass that refuses to reconnect once the pool dropped it (below).
 
 from __future__ import annotations
 
-import functools
 import os
-import select
 import socket
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
@@ -40,9 +38,8 @@ import redis
 from redis.maint_notifications import MaintNotificationsConfig
 from redis.utils import str_if_bytes
 
-from .._concurrency import original_poll
 from ..base import current_profile
-from .base import DROP, Connector
+from .base import DROP, Connector, socket_probe
 
 if TYPE_CHECKING:
     from ..redis import RedisConfig
@@ -63,8 +60,8 @@ def _refuse_if_dropped(conn: Any) -> None:
         )
 
 
-class PooledConnection(redis.Connection):
-    """A TCP ``redis.Connection`` that does not reconnect once its pool dropped it.
+class _RefusesReconnect:
+    """Mixed into each transport's connection class: no reconnect once the pool dropped it.
 
     redis-py reconnects a disconnected connection on its next command. A
     reference kept past the lease (a PubSub or Pipeline object reclaimed at
@@ -78,31 +75,19 @@ class PooledConnection(redis.Connection):
 
     def connect_check_health(self, check_health: bool = True, retry_socket_connect: bool = True) -> None:
         _refuse_if_dropped(self)
-        super().connect_check_health(check_health, retry_socket_connect)
+        super().connect_check_health(check_health, retry_socket_connect)  # type: ignore[misc]
 
 
-class PooledSSLConnection(redis.SSLConnection):
+class PooledConnection(_RefusesReconnect, redis.Connection):
+    """A TCP ``redis.Connection`` that does not reconnect once its pool dropped it."""
+
+
+class PooledSSLConnection(_RefusesReconnect, redis.SSLConnection):
     """:class:`PooledConnection` over TLS (``rediss://``)."""
 
-    _gp_pool = ""
-    _gp_dropped = False
-    _gp_sock: Any = None
 
-    def connect_check_health(self, check_health: bool = True, retry_socket_connect: bool = True) -> None:
-        _refuse_if_dropped(self)
-        super().connect_check_health(check_health, retry_socket_connect)
-
-
-class PooledUnixConnection(redis.UnixDomainSocketConnection):
+class PooledUnixConnection(_RefusesReconnect, redis.UnixDomainSocketConnection):
     """:class:`PooledConnection` over a unix socket (``unix://``)."""
-
-    _gp_pool = ""
-    _gp_dropped = False
-    _gp_sock: Any = None
-
-    def connect_check_health(self, check_health: bool = True, retry_socket_connect: bool = True) -> None:
-        _refuse_if_dropped(self)
-        super().connect_check_health(check_health, retry_socket_connect)
 
 
 def connection_class(config: RedisConfig) -> type[redis.connection.AbstractConnection]:
@@ -145,7 +130,6 @@ class RedisConnector(Connector):
         self.config = config
         self.kwargs = kwargs
         self._class = connection_class(config)
-        self._poll = original_poll()
         self._secrets = tuple(s for s in (config.password, config.ssl_password) if s)
 
     def socket_timeout(self) -> Optional[float]:
@@ -195,15 +179,7 @@ class RedisConnector(Connector):
     # -- health ---------------------------------------------------------------------------
 
     def probe(self, raw: Any) -> Optional[Callable[[], Any]]:
-        # The poller is built and the socket registered once per connection; a
-        # closed socket reports POLLNVAL, so it stays suspect.
-        if raw._sock is None:
-            return _always
-        if self._poll is None:
-            return None
-        poller = self._poll()
-        poller.register(raw._sock, select.POLLIN)  # POLLHUP and POLLERR are always reported
-        return functools.partial(poller.poll, 0)
+        return socket_probe(raw._sock)
 
     def ping(self, raw: Any, timeout: float) -> None:
         sock = raw._sock
@@ -243,7 +219,3 @@ class RedisConnector(Connector):
         for secret in self._secrets:
             text = text.replace(secret, _MASK)
         return text
-
-
-def _always() -> bool:
-    return True

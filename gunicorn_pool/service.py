@@ -1,0 +1,167 @@
+"""NamedPools: a pool service made of named pools, each one ConnectionPool, opened and closed together.
+
+:class:`~gunicorn_pool.DatabasePool` and :class:`~gunicorn_pool.redis.RedisPool`
+are both this shape: a mapping of names to validated configs, one pool core
+per name built on first use, all of them opened at once at boot, closed at
+exit, figures by name. The service life cycle lives here once; a subclass
+says how to build one pool (:meth:`NamedPools._build`) and what to log
+before it opens (:meth:`NamedPools._before_open`).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+from typing import Any, Generic, Mapping, Optional, Protocol, TypeVar
+
+from ._concurrency import run_all
+from .base import PoolInterface, WorkerProfile, current_profile
+from .errors import ConfigError, ConnectError, PoolClosed, PoolStartupError
+from .pool import ConnectionPool
+
+__all__ = ["NamedConfig", "NamedPools", "single_config"]
+
+logger = logging.getLogger("gunicorn_pool")
+
+
+class NamedConfig(Protocol):
+    """What a named pool's config offers the service (DatabaseConfig and RedisConfig do)."""
+
+    @property
+    def dsn(self) -> str: ...
+
+    @property
+    def strict(self) -> bool: ...
+
+    def sizes(self, profile: WorkerProfile) -> tuple[int, int]: ...
+
+
+C = TypeVar("C", bound=NamedConfig)
+
+
+def single_config(value: Any, keys: set[str]) -> bool:
+    """True if *value* is one config (``{"host": ...}``), not a mapping of named ones."""
+    return isinstance(value, Mapping) and any(k in keys for k in value) and not any(
+        isinstance(v, Mapping) for v in value.values()
+    )  # fmt: skip
+
+
+class NamedPools(PoolInterface, Generic[C]):
+    """Named pools, one :class:`ConnectionPool` each, built on first use in each process."""
+
+    #: What one named pool is called in messages ("no database 'x'").
+    _what = "pool"
+
+    def __init__(self, configs: Mapping[str, C], *, name: str) -> None:
+        if not configs:
+            raise ConfigError(f"{type(self).__name__} {name!r}: nothing configured")
+        self.name = name
+        self.configs: dict[str, C] = dict(configs)
+        self._pools: dict[str, ConnectionPool] = {}
+        self._closed_in: Optional[int] = None  # the pid where close_pool() ran last
+
+    # -- what a subclass says ----------------------------------------------------------
+
+    def _build(self, name: str, config: C) -> ConnectionPool:
+        """A new (unopened) pool for *name*."""
+        raise NotImplementedError
+
+    def _before_open(self, name: str, config: C, profile: WorkerProfile) -> None:
+        """Log what this worker should know before *name* opens (nothing by default)."""
+
+    # -- PoolInterface ---------------------------------------------------------------------
+
+    def init_pool(self) -> None:
+        """Open ``min_size`` connections of every named pool in this process.
+
+        The named pools open at once, so several unreachable servers cost one
+        connect timeout, not one each; all of it within the worker's warm-up
+        deadline. An unreachable server is logged and its pool connects on
+        demand later; a ``strict`` pool stops the server's first start.
+        """
+        self._closed_in = None
+        profile = current_profile()
+        tasks = [(key, functools.partial(self._open, key, cfg, profile)) for key, cfg in self.configs.items()]
+        for key, exc in run_all(tasks, deadline=profile.deadline).items():
+            if exc is None:
+                continue
+            if isinstance(exc, TimeoutError):
+                logger.error(
+                    "pool %s (%s): warm-up still connecting at the worker's warm-up deadline; serving without it",
+                    key, self.configs[key].dsn,
+                )  # fmt: skip
+            elif isinstance(exc, PoolStartupError) or not isinstance(exc, Exception):
+                raise exc
+            else:
+                logger.error("pool %s (%s): warm-up failed: %s", key, self.configs[key].dsn, exc)
+
+    def _open(self, key: str, cfg: C, profile: WorkerProfile) -> None:
+        pool = self.pool(key)
+        pool.resize(*cfg.sizes(profile))
+        self._before_open(key, cfg, profile)
+        start = time.monotonic()
+        try:
+            opened = pool.open(deadline=profile.deadline)
+        except ConnectError as exc:
+            if cfg.strict and profile.first_boot:
+                raise PoolStartupError(f"{exc} (strict pool, first start)") from None
+            logger.error(
+                "pool %s (%s): warm-up failed, will connect on demand: %s", key, cfg.dsn, exc
+            )  # the ConnectError already names host:port and the server's message
+            return
+        logger.info(
+            "pool %s (%s): opened %d connection(s) in %.1f ms [min=%d max=%d]",
+            key, cfg.dsn, opened, (time.monotonic() - start) * 1000, pool.min_size, pool.max_size,
+        )  # fmt: skip
+
+    def warm_pool(self) -> int:
+        """Give each open connection its first use now (see ConnectionPool.warm)."""
+        return sum(pool.warm() for pool in list(self._pools.values()))
+
+    def close_pool(self) -> None:
+        """Close every named pool opened in this process; later use raises PoolClosed
+        (until :meth:`init_pool` opens them again)."""
+        self._closed_in = os.getpid()
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
+
+    def stats(self) -> dict[str, Any]:
+        """``{pool name: ConnectionPool.stats()}`` for the pools in use."""
+        return {key: pool.stats() for key, pool in self._pools.items()}
+
+    def connection_pools(self) -> dict[str, ConnectionPool]:
+        """The named pools in use in this process."""
+        return dict(self._pools)
+
+    # -- use ---------------------------------------------------------------------------------
+
+    def pool(self, name: str = "default") -> ConnectionPool:
+        """The :class:`ConnectionPool` for *name*, built on first use."""
+        pool = self._pools.get(name)
+        if pool is not None and not pool.closed:
+            return pool
+        if self._closed_in == os.getpid():
+            raise PoolClosed(f"{type(self).__name__} {self.name!r} is closed: no connection for {name!r}")
+        candidate = self._build(name, self._config(name))
+        if pool is None:
+            # Two threads racing here get the same pool (setdefault is
+            # atomic; the loser's pool has opened nothing).
+            pool = self._pools.setdefault(name, candidate)
+        else:
+            pool = self._pools[name] = candidate
+        return pool
+
+    def _config(self, name: str) -> C:
+        try:
+            return self.configs[name]
+        except KeyError:
+            raise KeyError(
+                f"{type(self).__name__} {self.name!r} has no {self._what} {name!r}"
+                f" (known: {', '.join(sorted(self.configs))})"
+            ) from None
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} {', '.join(f'{k}={c.dsn}' for k, c in self.configs.items())}>"
