@@ -12,7 +12,7 @@ import logging
 import time
 
 import pytest
-from support import pool_conf
+from support import figure, pool_conf
 
 from gunicorn_pool import DatabasePool
 from gunicorn_pool.base import WorkerProfile, current_profile, set_profile
@@ -30,6 +30,7 @@ def test_a_query_hung_mid_flight_fails_after_gunicorns_timeout(mysql_user, tcp_p
     status, body = server.get("/conn", timeout=15)
     elapsed = time.monotonic() - start
     assert status == 500 and body["error"] == "OperationalError", body
+    figure(f"query frozen mid-flight ({kind}, timeout = 2): error after", elapsed)
     assert 1.9 <= elapsed < 4.0, elapsed  # before: no answer until graceful_timeout (the client gave up at 15 s)
     assert "read_timeout unset: queries wait at most 2 s (gunicorn's timeout)" in server.log()
     tcp_proxy.forward()

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import pymysql
 import pytest
-from support import admin_connect, pool_conf
+from support import admin_connect, figure, pool_conf
 
 from gunicorn_pool import DatabasePool
 
@@ -171,4 +171,6 @@ def test_a_table_lock_left_by_a_request_that_raised_does_not_block_other_workers
         thread.start()
     for thread in threads:
         thread.join(20)
-    assert len(took) == 4 and max(took) < 1.0, took  # before: blocked until the lock's session ended
+    assert len(took) == 4, took
+    figure("table lock left by a failed request: slowest of 4 INSERTs after it", max(took))
+    assert max(took) < 1.0, took  # before: blocked until the lock's session ended
