@@ -49,7 +49,7 @@ from typing import Mapping, Optional, Union
 
 from .base import WorkerProfile
 from .config import ConfigValue, DatabaseConfig, parse_config
-from .connectors import make_connector
+from .connectors import connector_class, make_connector
 from .errors import ConfigError
 from .pool import ConnectionPool, Lease
 from .service import NamedPools, single_config
@@ -77,12 +77,13 @@ class DatabasePool(NamedPools[DatabaseConfig]):
         if not configs:
             raise ConfigError(f"DatabasePool {name!r}: no database configured")
         super().__init__({key: parse_config(key, val) for key, val in configs.items()}, name=name)
-        if any(cfg.adapter == "mysql" for cfg in self.configs.values()):
-            # Import the driver where the config is read (the master, for a
-            # pool registered in gunicorn.conf.py): every worker then inherits
-            # it instead of paying ~45 ms per boot and respawn. PyMySQL looks
-            # socket up at call time, so it still cooperates after gevent patching.
-            import pymysql  # noqa: F401
+        for adapter in {cfg.adapter for cfg in self.configs.values()}:
+            # Import the connector and its driver where the config is read (the
+            # master, for a pool registered in gunicorn.conf.py): every worker then
+            # inherits them instead of paying ~45 ms (PyMySQL) per boot and respawn.
+            # The drivers look sockets up at call time, so they still cooperate
+            # after gevent patching.
+            connector_class(adapter)
 
     def _build(self, name: str, config: DatabaseConfig) -> ConnectionPool:
         return ConnectionPool(make_connector(config), name=name, options=config)

@@ -35,6 +35,8 @@ from . import wsgi
 from ._concurrency import run_all
 from .base import PoolInterface, WorkerProfile, set_profile, worker_kind
 from .errors import PoolStartupError
+from .metrics import start_reporter
+from .otel import instrument
 from .registry import discover, settings
 from .warmup import warm_worker
 
@@ -110,8 +112,6 @@ def shutdown() -> None:
 
 
 def _start_reporter(worker: Any, services: list[tuple[str, PoolInterface]]) -> Any:
-    from .metrics import start_reporter
-
     try:
         return start_reporter(worker, services, interval=settings.stats_interval)
     except Exception as exc:  # noqa: BLE001 - metrics must never stop a worker
@@ -120,8 +120,6 @@ def _start_reporter(worker: Any, services: list[tuple[str, PoolInterface]]) -> A
 
 
 def _start_otel(services: list[tuple[str, PoolInterface]]) -> Any:
-    from .otel import instrument
-
     try:
         return instrument(services)
     except Exception as exc:  # noqa: BLE001 - metrics must never stop a worker

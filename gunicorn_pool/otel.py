@@ -32,6 +32,7 @@ nothing is instrumented.
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any, Iterable, Optional
 
 from . import stats as keys
@@ -148,12 +149,13 @@ class OTelMetrics:
 def instrument(services: list[tuple[str, Any]], *, meter_provider: Any = None) -> Optional[OTelMetrics]:
     """Report *services*' pools to *meter_provider* (default: OpenTelemetry's global one).
 
-    None when OpenTelemetry is not installed or no SDK provider is configured.
+    None when no SDK provider is configured. OpenTelemetry is not imported here: an app that
+    configured a provider has imported it already, and importing it in every worker that has
+    none would cost each boot (and each max_requests respawn) its import time.
     """
     if meter_provider is None:
-        try:
-            from opentelemetry import metrics
-        except ImportError:
+        metrics = sys.modules.get("opentelemetry.metrics")
+        if metrics is None:
             return None
         meter_provider = metrics.get_meter_provider()
         if type(meter_provider).__name__ in _UNCONFIGURED:

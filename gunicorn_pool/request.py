@@ -111,16 +111,27 @@ def request_scope(label: str = "") -> Iterator[RequestScope]:
         end(scope, token, failed=failed)
 
 
+_internal_code: dict[Any, bool] = {}  # code object -> is it the pool's or a framework's (memo)
+
+
 def caller() -> str:
-    """``file:line`` of the first frame outside the pool and the frameworks that call it."""
+    """``file:line`` of the first frame outside the pool and the frameworks that call it.
+
+    Each code object is judged once (its module's name), then looked up: a
+    Django query reaches the pool ~25 frames below the view, on every lease.
+    """
     frame: Any = sys._getframe(2)
-    depth = 0
-    while frame is not None and depth < 50:
-        name = frame.f_globals.get("__name__", "")
-        if not name.startswith(_INTERNAL):
-            return f"{frame.f_code.co_filename}:{frame.f_lineno}"
+    internal = _internal_code
+    for _ in range(64):
+        if frame is None:
+            return ""
+        code = frame.f_code
+        inside = internal.get(code)
+        if inside is None:
+            inside = internal[code] = frame.f_globals.get("__name__", "").startswith(_INTERNAL)
+        if not inside:
+            return f"{code.co_filename}:{frame.f_lineno}"
         frame = frame.f_back
-        depth += 1
     return ""
 
 

@@ -174,3 +174,17 @@ def test_a_table_lock_left_by_a_request_that_raised_does_not_block_other_workers
     assert len(took) == 4, took
     figure("table lock left by a failed request: slowest of 4 INSERTs after it", max(took))
     assert max(took) < 1.0, took  # before: blocked until the lock's session ended
+
+
+def test_autocommit_switched_off_and_back_costs_no_reset(make_db, scratch_table):
+    """Frameworks switch autocommit off and on around each transaction (Django's atomic()):
+    the state-changed flag that raises must not cost a reset when the session ends as it began."""
+    pool = make_db().pool()
+    for _ in range(3):
+        with pool.connection() as conn:
+            conn.autocommit(False)
+            one(conn, f"INSERT INTO {scratch_table} (v) VALUES (1)")
+            conn.commit()
+            conn.autocommit(True)
+    assert pool.stats()["connections_reset"] == 0
+    assert one(admin_connect(), f"SELECT COUNT(*) FROM {scratch_table}") == 3

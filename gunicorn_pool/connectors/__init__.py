@@ -14,7 +14,7 @@ from .base import Connector
 if TYPE_CHECKING:
     from ..config import DatabaseConfig
 
-__all__ = ["Connector", "DBAPIConnector", "MySQLConnector", "SQLiteConnector", "make_connector"]
+__all__ = ["Connector", "DBAPIConnector", "MySQLConnector", "SQLiteConnector", "connector_class", "make_connector"]
 
 #: adapter -> (module, class)
 _BY_ADAPTER = {
@@ -24,11 +24,19 @@ _BY_ADAPTER = {
 }
 
 
+def connector_class(adapter: str) -> Any:
+    """The connector class of *adapter*, its module (and driver) imported now.
+
+    DatabasePool calls it where the config is read: in the master, for a pool
+    registered in gunicorn.conf.py, so every worker inherits the import
+    instead of paying it at each boot and max_requests respawn."""
+    module, name = _BY_ADAPTER[adapter]
+    return getattr(importlib.import_module(module, __name__), name)
+
+
 def make_connector(config: DatabaseConfig) -> Connector:
     """The connector for *config*'s adapter."""
-    module, name = _BY_ADAPTER[config.adapter]
-    cls: Any = getattr(importlib.import_module(module, __name__), name)
-    connector: Connector = cls(config)
+    connector: Connector = connector_class(config.adapter)(config)
     return connector
 
 

@@ -126,6 +126,14 @@ class PooledMySQLConnection(LeaseGuard, pymysql.connections.Connection):  # type
         self._gp_seen |= self.server_status
         return ok
 
+    def _send_autocommit_mode(self) -> None:
+        # conn.autocommit(x): the state-changed flag this raises is autocommit's own, and
+        # check_in() compares autocommit with the pool's anyway. Frameworks switch it off and
+        # on around every transaction (Django's atomic()): that alone must not cost a reset.
+        seen = self._gp_seen
+        _Connection._send_autocommit_mode(self)
+        self._gp_seen = seen | (self.server_status & ~_STATE_CHANGED)
+
     def _read_query_result(self, unbuffered: bool = False) -> Any:
         # PyMySQL's own, with a result class that keeps the status of the EOF packet.
         self._result = None
