@@ -187,6 +187,7 @@ def test_is_usable_never_reconnects_behind_the_pool(make_alias, mysql_user):
     assert mysql_user.count() == 0  # PyMySQL < 1.2 pings with reconnect=True by default: not here
     conn.close()  # a dead connection goes back and is dropped
     assert conn.pool.stats()["pool_size"] == 0
+    assert not conn.is_usable()  # nothing lent: not usable, and no error (Django's #21553)
 
 
 def test_pool_timeout_is_a_django_operational_error(make_alias):

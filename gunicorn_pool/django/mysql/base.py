@@ -159,6 +159,8 @@ class DatabaseWrapper(_base.DatabaseWrapper):  # type: ignore[misc]
             pass
 
     def is_usable(self) -> bool:
+        if self.connection is None:  # given back already (Django's tests call _close() directly)
+            return False
         try:
             self.connection.ping(reconnect=False)
         except pymysql.Error:
