@@ -79,8 +79,10 @@ def parse_wrk(text: str) -> dict[str, Any]:
     rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-    errors = (sum(int(x) for x in sock.groups()) if sock else 0) + (int(non2xx.group(1)) if non2xx else 0)
-    return {"rps": float(rps.group(1)) if rps else 0.0, "p50": latency("50"), "p99": latency("99"), "errors": errors}
+    socket_errors = sum(int(x) for x in sock.groups()) if sock else 0
+    bad = int(non2xx.group(1)) if non2xx else 0
+    return {"rps": float(rps.group(1)) if rps else 0.0, "p50": latency("50"), "p99": latency("99"),
+            "errors": socket_errors + bad, "non2xx": bad}  # fmt: skip
 
 
 def drive(server: Server, user: BenchUser, connections: int, seconds: float) -> dict[str, Any]:
@@ -149,11 +151,16 @@ def run_mode(mode: str, rounds: int, seconds: float) -> str:
             ratios.append(f"**{med:.2f}** ({lo:.2f}–{hi:.2f})")
         rows.append([LABELS[v], fmt(spread(rps)[0], 0), f"{fmt(min(rps), 0)}–{fmt(max(rps), 0)}", *ratios,
                      f"{spread([x['p50'] for x in runs])[0]:.2f}", f"{spread([x['p99'] for x in runs])[0]:.2f}",
-                     sum(x["errors"] for x in runs), max(x["sessions"] for x in runs)])  # fmt: skip
+                     _errors(runs), max(x["sessions"] for x in runs)])  # fmt: skip
     heads = ["row", "median req/s", "min–max", *(f"÷ {LABELS[b]}" for b in baselines), "p50 ms", "p99 ms", "errors",
              "max sessions"]  # fmt: skip
     title = f"{mode}: gunicorn -w 2 -k {klass} (gunicorn_pool: -k {gp_klass}), wrk -t1 -c{conns}"
     return f"### {title}\n\n" + table(heads, rows)
+
+
+def _errors(runs: list[dict[str, Any]]) -> str:
+    total, bad = sum(x["errors"] for x in runs), sum(x["non2xx"] for x in runs)
+    return f"{total} ({bad} non-2xx)" if bad else str(total)
 
 
 def main() -> None:
@@ -165,7 +172,8 @@ def main() -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk not found: apt-get install wrk")
     out = [run_mode(mode, args.rounds, args.seconds) for mode in MODES if args.only in (None, mode)]
-    print(preamble("End to end: gunicorn + wrk, SELECT 1 per request",
+    title = "one ORM query per request" if args.only and args.only.startswith("django") else "SELECT 1 per request"
+    print(preamble(f"End to end: gunicorn + wrk, {title}",
                    f"{args.rounds} interleaved rounds × {args.seconds:g} s wrk runs per row; ratios per round, "
                    "median (min–max); p50/p99 are medians of wrk's per-run percentiles; max sessions = most "
                    "PROCESSLIST rows of the row's own login seen during its runs"))  # fmt: skip
