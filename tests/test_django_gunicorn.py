@@ -310,3 +310,30 @@ def test_postgresql_pool_opens_min_size_per_worker_before_the_first_request(guni
     assert server.stop(signal.SIGTERM) == 0, server.log()[-3000:]
     wait_until(lambda: pg_user.count() == 0, 15, what="no session left after SIGTERM")
     assert pg_user.password not in server.log()
+
+
+@pytest.mark.postgresql
+def test_postgresql_preload_master_pool_is_never_used_by_workers(gunicorn, pg_user):
+    """--preload and a query while the app loads: the master opened Django's psycopg pool (2
+    sessions, one of them held by its DatabaseWrapper). Each worker drops both without a word to
+    the server and opens its own pool; the master's sessions live on."""
+    env = {"DJANGO_SETTINGS_MODULE": "djangoproj.settings", "GP_DJ_ENGINE": "postgresql", "GP_DJ_NAME": PG_DB,
+           "GP_DJ_USER": pg_user.name, "GP_DJ_PASSWORD": pg_user.password, "GP_DJ_HOST": PG_HOST,
+           "GP_DJ_PORT": str(PG_PORT), "GP_DJ_POOL": json.dumps({"min_size": 2, "max_size": 2}),
+           "GP_DJ_QUERY_AT_IMPORT": "1"}  # fmt: skip
+    server = gunicorn(conf("sync", workers=2), "--preload", app=APP, env=env)
+    server.start(workers_ready=2)
+    line = next(x for x in server.log().splitlines() if "GP-DJ-IMPORT-CONN" in x)
+    master_held = int(line.rsplit("conn=", 1)[1])
+    wait_until(lambda: pg_user.count() == 6, 15, what="the master's 2 sessions + 2 per worker")
+    master = set(pg_user.backend_pids())
+    used = set()
+    for _ in range(20):
+        status, body = get(server, "/sleep/0/")
+        assert status == 200, body
+        used.add(body["conn_id"])
+    assert master_held not in used
+    assert pg_user.count() == 6 and master <= set(pg_user.backend_pids()), "a worker ended a master's session"
+    assert server.log().count("Django's psycopg pool was opened before the fork") == 2
+    assert server.stop(signal.SIGTERM) == 0, server.log()[-3000:]
+    wait_until(lambda: pg_user.count() == 0, 15, what="no session left after SIGTERM")
