@@ -19,7 +19,8 @@ features) except where a connection comes from and where it goes:
   once per ``DatabaseWrapper`` (under gevent Django builds one per greenlet).
 - ``is_usable()`` pings without PyMySQL's silent reconnect (a reconnected
   session would lose the pool's session settings and its bookkeeping).
-- A connection taken before a fork (``--preload``) is never used after it.
+- A connection taken before a fork (``--preload``) is never used after it: a fork hook makes
+  the forking thread's wrappers forget it (no check per query).
 
 Transactions, ``ATOMIC_REQUESTS``, ``autocommit`` and savepoints are Django's
 own code on the lent connection. Thread sharing is Django's check
@@ -28,6 +29,7 @@ own code on the lent connection. Thread sharing is Django's check
 
 from __future__ import annotations
 
+import os
 from typing import Any, Optional
 
 import pymysql
@@ -44,6 +46,23 @@ from ..errors import as_django
 __all__ = ["CursorWrapper", "DatabaseWrapper"]
 
 _base: Any = django_mysql_base()
+
+
+def _forget_inherited() -> None:
+    """In a forked child: the forking thread's wrappers forget connections taken before the fork
+    (the other threads' wrappers do not exist here). Nothing to check per query."""
+    from django.db import connections
+
+    try:
+        wrappers = connections.all(initialized_only=True)
+    except Exception:  # noqa: BLE001 - settings not loaded: no wrapper either
+        return
+    for wrapper in wrappers:
+        if isinstance(wrapper, DatabaseWrapper) and wrapper.connection is not None:
+            wrapper._gp_forget()
+
+
+os.register_at_fork(after_in_child=_forget_inherited)
 
 
 class CursorWrapper(_base.CursorWrapper):  # type: ignore[misc]  # Django is untyped (an Any base)
@@ -110,22 +129,16 @@ class DatabaseWrapper(_base.DatabaseWrapper):  # type: ignore[misc]
         # own PostgreSQL pool, instead of using one lent to someone else).
         self.connection = None
         self._gp_target = None
-        with self.wrap_database_errors:
-            if found is None or found.pool is None:
-                if found is not None:
-                    found.connector.close(raw)
-                else:
-                    raw.close()
-                return
-            try:
-                found.pool.putconn(raw)  # an open transaction is rolled back, a changed session reset
-            except LeaseError:
-                pass  # reclaimed at the end of its request already (the pool logged it)
-
-    def ensure_connection(self) -> None:
-        if self.connection is not None and self._gp_generation != fork_generation():
-            self._gp_forget()  # taken before a fork: the parent's session, never used here
-        super().ensure_connection()
+        if found is None or found.pool is None:
+            with self.wrap_database_errors:
+                found.connector.close(raw) if found is not None else raw.close()
+            return
+        try:
+            # Rolls back an open transaction and resets a changed session; with commit=False a
+            # driver error there drops the connection and is not raised, so no error wrapping.
+            found.pool.putconn(raw)
+        except LeaseError:
+            pass  # reclaimed at the end of its request already (the pool logged it)
 
     def _gp_forget(self) -> None:
         """Drop the reference to a connection of another process: its pool drops the connection
