@@ -10,35 +10,53 @@ interleaved over rounds (forward, then reverse order):
           ``-c 16``, pools of 10 per worker; baseline: SQLAlchemy QueuePool.
           A reference row (bench/apps/bare_list_app.py) is the ceiling of
           any pool: a bare list of connections per worker, nothing else.
+- django-sync, django-gevent: a Django view doing one ORM query
+          (bench/apps/djbench) on ``gunicorn_pool.django.mysql`` against
+          Django's own MySQL backend (on PyMySQL) with ``CONN_MAX_AGE=0`` and
+          with ``CONN_MAX_AGE=None``; ``-w 2``, wrk ``-c 4`` (sync) and
+          ``-c 50`` (gevent, our pool's max_size 10 per worker). Ratios to
+          both stock rows.
 
 Reports req/s, latency p50/p99 (wrk's), errors (socket errors and non-2xx)
 and the largest number of server sessions seen in PROCESSLIST during the run.
 Needs ``wrk`` (``apt-get install wrk``).
 
-    python bench/e2e.py [--rounds 3] [--seconds 5] [--only sync|gevent]
+    python bench/e2e.py [--rounds 3] [--seconds 5] [--only sync|gevent|django-sync|django-gevent]
 """
 
 from __future__ import annotations
 
 import argparse
 import re
+import secrets
 import shutil
 import subprocess
 import threading
 from typing import Any
 
-from _common import BenchUser, fmt, preamble, spread, table
+from _common import BenchUser, admin_connect, fmt, preamble, spread, table
 from _server import Server
 
 MODES = {
-    # mode: (worker class for others, for gunicorn_pool, wrk connections, pool size, variants, baseline)
+    # mode: (worker class for others, for gunicorn_pool, wrk connections, pool size, variants, baselines)
     "sync": ("sync", "gunicorn_pool.Worker", 4, 1,
              ["global_conn_app", "connect_app", "dbutils_app", "sqlalchemy_app", "gunicorn_pool_app"],
-             "global_conn_app"),
+             ["global_conn_app"]),
     "gevent": ("gevent", "gunicorn_pool.GeventWorker", 16, 10,
                ["sqlalchemy_app", "connect_app", "dbutils_app", "gunicorn_pool_app", "bare_list_app"],
-               "sqlalchemy_app"),
+               ["sqlalchemy_app"]),
+    "django-sync": ("sync", "gunicorn_pool.Worker", 4, 1, ["dj_stock_age0", "dj_stock_persistent", "dj_ours"],
+                    ["dj_stock_age0", "dj_stock_persistent"]),
+    "django-gevent": ("gevent", "gunicorn_pool.GeventWorker", 50, 10,
+                      ["dj_stock_age0", "dj_stock_persistent", "dj_ours"], ["dj_stock_age0", "dj_stock_persistent"]),
 }  # fmt: skip
+#: Django rows: one app module, told apart by its environment (bench/apps/djbench/settings.py).
+DJANGO = {
+    "dj_stock_age0": {"GPB_DJ_ENGINE": "stock", "GPB_DJ_MAX_AGE": "0"},
+    "dj_stock_persistent": {"GPB_DJ_ENGINE": "stock", "GPB_DJ_MAX_AGE": "none"},
+    "dj_ours": {"GPB_DJ_ENGINE": "ours"},
+}
+GP_ROWS = ("gunicorn_pool_app", "dj_ours")
 LABELS = {
     "global_conn_app": "module-global connection per worker",
     "connect_app": "connect per request",
@@ -46,6 +64,9 @@ LABELS = {
     "sqlalchemy_app": "SQLAlchemy QueuePool",
     "gunicorn_pool_app": "gunicorn_pool",
     "bare_list_app": "reference: bare list per worker (no limit, check or wait)",
+    "dj_stock_age0": "Django mysql backend, CONN_MAX_AGE=0",
+    "dj_stock_persistent": "Django mysql backend, CONN_MAX_AGE=None",
+    "dj_ours": "gunicorn_pool.django.mysql",
 }
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
@@ -58,8 +79,10 @@ def parse_wrk(text: str) -> dict[str, Any]:
     rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-    errors = (sum(int(x) for x in sock.groups()) if sock else 0) + (int(non2xx.group(1)) if non2xx else 0)
-    return {"rps": float(rps.group(1)) if rps else 0.0, "p50": latency("50"), "p99": latency("99"), "errors": errors}
+    socket_errors = sum(int(x) for x in sock.groups()) if sock else 0
+    bad = int(non2xx.group(1)) if non2xx else 0
+    return {"rps": float(rps.group(1)) if rps else 0.0, "p50": latency("50"), "p99": latency("99"),
+            "errors": socket_errors + bad, "non2xx": bad}  # fmt: skip
 
 
 def drive(server: Server, user: BenchUser, connections: int, seconds: float) -> dict[str, Any]:
@@ -85,14 +108,22 @@ def drive(server: Server, user: BenchUser, connections: int, seconds: float) -> 
 
 
 def run_mode(mode: str, rounds: int, seconds: float) -> str:
-    klass, gp_klass, conns, size, variants, baseline = MODES[mode]
+    klass, gp_klass, conns, size, variants, baselines = MODES[mode]
     users = {v: BenchUser() for v in variants}
     servers: dict[str, Server] = {}
     results: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+    table_name = f"gpb_dj_{secrets.token_hex(4)}"
+    if mode.startswith("django"):
+        admin = admin_connect()
+        with admin.cursor() as cur:
+            cur.execute(f"CREATE TABLE {table_name} (id INT AUTO_INCREMENT PRIMARY KEY, v INT NOT NULL)")
+            cur.execute(f"INSERT INTO {table_name} (v) VALUES (1)")
     try:
         for v in variants:
-            env = dict(users[v].env(), GPB_SIZE=str(size))
-            servers[v] = Server(v, gp_klass if v == "gunicorn_pool_app" else klass, 2, env).start()
+            env = dict(users[v].env(), GPB_SIZE=str(size), GPB_DJ_TABLE=table_name,
+                       **DJANGO.get(v, {}))  # fmt: skip
+            module = "django_app" if v in DJANGO else v
+            servers[v] = Server(module, gp_klass if v in GP_ROWS else klass, 2, env).start()
         for v in variants:
             servers[v].wait_ready()
         for v in variants:  # warm-up, not reported
@@ -105,21 +136,31 @@ def run_mode(mode: str, rounds: int, seconds: float) -> str:
             server.stop()
         for user in users.values():
             user.close()
-    base = [x["rps"] for x in results[baseline]]
+        if mode.startswith("django"):
+            with admin.cursor() as cur:
+                cur.execute(f"DROP TABLE IF EXISTS {table_name}")
+            admin.close()
     rows = []
     for v in variants:
         runs = results[v]
         rps = [x["rps"] for x in runs]
-        rel = [a / b if b else float("nan") for a, b in zip(rps, base)]
-        med, lo, hi = spread(rel)
-        rows.append([LABELS[v], fmt(spread(rps)[0], 0), f"{fmt(min(rps), 0)}–{fmt(max(rps), 0)}",
-                     f"**{med:.2f}** ({lo:.2f}–{hi:.2f})", f"{spread([x['p50'] for x in runs])[0]:.2f}",
-                     f"{spread([x['p99'] for x in runs])[0]:.2f}", sum(x["errors"] for x in runs),
-                     max(x["sessions"] for x in runs)])  # fmt: skip
-    heads = ["row", "median req/s", "min–max", f"÷ {LABELS[baseline]}", "p50 ms", "p99 ms", "errors",
+        ratios = []
+        for baseline in baselines:
+            base = [x["rps"] for x in results[baseline]]
+            med, lo, hi = spread([a / b if b else float("nan") for a, b in zip(rps, base)])
+            ratios.append(f"**{med:.2f}** ({lo:.2f}–{hi:.2f})")
+        rows.append([LABELS[v], fmt(spread(rps)[0], 0), f"{fmt(min(rps), 0)}–{fmt(max(rps), 0)}", *ratios,
+                     f"{spread([x['p50'] for x in runs])[0]:.2f}", f"{spread([x['p99'] for x in runs])[0]:.2f}",
+                     _errors(runs), max(x["sessions"] for x in runs)])  # fmt: skip
+    heads = ["row", "median req/s", "min–max", *(f"÷ {LABELS[b]}" for b in baselines), "p50 ms", "p99 ms", "errors",
              "max sessions"]  # fmt: skip
     title = f"{mode}: gunicorn -w 2 -k {klass} (gunicorn_pool: -k {gp_klass}), wrk -t1 -c{conns}"
     return f"### {title}\n\n" + table(heads, rows)
+
+
+def _errors(runs: list[dict[str, Any]]) -> str:
+    total, bad = sum(x["errors"] for x in runs), sum(x["non2xx"] for x in runs)
+    return f"{total} ({bad} non-2xx)" if bad else str(total)
 
 
 def main() -> None:
@@ -131,12 +172,15 @@ def main() -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk not found: apt-get install wrk")
     out = [run_mode(mode, args.rounds, args.seconds) for mode in MODES if args.only in (None, mode)]
-    print(preamble("End to end: gunicorn + wrk, SELECT 1 per request",
+    title = "one ORM query per request" if args.only and args.only.startswith("django") else "SELECT 1 per request"
+    print(preamble(f"End to end: gunicorn + wrk, {title}",
                    f"{args.rounds} interleaved rounds × {args.seconds:g} s wrk runs per row; ratios per round, "
                    "median (min–max); p50/p99 are medians of wrk's per-run percentiles; max sessions = most "
                    "PROCESSLIST rows of the row's own login seen during its runs"))  # fmt: skip
     print("\n\n".join(out))
-    print("\nTargets: sync gunicorn_pool ≥ 0.97 × module-global; gevent gunicorn_pool ≥ 1.3 × SQLAlchemy.")
+    print("\nTargets: sync gunicorn_pool ≥ 0.97 × module-global; gevent gunicorn_pool ≥ 1.3 × SQLAlchemy;"
+          " django-sync ≥ 2 × CONN_MAX_AGE=0 and ≥ 1.0 × CONN_MAX_AGE=None; django-gevent ≥ 1.0 × stock with at"
+          " most max_size (10) sessions per worker.")
 
 
 if __name__ == "__main__":

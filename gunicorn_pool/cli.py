@@ -7,7 +7,9 @@
 
 Loads the gunicorn config the way gunicorn does (the file, then
 ``GUNICORN_CMD_ARGS``, then ``-w/--threads/-k`` given here), so the pools the
-file registers are built with the sizes a worker would use. For every pool it
+file registers are built with the sizes a worker would use. With
+``DJANGO_SETTINGS_MODULE`` set, it loads the Django settings too and lists the
+pooled aliases (``gunicorn_pool.django``) as service ``django``. For every pool it
 prints the masked DSN and sizes, connects once (bounded by the pool's
 ``connect_timeout``) and reads the server's version, ``@@max_connections``
 and current connections. The budget per server is::
@@ -192,10 +194,14 @@ def _pools(services: list[tuple[str, Any]], plan: Plan, hosts: int) -> tuple[lis
 
     pools, others = [], []
     for service_name, service in services:
-        if not isinstance(service, DatabasePool):
+        if isinstance(service, DatabasePool):
+            configs = service.configs
+        elif callable(getattr(service, "pool_configs", None)):  # gunicorn_pool.django.DjangoPools
+            configs = service.pool_configs()
+        else:
             others.append(f"service {service_name!r} ({type(service).__name__}) is not a DatabasePool: not checked")
             continue
-        for key, cfg in service.configs.items():
+        for key, cfg in configs.items():
             lo, hi = cfg.sizes(current_profile())
             row: dict[str, Any] = {
                 "service": service_name, "pool": key, "adapter": cfg.adapter, "dsn": cfg.dsn,
@@ -205,6 +211,8 @@ def _pools(services: list[tuple[str, Any]], plan: Plan, hosts: int) -> tuple[lis
             if cfg.adapter == "mysql":
                 per_host = plan.workers * hi
                 row.update(per_host=per_host, sighup_peak=2 * per_host, total=2 * per_host * hosts)
+            elif not isinstance(service, DatabasePool):
+                row["note"] = "Django's psycopg pool: not checked"
             row["_cfg"] = cfg
             pools.append(row)
     return pools, others
@@ -294,7 +302,7 @@ def _render(report: dict[str, Any]) -> str:
     rows = []
     for p in report["pools"]:
         c = p.get("connect") or {}
-        status = (
+        status = p.get("note") or (
             "sqlite: no server budget" if p["adapter"] == "sqlite"
             else "dbapi: not checked (any driver)" if p["adapter"] == "dbapi"
             else f"ok {c['connect_ms']} ms" if c.get("ok") else "FAILED"
@@ -338,6 +346,8 @@ def check(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
         cfg, report["config"], namespace = _load_gunicorn_config(args.config, overrides)
         report["warnings"] += _typo_warnings(namespace, cfg.settings)
         plan = _plan(cfg)
+        if os.environ.get("DJANGO_SETTINGS_MODULE"):
+            _load_django_settings(cfg)
         app = _import_app(args.app, cfg) if args.app else None
         services = registry.discover(app)
         if not services:
@@ -374,12 +384,30 @@ def check(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
     return (EXIT_BUDGET if report["errors"] else EXIT_OK), report
 
 
-def _import_app(spec: str, cfg: Any) -> Any:
-    from gunicorn import util
+def _load_django_settings(cfg: Any) -> None:
+    """Load the settings named by DJANGO_SETTINGS_MODULE (importable from the config's chdir and
+    pythonpath, as in a worker), so discovery finds the project's pooled aliases."""
+    _add_paths(cfg)
+    try:
+        from django.conf import settings
 
+        settings.DATABASES  # noqa: B018 - loads the settings module
+    except Exception as exc:
+        raise CheckConfigError(
+            f"cannot load the Django settings {os.environ['DJANGO_SETTINGS_MODULE']!r}: {type(exc).__name__}: {exc}"
+        ) from None
+
+
+def _add_paths(cfg: Any) -> None:
     for path in [*(cfg.pythonpath or "").split(","), cfg.chdir]:
         if path and os.path.abspath(path) not in sys.path:
             sys.path.insert(0, os.path.abspath(path))
+
+
+def _import_app(spec: str, cfg: Any) -> Any:
+    from gunicorn import util
+
+    _add_paths(cfg)
     try:
         return util.import_app(spec)
     except Exception as exc:

@@ -1,6 +1,6 @@
 """Registry and discovery: which pool services a worker opens.
 
-Three sources, in this order, each service taken once (by identity):
+Four sources, in this order, each service taken once (by identity):
 
 1. **Registered** with :func:`register`, from gunicorn.conf.py or app code::
 
@@ -18,7 +18,12 @@ Three sources, in this order, each service taken once (by identity):
            cache = myapp.services:cache_pool
 
    One that fails to load is logged and skipped.
-3. **The loaded WSGI app**: PoolInterface instances reachable from the app
+3. **A Django project**: when the process has loaded Django's settings and an
+   alias is pooled (``ENGINE: "gunicorn_pool.django.mysql"``, or PostgreSQL
+   with ``OPTIONS["pool"]``), :class:`gunicorn_pool.django.DjangoPools`
+   (named ``django``). Nothing is imported unless ``django`` already is.
+   Switch it off with ``gunicorn_pool.configure(django=False)``.
+4. **The loaded WSGI app**: PoolInterface instances reachable from the app
    object through instance ``__dict__``\\s, dicts, lists, tuples and sets (a
    Flask app's ``extensions``, a Django-style container, a middleware's
    ``app`` attribute...). The walk is bounded (``walk_depth``, 4 levels; 20,000
@@ -70,6 +75,7 @@ class Settings:
     warm_up: bool = True  #: run a fresh worker's first-request code before traffic (gunicorn_pool.warmup)
     warm_requests: int = 8  #: synthetic requests through gunicorn's HTTP code in that warm-up
     request_scope: bool = True  #: run each request in a scope: leaks reclaimed, request_connection() (wsgi.py)
+    django: bool = True  #: open a loaded Django project's pooled aliases (gunicorn_pool.django)
 
 
 @dataclasses.dataclass
@@ -158,6 +164,9 @@ def discover(app: Any = None) -> list[tuple[str, PoolInterface]]:
     if settings.entry_points:
         for name, service in _from_entry_points():
             add(name, service)
+    if settings.django and "django" in sys.modules:
+        for name, service in _from_django():
+            add(name, service)
     if settings.walk_app and app is not None:
         try:
             for name, service in walk(app, max_depth=settings.walk_depth):
@@ -190,6 +199,18 @@ def _from_entry_points() -> Iterator[tuple[str, PoolInterface]]:
             logger.error("gunicorn_pool: entry point %r (%s) skipped: %s", ep.name, ep.value, exc)
             continue
         yield ep.name, obj
+
+
+def _from_django() -> Iterator[tuple[str, PoolInterface]]:
+    try:
+        from .django.service import configured_service
+
+        service = configured_service()
+    except Exception as exc:  # noqa: BLE001 - a broken Django setup must not stop a worker here
+        logger.error("gunicorn_pool: the Django project's pools are not opened at boot: %s", exc)
+        return
+    if service is not None:
+        yield service.name, service
 
 
 def walk(root: Any, *, max_depth: int = 4, max_objects: int = _MAX_OBJECTS,

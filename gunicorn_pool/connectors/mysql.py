@@ -29,7 +29,7 @@ import os
 import re
 import ssl
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
 import pymysql
 from dbutils.steady_db import SteadyDBConnection
@@ -160,10 +160,26 @@ class MySQLConnector(Connector):
     adapter = "mysql"
     guarded = True
 
-    def __init__(self, config: DatabaseConfig) -> None:
+    #: Keyword arguments of every connection that the connector sets itself: *driver_args* may not.
+    OWN_ARGS = frozenset({
+        "host", "port", "user", "password", "passwd", "database", "db", "charset", "init_command", "autocommit",
+        "connect_timeout", "read_timeout", "write_timeout", "ssl", "ssl_disabled", "ssl_ca", "ssl_cert", "ssl_key",
+        "ssl_verify_cert", "ssl_verify_identity", "defer_connect",
+    })  # fmt: skip
+
+    def __init__(self, config: DatabaseConfig, *, driver_args: Optional[Mapping[str, Any]] = None) -> None:
+        """*driver_args*: more PyMySQL keyword arguments for every connection, for a framework
+        that needs them (Django's backend: ``conv``, ``client_flag=CLIENT.FOUND_ROWS``).
+        ``client_flag`` is OR-ed with the connector's own; a key of :attr:`OWN_ARGS` is refused."""
         super().__init__(pool_name=config.pool_name, address=config.address, dsn=config.dsn,
                          password=config.password)  # fmt: skip
         self.config = config
+        extra = dict(driver_args or {})
+        clash = sorted(set(extra) & self.OWN_ARGS)
+        if clash:
+            raise ValueError(f"pool {config.pool_name!r}: driver_args may not set {', '.join(clash)} (config keys)")
+        self._client_flag = int(extra.pop("client_flag", 0))
+        self._driver_args = extra
         self._tls: Optional[tuple[bool, ssl.SSLContext]] = None
         self._tls_for: Any = None  # (pid, ssl.SSLContext class) the context was built for
         self._owners: dict[int, SteadyDBConnection] = {}
@@ -204,9 +220,10 @@ class MySQLConnector(Connector):
             # then switch to the configured query timeouts below.
             read_timeout=limit,
             write_timeout=limit,
-            client_flag=CLIENT.SESSION_TRACK if self._reset else 0,
+            client_flag=(CLIENT.SESSION_TRACK if self._reset else 0) | self._client_flag,
             ssl_disabled=True,
             defer_connect=True,
+            **self._driver_args,
         )
         conn._gp_pool = cfg.pool_name
         tls = self._tls_context()
