@@ -2,9 +2,11 @@
 interleaved rounds, statistics and Markdown tables.
 
 The server comes from the same variables as the tests: GP_MYSQL_HOST, _PORT,
-_USER, _PASSWORD, _DB (default 127.0.0.1:3306, root, no password, ``test``).
-The admin login creates a dedicated benchmark login with a random password,
-so the server-side connection counts are exactly the benchmark's own.
+_USER, _PASSWORD, _DB (default 127.0.0.1:3306, root, no password, ``test``),
+and GP_PG_HOST, _PORT, _USER, _PASSWORD, _DB for PostgreSQL (default
+127.0.0.1:5432, postgres, no password, ``test``). The admin login creates a
+dedicated benchmark login with a random password, so the server-side
+connection counts are exactly the benchmark's own.
 """
 
 from __future__ import annotations
@@ -29,6 +31,12 @@ PORT = int(os.environ.get("GP_MYSQL_PORT", "3306"))
 ADMIN_USER = os.environ.get("GP_MYSQL_USER", "root")
 ADMIN_PASSWORD = os.environ.get("GP_MYSQL_PASSWORD", "")
 DB = os.environ.get("GP_MYSQL_DB", "test")
+
+PG_HOST = os.environ.get("GP_PG_HOST", "127.0.0.1")
+PG_PORT = int(os.environ.get("GP_PG_PORT", "5432"))
+PG_ADMIN_USER = os.environ.get("GP_PG_USER", "postgres")
+PG_ADMIN_PASSWORD = os.environ.get("GP_PG_PASSWORD", "")
+PG_DB = os.environ.get("GP_PG_DB", "test")
 
 
 def admin_connect() -> pymysql.connections.Connection:
@@ -83,6 +91,69 @@ class BenchUser:
             self.admin.close()
 
     def __enter__(self) -> BenchUser:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def pg_admin_connect() -> Any:
+    """An autocommit psycopg connection as the PostgreSQL admin login."""
+    import psycopg
+
+    return psycopg.connect(host=PG_HOST, port=PG_PORT, user=PG_ADMIN_USER, password=PG_ADMIN_PASSWORD or None,
+                           dbname=PG_DB, autocommit=True, connect_timeout=3)  # fmt: skip
+
+
+class PGBenchUser:
+    """A dedicated PostgreSQL login for one benchmark run; dropped (its sessions ended) on exit."""
+
+    def __init__(self) -> None:
+        self.name = f"gpb_{secrets.token_hex(4)}"
+        self.password = "pw-" + secrets.token_hex(8)
+        self.admin = pg_admin_connect()
+        self.admin.execute(f"CREATE ROLE \"{self.name}\" LOGIN PASSWORD '{self.password}'")
+        self.admin.execute(f'GRANT ALL ON DATABASE "{PG_DB}" TO "{self.name}"')
+
+    def kwargs(self) -> dict[str, Any]:
+        """psycopg keyword arguments for this login (autocommit, as the pools lend by default)."""
+        return dict(host=PG_HOST, port=PG_PORT, user=self.name, password=self.password, dbname=PG_DB,
+                    autocommit=True)  # fmt: skip
+
+    def config(self) -> dict[str, Any]:
+        """A gunicorn_pool config for this login."""
+        return dict(adapter="postgresql", host=PG_HOST, port=PG_PORT, user=self.name, password=self.password,
+                    database=PG_DB)  # fmt: skip
+
+    def conninfo(self) -> str:
+        from psycopg.conninfo import make_conninfo
+
+        return make_conninfo(host=PG_HOST, port=PG_PORT, user=self.name, password=self.password, dbname=PG_DB)
+
+    def url(self, scheme: str = "postgresql") -> str:
+        return f"{scheme}://{self.name}:{self.password}@{PG_HOST}:{PG_PORT}/{PG_DB}"
+
+    def env(self) -> dict[str, str]:
+        """Environment for gunicorn apps (read by bench/apps/_settings.py)."""
+        return {"GPB_HOST": PG_HOST, "GPB_PORT": str(PG_PORT), "GPB_USER": self.name, "GPB_PASSWORD": self.password,
+                "GPB_DB": PG_DB}  # fmt: skip
+
+    def count(self) -> int:
+        """Server-side sessions of this login (pg_stat_activity)."""
+        row = self.admin.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = %s", (self.name,)).fetchone()
+        return int(row[0])
+
+    def close(self) -> None:
+        try:
+            self.admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
+                               (self.name,))  # fmt: skip
+            wait_for(lambda: self.count() == 0, 10)
+            self.admin.execute(f'DROP OWNED BY "{self.name}"')
+            self.admin.execute(f'DROP ROLE IF EXISTS "{self.name}"')
+        finally:
+            self.admin.close()
+
+    def __enter__(self) -> PGBenchUser:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -148,7 +219,8 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 
 def versions(*names: str) -> str:
     parts = [f"Python {platform.python_version()}"]
-    for name in ("gunicorn-pool", "PyMySQL", "DBUtils", "SQLAlchemy", "gevent", "gunicorn", *names):
+    for name in ("gunicorn-pool", "PyMySQL", "DBUtils", "SQLAlchemy", "gevent", "gunicorn", "psycopg", "psycopg-pool",
+                 *names):  # fmt: skip
         try:
             parts.append(f"{name} {metadata.version(name)}")
         except metadata.PackageNotFoundError:
@@ -164,12 +236,21 @@ def server_version() -> str:
         conn.close()
 
 
-def preamble(title: str, settings: str) -> str:
-    """Heading lines: what ran, when, on what."""
+def pg_server_version() -> str:
+    with pg_admin_connect() as conn:
+        return "PostgreSQL " + str(conn.execute("SHOW server_version").fetchone()[0])
+
+
+def preamble(title: str, settings: str, postgresql: bool = False, mysql: bool = True) -> str:
+    """Heading lines: what ran, when, on what (the MySQL server unless not *mysql*, the
+    PostgreSQL server with *postgresql*)."""
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    servers = [f"server {server_version()} at {HOST}:{PORT}"] if mysql else []
+    if postgresql:
+        servers.append(f"{pg_server_version()} at {PG_HOST}:{PG_PORT}")
     return (
         f"## {title}\n\n"
-        f"{time.strftime('%Y-%m-%d %H:%M %Z')}; {versions()}; server {server_version()} at {HOST}:{PORT}; "
+        f"{time.strftime('%Y-%m-%d %H:%M %Z')}; {versions()}; {'; '.join(servers)}; "
         f"{os.cpu_count()} CPUs, load {load}\n\n"
         f"`{' '.join([Path(sys.executable).name, *sys.argv])}`: {settings}\n"
     )

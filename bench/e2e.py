@@ -1,8 +1,8 @@
 """End to end: real gunicorn workers driven by wrk on loopback, SELECT 1 per request.
 
-Two modes, each with every variant's server up at once (one MySQL login per
-variant, so the server-side session counts are exact) and wrk runs
-interleaved over rounds (forward, then reverse order):
+Four modes, each with every variant's server up at once (one MySQL or
+PostgreSQL login per variant, so the server-side session counts are exact) and
+wrk runs interleaved over rounds (forward, then reverse order):
 
 - sync:   ``-w 2`` sync workers (``gunicorn_pool.Worker`` for gunicorn_pool),
           wrk ``-c 4``; baseline: one module-global connection per worker.
@@ -16,12 +16,17 @@ interleaved over rounds (forward, then reverse order):
           with ``CONN_MAX_AGE=None``; ``-w 2``, wrk ``-c 4`` (sync) and
           ``-c 50`` (gevent, our pool's max_size 10 per worker). Ratios to
           both stock rows.
+- pg-sync, pg-gevent: the same on PostgreSQL through psycopg 3, with a
+          psycopg_pool ``ConnectionPool`` row; baselines: a module-global
+          psycopg connection per worker (sync), SQLAlchemy QueuePool (gevent:
+          ``wrk -c8`` and pools of 4 per worker, so that every row's sessions
+          fit a default ``max_connections`` of 100 beside other clients).
 
 Reports req/s, latency p50/p99 (wrk's), errors (socket errors and non-2xx)
-and the largest number of server sessions seen in PROCESSLIST during the run.
-Needs ``wrk`` (``apt-get install wrk``).
+and the largest number of server sessions seen (PROCESSLIST or
+pg_stat_activity) during the run. Needs ``wrk`` (``apt-get install wrk``).
 
-    python bench/e2e.py [--rounds 3] [--seconds 5] [--only sync|gevent|django-sync|django-gevent]
+    python bench/e2e.py [--rounds 3] [--seconds 5] [--only sync|gevent|pg-sync|pg-gevent|django-sync|django-gevent]
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import subprocess
 import threading
 from typing import Any
 
-from _common import BenchUser, admin_connect, fmt, preamble, spread, table
+from _common import BenchUser, PGBenchUser, admin_connect, fmt, preamble, spread, table
 from _server import Server
 
 MODES = {
@@ -49,6 +54,14 @@ MODES = {
                     ["dj_stock_age0", "dj_stock_persistent"]),
     "django-gevent": ("gevent", "gunicorn_pool.GeventWorker", 50, 10,
                       ["dj_stock_age0", "dj_stock_persistent", "dj_ours"], ["dj_stock_age0", "dj_stock_persistent"]),
+    "pg-sync": ("sync", "gunicorn_pool.Worker", 4, 1,
+                ["pg_global_conn_app", "pg_connect_app", "pg_psycopg_pool_app", "pg_sqlalchemy_app",
+                 "pg_gunicorn_pool_app"], ["pg_global_conn_app"]),
+    # Smaller than the MySQL gevent mode: every row's server stays up, holding its sessions, and
+    # PostgreSQL's max_connections is 100 by default (4 rows x 2 workers x 4 at most here).
+    "pg-gevent": ("gevent", "gunicorn_pool.GeventWorker", 8, 4,
+                  ["pg_sqlalchemy_app", "pg_psycopg_pool_app", "pg_gunicorn_pool_app", "pg_bare_list_app"],
+                  ["pg_sqlalchemy_app"]),
 }  # fmt: skip
 #: Django rows: one app module, told apart by its environment (bench/apps/djbench/settings.py).
 DJANGO = {
@@ -67,6 +80,12 @@ LABELS = {
     "dj_stock_age0": "Django mysql backend, CONN_MAX_AGE=0",
     "dj_stock_persistent": "Django mysql backend, CONN_MAX_AGE=None",
     "dj_ours": "gunicorn_pool.django.mysql",
+    "pg_global_conn_app": "module-global psycopg connection per worker",
+    "pg_connect_app": "connect per request (psycopg)",
+    "pg_psycopg_pool_app": "psycopg_pool ConnectionPool",
+    "pg_sqlalchemy_app": "SQLAlchemy QueuePool (postgresql+psycopg)",
+    "pg_gunicorn_pool_app": "gunicorn_pool (PostgreSQL)",
+    "pg_bare_list_app": "reference: bare list of psycopg connections per worker",
 }
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
@@ -85,7 +104,7 @@ def parse_wrk(text: str) -> dict[str, Any]:
             "errors": socket_errors + bad, "non2xx": bad}  # fmt: skip
 
 
-def drive(server: Server, user: BenchUser, connections: int, seconds: float) -> dict[str, Any]:
+def drive(server: Server, user: Any, connections: int, seconds: float) -> dict[str, Any]:
     """One wrk run against *server*, sampling the login's sessions meanwhile."""
     peak = [user.count()]
     done = threading.Event()
@@ -109,7 +128,7 @@ def drive(server: Server, user: BenchUser, connections: int, seconds: float) -> 
 
 def run_mode(mode: str, rounds: int, seconds: float) -> str:
     klass, gp_klass, conns, size, variants, baselines = MODES[mode]
-    users = {v: BenchUser() for v in variants}
+    users: dict[str, Any] = {v: PGBenchUser() if mode.startswith("pg-") else BenchUser() for v in variants}
     servers: dict[str, Server] = {}
     results: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
     table_name = f"gpb_dj_{secrets.token_hex(4)}"
@@ -123,7 +142,8 @@ def run_mode(mode: str, rounds: int, seconds: float) -> str:
             env = dict(users[v].env(), GPB_SIZE=str(size), GPB_DJ_TABLE=table_name,
                        **DJANGO.get(v, {}))  # fmt: skip
             module = "django_app" if v in DJANGO else v
-            servers[v] = Server(module, gp_klass if v in GP_ROWS else klass, 2, env).start()
+            ours = v in GP_ROWS or v.endswith("gunicorn_pool_app")
+            servers[v] = Server(module, gp_klass if ours else klass, 2, env).start()
         for v in variants:
             servers[v].wait_ready()
         for v in variants:  # warm-up, not reported
@@ -176,11 +196,13 @@ def main() -> None:
     print(preamble(f"End to end: gunicorn + wrk, {title}",
                    f"{args.rounds} interleaved rounds × {args.seconds:g} s wrk runs per row; ratios per round, "
                    "median (min–max); p50/p99 are medians of wrk's per-run percentiles; max sessions = most "
-                   "PROCESSLIST rows of the row's own login seen during its runs"))  # fmt: skip
+                   "sessions of the row's own login seen during its runs",
+                   postgresql=args.only is None or args.only.startswith("pg-"),
+                   mysql=args.only is None or not args.only.startswith("pg-")))  # fmt: skip
     print("\n\n".join(out))
-    print("\nTargets: sync gunicorn_pool ≥ 0.97 × module-global; gevent gunicorn_pool ≥ 1.3 × SQLAlchemy;"
-          " django-sync ≥ 2 × CONN_MAX_AGE=0 and ≥ 1.0 × CONN_MAX_AGE=None; django-gevent ≥ 1.0 × stock with at"
-          " most max_size (10) sessions per worker.")
+    print("\nTargets: sync gunicorn_pool ≥ 0.97 × module-global; gevent gunicorn_pool ≥ 1.3 × SQLAlchemy"
+          " (MySQL and PostgreSQL alike); django-sync ≥ 2 × CONN_MAX_AGE=0 and ≥ 1.0 × CONN_MAX_AGE=None;"
+          " django-gevent ≥ 1.0 × stock with at most max_size (10) sessions per worker.")
 
 
 if __name__ == "__main__":

@@ -23,16 +23,18 @@ import gc
 import os
 import statistics
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import pymysql
-from _common import BenchUser, bracketed, fmt, preamble, spread, table
+from _common import BenchUser, PGBenchUser, bracketed, fmt, preamble, spread, table
 from _variants import MinimalFifoPool
 
 from gunicorn_pool import DatabasePool
 
 SQL = "SELECT 1"
 RAW = "raw persistent PyMySQL connection"
+PG_RAW = "raw persistent psycopg connection"
+RAW_SAME = "raw PooledMySQLConnection (the class the pool lends, no pool)"
 bodies: dict[str, Callable[[], None]] = {}  # one operation of each row, for the paired part
 
 
@@ -83,6 +85,14 @@ DBAPI_ON = "gunicorn_pool dbapi adapter, PyMySQL creator, autocommit on (no roun
 DBAPI_OFF = "gunicorn_pool dbapi adapter, PyMySQL creator, autocommit off (a COMMIT on every return)"
 PAIRED = ("DBUtils PooledDB (ping=1, default)", "SQLAlchemy QueuePool", "gunicorn_pool DatabasePool.connection()",
           NO_PROBE, "reference: minimal FIFO pool (lock + deque, no features)", DBAPI_ON, DBAPI_OFF)  # fmt: skip
+PG_POOL = "PG: psycopg_pool ConnectionPool"
+PG_SQLALCHEMY = "PG: SQLAlchemy QueuePool (postgresql+psycopg, rollback on return)"
+PG_GP = "PG: gunicorn_pool DatabasePool.connection()"
+PG_UNTRACKED = "PG: gunicorn_pool, reset_session=False (no statement tracking)"
+PG_PAIRED = (PG_POOL, PG_SQLALCHEMY, PG_GP, PG_UNTRACKED)
+#: A paired row against a raw connection of the class the pool lends (one driver class in the loop).
+SAME_CLASS = ("gunicorn_pool DatabasePool.connection() ÷ raw PooledMySQLConnection", RAW_SAME,
+              "gunicorn_pool DatabasePool.connection()")
 
 
 def _closing(acquire: Callable[[], Any]) -> Callable[[], None]:
@@ -119,6 +129,11 @@ def build(user: BenchUser, ops: int) -> tuple[dict[str, Callable[[], float]], li
     raw = pymysql.connect(**kw)
     closers.append(raw.close)
     add(RAW, lambda: _op(raw))
+    from gunicorn_pool.connectors.mysql import PooledMySQLConnection
+
+    same = PooledMySQLConnection(**kw)
+    closers.append(same.close)
+    add(RAW_SAME, lambda: _op(same))
 
     few = max(5, ops // 40)
     add("connect per operation (PyMySQL defaults: TLS preferred)", _closing(lambda: pymysql.connect(**kw)), few)
@@ -168,6 +183,45 @@ def build(user: BenchUser, ops: int) -> tuple[dict[str, Callable[[], float]], li
         ref.putconn(conn)
 
     add("reference: minimal FIFO pool (lock + deque, no features)", minimal)
+    return variants, closers
+
+
+def build_pg(user: PGBenchUser, ops: int) -> tuple[dict[str, Callable[[], float]], list[Callable[[], None]]]:
+    """The PostgreSQL group: raw psycopg, psycopg_pool, SQLAlchemy on psycopg, gunicorn_pool."""
+    import psycopg
+    import sqlalchemy
+    from psycopg_pool import ConnectionPool
+
+    closers: list[Callable[[], None]] = []
+    variants: dict[str, Callable[[], float]] = {}
+
+    def add(label: str, body: Callable[[], None]) -> None:
+        bodies[label] = body
+        variants[label] = timed(ops, body)
+
+    raw = psycopg.connect(**user.kwargs())
+    closers.append(raw.close)
+    add(PG_RAW, lambda: _op(raw))
+
+    # psycopg's own pool, as its docs show it: autocommit connections, no check on checkout.
+    pgpool = ConnectionPool(user.conninfo(), min_size=1, max_size=1, kwargs={"autocommit": True}, open=True)
+    pgpool.wait(10)
+    closers.append(pgpool.close)
+    add(PG_POOL, _within(pgpool.connection))
+
+    engine = sqlalchemy.create_engine(user.url("postgresql+psycopg"), pool_size=1, max_overflow=0)
+    engine.raw_connection().close()  # first connect: dialect initialisation
+    closers.append(engine.dispose)
+    add(PG_SQLALCHEMY, _closing(engine.raw_connection))
+
+    db = DatabasePool({"default": dict(user.config(), min_size=1, max_size=1)}, name="bench-pg")
+    untracked = DatabasePool({"default": dict(user.config(), min_size=1, max_size=1, reset_session=False)},
+                             name="bench-pg-untracked")  # fmt: skip
+    for service in (db, untracked):
+        service.init_pool()
+        closers.append(service.close_pool)
+    add(PG_GP, _within(db.connection))
+    add(PG_UNTRACKED, _within(untracked.connection))
     return variants, closers
 
 
@@ -250,8 +304,12 @@ def build_redis(ops: int) -> tuple[dict[str, Callable[[], float]], list[Callable
 
 def run_part(title: str, base_name: str, paired_names: tuple[str, ...], target: str,
              build: Callable[[], tuple[dict[str, Callable[[], float]], list[Callable[[], None]]]],
-             args: argparse.Namespace, note: str = "") -> None:  # fmt: skip
-    """Build the rows, time them (blocks between raw blocks, then paired) and print both tables."""
+             args: argparse.Namespace, note: str = "", servers: Optional[dict[str, bool]] = None,
+             extra_pairs: tuple[tuple[str, str, str], ...] = ()) -> None:  # fmt: skip
+    """Build the rows, time them (blocks between raw blocks, then paired) and print both tables.
+
+    *extra_pairs* are (label, baseline row, row) pairs timed against another baseline than *base_name*.
+    """
     variants, closers = build()
     try:
         for run in variants.values():  # warm-up, not reported
@@ -259,6 +317,8 @@ def run_part(title: str, base_name: str, paired_names: tuple[str, ...], target: 
         base = variants.pop(base_name)
         base_values, values, rel = bracketed(base, variants, args.rounds)
         pair_rel = {name: paired(bodies[base_name], bodies[name], args.pairs, 500) for name in paired_names}
+        for label, baseline, row in extra_pairs:
+            pair_rel[label] = paired(bodies[baseline], bodies[row], args.pairs, 500)
     finally:
         for close in closers:
             close()
@@ -269,14 +329,15 @@ def run_part(title: str, base_name: str, paired_names: tuple[str, ...], target: 
         rmed, rlo, rhi = spread(rel[name])
         rows.append([name, fmt(med), fmt(lo), fmt(hi), f"**{rmed:.2f}** ({rlo:.2f}–{rhi:.2f})"])
     print(preamble(title, f"{args.rounds} rounds, {args.ops} operations per block{note}; every block runs between"
-                          " two raw blocks; ratio = block µs/op ÷ mean of the raw blocks around it, median (min–max)"))
+                          " two raw blocks; ratio = block µs/op ÷ mean of the raw blocks around it, median (min–max)",
+                   **(servers or {})))  # fmt: skip
     print(table(["row", "median µs/op", "min", "max", "÷ raw"], rows))
     print()
     print(f"Paired per operation: {args.pairs} pairs per row, raw and row operations alternating (AB, BA); "
           "ratio = median row op ÷ median raw op per 500 pairs, median (min–max) over those chunks")
     print()
     prow = []
-    for name in paired_names:
+    for name in (*paired_names, *(label for label, _, _ in extra_pairs)):
         med, lo, hi = spread(pair_rel[name])
         prow.append([name, f"**{med:.3f}** ({lo:.3f}–{hi:.3f})"])
     print(table(["row", "÷ raw, paired"], prow))
@@ -286,21 +347,30 @@ def run_part(title: str, base_name: str, paired_names: tuple[str, ...], target: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--part", choices=("all", "mysql", "redis"), default="all", help="which rows (default all)")
+    parser.add_argument("--part", choices=("all", "mysql", "postgresql", "redis"), default="all",
+                        help="which rows (default all)")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=40, help="rounds (default 40)")
     parser.add_argument("--ops", type=int, default=200, help="operations per block (default 200)")
     parser.add_argument("--pairs", type=int, default=10000, help="pairs per row in the paired part (default 10000)")
     args = parser.parse_args()
+    if args.part in ("all", "mysql"):
+        with BenchUser() as user:
+            run_part("Overhead: checkout + SELECT 1 + checkin, one connection (MySQL)", RAW, PAIRED,
+                     "Target: gunicorn_pool ≤ 1.05 × raw. The last paired row uses a raw connection of the class"
+                     " the pool lends: one driver class in the loop (see docs/performance.md).",
+                     lambda: build(user, args.ops), args, note=f" ({max(5, args.ops // 40)} for"
+                     " connect-per-operation)", extra_pairs=(SAME_CLASS,))  # fmt: skip
+        print()
+    if args.part in ("all", "postgresql"):
+        with PGBenchUser() as pg_user:
+            run_part("Overhead: checkout + SELECT 1 + checkin, one connection (PostgreSQL)", PG_RAW, PG_PAIRED,
+                     "Target: gunicorn_pool ≤ 1.05 × raw, and below psycopg_pool's ratio.",
+                     lambda: build_pg(pg_user, args.ops), args,
+                     servers={"postgresql": True, "mysql": False})  # fmt: skip
+        print()
     if args.part in ("all", "redis"):
         run_part("Overhead: GET through redis-py, one connection", REDIS_RAW, REDIS_PAIRED,
                  "Target: gunicorn_pool RedisPool.client() ≤ 1.05 × raw.", lambda: build_redis(args.ops), args)
-        print()
-    if args.part == "redis":
-        return
-    with BenchUser() as user:
-        run_part("Overhead: checkout + SELECT 1 + checkin, one connection", RAW, PAIRED,
-                 "Target: gunicorn_pool ≤ 1.05 × raw.", lambda: build(user, args.ops), args,
-                 note=f" ({max(5, args.ops // 40)} for connect-per-operation)")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -11,10 +11,17 @@ file registers are built with the sizes a worker would use. With
 ``DJANGO_SETTINGS_MODULE`` set, it loads the Django settings too and lists the
 pooled aliases (``gunicorn_pool.django``) as service ``django``. For every pool it
 prints the masked DSN and sizes, connects once (bounded by the pool's
-``connect_timeout``) and reads the server's version, ``@@max_connections``
-and current connections. The budget per server is::
+``connect_timeout``) and reads the server's version, its connection limit and
+current connections: MySQL's ``@@max_connections``, ``@@max_user_connections``
+and ``Threads_connected``; PostgreSQL's ``max_connections``, the slots it
+reserves (``superuser_reserved_connections`` and, from 16,
+``reserved_connections``; none for a superuser login), the login's and the
+database's ``CONNECTION LIMIT`` and the client backends in
+``pg_stat_activity``. The budget per server is::
 
     sum over its pools of  workers x max_size  x 2 (SIGHUP: old and new workers overlap)  x hosts
+
+and it fits when it is at most ``max_connections`` minus the reserved slots.
 
 Exit codes: 0 everything fits; 1 a server is over budget or a pool cannot
 connect; 2 the configuration is wrong (bad file, unknown option, no pool).
@@ -39,6 +46,7 @@ from .config import mask_dsn
 __all__ = ["main"]
 
 EXIT_OK, EXIT_BUDGET, EXIT_CONFIG = 0, 1, 2
+_SERVERS = ("mysql", "postgresql")  # adapters with a server connection budget
 
 
 class CheckConfigError(Exception):
@@ -205,10 +213,11 @@ def _pools(services: list[tuple[str, Any]], plan: Plan, hosts: int) -> tuple[lis
             lo, hi = cfg.sizes(current_profile())
             row: dict[str, Any] = {
                 "service": service_name, "pool": key, "adapter": cfg.adapter, "dsn": cfg.dsn,
-                "address": cfg.address, "user": cfg.user if cfg.adapter == "mysql" else None,
+                "address": cfg.address, "user": cfg.user if cfg.adapter in _SERVERS else None,
+                "database": cfg.database if cfg.adapter in _SERVERS else None,
                 "min_size": lo, "max_size": hi,
             }  # fmt: skip
-            if cfg.adapter == "mysql":
+            if cfg.adapter in _SERVERS:
                 per_host = plan.workers * hi
                 row.update(per_host=per_host, sighup_peak=2 * per_host, total=2 * per_host * hosts)
             elif not isinstance(service, DatabasePool):
@@ -230,6 +239,8 @@ def _probe(row: dict[str, Any]) -> dict[str, Any]:
     except Exception as exc:
         return {"ok": False, "error": mask_dsn(connector.describe_error(exc), cfg.password)}
     ms = (time.monotonic() - start) * 1000
+    if cfg.adapter == "postgresql":
+        return _probe_postgresql(connector, raw, cfg, ms)
     raw._read_timeout = raw._write_timeout = cfg.connect_timeout  # bound our queries too
     try:
         cur = raw.cursor()
@@ -250,32 +261,78 @@ def _probe(row: dict[str, Any]) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _probe_postgresql(connector: Any, raw: Any, cfg: Any, ms: float) -> dict[str, Any]:
+    """What the budget needs from a PostgreSQL server, in one query bounded by ``connect_timeout``."""
+    from .connectors.postgresql import fetch
+
+    raw._gp_holder = None  # the pool's own use
+    try:
+        rows = fetch(raw, _PG_LIMITS, cfg.connect_timeout)
+        ((version, max_conn, su_reserved, reserved, now, role_limit, superuser, db_limit),) = rows
+    except Exception as exc:
+        return {"ok": False, "error": mask_dsn(connector.describe_error(exc), cfg.password)}
+    finally:
+        connector.close(raw)
+    return {
+        "ok": True, "connect_ms": round(ms, 1), "version": f"PostgreSQL {version}", "max_connections": int(max_conn),
+        # A superuser may use the slots kept for superusers (and those of reserved_connections).
+        "reserved_connections": 0 if superuser else int(su_reserved) + int(reserved),
+        # CONNECTION LIMIT of the login and of the database: -1 (none) is 0 here, as MySQL says it.
+        "max_user_connections": max(0, int(role_limit)), "database_connection_limit": max(0, int(db_limit)),
+        "connections_now": int(now),
+    }  # fmt: skip
+
+
+_PG_LIMITS = """
+SELECT current_setting('server_version'),
+       current_setting('max_connections')::int,
+       current_setting('superuser_reserved_connections')::int,
+       coalesce(current_setting('reserved_connections', true), '0')::int,
+       (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'),
+       (SELECT rolconnlimit FROM pg_roles WHERE rolname = current_user),
+       (SELECT rolsuper FROM pg_roles WHERE rolname = current_user),
+       (SELECT datconnlimit FROM pg_database WHERE datname = current_database())
+"""
+
+
 def _servers(pools: list[dict[str, Any]]) -> list[dict[str, Any]]:
     servers: dict[str, dict[str, Any]] = {}
     for row in pools:
-        if row["adapter"] != "mysql":
+        if row["adapter"] not in _SERVERS:
             continue
-        srv = servers.setdefault(row["address"], {"address": row["address"], "pools": [], "steady": 0, "needed": 0})
+        srv = servers.setdefault(row["address"], {"address": row["address"], "adapter": row["adapter"], "pools": [],
+                                                  "steady": 0, "needed": 0})  # fmt: skip
         srv["pools"].append(f"{row['service']}/{row['pool']}")
         srv["steady"] += row["total"] // 2
         srv["needed"] += row["total"]
         probe = row["connect"]
         if probe["ok"] and "max_connections" not in srv:
-            srv.update({k: probe[k] for k in ("version", "max_connections", "connections_now", "processlist_visible")})
+            keys = ("version", "max_connections", "connections_now", "processlist_visible")
+            srv.update({k: probe[k] for k in keys if k in probe})
+        if probe["ok"] and "reserved_connections" in probe:
+            # PostgreSQL: slots its logins cannot use (none for a superuser); any ordinary login's count
+            srv["reserved_connections"] = max(srv.get("reserved_connections", 0), probe["reserved_connections"])
         if probe["ok"] and probe["max_user_connections"] > 0:
             limits = srv.setdefault("max_user_connections", {})
             limits[row["user"]] = probe["max_user_connections"]
+        if probe["ok"] and probe.get("database_connection_limit", 0) > 0:
+            srv.setdefault("database_connection_limit", {})[row["database"]] = probe["database_connection_limit"]
     for srv in servers.values():
         if "max_connections" not in srv:
             srv.update(version=None, max_connections=None, connections_now=None, spare=None, fits=None)
             continue
-        srv["spare"] = srv["max_connections"] - srv["needed"]
+        srv["spare"] = srv["max_connections"] - srv.get("reserved_connections", 0) - srv["needed"]
         srv["fits"] = srv["spare"] >= 0
         for user, limit in srv.get("max_user_connections", {}).items():
             wanted = sum(r["total"] for r in pools if r["address"] == srv["address"] and r["user"] == user)
             if wanted > limit:
                 srv["fits"] = False
                 srv.setdefault("over_user_limit", {})[user] = {"needed": wanted, "max_user_connections": limit}
+        for database, limit in srv.get("database_connection_limit", {}).items():
+            wanted = sum(r["total"] for r in pools if r["address"] == srv["address"] and r["database"] == database)
+            if wanted > limit:
+                srv["fits"] = False
+                srv.setdefault("over_database_limit", {})[database] = {"needed": wanted, "connection_limit": limit}
     return list(servers.values())
 
 
@@ -314,11 +371,15 @@ def _render(report: dict[str, Any]) -> str:
         rows = []
         for s in report["servers"]:
             verdict = "unknown" if s["fits"] is None else "fits" if s["fits"] else "OVER BUDGET"
-            rows.append([s["address"], s["version"], s["max_connections"], s["connections_now"],
-                         s["steady"], s["needed"], s["spare"], verdict])  # fmt: skip
-        out += ["", _table(["SERVER", "VERSION", "MAX_CONNECTIONS", "NOW", "STEADY", "PEAK", "SPARE", "VERDICT"], rows)]
+            rows.append([s["address"], s["version"], s["max_connections"], s.get("reserved_connections"),
+                         s["connections_now"], s["steady"], s["needed"], s["spare"], verdict])  # fmt: skip
+        heads = ["SERVER", "VERSION", "MAX_CONNECTIONS", "RESERVED", "NOW", "STEADY", "PEAK", "SPARE", "VERDICT"]
+        out += ["", _table(heads, rows)]
         out.append(f"PEAK = workers x max_size, x2 while SIGHUP runs old and new workers, x {report['hosts']} host(s)")
-        out.append("STEADY = PEAK without the SIGHUP overlap; NOW = Threads_connected (every client of the server)")
+        out.append("STEADY = PEAK without the SIGHUP overlap; SPARE = MAX_CONNECTIONS - RESERVED - PEAK")
+        out.append("RESERVED = PostgreSQL's superuser_reserved_connections (+ reserved_connections) unless the login is"
+                   " a superuser")  # fmt: skip
+        out.append("NOW = every client of the server (MySQL Threads_connected, PostgreSQL client backends)")
     out.append("")
     out += [f"warning: {w}" for w in report["warnings"]]
     out += [f"error: {e}" for e in report["errors"]]
@@ -367,7 +428,7 @@ def check(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
     pools, others = _pools(services, plan, args.hosts)
     report["warnings"] += others
     for row in pools:
-        if row["adapter"] == "mysql":
+        if row["adapter"] in _SERVERS:
             row["connect"] = _probe(row)
             if not row["connect"]["ok"]:
                 report["errors"].append(
@@ -376,12 +437,20 @@ def check(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
     report["servers"] = _servers(pools)
     for srv in report["servers"]:
         if srv["fits"] is False:
-            report["errors"].append(
-                f"server {srv['address']}: peak {srv['needed']} connections > max_connections {srv['max_connections']}"
-                if srv["spare"] < 0 else f"server {srv['address']}: over max_user_connections {srv['over_user_limit']}"
-            )  # fmt: skip
+            report["errors"].append(_over_budget(srv))
     report["pools"] = [{k: v for k, v in row.items() if k != "_cfg"} for row in pools]
     return (EXIT_BUDGET if report["errors"] else EXIT_OK), report
+
+
+def _over_budget(srv: dict[str, Any]) -> str:
+    if srv["spare"] < 0:
+        reserved = srv.get("reserved_connections") or 0
+        less = f" - {reserved} reserved" if reserved else ""
+        limit = f"max_connections {srv['max_connections']}{less}"
+        return f"server {srv['address']}: peak {srv['needed']} connections > {limit}"
+    if "over_user_limit" in srv:
+        return f"server {srv['address']}: over max_user_connections {srv['over_user_limit']}"
+    return f"server {srv['address']}: over the database's connection limit {srv['over_database_limit']}"
 
 
 def _load_django_settings(cfg: Any) -> None:

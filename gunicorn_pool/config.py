@@ -167,7 +167,8 @@ class DatabaseConfig(PoolOptions):
             return f"dbapi:{_callable_name(self.creator)}"
         auth = quote(self.user or "", safe="") + (f":{_MASK}" if self.password else "")
         host = f"[{self.host}]" if self.host and ":" in self.host else self.host
-        return f"{self.adapter}://{auth}{'@' if auth else ''}{host}:{self.port}/{quote(self.database or '', safe='')}"
+        dsn = f"{self.adapter}://{auth}{'@' if auth else ''}{host}:{self.port}/{quote(self.database or '', safe='')}"
+        return _masked(dsn, self.password)
 
     def __repr__(self) -> str:
         return f"<DatabaseConfig {self.pool_name!r} {self.dsn} min={self.min_size} max={self.max_size}>"
@@ -180,6 +181,17 @@ def _fields() -> dict[str, dataclasses.Field[Any]]:
 _FIELDS = _fields()
 #: Every key: ``{name: (default, rule, adapters it applies to)}``.
 KEYS = {name: (f.default, rule_of(f), f.metadata.get("adapters", _ALL)) for name, f in _FIELDS.items()}
+
+
+def _masked(dsn: str, password: Any) -> str:
+    # The password can also be the user name, or part of the host or database name (a
+    # mistyped URL): then those are masked too, however odd the result reads.
+    if isinstance(password, bytes):
+        password = password.decode("utf-8", "replace")
+    if password and password in dsn.replace(f":{_MASK}@", "@", 1):
+        auth, at, rest = dsn.partition("@")
+        return auth.replace(password, _MASK) + at + rest.replace(password, _MASK)
+    return dsn
 
 
 def mask_dsn(text: str, password: str = "") -> str:
@@ -295,8 +307,13 @@ def host_port(pool_name: str, hostport: str) -> tuple[str, Optional[int]]:
 
 
 def _sqlite_url(pool_name: str, rest: str) -> dict[str, Any]:
-    # sqlite:///relative.db, sqlite:////abs/path.db, sqlite:///:memory:
+    # sqlite:///relative.db, sqlite:////abs/path.db, sqlite:///:memory:, sqlite:// (memory)
     path, _, query = rest.partition("?")
+    if path and not path.startswith("/"):
+        raise ConfigError(
+            f"pool {pool_name!r}: a sqlite URL names a file, not a server or a login:"
+            " sqlite:///relative.db, sqlite:////absolute/path.db or sqlite:///:memory:"
+        )
     raw: dict[str, Any] = {"adapter": "sqlite", "database": path[1:] if path.startswith("/") else (path or ":memory:")}
     for key, val in parse_qsl(query, keep_blank_values=True):
         raw.setdefault("session", []).append(val) if key == "session" else raw.__setitem__(key, val)
@@ -327,7 +344,7 @@ def _normalise(pool_name: str, raw: dict[str, Any]) -> dict[str, Any]:
         field = _FIELDS.get(name)
         if field is None:
             known = sorted(n for n, (_, _, ads) in KEYS.items() if adapter in ads) + list(_SOURCES)
-            raise ConfigError(f"pool {pool_name!r}: unknown option {key!r} (known: {', '.join(known)})")
+            raise ConfigError(f"pool {pool_name!r}: unknown option {_shown(key)} (known: {', '.join(known)})")
         if adapter not in KEYS[name][2]:
             raise ConfigError(
                 f"pool {pool_name!r}: option {name!r} does not apply to adapter {adapter!r}"
@@ -361,9 +378,20 @@ def _adapter(pool_name: str, raw: Mapping[str, Any]) -> str:
     value = raw.get("adapter", "mysql")
     name = _SPELLINGS.get(value.strip().lower()) if isinstance(value, str) else None
     if name is None:
-        shown = repr(value[:20]) if isinstance(value, str) else f"a {type(value).__name__}"
+        shown = _shown(value) if isinstance(value, str) else f"a {type(value).__name__}"
         raise ConfigError(f"pool {pool_name!r}: unknown adapter {shown} (use one of: {', '.join(sorted(_SPELLINGS))})")
     return name
+
+
+def _shown(name: str) -> str:
+    """*name* quoted for an error if it looks like a name; else a description that does not
+    echo it (a mistyped URL can put a password where an option or adapter name goes)."""
+    if _NAME_LIKE.fullmatch(name):
+        return repr(name)
+    return f"(not shown: {len(name)} characters that are not a name; a mistyped URL? {ENCODE_HINT})"
+
+
+_NAME_LIKE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
 
 
 def _coerce(pool_name: str, name: str, val: Any) -> Any:

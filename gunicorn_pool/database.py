@@ -22,8 +22,8 @@ the first request) and closes them when it exits.
 
 Transactions
 ------------
-``connection()`` lends the driver's own connection (a ``pymysql.Connection``
-or ``sqlite3.Connection``). Connections run in autocommit mode by default, so
+``connection()`` lends the driver's own connection (a ``pymysql.Connection``,
+``psycopg.Connection`` or ``sqlite3.Connection``). Connections run in autocommit mode by default, so
 plain statements need no commit. A transaction you open (``conn.begin()``,
 or any statement with ``autocommit=False``) is committed when the ``with``
 block exits cleanly and rolled back when it exits with an exception, as in
@@ -56,6 +56,8 @@ from .service import NamedPools, single_config
 
 __all__ = ["DatabasePool"]
 
+_PREIMPORT = frozenset({"mysql", "sqlite"})
+
 logger = logging.getLogger("gunicorn_pool")
 
 
@@ -77,12 +79,14 @@ class DatabasePool(NamedPools[DatabaseConfig]):
         if not configs:
             raise ConfigError(f"DatabasePool {name!r}: no database configured")
         super().__init__({key: parse_config(key, val) for key, val in configs.items()}, name=name)
-        for adapter in {cfg.adapter for cfg in self.configs.values()}:
+        for adapter in {cfg.adapter for cfg in self.configs.values()} & _PREIMPORT:
             # Import the connector and its driver where the config is read (the
             # master, for a pool registered in gunicorn.conf.py): every worker then
             # inherits them instead of paying ~45 ms (PyMySQL) per boot and respawn.
-            # The drivers look sockets up at call time, so they still cooperate
-            # after gevent patching.
+            # PyMySQL and sqlite3 look sockets up at call time, so they still
+            # cooperate after gevent patching. psycopg is never imported here: it
+            # picks its wait function at import, and imported before the patch it
+            # would block the gevent hub in every worker.
             connector_class(adapter)
 
     def _build(self, name: str, config: DatabaseConfig) -> ConnectionPool:

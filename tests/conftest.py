@@ -22,6 +22,8 @@ import pytest
 from proxy import FaultProxy
 from servers import _mariadb_pair_session, mariadb_pair, mariadb_tls, pg_scram, pgbouncer  # noqa: F401
 from support import (
+    PG_HOST,
+    PG_PORT,
     Gunicorn,
     MySQLUser,
     PGUser,
@@ -115,6 +117,16 @@ def gunicorn(tmp_path: Path) -> Iterator[Callable[..., Gunicorn]]:
 def tcp_proxy(mysql_server: None) -> Iterator[FaultProxy]:
     """A controllable TCP proxy to the test server (tests/proxy.py); stopped and joined after the test."""
     proxy = FaultProxy().start()
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+
+
+@pytest.fixture
+def pg_proxy(postgresql_server: None) -> Iterator[FaultProxy]:
+    """A controllable TCP proxy to the test PostgreSQL server; stopped and joined after the test."""
+    proxy = FaultProxy(target=(PG_HOST, PG_PORT)).start()
     try:
         yield proxy
     finally:

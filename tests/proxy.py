@@ -1,14 +1,15 @@
 """A TCP proxy the fault tests control, running in threads of the test process.
 
 ``FaultProxy`` listens on a free loopback port and forwards to the test
-MariaDB. Point a pool at ``proxy.port`` and switch modes while a real gunicorn
-server runs::
+MariaDB, or to any ``target=(host, port)`` (``FaultProxy(target=(PG_HOST,
+PG_PORT))`` for PostgreSQL: it forwards bytes, whatever the protocol). Point a
+pool at ``proxy.port`` and switch modes while a real gunicorn server runs::
 
     proxy = FaultProxy().start()
     proxy.refuse()      # listener closed: new connects get ECONNREFUSED
     proxy.cut()         # reset every forwarded connection now
     proxy.blackhole()   # accept, never answer, never forward
-    proxy.freeze()      # open connections stop moving (a server hung mid-query); forward() thaws
+    proxy.stall()       # connections open now stop forwarding (a hung server); new ones flow
     proxy.forward()     # back to normal (rebinds the same port)
     proxy.stop()        # close everything, join every thread
 
@@ -47,21 +48,25 @@ def _reset(sock: socket.socket) -> None:
 class _Pair:
     """One forwarded connection: client <-> upstream, pumped by one thread."""
 
-    def __init__(self, client: socket.socket, upstream: socket.socket, frozen: threading.Event) -> None:
+    def __init__(self, client: socket.socket, upstream: socket.socket) -> None:
         self.client = client
         self.upstream = upstream
-        self.frozen = frozen  # set: bytes stay where they are, in both directions
         self.done = threading.Event()
+        self.stalled = threading.Event()  # nothing is forwarded any more, both ways
+        self.parked = threading.Event()  # the pump saw ``stalled``: it forwards nothing from now on
         self.thread = threading.Thread(target=self._pump, name="proxy-pump", daemon=True)
 
     def _pump(self) -> None:
         socks = [self.client, self.upstream]
         try:
             while not self.done.is_set():
-                if self.frozen.is_set():
+                if self.stalled.is_set():
+                    self.parked.set()
                     self.done.wait(_TICK)
                     continue
                 readable, _, _ = select.select(socks, [], [], _TICK)
+                if self.stalled.is_set():
+                    continue  # stalled while waiting: what arrived is never forwarded
                 for src in readable:
                     data = src.recv(65536)
                     if not data:
@@ -82,7 +87,7 @@ class _Pair:
 
 
 class FaultProxy:
-    """A controllable TCP proxy to the test MySQL server (see the module doc)."""
+    """A controllable TCP proxy to the test MySQL server, or to *target* (see the module doc)."""
 
     def __init__(self, target: tuple[str, int] = (MYSQL_HOST, MYSQL_PORT), port: int = 0) -> None:
         self.target = target
@@ -93,7 +98,6 @@ class FaultProxy:
         self._listener: Optional[socket.socket] = None
         self._pairs: list[_Pair] = []
         self._held: list[socket.socket] = []  # blackholed client sockets
-        self._frozen = threading.Event()
         self._stopping = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
@@ -122,8 +126,7 @@ class FaultProxy:
     # -- modes ---------------------------------------------------------------------
 
     def forward(self) -> None:
-        """Forward new connections to the server (rebinding the port if refused); thaw frozen ones."""
-        self._frozen.clear()
+        """Forward new connections to the server (rebinding the port if refused)."""
         with self._lock:
             self.mode = "forward"
         self._release_held()
@@ -141,9 +144,16 @@ class FaultProxy:
             self.mode = "blackhole"
         self._listen()
 
-    def freeze(self) -> None:
-        """Stop moving bytes on every open connection, both ways: a server hung mid-query."""
-        self._frozen.set()
+    def stall(self) -> int:
+        """Stop forwarding on every connection open now (a server that hangs mid-session); new
+        connections still flow. Return how many were stalled; ``cut()`` ends them."""
+        with self._lock:
+            pairs = list(self._pairs)
+        for pair in pairs:
+            pair.stalled.set()
+        for pair in pairs:
+            pair.parked.wait(_JOIN)  # from here on the pump forwards nothing
+        return len(pairs)
 
     def cut(self) -> int:
         """Reset every forwarded connection now; return how many were cut."""
@@ -221,7 +231,7 @@ class FaultProxy:
         except OSError:
             _reset(client)
             return
-        pair = _Pair(client, upstream, self._frozen)
+        pair = _Pair(client, upstream)
         with self._lock:
             self._pairs.append(pair)
         pair.thread.start()

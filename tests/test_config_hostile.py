@@ -10,7 +10,7 @@ import string
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from support import MYSQL_DB, MYSQL_HOST, MYSQL_PORT, MySQLUser
 
@@ -42,6 +42,30 @@ def test_ambiguous_urls_are_refused_with_a_hint_and_no_part_of_the_userinfo(url)
     pieces = {userinfo, SECRET, *userinfo.replace("/", ":").replace("@", ":").replace("#", ":").split(":")}
     for part in (p for p in pieces if len(p) >= 5):  # shorter ones ("se", "p") are in plain words too
         assert part not in text, (part, text)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"mysql://app@db/shop?{SECRET}=1",  # not a name: an unknown option is not echoed
+        f"mysql://app@db/shop?adapter=my-{SECRET}",
+        f"sqlite://app:{SECRET}@/x.db",  # a login in a sqlite URL
+    ],
+)
+def test_names_that_are_not_names_are_not_echoed(url):
+    with pytest.raises(ConfigError) as info:
+        parse_config("shop", url)
+    assert SECRET not in str(info.value) and "'shop'" in str(info.value), str(info.value)
+
+
+def test_an_option_name_typo_is_named():
+    with pytest.raises(ConfigError, match="unknown option 'max_sise'"):
+        parse_config("shop", "mysql://app@db/shop?max_sise=3")
+
+
+def test_a_password_that_also_appears_elsewhere_is_masked_there_too():
+    cfg = parse_config("shop", {"user": "hunter22", "password": "hunter22", "host": "db", "database": "x_hunter22"})
+    assert "hunter22" not in cfg.dsn and "hunter22" not in repr(cfg), cfg.dsn
 
 
 @pytest.mark.parametrize(
@@ -121,6 +145,9 @@ _URL_PARTS = st.text(alphabet=string.ascii_letters + string.digits + "/?#[]@:%.-
 @settings(max_examples=400, deadline=None)
 @given(st.sampled_from(["mysql", "postgresql", "mariadb", "postgres", "sqlite", "oracle", "MySQL"]), _URL_PARTS,
        _URL_PARTS, _URL_PARTS, _URL_PARTS)  # fmt: skip
+@example("sqlite", "?", "", "", "")  # the secret became an option name, echoed by the error
+@example("sqlite", "", "", "", "")  # a sqlite URL with a login kept it in its path and repr
+@example("mysql", "", "", "", "adapter=" + SECRET)  # echoed as the unknown adapter
 def test_fuzz_urls_parse_or_raise_config_error_without_the_secret(scheme, user, host, path, query):
     url = f"{scheme}://{user}:{SECRET}{host}@{path}?{query}"
     _build_or_refuse(url, probe_sqlite=False)

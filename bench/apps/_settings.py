@@ -10,6 +10,11 @@ KW = dict(
     database=os.environ.get("GPB_DB", "test"),
     autocommit=True,
 )
+#: psycopg keyword arguments of the PostgreSQL apps (pg_*_app.py): the same GPB_* variables
+PG_KW = dict(host=KW["host"], port=KW["port"], user=KW["user"], password=KW["password"], dbname=KW["database"])
+#: the same server as a gunicorn_pool config
+PG_CONFIG = dict(adapter="postgresql", host=KW["host"], port=KW["port"], user=KW["user"], password=KW["password"],
+                 database=KW["database"])
 #: PyMySQL TLS arguments of the baseline apps: off (the cheapest connect) unless GPB_SSL=default,
 #: which keeps PyMySQL's "preferred" mode (a TLS context built on every connect)
 SSL = {} if os.environ.get("GPB_SSL") == "default" else {"ssl_disabled": True}

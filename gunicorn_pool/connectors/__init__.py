@@ -14,11 +14,15 @@ from .base import Connector
 if TYPE_CHECKING:
     from ..config import DatabaseConfig
 
-__all__ = ["Connector", "DBAPIConnector", "MySQLConnector", "SQLiteConnector", "connector_class", "make_connector"]
+__all__ = [
+    "Connector", "DBAPIConnector", "MySQLConnector", "PostgreSQLConnector", "SQLiteConnector", "connector_class",
+    "make_connector",
+]  # fmt: skip
 
 #: adapter -> (module, class)
 _BY_ADAPTER = {
     "mysql": (".mysql", "MySQLConnector"),
+    "postgresql": (".postgresql", "PostgreSQLConnector"),
     "sqlite": (".sqlite", "SQLiteConnector"),
     "dbapi": (".dbapi", "DBAPIConnector"),
 }
@@ -41,7 +45,7 @@ def make_connector(config: DatabaseConfig) -> Connector:
 
 
 def __getattr__(name: str) -> Any:
-    # MySQLConnector imports PyMySQL: load a connector class only when asked for it.
+    # MySQLConnector imports PyMySQL, PostgreSQLConnector psycopg: load a connector class only when asked for it.
     for module, cls_name in _BY_ADAPTER.values():
         if cls_name == name:
             return getattr(importlib.import_module(module, __name__), name)

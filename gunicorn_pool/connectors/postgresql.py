@@ -1,0 +1,667 @@
+"""PostgreSQL through psycopg 3.
+
+- The connect is bounded by ``connect_timeout`` as given, fractions included,
+  for each host tried: handshake, TLS and authentication too. psycopg
+  truncates it to whole seconds, at least 2 (and below 1 waits its default
+  of 130 s), so the connector drives psycopg's connect generator itself,
+  waiting with ``select.poll`` looked up on each call (gevent's once gevent
+  patched ``select``).
+- Every command passes :meth:`PooledPGConnection.wait`, psycopg's one
+  chokepoint (cursor ``execute``/``executemany``/``stream``, ``commit``,
+  ``rollback``, ``transaction()``, COPY, pipelines, server-side cursors,
+  ``notifies()``): the lease guard refuses a use by anyone but the holder
+  there, before the generator that would send anything has started.
+- Returning a connection costs no round trip when nothing is open: the
+  transaction status comes from libpq (``pgconn.transaction_status``), the
+  rest from client-side flags.
+- A session the user changed is reset on return with ``DISCARD ALL``, and
+  only then: command tags and a short scan of each statement's text tell
+  (:class:`PooledPGCursor`).
+- The checkout probe is a zero-timeout ``poll()`` of the socket; the ping is
+  an empty query bounded by ``check_timeout``.
+- A connection inherited through ``fork()`` is dropped without a word to the
+  server: it is never finished in the child (psycopg's own ``PGconn``
+  finaliser also finishes only in the process that connected), and the
+  child's copy of the socket is pointed at ``/dev/null``.
+- libpq builds TLS state per connection, in the process that connects: there
+  is no context object to share across fork or gevent patching.
+- psycopg picks its wait function when it is imported: imported before gevent
+  patched ``select`` (``--preload``, gunicorn.conf.py), it would block the hub.
+  Connections opened once ``select`` is patched wait with psycopg's
+  ``wait_poll`` instead, and get a lock of the patched ``threading``.
+
+See docs/postgresql.md for what is reset, what is not detected, multi-host
+configs and PgBouncer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import re
+import select
+import socket
+import sys
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg import generators, pq, waiting
+from psycopg._preparing import PrepareManager
+from psycopg.conninfo import conninfo_attempts, make_conninfo
+from psycopg.rows import tuple_row
+
+from .._concurrency import original_poll
+from .base import CLOSED, DROP, IDLE, RESET, REUSE, Connector, LeaseGuard, lease_error
+
+if TYPE_CHECKING:
+    from psycopg._queries import PostgresQuery
+    from psycopg.abc import RV, Params, PQGen, PQGenConn, Query, WaitFunc
+    from psycopg.pq.abc import PGconn, PGresult
+
+    from ..config import DatabaseConfig
+
+__all__ = ["PooledPGConnection", "PooledPGCursor", "PooledPGServerCursor", "PostgreSQLConnector", "fetch"]
+
+logger = logging.getLogger("gunicorn_pool")
+
+_TX_IDLE = pq.TransactionStatus.IDLE
+_TX_INTRANS = pq.TransactionStatus.INTRANS
+_TX_ACTIVE = pq.TransactionStatus.ACTIVE
+_TX_UNKNOWN = pq.TransactionStatus.UNKNOWN
+_FATAL_ERROR = pq.ExecStatus.FATAL_ERROR
+_CONN_OK = pq.ConnStatus.OK
+_WAIT_R = waiting.Wait.R
+_WAIT_W = waiting.Wait.W
+_WAIT_INTERVAL = 0.1  # psycopg's: how often a blocking wait wakes up to notice signals
+_PREPARED_MAX = PrepareManager.prepared_max  # psycopg's default
+
+#: Leading bytes of a statement searched for session-changing function calls.
+_SCAN = 4096
+#: Command tags (first word) of statements that leave nothing behind in the session. Any other
+#: tag (SET, RESET, LISTEN, UNLISTEN, PREPARE, DEALLOCATE, DECLARE CURSOR, DISCARD, DO, CALL,
+#: LOAD, ...) marks the session for a reset. CREATE and SELECT (CREATE TABLE AS, SELECT INTO)
+#: do only when the statement's text names a temporary object (see _scan).
+_PLAIN = (
+    b"SELECT", b"INSERT", b"UPDATE", b"DELETE", b"BEGIN", b"COMMIT", b"ROLLBACK", b"MERGE", b"COPY", b"FETCH",
+    b"MOVE", b"START", b"SAVEPOINT", b"RELEASE", b"SHOW", b"EXPLAIN", b"CLOSE", b"TRUNCATE", b"NOTIFY", b"LOCK",
+    b"VACUUM", b"ANALYZE", b"CHECKPOINT", b"REFRESH", b"REINDEX", b"CLUSTER", b"COMMENT", b"GRANT", b"REVOKE",
+    b"DROP", b"ALTER", b"SECURITY", b"IMPORT", b"CREATE",
+)  # fmt: skip
+_PLAIN_WITH_TEMP = tuple(tag for tag in _PLAIN if tag not in (b"SELECT", b"CREATE"))
+_TEMP = re.compile(r"\btemp(?:orary)?\b|pg_temp")
+
+# Connections inherited through fork: kept referenced, never finished in this process.
+_INHERITED: list[Any] = []
+
+
+def _classify(text: str) -> int:
+    """What the first 4 KiB of a statement (lowered) say: 1 (it changes the session from inside a
+    SELECT: a session-level advisory lock, ``set_config()``), 2 (it names a temporary object: its
+    CREATE or SELECT tag counts, for CREATE TABLE AS and SELECT INTO), or 0."""
+    if "advisory" in text or "set_config" in text:
+        return _CHANGES
+    if "temp" in text and _TEMP.search(text):
+        return _NAMES_TEMP
+    return 0
+
+
+_CHANGES, _NAMES_TEMP = 1, 2
+#: _classify() of statements seen as ``str`` (applications repeat theirs): texts of at most _SCAN
+#: characters, at most _VERDICTS_MAX of them (emptied when full), as psycopg's own query cache.
+_VERDICTS: dict[str, int] = {}
+_VERDICTS_MAX = 1024
+
+
+def _scan(conn: PooledPGConnection, query: Query, pgq: PostgresQuery) -> None:
+    """Note on *conn* what statement *query* (converted: *pgq*) does to the session (see _classify).
+
+    A ``str`` statement is looked up in _VERDICTS first; others (bytes,
+    ``sql.Composed``, templates) are scanned as the bytes sent, decoded as Latin-1
+    (``in`` on bytes costs several times ``in`` on str: CPython first tries the
+    needle as an integer).
+    """
+    if query.__class__ is str:
+        verdict = _VERDICTS.get(query)
+        if verdict is None:
+            verdict = _classify(query[:_SCAN].lower())
+            if len(query) <= _SCAN:  # longer ones are rarely repeated (ORM batches): not kept
+                if len(_VERDICTS) >= _VERDICTS_MAX:
+                    _VERDICTS.clear()
+                _VERDICTS[query] = verdict
+    else:
+        verdict = _classify(pgq.query[:_SCAN].decode("latin-1").lower())
+    if verdict:
+        if verdict == _CHANGES:
+            conn._gp_server = True
+        else:
+            conn._gp_maybe = True
+
+
+class PooledPGCursor(psycopg.Cursor[Any]):
+    """The cursor of a pooled connection: notes the statements that change the session.
+
+    It reads the command tag of every result (``SET``, ``LISTEN``, ``PREPARE``...) and
+    scans each statement's first 4 KiB (see :func:`_scan`); the connection is then reset
+    with ``DISCARD ALL`` when it is returned. Statements whose whole batch failed are not
+    looked at: an error rolls back the implicit transaction they ran in.
+    """
+
+    def _convert_query(self, query: Query, params: Optional[Params] = None) -> PostgresQuery:
+        pgq = psycopg.Cursor._convert_query(self, query, params)
+        # _scan(), its common case inline: a str statement seen before that changes nothing.
+        if query.__class__ is not str or _VERDICTS.get(query) != 0:
+            _scan(self._conn, query, pgq)  # type: ignore[arg-type]  # always a PooledPGConnection
+        return pgq
+
+    def _check_results(self, results: list[PGresult]) -> None:
+        conn: PooledPGConnection = self._conn  # type: ignore[assignment]
+        plain = _PLAIN_WITH_TEMP if conn._gp_maybe else _PLAIN
+        for result in results:
+            tag = result.command_status
+            if tag and not tag.startswith(plain):
+                conn._gp_server = True
+        psycopg.Cursor._check_results(self, results)
+
+
+class PooledPGServerCursor(psycopg.ServerCursor[Any]):
+    """The server-side cursor of a pooled connection: a cursor ``WITH HOLD`` outlives its
+    transaction, so it marks the session for a reset."""
+
+    def _convert_query(self, query: Query, params: Optional[Params] = None) -> PostgresQuery:
+        pgq = psycopg.ServerCursor._convert_query(self, query, params)
+        conn: PooledPGConnection = self._conn  # type: ignore[assignment]
+        if self._withhold:
+            conn._gp_server = True
+        _scan(conn, query, pgq)
+        return pgq
+
+
+class PooledPGConnection(LeaseGuard, psycopg.Connection[Any]):
+    """A ``psycopg.Connection`` that knows its lease and what its user changed.
+
+    - :meth:`wait` runs every command generator psycopg makes: the lease guard
+      refuses a use by anyone but the holder there (see :mod:`.base`).
+      ``cancel()`` may come from any thread during a lease (that is what it is
+      for), never while the connection is idle in the pool or closed.
+    - ``_gp_server``: a statement changed the server-side session (set by
+      :class:`PooledPGCursor`); ``_gp_client``: the user changed a setting of
+      this object (autocommit, isolation level, read-only, deferrable, prepare
+      threshold, notice or notify handlers).
+    - ``close()`` by the holder closes it at once; the pool drops it at return.
+    """
+
+    _gp_pid = 0  # the process that connected
+    _gp_server = False
+    _gp_maybe = False  # a statement named a temporary object
+    _gp_client = False
+    _gp_waitfn: Optional[WaitFunc] = None  # set when psycopg's own wait would block gevent's hub
+
+    def _check_connection_ok(self) -> None:
+        if self.pgconn.status == _CONN_OK:  # psycopg's own fast path, unchanged
+            return
+        if self._gp_holder == CLOSED:  # closed by the pool: a reclaimed lease, not just a closed connection
+            raise lease_error(self._gp_pool, CLOSED, self._gp_taken_at)
+        psycopg.Connection._check_connection_ok(self)
+
+    def wait(self, gen: PQGen[RV], interval: float = _WAIT_INTERVAL, timeout: Optional[float] = None) -> RV:
+        """psycopg's chokepoint: every operation's generator runs here (guarded)."""
+        holder = self._gp_holder
+        if holder is not None and holder != threading.get_ident():
+            raise lease_error(self._gp_pool, holder, self._gp_taken_at)
+        waitfn = self._gp_waitfn
+        if waitfn is None:
+            return psycopg.Connection.wait(self, gen, interval, timeout)
+        return waitfn(gen, self.pgconn.socket, interval, timeout)
+
+    def close(self) -> None:
+        if self._gp_holder == CLOSED:
+            return  # the pool closed or dropped it (one inherited through fork is never finished here)
+        self._gp_user_close()
+        psycopg.Connection.close(self)
+
+    @contextlib.contextmanager
+    def pipeline(self) -> Iterator[psycopg.Pipeline]:
+        # psycopg sets self._pipeline before its first wait(), outside the lock held meanwhile:
+        # a foreign pipeline() would switch the holder's statements to pipeline mode for a moment.
+        self._gp_check()
+        with psycopg.Connection.pipeline(self) as pipeline:
+            yield pipeline
+
+    def cancel(self) -> None:
+        self._gp_refuse_idle()
+        psycopg.Connection.cancel(self)
+
+    def cancel_safe(self, *, timeout: float = 30.0) -> None:
+        self._gp_refuse_idle()
+        psycopg.Connection.cancel_safe(self, timeout=timeout)
+
+    def _gp_refuse_idle(self) -> None:
+        holder = self._gp_holder
+        if holder == IDLE or holder == CLOSED:
+            raise lease_error(self._gp_pool, holder, self._gp_taken_at)
+
+    # Settings of this object the next user must not inherit.
+
+    def set_autocommit(self, value: bool) -> None:
+        psycopg.Connection.set_autocommit(self, value)
+        self._gp_client = True
+
+    def set_isolation_level(self, value: Optional[psycopg.IsolationLevel]) -> None:
+        psycopg.Connection.set_isolation_level(self, value)
+        self._gp_client = True
+
+    def set_read_only(self, value: Optional[bool]) -> None:
+        psycopg.Connection.set_read_only(self, value)
+        self._gp_client = True
+
+    def set_deferrable(self, value: Optional[bool]) -> None:
+        psycopg.Connection.set_deferrable(self, value)
+        self._gp_client = True
+
+    @property
+    def prepare_threshold(self) -> Optional[int]:
+        return self._prepared.prepare_threshold
+
+    @prepare_threshold.setter
+    def prepare_threshold(self, value: Optional[int]) -> None:
+        self._prepared.prepare_threshold = value
+        self._gp_client = True
+
+    @property
+    def prepared_max(self) -> Optional[int]:
+        value = self._prepared.prepared_max
+        return None if value == sys.maxsize else value
+
+    @prepared_max.setter
+    def prepared_max(self, value: Optional[int]) -> None:
+        self._prepared.prepared_max = sys.maxsize if value is None else value
+        self._gp_client = True
+
+    def add_notice_handler(self, callback: Callable[[pg_errors.Diagnostic], None]) -> None:
+        psycopg.Connection.add_notice_handler(self, callback)
+        self._gp_client = True
+
+    def add_notify_handler(self, callback: Callable[[psycopg.Notify], None]) -> None:
+        psycopg.Connection.add_notify_handler(self, callback)
+        self._gp_client = True
+
+
+class PostgreSQLConnector(Connector):
+    """Opens psycopg connections for one pool (see the module docstring)."""
+
+    adapter = "postgresql"
+
+    def __init__(self, config: DatabaseConfig) -> None:
+        super().__init__(pool_name=config.pool_name, address=config.address, dsn=config.dsn,
+                         password=config.password)  # fmt: skip
+        self.config = config
+        self._params = _conninfo_params(config)
+        self._poll = original_poll()
+        self._reset_server = config.reset_session and not config.pgbouncer
+        self._reset_client = config.reset_session
+        self._cursor: type[psycopg.Cursor[Any]] = PooledPGCursor if self._reset_server else psycopg.Cursor
+        self._server_cursor: type[psycopg.ServerCursor[Any]] = (
+            PooledPGServerCursor if self._reset_server else psycopg.ServerCursor
+        )
+        # PgBouncer in transaction mode: a statement prepared on one server connection is unknown
+        # to the next one.
+        self._prepare_threshold = None if config.pgbouncer else config.prepare_threshold
+        statements = ((config.init_command,) if config.init_command else ()) + config.session
+        self._setup = ";\n".join(statements).encode("utf-8") if statements else b""
+        #: Bound of the pool's own statements: ROLLBACK on return, the reset, the session setup.
+        self._own_timeout = max(config.connect_timeout, config.check_timeout)
+        if not config.reset_session:
+            self.check_in = self._check_in_transaction  # type: ignore[method-assign]
+
+    # -- the physical connection ----------------------------------------------------------
+
+    def connect(self) -> PooledPGConnection:
+        """Open one connection, each host tried bounded by ``connect_timeout``, with the
+        session the config asks for (autocommit, prepare threshold, init_command, session)."""
+        failures: list[tuple[str, psycopg.OperationalError]] = []
+        for attempt in conninfo_attempts(self._params):  # resolves host names (cooperative under gevent)
+            host = str(attempt.get("host") or attempt.get("hostaddr") or "")
+            try:
+                pgconn = _wait_conn(generators.connect(make_conninfo("", **attempt)), self.config.connect_timeout,
+                                    f"{host}:{attempt.get('port', '')}")  # fmt: skip
+                break
+            except psycopg.OperationalError as exc:
+                failures.append((host, exc))
+        else:
+            if len(failures) == 1:
+                raise failures[0][1].with_traceback(None)
+            tried = "; ".join(f"{host}: {_first_line(exc)}" for host, exc in failures)
+            raise psycopg.OperationalError(f"no host accepted the connection ({len(failures)} tried: {tried})")
+        conn = PooledPGConnection(pgconn)
+        try:
+            self._set_up(conn)
+        except BaseException:
+            psycopg.Connection.close(conn)
+            raise
+        return conn
+
+    def _set_up(self, conn: PooledPGConnection) -> None:
+        cfg = self.config
+        conn._gp_pool = cfg.pool_name
+        conn._gp_pid = os.getpid()
+        conn.lock = threading.Lock()  # the current threading's: gevent's once patched
+        conn._gp_waitfn = _cooperative_wait()
+        conn.cursor_factory = self._cursor
+        conn.server_cursor_factory = self._server_cursor
+        conn.autocommit = cfg.autocommit  # no round trip: psycopg sends BEGIN itself when off
+        conn.prepare_threshold = self._prepare_threshold
+        if self._setup:
+            _run(conn, self._setup, self._own_timeout, "init_command/session")
+        conn._gp_server = conn._gp_maybe = conn._gp_client = False
+
+    def close(self, raw: Any) -> None:
+        if raw._gp_pid != os.getpid():
+            self.discard(raw)
+            return
+        raw._gp_holder = None  # the pool's own use
+        try:
+            raw.close()  # Terminate, then the socket is closed
+        except Exception:  # noqa: BLE001 - closing a dead connection may fail
+            pass
+        raw._gp_holder = CLOSED
+
+    def discard(self, raw: Any) -> None:
+        raw._gp_holder = CLOSED
+        if raw._gp_pid != os.getpid():
+            _drop_inherited(raw)
+            return
+        lock = raw.lock
+        if lock.acquire(False):
+            try:
+                psycopg.Connection.close(raw)  # in the owning process the session can just end
+            except Exception:  # noqa: BLE001 - never raises
+                pass
+            finally:
+                lock.release()
+        else:
+            # Held: by another thread inside an operation (a reclaimed leak still running), or by
+            # a suspended stream() generator. Finishing would free libpq's connection under it:
+            # shut the socket down instead (the server ends the session at EOF, the operation
+            # fails); psycopg's finaliser finishes the object once its user lets go of it.
+            _shutdown(raw)
+
+    # -- health ---------------------------------------------------------------------------
+
+    def ping(self, raw: Any, timeout: float) -> None:
+        """An empty query (EmptyQueryResponse: no parse, no plan), bounded by *timeout*."""
+        raw._gp_holder = None  # the pool's own use
+        _run(raw, b"", timeout, "ping")
+
+    def probe(self, raw: Any) -> Optional[Callable[[], Any]]:
+        # An idle session's socket has nothing to read. A terminated backend (FATAL, then EOF),
+        # a server restart or a reset show up in a zero-timeout poll() without a round trip;
+        # the poller is built and the socket registered once per connection.
+        if self._poll is None:
+            return None
+        poller = self._poll()
+        poller.register(raw.pgconn.socket, select.POLLIN)  # POLLHUP and POLLERR are always reported
+        return functools.partial(poller.poll, 0)
+
+    def warm(self, raw: Any, timeout: float) -> None:
+        """A ping, then ``SELECT 1`` through a cursor (psycopg's query and result code), both
+        bounded by *timeout*; the guard is left IDLE."""
+        self.ping(raw, timeout)
+        fetch(raw, "SELECT 1", timeout)
+        raw._gp_server = raw._gp_maybe = False
+        raw._gp_holder = IDLE
+
+    # -- leases ------------------------------------------------------------------------------
+
+    def lend(self, raw: Any, holder: Optional[int], taken_at: str = "") -> None:
+        raw._gp_holder = holder
+        raw._gp_taken_at = taken_at
+        raw._gp_closed_by_user = False
+
+    def check_in(self, raw: Any) -> bool:
+        if (
+            raw.pgconn.transaction_status != _TX_IDLE  # a transaction, a query or COPY running, or closed
+            or raw._gp_server
+            or raw._gp_client
+            or raw.cursor_factory is not self._cursor
+            or raw.row_factory is not tuple_row
+            or raw.server_cursor_factory is not self._server_cursor
+            or raw._pipeline is not None
+        ):
+            raw._gp_holder = None  # finish() runs the pool's own statements
+            return False
+        raw._gp_maybe = False
+        raw._gp_holder = IDLE
+        return True
+
+    def _check_in_transaction(self, raw: Any) -> bool:
+        """check_in() with ``reset_session`` off: only transactions and the pool's own settings."""
+        if raw.pgconn.transaction_status != _TX_IDLE or raw._gp_client or raw._pipeline is not None:
+            raw._gp_holder = None
+            return False
+        raw._gp_holder = IDLE
+        return True
+
+    def finish(self, raw: Any, *, commit: bool, failed: bool = False) -> str:
+        raw._gp_holder = None
+        status = raw.pgconn.transaction_status
+        if (
+            raw._gp_closed_by_user
+            or status == _TX_ACTIVE  # mid-query, mid-COPY or mid-stream: as psycopg_pool, never reused
+            or status == _TX_UNKNOWN  # closed or broken
+            or raw._pipeline is not None
+            or raw._num_transactions  # a transaction() block still open
+            or raw._tpc is not None  # a two-phase transaction
+        ):
+            return DROP
+        if status == _TX_INTRANS and commit:
+            raw.commit()  # the user's commit: unbounded, as any statement of theirs
+        elif status != _TX_IDLE:
+            with raw.lock:
+                _wait(raw, raw._rollback_gen(), self._own_timeout, "ROLLBACK")
+        outcome = REUSE
+        if self._reset_server and (failed or raw._gp_server or raw.cursor_factory is not self._cursor):
+            # (a cursor factory of the user's own ran statements the pool did not look at;
+            # a failed with-block may have skipped the user's own clean-up)
+            try:
+                self._reset_session(raw)
+            except Exception as exc:  # noqa: BLE001 - a session not reset is never lent again
+                logger.warning("pool %s (%s): session reset failed, dropping the connection: %s",
+                               self.pool_name, self.dsn, self.describe_error(exc))  # fmt: skip
+                return DROP
+            outcome = RESET
+        if self._restore_settings(raw):
+            outcome = RESET
+        raw._gp_server = raw._gp_maybe = raw._gp_client = False
+        raw._gp_holder = IDLE
+        return outcome
+
+    def _reset_session(self, raw: PooledPGConnection) -> None:
+        """``DISCARD ALL`` (one round trip), then the pool's own statements again.
+
+        DISCARD ALL closes cursors, resets the session authorization and every
+        setting to the session's defaults (startup ``options`` included), drops
+        prepared statements (psycopg's own too: its cache is emptied), stops
+        LISTENing, releases session-level advisory locks and drops temporary
+        objects, cached plans and sequence state.
+        """
+        _run(raw, b"DISCARD ALL", self._own_timeout, "DISCARD ALL")
+        prepared = PrepareManager()
+        prepared.prepare_threshold = raw._prepared.prepare_threshold
+        prepared.prepared_max = raw._prepared.prepared_max
+        raw._prepared = prepared  # the server forgot every prepared statement
+        backlog = raw._notifies_backlog
+        if backlog:
+            backlog.clear()  # notifications of channels the next user never listened to
+        if self._setup:
+            _run(raw, self._setup, self._own_timeout, "init_command/session")
+
+    def _restore_settings(self, raw: PooledPGConnection) -> bool:
+        """Give the connection object back the pool's settings (no round trip: psycopg applies
+        them to the next transaction it starts). True if anything was restored."""
+        if not (
+            raw._gp_client
+            or raw.cursor_factory is not self._cursor
+            or raw.row_factory is not tuple_row
+            or raw.server_cursor_factory is not self._server_cursor
+        ):
+            return False
+        changed = False
+        wanted: list[tuple[str, Any]] = [("autocommit", self.config.autocommit),
+                                         ("prepare_threshold", self._prepare_threshold)]  # fmt: skip
+        if self._reset_client:
+            wanted += [("isolation_level", None), ("read_only", None), ("deferrable", None),
+                       ("prepared_max", _PREPARED_MAX)]  # fmt: skip
+        for name, value in wanted:
+            if getattr(raw, name) != value:
+                setattr(raw, name, value)
+                changed = True
+        if self._reset_client:
+            for name, value in (("row_factory", tuple_row), ("cursor_factory", self._cursor),
+                                ("server_cursor_factory", self._server_cursor)):  # fmt: skip
+                if getattr(raw, name) is not value:
+                    setattr(raw, name, value)
+                    changed = True
+            if raw._notice_handlers or raw._notify_handlers:
+                raw._notice_handlers.clear()
+                raw._notify_handlers.clear()
+                changed = True
+        return changed
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def _conninfo_params(cfg: DatabaseConfig) -> dict[str, Any]:
+    """libpq keywords from the config; keys left unset fall to libpq's defaults (PG* variables,
+    ~/.pgpass, the OS user). ``connect_timeout`` is not passed: the connector enforces it."""
+    params = {
+        "host": cfg.host, "port": cfg.port, "user": cfg.user, "password": cfg.password or None,
+        "dbname": cfg.database, "sslmode": cfg.sslmode, "sslrootcert": cfg.sslrootcert, "sslcert": cfg.sslcert,
+        "sslkey": cfg.sslkey, "application_name": cfg.application_name, "options": cfg.options,
+        "target_session_attrs": cfg.target_session_attrs,
+    }  # fmt: skip
+    return {key: value for key, value in params.items() if value is not None}
+
+
+def _wait_conn(gen: PQGenConn[PGconn], timeout: float, where: str) -> PGconn:
+    """Drive psycopg's connect generator to the end within *timeout* seconds (fractions honoured).
+
+    ``select.poll`` is looked up on every call, so a connect waits cooperatively
+    once gevent patched ``select``. On failure the generator is closed; the
+    half-open ``PGconn`` it held is finished by psycopg's finaliser.
+    """
+    deadline = time.monotonic() + timeout
+    try:
+        fileno, wait = next(gen)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise pg_errors.ConnectionTimeout(
+                    f"connection to {where} timed out after {timeout:g}s (connect_timeout)"
+                )
+            poller = select.poll()
+            poller.register(fileno, select.POLLIN if wait == _WAIT_R else select.POLLOUT)
+            ready = 0
+            for _, event in poller.poll(left * 1000.0):
+                if event & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
+                    ready = int(wait)  # let libpq read the error
+                if event & select.POLLIN:
+                    ready |= _WAIT_R
+                if event & select.POLLOUT:
+                    ready |= _WAIT_W
+            fileno, wait = gen.send(waiting.Ready(ready))
+    except StopIteration as stop:
+        pgconn: PGconn = stop.value
+        return pgconn
+    finally:
+        gen.close()
+
+
+def _wait(conn: PooledPGConnection, gen: PQGen[RV], timeout: float, what: str) -> RV:
+    """Run *gen* on *conn* within *timeout* seconds (a timeout leaves it mid-protocol: drop it)."""
+    try:
+        return conn.wait(gen, timeout=timeout)
+    except pg_errors._WaitTimeout:
+        raise psycopg.OperationalError(f"{what}: no answer from the server within {timeout:g}s") from None
+
+
+def _run(conn: PooledPGConnection, sql: bytes, timeout: float, what: str) -> None:
+    """Send *sql* with the simple query protocol (several statements allowed) and read every
+    result within *timeout* seconds; raise the first error."""
+    pgconn = conn.pgconn
+    with conn.lock:
+        if pgconn.status != _CONN_OK:
+            raise psycopg.OperationalError("the connection is closed")
+        pgconn.send_query(sql)
+        results = _wait(conn, generators.execute(pgconn), timeout, what)
+    for result in results:
+        if result.status == _FATAL_ERROR:
+            raise pg_errors.error_from_result(result, encoding=pgconn._encoding)
+
+
+def fetch(conn: PooledPGConnection, sql: str, timeout: float) -> list[Any]:
+    """Run *sql* through a cursor of *conn* within *timeout* seconds and return its rows: the
+    pool's own queries (warm-up, ``gunicorn-pool check``). psycopg has no per-call timeout; its
+    wait() takes one, so the cursor's own generator runs under it."""
+    cursor = conn.cursor()
+    try:
+        with conn.lock:
+            _wait(conn, cursor._execute_gen(sql), timeout, "query")
+        return cursor.fetchall()
+    finally:
+        cursor.close()
+
+
+def _cooperative_wait() -> Optional[WaitFunc]:
+    """The wait function for a connection opened now: None (psycopg's own), or psycopg's
+    ``wait_poll`` when psycopg chose its C wait (which blocks the hub) before gevent patched
+    ``select`` (``wait_poll`` looks ``select.poll`` up on each call: gevent's)."""
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None and monkey.is_module_patched("select") and waiting.wait is getattr(waiting, "wait_c", None):
+        return waiting.wait_poll
+    return None
+
+
+def _drop_inherited(raw: Any) -> None:
+    """A connection opened by another process (inherited through fork): never finished here, kept
+    referenced, and this process's copy of its socket pointed at /dev/null (the fd number stays
+    taken, so nothing can ever write the parent's protocol into a new socket)."""
+    _INHERITED.append(raw)
+    try:
+        fd = raw.pgconn.socket
+    except Exception:  # noqa: BLE001 - no socket (closed, or never connected)
+        return
+    try:
+        null = os.open(os.devnull, os.O_RDWR)
+    except OSError:
+        return
+    try:
+        os.dup2(null, fd)
+    except OSError:
+        pass
+    finally:
+        os.close(null)
+
+
+def _shutdown(raw: Any) -> None:
+    """Shut the connection's socket down both ways (its fd stays libpq's)."""
+    try:
+        sock = socket.socket(fileno=os.dup(raw.pgconn.socket))
+    except Exception:  # noqa: BLE001 - no socket (closed, or never connected)
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

@@ -1,0 +1,70 @@
+"""WSGI app for the PostgreSQL integration tests (psycopg connections; served by real gunicorn).
+
+Routes (all answer JSON with the worker's ``pid``):
+  /conn            pg_backend_pid() of the connection used
+  /sleep/<s>       SELECT pg_sleep(s) on a pooled connection
+  /stats           the pool service's stats()
+  /q/<pool>        pg_backend_pid() of a connection from the named pool
+  /keep            use a connection in a with block and keep the object in a global
+  /use-kept        run a query on the connection /keep kept (after its lease ended)
+Pool errors map to status codes as in webapp: PoolTimeout 503, TooManyRequests 429,
+ConnectError 502, anything else 500; the body names the error class.
+"""
+
+import json
+import os
+import time
+
+import gunicorn_pool
+
+POOL = os.environ.get("GP_TEST_SERVICE", "db")
+KEY = os.environ.get("GP_TEST_POOL", "default")
+KEPT = []
+STATUS = {
+    "PoolTimeout": "503 Service Unavailable",
+    "TooManyRequests": "429 Too Many Requests",
+    "ConnectError": "502 Bad Gateway",
+}
+
+
+def _backend(key, sql="SELECT pg_backend_pid()", args=None):
+    with gunicorn_pool.get(POOL).connection(key) as conn:
+        backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        if sql != "SELECT pg_backend_pid()":
+            conn.execute(sql, args).fetchall()
+    return backend
+
+
+def _route(path):
+    parts = path.strip("/").split("/")
+    if parts[0] == "conn":
+        return {"backend_pid": _backend(KEY)}
+    if parts[0] == "sleep":
+        return {"backend_pid": _backend(KEY, "SELECT pg_sleep(%s)", (float(parts[1]),))}
+    if parts[0] == "q":
+        return {"backend_pid": _backend(parts[1]), "pool": parts[1]}
+    if parts[0] == "stats":
+        return {"stats": gunicorn_pool.get(POOL).stats()}
+    if parts[0] == "keep":
+        with gunicorn_pool.get(POOL).connection(KEY) as conn:
+            KEPT.append(conn)
+            return {"backend_pid": conn.execute("SELECT pg_backend_pid()").fetchone()[0]}
+    if parts[0] == "use-kept":
+        return {"backend_pid": KEPT[-1].execute("SELECT pg_backend_pid()").fetchone()[0]}
+    raise LookupError(path)
+
+
+def app(environ, start_response):
+    start = time.monotonic()
+    try:
+        body = _route(environ.get("PATH_INFO", "/"))
+        status = "200 OK"
+    except LookupError as exc:
+        body, status = {"error": "NotFound", "message": str(exc)}, "404 Not Found"
+    except Exception as exc:  # noqa: BLE001 - report every failure to the test
+        name = type(exc).__name__
+        body, status = {"error": name, "message": str(exc)}, STATUS.get(name, "500 Internal Server Error")
+    body.update(pid=os.getpid(), elapsed=time.monotonic() - start)
+    data = json.dumps(body).encode()
+    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+    return [data]

@@ -1,0 +1,32 @@
+"""A PostgreSQL app that queries at import, for ``gunicorn --preload`` (see preload_app.py).
+
+With --preload this module runs in the gunicorn *master*: it registers the
+pool service, opens a connection there and records its pg_backend_pid() and
+the master's pid. Workers inherit that pool through fork; gunicorn_pool must
+drop the inherited connection without a word to the server and open the
+worker's own.
+
+Routes added to :mod:`pg_app`'s:
+  /master   the pid and pg_backend_pid() recorded at import
+"""
+
+import json
+import os
+
+import pg_app
+
+import gunicorn_pool
+
+DB = gunicorn_pool.register(gunicorn_pool.DatabasePool({"default": os.environ["GP_PRELOAD_URL"]}), name="db")
+
+with DB.connection() as _conn:
+    (MASTER_BACKEND_PID,) = _conn.execute("SELECT pg_backend_pid()").fetchone()
+IMPORT_PID = os.getpid()
+
+
+def app(environ, start_response):
+    if environ.get("PATH_INFO") != "/master":
+        return pg_app.app(environ, start_response)
+    data = json.dumps({"backend_pid": MASTER_BACKEND_PID, "import_pid": IMPORT_PID, "pid": os.getpid()}).encode()
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+    return [data]

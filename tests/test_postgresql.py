@@ -1,0 +1,705 @@
+"""The PostgreSQL adapter at the pool level, against the real server: the lease guard at
+psycopg's chokepoint, sessions reset only when changed, transactions settled on return, fork
+safety, bounded connect and ping, cooperative waits under gevent.
+
+A login per test (``pg_user``) so its sessions are counted exactly; the
+server trusts every login here, so password checks run on a throwaway SCRAM
+server (tests/servers.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import quote
+
+import psycopg
+import pytest
+import servers
+from support import PG_DB, PG_HOST, PG_PORT, ROOT, wait_until
+
+from gunicorn_pool import ConnectError, DatabasePool, LeaseError, request_scope
+from gunicorn_pool.connectors.postgresql import PooledPGConnection
+
+pytestmark = pytest.mark.postgresql
+
+# The fixtures of tests/servers.py (assigned, not imported: no F811 on the arguments).
+pg_scram = servers.pg_scram
+pgbouncer = servers.pgbouncer
+
+SCRIPTS = Path(__file__).resolve().parent / "scripts"
+
+
+def backend(conn: Any) -> int:
+    return int(conn.execute("SELECT pg_backend_pid()").fetchone()[0])
+
+
+def one(conn: Any, sql: str, params: Any = None) -> Any:
+    row = conn.execute(sql, params).fetchone()
+    return row[0] if row else None
+
+
+def last_query(pg_user: Any, pid: int) -> str:
+    """What the server last received on backend *pid* (pg_stat_activity.query)."""
+    with pg_user.admin.cursor() as cur:
+        cur.execute("SELECT query FROM pg_stat_activity WHERE pid = %s", (pid,))
+        row = cur.fetchone()
+    return str(row[0]) if row else ""
+
+
+@pytest.fixture
+def make_db(pg_user):
+    made: list[DatabasePool] = []
+
+    def make(**options: Any) -> DatabasePool:
+        config = pg_user.config(**{"min_size": 1, "max_size": 1, "timeout": 5, **options})
+        config["adapter"] = "pgsql"  # the spelling other frameworks use
+        db = DatabasePool({"default": config}, name="pg")
+        db.init_pool()
+        made.append(db)
+        return db
+
+    yield make
+    for db in made:
+        db.close_pool()
+
+
+# -- the lease guard ------------------------------------------------------------------------------
+
+STALE = "SELECT 'gp-stale-use'"
+
+
+def _copy(conn: Any) -> None:
+    with conn.cursor().copy("COPY (SELECT 1) TO STDOUT") as copy:
+        list(copy)
+
+
+def _pipeline(conn: Any) -> None:
+    with conn.pipeline():
+        conn.execute(STALE)
+
+
+def _transaction(conn: Any) -> None:
+    with conn.transaction():
+        conn.execute(STALE)
+
+
+def _autocommit(conn: Any) -> None:
+    conn.autocommit = False
+
+
+#: Every way a kept reference can reach the server.
+OPERATIONS: dict[str, Callable[[Any], Any]] = {
+    "cursor.execute": lambda c: c.cursor().execute(STALE),
+    "connection.execute": lambda c: c.execute(STALE),
+    "executemany": lambda c: c.cursor().executemany(STALE + " || %s", [("a",), ("b",)]),
+    "stream": lambda c: list(c.cursor().stream(STALE)),
+    "server-side cursor": lambda c: c.cursor("gp_named").execute(STALE),
+    "COPY": _copy,
+    "pipeline": _pipeline,
+    "transaction()": _transaction,
+    "commit": lambda c: c.commit(),
+    "rollback": lambda c: c.rollback(),
+    "autocommit setter": _autocommit,
+    "notifies": lambda c: list(c.notifies(timeout=0)),
+    "cancel": lambda c: c.cancel(),
+    "close": lambda c: c.close(),
+}
+
+
+@pytest.mark.parametrize("operation", list(OPERATIONS))
+def test_every_operation_of_a_returned_connection_raises_before_anything_is_sent(pg_user, make_db, operation):
+    pool = make_db().pool()
+    with pool.connection() as stale:
+        pid = backend(stale)
+    with pytest.raises(LeaseError, match="used after it was returned to the pool"):
+        OPERATIONS[operation](stale)
+    assert "gp-stale-use" not in last_query(pg_user, pid)  # nothing reached the server
+    with pool.connection() as conn:
+        assert backend(conn) == pid and one(conn, "SELECT 41 + 1") == 42  # the session is intact
+    assert pool.stats()["connections_reset"] == 0
+
+
+@pytest.mark.parametrize("operation", ["cursor.execute", "pipeline", "server-side cursor", "COPY", "close"])
+def test_a_kept_reference_cannot_reach_the_next_borrower(pg_user, make_db, operation):
+    pool = make_db().pool()
+    with pool.connection() as stale:
+        first = backend(stale)
+    arrived, tried = threading.Event(), threading.Event()
+    got: dict[str, Any] = {}
+
+    def next_borrower() -> None:
+        with pool.connection() as conn:
+            got["id"] = backend(conn)
+            arrived.set()
+            tried.wait(10)  # the stale user tries while this lease is on
+            got["again"] = backend(conn)
+            got["pipeline"] = conn._pipeline
+
+    thread = threading.Thread(target=next_borrower)
+    thread.start()
+    assert arrived.wait(10)
+    try:
+        with pytest.raises(LeaseError, match="used by a thread or greenlet other than the one that took it"):
+            OPERATIONS[operation](stale)
+    finally:
+        tried.set()
+        thread.join(10)
+    assert got["id"] == got["again"] == first and got["pipeline"] is None
+    assert "gp-stale-use" not in last_query(pg_user, first)
+
+
+def test_connection_the_user_closed_is_dropped_at_return(pg_user, make_db):
+    pool = make_db().pool()
+    with pool.connection() as conn:
+        closed = backend(conn)
+        conn.close()
+    wait_until(lambda: closed not in pg_user.backend_pids(), 5, what="the closed session ended")
+    assert pool.stats()["pool_size"] == 0  # dropped, its capacity freed
+    conn = pool.getconn()
+    assert backend(conn) != closed  # a fresh one, not the closed object
+    conn.close()
+    pool.putconn(conn)
+    assert pool.stats()["pool_size"] == 0
+    with pool.connection() as conn:
+        assert one(conn, "SELECT 1") == 1
+    assert pg_user.count() == 1
+
+
+def test_a_lease_reclaimed_at_request_end_refuses_its_user_and_its_session_ends(pg_user, make_db):
+    pool = make_db(max_size=2).pool()
+    with request_scope("GET /leak"):
+        leaked = pool.getconn()
+        pid = backend(leaked)
+    assert pool.stats()["connections_leaked"] == 1
+    with pytest.raises(LeaseError, match="closed it"):
+        leaked.execute(STALE)
+    wait_until(lambda: pid not in pg_user.backend_pids(), 5, what="the reclaimed session ended")
+
+
+def test_cancel_is_allowed_from_another_thread_during_the_lease(make_db):
+    pool = make_db().pool()
+    with pool.connection() as conn:
+        timer = threading.Timer(0.3, conn.cancel)
+        timer.start()
+        start = time.monotonic()
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            conn.execute("SELECT pg_sleep(10)")
+        timer.join(5)
+        assert time.monotonic() - start < 5
+        assert one(conn, "SELECT 1") == 1
+
+
+def test_owner_check_off_lets_another_thread_use_and_give_back_the_connection(make_db):
+    pool = make_db(owner_check=False).pool()
+    conn = pool.getconn()
+    errors: list[BaseException] = []
+
+    def other() -> None:
+        try:
+            conn.execute("SELECT 1")
+            pool.putconn(conn)
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    thread.join(10)
+    assert not errors and pool.stats()["pool_available"] == 1
+
+
+# -- sessions reset only when changed ---------------------------------------------------------------
+
+LOCK_KEY = 770_000 + secrets.randbelow(100_000)
+
+
+def _locks_held(pg_user: Any) -> int:
+    with pg_user.admin.cursor() as cur:
+        cur.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = %s", (LOCK_KEY,))
+        return int(cur.fetchone()[0])
+
+
+def _raises(call: Callable[[], Any], error: type[BaseException]) -> bool:
+    try:
+        call()
+    except error:
+        return True
+    return False
+
+
+def _no_temp_table(conn: Any) -> bool:
+    return one(conn, "SELECT count(*) FROM pg_class WHERE relnamespace = pg_my_temp_schema()") == 0
+
+
+def _prepared(conn: Any) -> bool:
+    return one(conn, "SELECT count(*) FROM pg_prepared_statements WHERE NOT from_sql") == 0 and one(
+        conn, "SELECT count(*) FROM pg_prepared_statements WHERE name = 'gp_stmt'"
+    ) == 0
+
+
+def _cursor_with_hold(conn: Any) -> None:
+    cur = conn.cursor("gp_held", withhold=True)
+    cur.execute("SELECT generate_series(1, 10)")
+    cur.fetchone()
+
+
+# name: (what the first user leaves behind, what the next user must see)
+LEFTOVERS: dict[str, tuple[Callable[[Any], Any], Callable[[Any, Any], bool]]] = {
+    "SET": (lambda c: c.execute("SET work_mem = '77MB'"), lambda c, u: one(c, "SHOW work_mem") == "4MB"),
+    "search_path": (lambda c: c.execute("SET search_path = pg_catalog"),
+                    lambda c, u: one(c, "SHOW search_path") == '"$user", public'),
+    "set_config() in a SELECT": (lambda c: c.execute("SELECT set_config('application_name', 'gp-x', false)"),
+                                 lambda c, u: one(c, "SHOW application_name") == ""),
+    "custom variable": (lambda c: c.execute("SET gp.tenant = '42'"),
+                        lambda c, u: one(c, "SELECT current_setting('gp.tenant', true)") in (None, "")),
+    "time zone": (lambda c: c.execute("SET TIME ZONE 'Asia/Kolkata'"),
+                  lambda c, u: one(c, "SHOW TimeZone") != "Asia/Kolkata"),
+    "isolation level (SQL)": (lambda c: c.execute("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL"
+                                                  " SERIALIZABLE"),
+                              lambda c, u: one(c, "SHOW default_transaction_isolation") == "read committed"),
+    "temporary table": (lambda c: c.execute("CREATE TEMP TABLE gp_tmp (a int)"),
+                        lambda c, u: _no_temp_table(c)),
+    "CREATE TEMP TABLE AS": (lambda c: c.execute("CREATE TEMPORARY TABLE gp_tmp AS SELECT 1 AS a"),
+                             lambda c, u: _no_temp_table(c)),
+    "SELECT INTO TEMP": (lambda c: c.execute("SELECT 1 AS a INTO TEMP gp_tmp"),
+                         lambda c, u: _no_temp_table(c)),
+    "LISTEN": (lambda c: c.execute("LISTEN gp_channel"),
+               lambda c, u: one(c, "SELECT count(*) FROM pg_listening_channels()") == 0),
+    "PREPARE": (lambda c: c.execute("PREPARE gp_stmt AS SELECT 1"), lambda c, u: _prepared(c)),
+    "advisory lock": (lambda c: c.execute(f"SELECT pg_advisory_lock({LOCK_KEY})"),
+                      lambda c, u: _locks_held(u) == 0),
+    "advisory lock, upper case": (lambda c: c.execute(f"SELECT PG_TRY_ADVISORY_LOCK({LOCK_KEY})"),
+                                  lambda c, u: _locks_held(u) == 0),
+    "cursor WITH HOLD (SQL)": (lambda c: c.execute("DECLARE gp_held CURSOR WITH HOLD FOR SELECT 1"),
+                               lambda c, u: one(c, "SELECT count(*) FROM pg_cursors") == 0),
+    "server-side cursor withhold=True": (_cursor_with_hold,
+                                         lambda c, u: one(c, "SELECT count(*) FROM pg_cursors") == 0),
+    "DO block": (lambda c: c.execute("DO $$ BEGIN PERFORM set_config('gp.do', 'x', false); END $$"),
+                 lambda c, u: one(c, "SELECT current_setting('gp.do', true)") in (None, "")),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(LEFTOVERS))
+def test_next_user_gets_the_session_as_the_pool_configured_it(pg_user, make_db, case):
+    leave, clean = LEFTOVERS[case]
+    pool = make_db().pool()
+    with pool.connection() as conn:
+        session = backend(conn)
+        leave(conn)
+    with pool.connection() as conn:
+        assert backend(conn) == session, "replaced instead of reset"
+        assert clean(conn, pg_user), f"{case} reached the next user"
+    assert pool.stats()["connections_reset"] == 1
+
+
+# Settings of the psycopg connection object (no round trip to restore them).
+CLIENT_SIDE: dict[str, tuple[Callable[[Any], Any], Callable[[Any], bool]]] = {
+    "autocommit switched off": (_autocommit, lambda c: c.autocommit is True),
+    "isolation_level": (lambda c: setattr(c, "isolation_level", psycopg.IsolationLevel.SERIALIZABLE),
+                        lambda c: c.isolation_level is None),
+    "read_only": (lambda c: setattr(c, "read_only", True), lambda c: c.read_only is None),
+    "row_factory": (lambda c: setattr(c, "row_factory", psycopg.rows.dict_row),
+                    lambda c: c.execute("SELECT 1 AS a").fetchone() == (1,)),
+    "prepare_threshold": (lambda c: setattr(c, "prepare_threshold", 0), lambda c: c.prepare_threshold == 5),
+    "notice handler": (lambda c: c.add_notice_handler(lambda diag: None), lambda c: not c._notice_handlers),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(CLIENT_SIDE))
+def test_settings_of_the_connection_object_are_restored_without_a_round_trip(pg_user, make_db, case):
+    leave, clean = CLIENT_SIDE[case]
+    pool = make_db().pool()
+    with pool.connection() as conn:
+        session = backend(conn)
+        conn.execute("SELECT 'gp-last-user-statement'")
+        leave(conn)
+    assert "gp-last-user-statement" in last_query(pg_user, session)  # nothing sent at return
+    with pool.connection() as conn:
+        assert backend(conn) == session
+        assert clean(conn), f"{case} reached the next user"
+    assert pool.stats()["connections_reset"] == 1
+
+
+def test_a_session_nobody_changed_is_never_reset_and_costs_no_round_trip(pg_user, make_db):
+    pool = make_db().pool()
+    with pool.connection() as conn:
+        session = backend(conn)
+        conn.execute("CREATE TABLE gp_plain (id serial PRIMARY KEY, v int, note text)")
+    for i in range(8):  # past prepare_threshold: prepared statements are psycopg's, not the user's
+        with pool.connection() as conn:
+            conn.execute("SELECT 1").fetchall()
+            conn.execute("INSERT INTO gp_plain (v, note) VALUES (%s, %s)", (i, "temperature of the template"))
+            conn.execute("UPDATE gp_plain SET v = v + 1 WHERE v = %s", (i,))
+            with conn.transaction():
+                conn.execute("DELETE FROM gp_plain WHERE v = %s", (-1,))
+            with conn.cursor().copy("COPY gp_plain (v) FROM STDIN") as copy:
+                copy.write_row((100 + i,))
+            conn.execute("SHOW work_mem")
+            conn.execute("SELECT 'temperature of the template, attempts on hold-outs' AS note")
+            conn.execute("SELECT 'gp-last-%s'" % i)  # noqa: UP031 - literal, no parameter
+        assert f"gp-last-{i}" in last_query(pg_user, session)  # no statement of the pool's at return
+    with pool.connection() as conn:
+        conn.execute("DROP TABLE gp_plain")
+    assert pool.stats()["connections_reset"] == 0
+
+
+def test_reset_re_applies_the_pools_own_session_statements(pg_user, make_db):
+    pool = make_db(session=["SET work_mem = '8MB'"], init_command="SET application_name = 'gp-init'",
+                   options="-c lock_timeout=1234").pool()  # fmt: skip
+    with pool.connection() as conn:
+        assert (one(conn, "SHOW work_mem"), one(conn, "SHOW application_name")) == ("8MB", "gp-init")
+        conn.execute("SET work_mem = '99MB'")
+        conn.execute("SET application_name = 'someone'")
+        conn.execute("SET lock_timeout = 1")
+    with pool.connection() as conn:
+        assert one(conn, "SHOW work_mem") == "8MB"
+        assert one(conn, "SHOW application_name") == "gp-init"
+        assert one(conn, "SHOW lock_timeout") == "1234ms"  # startup options survive DISCARD ALL
+    assert pool.stats()["connections_reset"] == 1
+
+
+def test_psycopgs_prepared_statements_still_work_after_a_reset(make_db):
+    """DISCARD ALL drops psycopg's own prepared statements: its cache must forget them too, or
+    the next execution of a prepared query fails with 'prepared statement does not exist'."""
+    pool = make_db().pool()
+    for _ in range(3):
+        with pool.connection() as conn:
+            for _ in range(7):
+                assert one(conn, "SELECT %s::int + 1", (1,)) == 2  # prepared after 5 runs
+            conn.execute("SET work_mem = '5MB'")
+    assert pool.stats()["connections_reset"] == 3
+
+
+def test_reset_session_off_leaves_the_session_as_the_user_left_it(make_db):
+    pool = make_db(reset_session=False).pool()
+    with pool.connection() as conn:
+        conn.execute("SET work_mem = '77MB'")
+    with pool.connection() as conn:
+        assert one(conn, "SHOW work_mem") == "77MB"
+    assert pool.stats()["connections_reset"] == 0
+
+
+# -- transactions --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def table(pg_user):
+    name = f"gp_t_{secrets.token_hex(4)}"
+    with pg_user.admin.cursor() as cur:
+        cur.execute(f"CREATE TABLE {name} (v int)")
+        cur.execute(f'GRANT ALL ON {name} TO "{pg_user.name}"')
+    yield name
+    with pg_user.admin.cursor() as cur:
+        cur.execute(f"DROP TABLE IF EXISTS {name}")
+
+
+def _count(pg_user: Any, table: str) -> int:
+    with pg_user.admin.cursor() as cur:
+        cur.execute(f"SELECT count(*) FROM {table}")
+        return int(cur.fetchone()[0])
+
+
+def test_autocommit_off_commits_a_clean_exit_and_rolls_back_an_error_and_putconn(pg_user, make_db, table):
+    pool = make_db(autocommit=False).pool()
+    with pool.connection() as conn:
+        assert conn.autocommit is False
+        conn.execute(f"INSERT INTO {table} VALUES (1)")
+    assert _count(pg_user, table) == 1
+    with pytest.raises(RuntimeError):
+        with pool.connection() as conn:
+            conn.execute(f"INSERT INTO {table} VALUES (2)")
+            raise RuntimeError("view failed")
+    conn = pool.getconn()
+    conn.execute(f"INSERT INTO {table} VALUES (3)")
+    pool.putconn(conn)
+    assert _count(pg_user, table) == 1
+    with pool.connection() as conn:  # a SELECT opens a transaction too: its snapshot must not pass on
+        one(conn, f"SELECT count(*) FROM {table}")
+    # rollbacks and commits alone cost no reset; only the failed with-block's one (its
+    # exception may have skipped the user's own clean-up of the session)
+    assert pool.stats()["connections_reset"] == 1 and pool.stats()["pool_size"] == 1
+
+
+def test_a_failed_with_block_resets_a_session_changed_where_the_pool_cannot_see(pg_user, make_db):
+    """A function changes a setting from inside a SELECT (no tag, no telltale text); the
+    user's own clean-up would undo it, but the block raised first. The next user must
+    not inherit it."""
+    fn = f"gp_sneaky_{secrets.token_hex(4)}"
+    with pg_user.admin.cursor() as cur:
+        cur.execute(
+            f"CREATE FUNCTION {fn}() RETURNS int LANGUAGE sql AS "
+            "$$ SELECT length(set_config('application_name', 'leaked', false)) $$"
+        )
+        cur.execute(f'GRANT EXECUTE ON FUNCTION {fn}() TO "{pg_user.name}"')
+    try:
+        pool = make_db().pool()
+        with pytest.raises(RuntimeError):
+            with pool.connection() as conn:
+                one(conn, f"SELECT {fn}()")
+                assert one(conn, "SHOW application_name") == "leaked"
+                raise RuntimeError("view failed before its clean-up")
+        with pool.connection() as conn:
+            assert one(conn, "SHOW application_name") != "leaked"
+        assert pool.stats()["connections_reset"] == 1 and pool.stats()["pool_size"] == 1
+    finally:
+        with pg_user.admin.cursor() as cur:
+            cur.execute(f"DROP FUNCTION IF EXISTS {fn}()")
+
+
+def test_a_failed_transaction_is_rolled_back_and_the_connection_reused(make_db):
+    pool = make_db(autocommit=False).pool()
+    with pool.connection() as conn:
+        session = backend(conn)
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            conn.execute("SELECT 1 / 0")
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
+    with pool.connection() as conn:
+        assert backend(conn) == session and one(conn, "SELECT 2") == 2
+
+
+def test_a_failed_commit_reaches_the_user_and_the_connection_is_dropped(pg_user, make_db, table):
+    pool = make_db(autocommit=False).pool()
+    with pg_user.admin.cursor() as cur:
+        cur.execute(f"ALTER TABLE {table} ADD CONSTRAINT gp_c UNIQUE (v) DEFERRABLE INITIALLY DEFERRED")
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        with pool.connection() as conn:
+            conn.execute(f"INSERT INTO {table} VALUES (1), (1)")  # fails only at COMMIT
+    assert _count(pg_user, table) == 0
+    with pool.connection() as conn:
+        assert one(conn, "SELECT 1") == 1
+
+
+@pytest.mark.parametrize("left", ["stream", "COPY"])
+def test_a_connection_returned_mid_protocol_is_dropped(pg_user, make_db, left):
+    pool = make_db().pool()
+    conn = pool.getconn()
+    session = backend(conn)
+    if left == "stream":
+        rows = conn.cursor().stream("SELECT generate_series(1, 100000)")
+        next(rows)
+    else:
+        copy = conn.cursor().copy("COPY (SELECT generate_series(1, 100000)) TO STDOUT")
+        copy.__enter__()
+    assert conn.info.transaction_status == psycopg.pq.TransactionStatus.ACTIVE
+    pool.putconn(conn)
+    with pool.connection() as conn:
+        assert backend(conn) != session and one(conn, "SELECT 1") == 1
+    wait_until(lambda: session not in pg_user.backend_pids(), 10, what="the dropped session ended")
+
+
+# -- fork ------------------------------------------------------------------------------------------------
+
+
+def test_a_forked_child_never_uses_or_ends_the_parents_session(pg_user, make_db):
+    db = make_db(max_size=2)
+    pool = db.pool()
+    with pool.connection() as conn:
+        parent_session = backend(conn)
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            with db.connection() as conn:  # drops the inherited connection, opens its own
+                os.write(write, json.dumps({"session": backend(conn)}).encode())
+            db.close_pool()
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        reported = json.loads(pipe.read() or "{}")
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert reported["session"] != parent_session
+    wait_until(lambda: reported["session"] not in pg_user.backend_pids(), 5, what="the child's session ended")
+    with pool.connection() as conn:  # the child said nothing on the parent's socket
+        assert backend(conn) == parent_session and one(conn, "SELECT 1") == 1
+    assert parent_session in pg_user.backend_pids()
+
+
+# -- bounded connect and ping -------------------------------------------------------------------------
+
+
+def test_connect_to_a_server_that_never_answers_is_bounded_by_a_fractional_connect_timeout(pg_user, pg_proxy):
+    """psycopg truncates connect_timeout to whole seconds, at least 2, and waits its default of
+    130 s for a value below 1: 0.6 must mean 0.6."""
+    pg_proxy.blackhole()
+    db = DatabasePool({"default": pg_user.config(port=pg_proxy.port, connect_timeout=0.6, max_size=1)}, name="bh")
+    start = time.monotonic()
+    with pytest.raises(ConnectError, match=r"timed out after 0\.6s"):
+        db.pool().getconn()
+    took = time.monotonic() - start
+    assert 0.5 < took < 1.5, took
+    db.close_pool()
+
+
+def test_every_host_is_tried_and_target_session_attrs_is_passed_to_libpq(pg_user):
+    # Nothing listens on 127.0.0.2: refused, then the next host serves.
+    db = DatabasePool({"default": pg_user.config(host="127.0.0.2,127.0.0.1", target_session_attrs="read-write",
+                                                 max_size=1)}, name="multi")  # fmt: skip
+    with db.connection() as conn:
+        assert one(conn, "SELECT inet_server_addr()::text").startswith("127.0.0.1")
+    db.close_pool()
+    standby = DatabasePool({"default": pg_user.config(target_session_attrs="standby", max_size=1)}, name="sb")
+    with pytest.raises(ConnectError, match="hot standby|standby|read-only"):
+        standby.pool().getconn()
+    standby.close_pool()
+
+
+def test_ping_of_a_connection_whose_server_stopped_answering_is_bounded(pg_user, pg_proxy):
+    db = DatabasePool({"default": pg_user.config(port=pg_proxy.port, min_size=1, max_size=1, check_interval=0,
+                                                 check_timeout=0.5)}, name="stall")  # fmt: skip
+    db.init_pool()
+    pool = db.pool()
+    with pool.connection() as conn:
+        stalled = backend(conn)
+    assert pg_proxy.stall() == 1
+    start = time.monotonic()
+    with pool.connection() as conn:  # the ping times out, the connection is replaced
+        assert backend(conn) != stalled
+    assert time.monotonic() - start < 0.5 + 2.0
+    assert pool.stats()["connections_lost"] == 1
+    db.close_pool()
+
+
+def test_a_terminated_backend_is_seen_by_the_probe_and_replaced(pg_user, make_db):
+    pool = make_db(check_interval=3600).pool()  # only the socket probe can notice
+    with pool.connection() as conn:
+        old = backend(conn)
+    pg_user.terminate(old)
+    wait_until(lambda: old not in pg_user.backend_pids(), 5, what="backend terminated")
+    with pool.connection() as conn:
+        assert backend(conn) != old
+    assert pool.stats()["connections_lost"] == 1
+
+
+# -- passwords (a server that checks them) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("password", ["pässwörd", "Ωmega-π", "日本語パス", "emoji-🔑", "sp ace'quote\\"])
+def test_non_ascii_passwords_log_in_and_wrong_ones_never_reach_a_message(pg_scram, password):
+    login = pg_scram.create_user(f"gp_{secrets.token_hex(4)}", password)
+    url = f"postgresql://{login.name}:{quote(password, safe='')}@{login.host}:{login.port}/{login.database}"
+    for config in (login.config(max_size=1), url):
+        db = DatabasePool({"default": config}, name="nonascii")
+        with db.connection() as conn:
+            assert one(conn, "SELECT current_user") == login.name
+        db.close_pool()
+    wrong = password + "x"
+    db = DatabasePool({"default": login.config(password=wrong, max_size=1)}, name="wrong")
+    with pytest.raises(ConnectError, match="password authentication failed") as info:
+        db.pool().getconn()
+    assert wrong not in str(info.value) and password not in str(info.value)
+    db.close_pool()
+
+
+# -- PgBouncer in transaction pooling mode -------------------------------------------------------------
+
+
+def test_pgbouncer_true_never_prepares_and_never_resets(pgbouncer):
+    bouncer = pgbouncer
+    db = DatabasePool({"default": bouncer.config(pgbouncer=True, min_size=2, max_size=2)}, name="bouncer")
+    db.init_pool()
+    pool = db.pool()
+    for _ in range(12):  # psycopg would prepare after 5 runs; another server connection would not know it
+        with pool.connection() as conn:
+            assert conn.prepare_threshold is None
+            assert one(conn, "SELECT %s::int * 2", (21,)) == 42
+            conn.execute("SET application_name = 'gp-bouncer'")
+    assert pool.stats()["connections_reset"] == 0  # no DISCARD ALL in transaction pooling
+    db.close_pool()
+
+
+# -- gevent --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("import_order", ["psycopg imported before patching", "after patching"])
+def test_gevent_greenlets_wait_cooperatively_and_share_max_size_sessions(pg_user, import_order):
+    """100 greenlets, max_size=4, each SELECT pg_sleep(0.05): a ticker greenlet fires during nearly
+    every query, and the server never sees more than 4 sessions. psycopg imported before gevent
+    patched select picks its C wait, which blocked the hub: queries then ran one at a time."""
+    config = pg_user.config(min_size=4, max_size=4, timeout=30)
+    args = [sys.executable, str(SCRIPTS / "gevent_pg.py"), "burst", "100", "0.05"]
+    if import_order == "after patching":
+        args.append("--import-after-patch")
+    peak = [0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.05):
+            peak[0] = max(peak[0], pg_user.count())
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        proc = subprocess.run(args, input=json.dumps(config), capture_output=True, text=True, timeout=120,
+                              env=dict(os.environ, PYTHONPATH=str(ROOT)))  # fmt: skip
+    finally:
+        done.set()
+        sampler.join(5)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["ok"] == 100 and not result["errors"], result
+    assert result["covered"] >= 95, result  # the hub ran while nearly every query waited
+    assert result["max_gap"] < 0.5 and result["connect_gap"] < 0.5, result
+    assert result["elapsed"] < 100 * 0.05 * 0.75, result  # 4 at a time, not one after another
+    assert result["stats"]["connections_num"] == 4 and peak[0] <= 4, (result, peak)
+
+
+def test_gevent_a_foreign_greenlet_waits_without_blocking_the_hub_then_gets_lease_error(pg_user):
+    """psycopg imported before patching made each connection's lock a native one: a greenlet
+    using another's connection mid-statement blocked the whole worker on it, for good."""
+    proc = subprocess.run([sys.executable, str(SCRIPTS / "gevent_pg.py"), "foreign"], text=True, timeout=30,
+                          input=json.dumps(pg_user.config(min_size=1, max_size=1)), capture_output=True,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["intruder"].startswith("LeaseError: "), result  # by another greenlet, or after its return
+    assert result["holder"] == [42], result  # the holder's statement and session were untouched
+    assert result["max_gap"] < 0.2, result
+
+
+def test_a_foreign_pipeline_never_switches_the_holders_statements_to_pipeline_mode(make_db):
+    """psycopg's pipeline() sets the connection's pipeline before its first wait(), outside the
+    lock: a stale pipeline() made the holder's statements pipeline ones for a moment."""
+    pool = make_db().pool()
+    with pool.connection() as stale:
+        pass
+    seen, stop, started = [], threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with pool.connection() as conn:
+            started.set()
+            while not stop.is_set():
+                if conn._pipeline is not None:
+                    seen.append(1)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    assert started.wait(10)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        for _ in range(500):
+            with pytest.raises(LeaseError):
+                with stale.pipeline():
+                    pass
+    finally:
+        sys.setswitchinterval(interval)
+        stop.set()
+        thread.join(10)
+    assert not seen
+
+
+def test_connection_class_is_the_drivers_own(make_db):
+    with make_db().connection() as conn:
+        assert isinstance(conn, psycopg.Connection) and isinstance(conn, PooledPGConnection)
+        assert conn.info.dbname == PG_DB and conn.info.host in (PG_HOST, "localhost") and conn.info.port == PG_PORT
