@@ -154,11 +154,18 @@ class PGUser:
         self.name = name
         self.password = password
         self.admin = pg_admin_connect()
-        with self.admin.cursor() as cur:
-            cur.execute(f'DROP ROLE IF EXISTS "{name}"')
-            cur.execute(f"CREATE ROLE \"{name}\" LOGIN PASSWORD '{password}'")
-            cur.execute(f'GRANT ALL ON DATABASE "{PG_DB}" TO "{name}"')
-            cur.execute(f'GRANT ALL ON SCHEMA public TO "{name}"')
+        for attempt in range(5):
+            try:
+                with self.admin.cursor() as cur:
+                    cur.execute(f'DROP ROLE IF EXISTS "{name}"')
+                    cur.execute(f"CREATE ROLE \"{name}\" LOGIN PASSWORD '{password}'")
+                    cur.execute(f'GRANT ALL ON DATABASE "{PG_DB}" TO "{name}"')
+                    cur.execute(f'GRANT ALL ON SCHEMA public TO "{name}"')
+                break
+            except Exception as exc:  # two GRANTs on one database at once: "tuple concurrently updated"
+                if "concurrently updated" not in str(exc) or attempt == 4:
+                    raise
+                time.sleep(0.1 * (attempt + 1))
 
     def url(self, **query: Any) -> str:
         q = "&".join(f"{k}={v}" for k, v in query.items())

@@ -234,11 +234,13 @@ def test_preload_master_connection_is_never_used_by_workers(gunicorn, mysql_user
     assert int(line.split("pid=")[1].split()[0]) == server.pid
     wait_until(lambda: mysql_user.count() == 3, 10, what="the master's session + 1 per worker")
     used = set()
-    for _ in range(20):
+    for _ in range(300):  # the kernel may hand many accepts in a row to one worker: ask until both answered
         status, body = get(server, "/conn/")
         assert status == 200, body
         used.add(body["conn_id"])
-    assert master_conn not in used and len(used) == 2
+        if len(used) >= 2 and _ >= 20:
+            break
+    assert master_conn not in used and len(used) == 2, (master_conn, used)
     assert master_conn in mysql_user.connection_ids(), "a worker ended the master's session"
     stop_and_check_no_session(server, mysql_user)
 

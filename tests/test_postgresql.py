@@ -23,7 +23,7 @@ from urllib.parse import quote
 import psycopg
 import pytest
 import servers
-from support import PG_DB, PG_HOST, PG_PORT, ROOT, wait_until
+from support import PG_DB, PG_HOST, PG_PORT, ROOT, pg_admin_connect, wait_until
 
 from gunicorn_pool import ConnectError, DatabasePool, LeaseError, request_scope
 from gunicorn_pool.connectors.postgresql import PooledPGConnection
@@ -184,10 +184,21 @@ def test_a_lease_reclaimed_at_request_end_refuses_its_user_and_its_session_ends(
     wait_until(lambda: pid not in pg_user.backend_pids(), 5, what="the reclaimed session ended")
 
 
+RUNNING_SLEEP = (
+    "SELECT count(*) FROM pg_stat_activity WHERE pid = %s AND state = 'active' AND query LIKE '%%pg_sleep%%'"
+)
+
+
 def test_cancel_is_allowed_from_another_thread_during_the_lease(make_db):
     pool = make_db().pool()
-    with pool.connection() as conn:
-        timer = threading.Timer(0.3, conn.cancel)
+    with pool.connection() as conn, pg_admin_connect() as admin:
+        pid = conn.info.backend_pid
+
+        def cancel_once_running() -> None:  # a cancel that arrives before the query would cancel nothing
+            wait_until(lambda: one(admin, RUNNING_SLEEP, (pid,)) == 1, 5, what="pg_sleep running")
+            conn.cancel()
+
+        timer = threading.Thread(target=cancel_once_running)
         timer.start()
         start = time.monotonic()
         with pytest.raises(psycopg.errors.QueryCanceled):
