@@ -83,6 +83,8 @@ _ALIASES = {"name": "database", "pass": "password", "db": "database", "passwd": 
 _SOURCES = ("password_env", "password_file")
 _SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 _TARGETS = ("any", "read-write", "read-only", "primary", "standby", "prefer-standby")
+_MYSQL_TARGETS = ("any", "read-write", "read-only")
+_BALANCE = ("disable", "random")
 
 
 def _key(default: Any, rule: Rule, adapters: tuple[str, ...] = _ALL) -> Any:
@@ -100,7 +102,10 @@ class DatabaseConfig(PoolOptions):
 
     pool_name: str = dataclasses.field(default="", metadata={"internal": True})
     adapter: str = _key("mysql", _text("the database family", optional=False, choices=_ALL))
-    host: Optional[str] = _key(None, _text("server host (127.0.0.1)"), _SERVERS)
+    host: Optional[str] = _key(None, _text("server host (127.0.0.1); several: a list, or host:port,host:port"),
+                               _SERVERS)  # fmt: skip
+    #: Every host to try, in the configured order, each with its port (``host`` and ``port`` are the first).
+    hosts: tuple[tuple[str, int], ...] = dataclasses.field(default=(), metadata={"internal": True})
     port: Optional[int] = _key(None, Rule(int, optional=True, low=1, high=65535, meaning="server port"), _SERVERS)
     user: Optional[str] = _key(None, _text("login user"), _SERVERS)
     password: str = dataclasses.field(
@@ -136,8 +141,11 @@ class DatabaseConfig(PoolOptions):
     sslkey: Optional[str] = _key(None, _text("libpq sslkey"), ("postgresql",))
     application_name: Optional[str] = _key(None, _text("libpq application_name"), ("postgresql",))
     options: Optional[str] = _key(None, _text("libpq options (-c name=value ...)"), ("postgresql",))
-    target_session_attrs: Optional[str] = _key(None, _text("libpq target_session_attrs", choices=_TARGETS),
-                                               ("postgresql",))  # fmt: skip
+    target_session_attrs: Optional[str] = _key(None, _text("which server to accept: any, read-write, read-only"
+                                                           " (PostgreSQL: libpq's, all of them)", choices=_TARGETS),
+                                               _SERVERS)  # fmt: skip
+    load_balance_hosts: Optional[str] = _key(None, _text("disable (hosts in order) or random", choices=_BALANCE),
+                                             _SERVERS)  # fmt: skip
     prepare_threshold: Optional[int] = _key(5, Rule(int, optional=True, low=0, high=1_000_000,
                                                      meaning="psycopg prepare_threshold; none: never prepare"),
                                             ("postgresql",))  # fmt: skip
@@ -156,7 +164,7 @@ class DatabaseConfig(PoolOptions):
             return str(self.database)
         if self.adapter == "dbapi":
             return _callable_name(self.creator)
-        return f"{self.host}:{self.port}"
+        return ",".join(_host_text(host, port) for host, port in self.hosts or ((self.host, self.port),))
 
     @property
     def dsn(self) -> str:
@@ -166,12 +174,15 @@ class DatabaseConfig(PoolOptions):
         if self.adapter == "dbapi":
             return f"dbapi:{_callable_name(self.creator)}"
         auth = quote(self.user or "", safe="") + (f":{_MASK}" if self.password else "")
-        host = f"[{self.host}]" if self.host and ":" in self.host else self.host
-        dsn = f"{self.adapter}://{auth}{'@' if auth else ''}{host}:{self.port}/{quote(self.database or '', safe='')}"
+        dsn = f"{self.adapter}://{auth}{'@' if auth else ''}{self.address}/{quote(self.database or '', safe='')}"
         return _masked(dsn, self.password)
 
     def __repr__(self) -> str:
         return f"<DatabaseConfig {self.pool_name!r} {self.dsn} min={self.min_size} max={self.max_size}>"
+
+
+def _host_text(host: Optional[str], port: Optional[int]) -> str:
+    return f"[{host}]:{port}" if host and ":" in host else f"{host}:{port}"
 
 
 def _fields() -> dict[str, dataclasses.Field[Any]]:
@@ -268,7 +279,11 @@ def _from_url(pool_name: str, url: str) -> dict[str, Any]:
             raw["user"] = unquote(user)
         if colon:
             raw["password"] = unquote(password)
-    host, port = host_port(pool_name, hostport)
+    if "," in hostport:  # several hosts: each host[:port] is read in _hosts()
+        raw["host"] = hostport
+        host, port = "", None
+    else:
+        host, port = host_port(pool_name, hostport)
     if host:
         raw["host"] = host
     if port is not None:
@@ -352,6 +367,8 @@ def _normalise(pool_name: str, raw: dict[str, Any]) -> dict[str, Any]:
             )
         if name in out:
             raise ConfigError(f"pool {pool_name!r}: option {name!r} given twice (as {key!r} and an alias)")
+        if name == "host" and isinstance(val, (list, tuple)):
+            val = _host_list(pool_name, val)
         out[name] = _coerce(pool_name, name, val)
     password = password_from_source(pool_name, raw)
     if password is not None:
@@ -367,11 +384,37 @@ def _normalise(pool_name: str, raw: dict[str, Any]) -> dict[str, Any]:
         out["port"] = out["port"] or spec.port
         if out.get("user") is None and spec.user is not None:
             out["user"] = spec.user
+        out["hosts"] = _hosts(pool_name, out["host"], out["port"])
+        out["host"], out["port"] = out["hosts"][0]
+        if adapter == "mysql" and out.get("target_session_attrs") not in (None, *_MYSQL_TARGETS):
+            raise ConfigError(f"pool {pool_name!r}: target_session_attrs must be one of"
+                              f" {', '.join(_MYSQL_TARGETS)} for MySQL/MariaDB")  # fmt: skip
     if adapter == "sqlite" and not out.get("database"):
         raise ConfigError(f"pool {pool_name!r}: sqlite needs a database path (or ':memory:')")
     if adapter == "dbapi":
         out["creator"] = _creator(pool_name, out.get("creator"))
     return out
+
+
+def _host_list(pool_name: str, value: Any) -> str:
+    """``host: [..]`` of a dict as the comma-separated text _hosts() reads."""
+    if not value or not all(isinstance(v, str) and v and "," not in v for v in value):
+        raise ConfigError(f"pool {pool_name!r}: host must be a string or a non-empty list of 'host[:port]' strings")
+    return ",".join(value)
+
+
+def _hosts(pool_name: str, host: str, port: int) -> tuple[tuple[str, int], ...]:
+    """Every host of *host* with its port: one host as given (a path, an IPv6 address), or several
+    separated by commas, each ``host[:port]`` or ``[ipv6][:port]`` (*port* where none is given)."""
+    if "," not in host:
+        return ((host, port),)
+    hosts = []
+    for entry in host.split(","):
+        name, own = host_port(pool_name, entry.strip())
+        if not name:
+            raise ConfigError(f"pool {pool_name!r}: an empty host in the host list")
+        hosts.append((name, own or port))
+    return tuple(hosts)
 
 
 def _adapter(pool_name: str, raw: Mapping[str, Any]) -> str:

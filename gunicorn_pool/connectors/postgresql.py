@@ -325,10 +325,10 @@ class PostgreSQLConnector(Connector):
         session the config asks for (autocommit, prepare threshold, init_command, session)."""
         failures: list[tuple[str, psycopg.OperationalError]] = []
         for attempt in conninfo_attempts(self._params):  # resolves host names (cooperative under gevent)
-            host = str(attempt.get("host") or attempt.get("hostaddr") or "")
+            host = f"{attempt.get('host') or attempt.get('hostaddr') or ''}:{attempt.get('port', '')}"
             try:
                 pgconn = _wait_conn(generators.connect(make_conninfo("", **attempt)), self.config.connect_timeout,
-                                    f"{host}:{attempt.get('port', '')}")  # fmt: skip
+                                    host)  # fmt: skip
                 break
             except psycopg.OperationalError as exc:
                 failures.append((host, exc))
@@ -539,8 +539,12 @@ class PostgreSQLConnector(Connector):
 def _conninfo_params(cfg: DatabaseConfig) -> dict[str, Any]:
     """libpq keywords from the config; keys left unset fall to libpq's defaults (PG* variables,
     ~/.pgpass, the OS user). ``connect_timeout`` is not passed: the connector enforces it."""
+    host: Any = cfg.host
+    port: Any = cfg.port
+    if len(cfg.hosts) > 1:  # libpq's multi-host form: a port per host
+        host, port = ",".join(h for h, _ in cfg.hosts), ",".join(str(p) for _, p in cfg.hosts)
     params = {
-        "host": cfg.host, "port": cfg.port, "user": cfg.user, "password": cfg.password or None,
+        "host": host, "port": port, "user": cfg.user, "password": cfg.password or None, "load_balance_hosts": cfg.load_balance_hosts,
         "dbname": cfg.database, "sslmode": cfg.sslmode, "sslrootcert": cfg.sslrootcert, "sslcert": cfg.sslcert,
         "sslkey": cfg.sslkey, "application_name": cfg.application_name, "options": cfg.options,
         "target_session_attrs": cfg.target_session_attrs,
