@@ -34,7 +34,8 @@ def hosts_url(login: Any, *ports: int, **query: Any) -> str:
     """*login*'s URL with one ``127.0.0.1:port`` host per port."""
     q = "&".join(f"{k}={v}" for k, v in query.items())
     hosts = ",".join(f"127.0.0.1:{port}" for port in ports)
-    return f"mysql://{login.name}:{login.password}@{hosts}/{getattr(login, 'database', 'test')}" + (f"?{q}" if q else "")
+    database = getattr(login, "database", "test")
+    return f"mysql://{login.name}:{login.password}@{hosts}/{database}" + (f"?{q}" if q else "")
 
 
 # -- config ------------------------------------------------------------------------------------------

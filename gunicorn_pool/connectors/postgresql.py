@@ -544,7 +544,8 @@ def _conninfo_params(cfg: DatabaseConfig) -> dict[str, Any]:
     if len(cfg.hosts) > 1:  # libpq's multi-host form: a port per host
         host, port = ",".join(h for h, _ in cfg.hosts), ",".join(str(p) for _, p in cfg.hosts)
     params = {
-        "host": host, "port": port, "user": cfg.user, "password": cfg.password or None, "load_balance_hosts": cfg.load_balance_hosts,
+        "host": host, "port": port, "user": cfg.user, "password": cfg.password or None,
+        "load_balance_hosts": cfg.load_balance_hosts,
         "dbname": cfg.database, "sslmode": cfg.sslmode, "sslrootcert": cfg.sslrootcert, "sslcert": cfg.sslcert,
         "sslkey": cfg.sslkey, "application_name": cfg.application_name, "options": cfg.options,
         "target_session_attrs": cfg.target_session_attrs,
