@@ -106,6 +106,10 @@ class DatabaseConfig(PoolOptions):
                                _SERVERS)  # fmt: skip
     #: Every host to try, in the configured order, each with its port (``host`` and ``port`` are the first).
     hosts: tuple[tuple[str, int], ...] = dataclasses.field(default=(), metadata={"internal": True})
+    #: The read replicas of a primary (key ``replicas``), each a whole config of its own.
+    replicas: tuple[DatabaseConfig, ...] = dataclasses.field(default=(), metadata={"internal": True})
+    #: For a replica: the name of its primary's pool.
+    primary: str = dataclasses.field(default="", metadata={"internal": True})
     port: Optional[int] = _key(None, Rule(int, optional=True, low=1, high=65535, meaning="server port"), _SERVERS)
     user: Optional[str] = _key(None, _text("login user"), _SERVERS)
     password: str = dataclasses.field(
@@ -227,9 +231,44 @@ def parse_config(pool_name: str, value: Union[ConfigValue, DatabaseConfig]) -> D
     """
     if isinstance(value, DatabaseConfig):
         return dataclasses.replace(value, pool_name=pool_name)
-    config = DatabaseConfig(pool_name=pool_name, **_normalise(pool_name, raw_config(pool_name, value, _from_url)))
+    raw = raw_config(pool_name, value, _from_url)
+    replicas = raw.pop("replicas", None)
+    config = DatabaseConfig(pool_name=pool_name, **_normalise(pool_name, raw))
     config.check(pool_name)
+    if replicas is not None:
+        config = dataclasses.replace(config, replicas=_replicas(pool_name, config.adapter, raw, replicas))
     return config
+
+
+def replica_name(pool_name: str, number: int) -> str:
+    """The pool name of *pool_name*'s replica *number* (from 1): ``default.replica1``."""
+    return f"{pool_name}.replica{number}"
+
+
+def _replicas(pool_name: str, adapter: str, primary: dict[str, Any], value: Any) -> tuple[DatabaseConfig, ...]:
+    """The ``replicas`` of *pool_name*: each a URL or a dict whose keys override the primary's
+    (*primary*: its raw keys). A replica that gives a password (or its source) drops the
+    primary's; a dict without a port keeps the primary's, a URL without one means the default."""
+    if adapter not in _SERVERS:
+        raise ConfigError(f"pool {pool_name!r}: replicas apply to mysql and postgresql, not {adapter!r}")
+    if isinstance(value, (str, Mapping)) or not isinstance(value, (list, tuple)) or not value:
+        raise ConfigError(f"pool {pool_name!r}: replicas must be a non-empty list of URLs or dicts")
+    out = []
+    for number, item in enumerate(value, 1):
+        name = replica_name(pool_name, number)
+        own = raw_config(name, item, _from_url)
+        if "replicas" in own:
+            raise ConfigError(f"pool {name!r}: a replica has no replicas of its own")
+        if _adapter(name, {"adapter": own.get("adapter", adapter)}) != adapter:
+            raise ConfigError(f"pool {name!r}: a replica uses its primary's adapter ({adapter!r})")
+        secrets = ("password", "pass", "passwd", *_SOURCES)
+        base = {k: v for k, v in primary.items() if not (k in secrets and any(s in own for s in secrets))}
+        if isinstance(item, str) and "port" not in own:
+            base.pop("port", None)  # a URL without a port means the default port
+        config = DatabaseConfig(pool_name=name, primary=pool_name, **_normalise(name, {**base, **own}))
+        config.check(name)
+        out.append(config)
+    return tuple(out)
 
 
 def raw_config(pool_name: str, value: Any, from_url: Callable[[str, str], dict[str, Any]]) -> dict[str, Any]:

@@ -481,6 +481,11 @@ class ConnectionPool(cc.ForkAware):
         else:
             self._give_back(slot, commit=commit)
 
+    def has_lent(self, raw: Any) -> bool:
+        """True if *raw* is out on a lease of this pool now."""
+        slot = self._lent.get(id(raw))
+        return slot is not None and slot.raw is raw
+
     def _unlend(self, raw: Any) -> Optional[Slot]:
         """LENT -> in the returner's hands: the lent map's ``dict.pop()`` is the one move
         (invariant 1), so two returns of one lease never both succeed. None: taken before fork."""
