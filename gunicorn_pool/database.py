@@ -54,6 +54,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Mapping, Optional, Union
 
+from . import budget
 from .base import WorkerProfile
 from .config import ConfigValue, DatabaseConfig, parse_config
 from .connectors import connector_class, make_connector
@@ -122,6 +123,12 @@ class DatabasePool(NamedPools[DatabaseConfig]):
                 "pool %s (%s): read_timeout unset: queries wait at most %s s (gunicorn's timeout) in this %s worker",
                 name, config.dsn, f"{profile.timeout:g}" if profile.timeout else "unbounded", profile.kind,
             )  # fmt: skip
+
+    def init_pool(self) -> None:
+        """Open every pool (and replica pool) as :meth:`NamedPools.init_pool`, then warn once
+        per server that has no room for this worker's pools (:mod:`gunicorn_pool.budget`)."""
+        super().init_pool()
+        budget.check_servers(self._pools, self.configs)
 
     def connection(self, name: str = "default", *, timeout: Optional[float] = None, readonly: bool = False) -> Lease:
         """``with db.connection("default") as conn:`` lends a driver connection; with

@@ -458,6 +458,23 @@ class MySQLConnector(Connector):
         super().warm(raw, timeout)
         raw._gp_holder = IDLE
 
+    def free_connections(self, raw: Any, timeout: float) -> Optional[int]:
+        """``@@max_connections`` minus ``Threads_connected``, two statements bounded by *timeout*."""
+        raw._gp_holder = None  # the pool's own use
+        old = raw._read_timeout, raw._write_timeout
+        raw._read_timeout = raw._write_timeout = timeout
+        try:
+            with raw.cursor() as cur:
+                cur.execute("SELECT @@max_connections")
+                (limit,) = cur.fetchone()
+                cur.execute("SHOW GLOBAL STATUS LIKE 'Threads_connected'")
+                row = cur.fetchone()
+        finally:
+            raw._read_timeout, raw._write_timeout = old
+            raw._result = None
+            raw._gp_holder = IDLE
+        return None if row is None else int(limit) - int(row[1])
+
 
 class _WrongRole(pymysql.err.OperationalError):  # type: ignore[misc]
     """A server that accepted the connection but is not writable (or read-only) as asked."""

@@ -415,6 +415,20 @@ class PostgreSQLConnector(Connector):
         raw._gp_server = raw._gp_maybe = False
         raw._gp_holder = IDLE
 
+    def free_connections(self, raw: Any, timeout: float) -> Optional[int]:
+        """``max_connections`` minus the reserved slots and the client backends, in one query
+        bounded by *timeout* (a transaction it opened, autocommit off, is rolled back)."""
+        raw._gp_holder = None  # the pool's own use
+        try:
+            rows = fetch(raw, _FREE_SQL, timeout)
+            if raw.pgconn.transaction_status != _TX_IDLE:
+                with raw.lock:
+                    _wait(raw, raw._rollback_gen(), timeout, "ROLLBACK")
+        finally:
+            raw._gp_server = raw._gp_maybe = False
+            raw._gp_holder = IDLE
+        return int(rows[0][0])
+
     # -- leases ------------------------------------------------------------------------------
 
     def lend(self, raw: Any, holder: Optional[int], taken_at: str = "") -> None:
@@ -532,6 +546,14 @@ class PostgreSQLConnector(Connector):
                 changed = True
         return changed
 
+
+#: Connections the server still accepts from an ordinary login (superusers may use the reserved ones).
+_FREE_SQL = """
+SELECT current_setting('max_connections')::int
+       - current_setting('superuser_reserved_connections')::int
+       - coalesce(current_setting('reserved_connections', true), '0')::int
+       - (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')
+"""
 
 # -- helpers -------------------------------------------------------------------------------------
 
