@@ -9,6 +9,7 @@ answers (tests/proxy.py ``blackhole``). The primary is SIGKILLed by pid.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 import servers
 from proxy import FaultProxy
-from support import PG_DB, PG_HOST, PG_PORT, figure, free_port, wait_until
+from support import MYSQL_PORT, PG_DB, PG_HOST, PG_PORT, figure, free_port, pool_conf, wait_until
 
 from gunicorn_pool import ConfigError, ConnectError, DatabasePool, parse_config
 from gunicorn_pool.connectors.mysql import HostOrder
@@ -207,3 +208,26 @@ def test_postgresql_multi_host_url_first_host_dead_second_real(pg_user):
     db.close_pool()
 
 
+
+
+@pytest.mark.mysql
+@pytest.mark.timeout(60)
+def test_gunicorn_workers_pay_one_connect_timeout_for_a_blackholed_first_host(mysql_user, gunicorn):
+    """Each worker's boot connect waits connect_timeout once on the first host (accepts, never
+    answers), then lands on the second; every request after that is served without waiting."""
+    workers, timeout = 2, 1.0
+    with FaultProxy() as proxy:
+        proxy.blackhole()
+        config = {**mysql_user.config(), "host": [f"127.0.0.1:{proxy.port}", f"127.0.0.1:{MYSQL_PORT}"],
+                  "connect_timeout": timeout, "min_size": 1, "max_size": 2}  # fmt: skip
+        server = gunicorn(pool_conf({"default": config}, workers=workers, extra="max_requests = 0"))
+        server.start(workers_ready=workers)
+        boots = [float(ms) for ms in re.findall(r"opened 1 connection\(s\) in ([\d.]+) ms", server.log())]
+        assert len(boots) == workers and all(timeout * 900 <= ms < timeout * 1000 + 800 for ms in boots), boots
+        for _ in range(20):
+            start = time.monotonic()
+            status, body = server.get("/conn")
+            assert status == 200 and time.monotonic() - start < 0.5, body
+        assert mysql_user.password not in server.log()
+        figure("gunicorn failover: a worker's boot past a blackholed first host", max(boots) / 1000)
+        assert server.stop() == 0

@@ -53,6 +53,9 @@ def test_a_statement_repeated_past_prepare_threshold_runs_on_any_server_connecti
             b.execute("SELECT 1")
             if flag:
                 assert a.execute("SELECT %s::int + 1", (41,)).fetchone() == (42,)
+                with a.cursor() as cur:  # a pipeline of 10, past the threshold too
+                    cur.executemany("SELECT %s::int + 1", [(i,) for i in range(10)], returning=True)
+                    assert cur.fetchone() == (1,)
             else:
                 with pytest.raises(psycopg.errors.InvalidSqlStatementName):
                     a.execute("SELECT %s::int + 1", (41,))
