@@ -79,7 +79,7 @@ class ReplicaSet:
         """The replicas' pools to try now: reachable ones, least busy first, ties in turn."""
         down = self._down
         now = time.monotonic() if down else 0.0
-        pools = [self._pool(name) for name in self.replicas if name not in down or down[name][0] <= now]
+        pools = [self._pool(name) for name in self.replicas if (entry := down.get(name)) is None or entry[0] <= now]
         if len(pools) > 1:
             self._turn = turn = (self._turn + 1) % len(pools)
             pools = pools[turn:] + pools[:turn]

@@ -190,10 +190,8 @@ class HostOrder:
         if not self._down:
             return hosts
         now = time.monotonic()
-        down = self._down
-        first = [h for h in hosts if h not in down or down[h][0] <= now]
-        last = sorted((h for h in hosts if h in down and down[h][0] > now), key=lambda h: down[h][0])
-        return first + last
+        retry_at = {h: entry[0] for h in hosts if (entry := self._down.get(h)) is not None and entry[0] > now}
+        return [h for h in hosts if h not in retry_at] + sorted(retry_at, key=retry_at.__getitem__)
 
     def failed(self, host: tuple[str, int]) -> None:
         backoff = min(self.LAST, max(self.FIRST, self._down.get(host, (0.0, 0.0))[1] * 2))
