@@ -79,7 +79,8 @@ _SCHEMES = {scheme: a.name for a in ADAPTERS.values() for scheme in a.schemes}
 _SPELLINGS = {spelling: a.name for a in ADAPTERS.values() for spelling in a.spellings}
 _SERVERS = ("mysql", "postgresql")
 _ALL = tuple(ADAPTERS)
-_ALIASES = {"name": "database", "pass": "password", "db": "database", "passwd": "password", "dbname": "database"}
+_ALIASES = {"name": "database", "pass": "password", "db": "database", "passwd": "password", "dbname": "database",
+            "hosts": "host"}
 _SOURCES = ("password_env", "password_file")
 _SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 _TARGETS = ("any", "read-write", "read-only", "primary", "standby", "prefer-standby")
@@ -248,7 +249,8 @@ def replica_name(pool_name: str, number: int) -> str:
 def _replicas(pool_name: str, adapter: str, primary: dict[str, Any], value: Any) -> tuple[DatabaseConfig, ...]:
     """The ``replicas`` of *pool_name*: each a URL or a dict whose keys override the primary's
     (*primary*: its raw keys). A replica that gives a password (or its source) drops the
-    primary's; a dict without a port keeps the primary's, a URL without one means the default."""
+    primary's; a dict without a port keeps the primary's, a URL without one means the default;
+    ``strict`` is not inherited (reads fall back to the primary when a replica is down)."""
     if adapter not in _SERVERS:
         raise ConfigError(f"pool {pool_name!r}: replicas apply to mysql and postgresql, not {adapter!r}")
     if isinstance(value, (str, Mapping)) or not isinstance(value, (list, tuple)) or not value:
@@ -263,6 +265,7 @@ def _replicas(pool_name: str, adapter: str, primary: dict[str, Any], value: Any)
             raise ConfigError(f"pool {name!r}: a replica uses its primary's adapter ({adapter!r})")
         secrets = ("password", "pass", "passwd", *_SOURCES)
         base = {k: v for k, v in primary.items() if not (k in secrets and any(s in own for s in secrets))}
+        base.pop("strict", None)  # a replica down at boot is served around: strict only if it says so
         if isinstance(item, str) and "port" not in own:
             base.pop("port", None)  # a URL without a port means the default port
         config = DatabaseConfig(pool_name=name, primary=pool_name, **_normalise(name, {**base, **own}))

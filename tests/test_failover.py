@@ -50,6 +50,7 @@ def test_a_url_and_a_dict_list_several_hosts_each_with_its_port():
     cfg = parse_config("shop", {"host": ["db1", "db2:3307"], "port": 3310, "load_balance_hosts": "random"})
     assert (cfg.hosts, cfg.load_balance_hosts) == ((("db1", 3310), ("db2", 3307)), "random")
     assert parse_config("one", {"host": "::1"}).hosts == (("::1", 3306),)  # one host: as given
+    assert parse_config("alias", {"hosts": ["a", "b:1"]}).hosts == (("a", 3306), ("b", 1))
     pg = parse_config("pg", "postgresql://u@h1,h2:5433/d?target_session_attrs=standby")
     assert pg.hosts == (("h1", 5432), ("h2", 5433)) and pg.address == "h1:5432,h2:5433"
 

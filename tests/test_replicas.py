@@ -68,6 +68,8 @@ def test_replicas_override_the_primary_keys_and_get_names_of_their_own():
         "default.replica2", "db3", 3307, "app", "s3cret", 2)  # fmt: skip
     db = DatabasePool({"default": cfg})
     assert sorted(db.configs) == ["default", "default.replica1", "default.replica2"]
+    strict = parse_config("p", {"host": "a", "strict": True, "replicas": [{"host": "b"}, {"host": "c", "strict": 1}]})
+    assert [r.strict for r in strict.replicas] == [False, True]  # a down replica never stops the first boot
     assert "s3cret" not in repr(db) and "other" not in repr(db)
 
 
