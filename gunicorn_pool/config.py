@@ -80,7 +80,7 @@ _SPELLINGS = {spelling: a.name for a in ADAPTERS.values() for spelling in a.spel
 _SERVERS = ("mysql", "postgresql")
 _ALL = tuple(ADAPTERS)
 _ALIASES = {"name": "database", "pass": "password", "db": "database", "passwd": "password", "dbname": "database",
-            "hosts": "host"}
+            "hosts": "host"}  # fmt: skip
 _SOURCES = ("password_env", "password_file")
 _SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 _TARGETS = ("any", "read-write", "read-only", "primary", "standby", "prefer-standby")
