@@ -228,7 +228,7 @@ def test_gunicorn_workers_pay_one_connect_timeout_for_a_blackholed_first_host(my
         for _ in range(20):
             start = time.monotonic()
             status, body = server.get("/conn")
-            assert status == 200 and time.monotonic() - start < 0.5, body
+            assert status == 200 and time.monotonic() - start < timeout * 0.9, body  # never the first host
         assert mysql_user.password not in server.log()
         figure("gunicorn failover: a worker's boot past a blackholed first host", max(boots) / 1000)
         assert server.stop() == 0
