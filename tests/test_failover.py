@@ -232,3 +232,18 @@ def test_gunicorn_workers_pay_one_connect_timeout_for_a_blackholed_first_host(my
         assert mysql_user.password not in server.log()
         figure("gunicorn failover: a worker's boot past a blackholed first host", max(boots) / 1000)
         assert server.stop() == 0
+
+
+@pytest.mark.postgresql
+def test_postgresql_load_balance_hosts_random_spreads_connects(pg_user, pg_proxy):
+    """Two hosts (the server directly, and through a proxy): psycopg shuffles libpq's attempts."""
+    config = {**pg_user.config(), "host": [f"{PG_HOST}:{PG_PORT}", f"127.0.0.1:{pg_proxy.port}"],
+              "load_balance_hosts": "random", "min_size": 0, "max_size": 20}  # fmt: skip
+    db = DatabasePool({"default": config}, name="pgrandom")
+    pool = db.pool()
+    conns = [pool.getconn() for _ in range(20)]
+    ports = {int(conn.pgconn.port) for conn in conns}
+    for conn in conns:
+        pool.putconn(conn)
+    assert ports == {PG_PORT, pg_proxy.port}
+    db.close_pool()

@@ -325,6 +325,7 @@ class PostgreSQLConnector(Connector):
         session the config asks for (autocommit, prepare threshold, init_command, session)."""
         failures: list[tuple[str, psycopg.OperationalError]] = []
         for attempt in conninfo_attempts(self._params):  # resolves host names (cooperative under gevent)
+            attempt.pop("load_balance_hosts", None)  # done (shuffled); a libpq before 16 would refuse it
             host = f"{attempt.get('host') or attempt.get('hostaddr') or ''}:{attempt.get('port', '')}"
             try:
                 pgconn = _wait_conn(generators.connect(make_conninfo("", **attempt)), self.config.connect_timeout,
