@@ -3,6 +3,7 @@
 ::
 
     gunicorn-pool check [-c gunicorn.conf.py] [--hosts N] [--json] [--app module:app]
+                        [--pgbouncer-pool-size N]
     python -m gunicorn_pool check ...
 
 Loads the gunicorn config the way gunicorn does (the file, then
@@ -22,6 +23,23 @@ database's ``CONNECTION LIMIT`` and the client backends in
     sum over its pools of  workers x max_size  x 2 (SIGHUP: old and new workers overlap)  x hosts
 
 and it fits when it is at most ``max_connections`` minus the reserved slots.
+Read replicas (``replicas``) are servers of their own, each with its own
+pools (``default.replica1``...): every row says whether it is a primary or a
+replica, and the totals count the two apart.
+
+Behind PgBouncer (``pgbouncer=true``) the workers are PgBouncer's clients: the
+peak above must fit PgBouncer's ``max_client_conn``, and the database server
+sees PgBouncer's server connections instead::
+
+    (pool_size + reserve_pool) x (user, database) pairs  [x hosts when PgBouncer is on 127.0.0.1/localhost]
+
+(a PgBouncer on the loopback is taken to be one per host, any other one shared
+by every host). ``pool_size`` and ``reserve_pool`` of the pool's database and
+``max_client_conn`` come from PgBouncer's admin console (``SHOW DATABASES``,
+``SHOW CONFIG``), read with the pool's own login: list it in PgBouncer's
+``stats_users``. When the console cannot be read, ``--pgbouncer-pool-size N``
+gives ``pool_size + reserve_pool``; with neither, that server's budget is
+unknown (a warning).
 
 Exit codes: 0 everything fits; 1 a server is over budget or a pool cannot
 connect; 2 the configuration is wrong (bad file, unknown option, no pool).
@@ -213,6 +231,8 @@ def _pools(services: list[tuple[str, Any]], plan: Plan, hosts: int) -> tuple[lis
             lo, hi = cfg.sizes(current_profile())
             row: dict[str, Any] = {
                 "service": service_name, "pool": key, "adapter": cfg.adapter, "dsn": cfg.dsn,
+                "role": f"replica of {cfg.primary}" if getattr(cfg, "primary", "") else "primary",
+                "pgbouncer": bool(getattr(cfg, "pgbouncer", False)),
                 "address": cfg.address, "user": cfg.user if cfg.adapter in _SERVERS else None,
                 "database": cfg.database if cfg.adapter in _SERVERS else None,
                 "min_size": lo, "max_size": hi,
@@ -228,7 +248,57 @@ def _pools(services: list[tuple[str, Any]], plan: Plan, hosts: int) -> tuple[lis
 
 
 def _probe(row: dict[str, Any]) -> dict[str, Any]:
-    """Connect once with the pool's own settings; read what the budget needs."""
+    """Connect once with the pool's own settings; read what the budget needs (and, behind
+    PgBouncer, what its admin console says)."""
+    probe = _probe_server(row)
+    if row["pgbouncer"] and probe["ok"]:
+        probe["pgbouncer"] = _probe_pgbouncer(row["_cfg"])
+    return probe
+
+
+def _probe_pgbouncer(cfg: Any) -> dict[str, Any]:
+    """PgBouncer's figures for *cfg*'s database, from its admin console with the pool's login
+    (``SHOW DATABASES``: pool_size, reserve_pool; ``SHOW CONFIG``: max_client_conn)."""
+    from .connectors import make_connector
+
+    admin = dataclasses.replace(cfg, database="pgbouncer", init_command=None, session=(), replicas=())
+    connector = make_connector(admin)
+    try:
+        raw = connector.connect()
+    except Exception as exc:
+        return {"ok": False, "error": mask_dsn(connector.describe_error(exc), cfg.password)}
+    raw._gp_holder = None  # the pool's own use
+    try:
+        databases = _named_rows(raw, "SHOW DATABASES", cfg.connect_timeout)
+        config = {r["key"]: r["value"] for r in _named_rows(raw, "SHOW CONFIG", cfg.connect_timeout)}
+    except Exception as exc:
+        return {"ok": False, "error": mask_dsn(connector.describe_error(exc), cfg.password)}
+    finally:
+        connector.close(raw)
+    mine = next((r for r in databases if r.get("name") == cfg.database), None)
+    pool_size = int(mine["pool_size"]) if mine and mine.get("pool_size") is not None else int(
+        config.get("default_pool_size", 20))  # fmt: skip
+    reserve = int(mine.get("reserve_pool") or 0) if mine else int(config.get("reserve_pool_size", 0))
+    return {"ok": True, "pool_size": pool_size, "reserve_pool": reserve,
+            "max_client_conn": int(config.get("max_client_conn", 0)) or None,
+            "pool_mode": (mine or {}).get("pool_mode") or config.get("pool_mode")}  # fmt: skip
+
+
+def _named_rows(raw: Any, sql: str, timeout: float) -> list[dict[str, Any]]:
+    """*sql*'s rows as dicts (column name to value), bounded by *timeout*."""
+    from .connectors.postgresql import _wait
+
+    cursor = raw.cursor()
+    try:
+        with raw.lock:
+            _wait(raw, cursor._execute_gen(sql), timeout, "query")
+        names = [d.name for d in cursor.description or ()]
+        return [dict(zip(names, row)) for row in cursor.fetchall()]
+    finally:
+        cursor.close()
+
+
+def _probe_server(row: dict[str, Any]) -> dict[str, Any]:
     from .connectors import make_connector
 
     cfg = row["_cfg"]
@@ -295,14 +365,29 @@ SELECT current_setting('server_version'),
 """
 
 
-def _servers(pools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _servers(pools: list[dict[str, Any]], hosts: int = 1,
+             pgbouncer_pool_size: Optional[int] = None) -> list[dict[str, Any]]:  # fmt: skip
     servers: dict[str, dict[str, Any]] = {}
     for row in pools:
         if row["adapter"] not in _SERVERS:
             continue
         srv = servers.setdefault(row["address"], {"address": row["address"], "adapter": row["adapter"], "pools": [],
-                                                  "steady": 0, "needed": 0})  # fmt: skip
+                                                  "roles": [], "steady": 0, "needed": 0})  # fmt: skip
         srv["pools"].append(f"{row['service']}/{row['pool']}")
+        role = "replica" if row["role"] != "primary" else "primary"
+        if role not in srv["roles"]:
+            srv["roles"].append(role)
+        if row["pgbouncer"]:
+            bouncer = srv.setdefault("pgbouncer", {"clients": 0, "pairs": []})
+            bouncer["clients"] += row["total"]
+            pair = [row["user"], row["database"]]
+            if pair not in bouncer["pairs"]:
+                bouncer["pairs"].append(pair)
+            found = (row.get("connect") or {}).get("pgbouncer") or {}
+            if found.get("ok"):
+                bouncer.update({k: found[k] for k in ("pool_size", "reserve_pool", "max_client_conn", "pool_mode")})
+            elif found and "admin_error" not in bouncer:
+                bouncer["admin_error"] = found["error"]
         srv["steady"] += row["total"] // 2
         srv["needed"] += row["total"]
         probe = row["connect"]
@@ -318,11 +403,19 @@ def _servers(pools: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if probe["ok"] and probe.get("database_connection_limit", 0) > 0:
             srv.setdefault("database_connection_limit", {})[row["database"]] = probe["database_connection_limit"]
     for srv in servers.values():
+        if "pgbouncer" in srv and not _pgbouncer_budget(srv, hosts, pgbouncer_pool_size):
+            srv.update(spare=None, fits=None)
+            continue
         if "max_connections" not in srv:
             srv.update(version=None, max_connections=None, connections_now=None, spare=None, fits=None)
             continue
         srv["spare"] = srv["max_connections"] - srv.get("reserved_connections", 0) - srv["needed"]
         srv["fits"] = srv["spare"] >= 0
+        bouncer = srv.get("pgbouncer")
+        if bouncer is not None:
+            if bouncer.get("max_client_conn") is not None and bouncer["clients"] > bouncer["max_client_conn"]:
+                srv["fits"] = False
+            continue  # the login's and database's limits count server connections: PgBouncer's
         for user, limit in srv.get("max_user_connections", {}).items():
             wanted = sum(r["total"] for r in pools if r["address"] == srv["address"] and r["user"] == user)
             if wanted > limit:
@@ -334,6 +427,27 @@ def _servers(pools: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 srv["fits"] = False
                 srv.setdefault("over_database_limit", {})[database] = {"needed": wanted, "connection_limit": limit}
     return list(servers.values())
+
+
+def _pgbouncer_budget(srv: dict[str, Any], hosts: int, pool_size: Optional[int]) -> bool:
+    """Replace *srv*'s client peak by PgBouncer's server connections (see the module docstring).
+    False when PgBouncer's pool size is unknown."""
+    bouncer = srv["pgbouncer"]
+    per_pair = pool_size if pool_size is not None else None
+    if per_pair is None and "pool_size" in bouncer:
+        per_pair = bouncer["pool_size"] + bouncer.get("reserve_pool", 0)
+    if per_pair is None:
+        return False
+    host = srv["address"].rsplit(":", 1)[0].strip("[]")
+    copies = hosts if host in ("127.0.0.1", "localhost", "::1") else 1
+    bouncer.update(server_connections_per_pair=per_pair, pgbouncers=copies)
+    srv["steady"] = srv["needed"] = per_pair * len(bouncer["pairs"]) * copies
+    return True
+
+
+def _role(srv: dict[str, Any]) -> str:
+    role = "+".join(srv["roles"])
+    return f"{role} via pgbouncer" if "pgbouncer" in srv else role
 
 
 # -- output ------------------------------------------------------------------------------
@@ -364,17 +478,32 @@ def _render(report: dict[str, Any]) -> str:
             else "dbapi: not checked (any driver)" if p["adapter"] == "dbapi"
             else f"ok {c['connect_ms']} ms" if c.get("ok") else "FAILED"
         )  # fmt: skip
-        rows.append([p["service"], p["pool"], p["dsn"], p["min_size"], p["max_size"],
+        rows.append([p["service"], p["pool"], p["role"], p["dsn"], p["min_size"], p["max_size"],
                      p.get("per_host"), p.get("sighup_peak"), status])  # fmt: skip
-    out.append(_table(["SERVICE", "POOL", "DSN", "MIN", "MAX", "PER HOST", "SIGHUP PEAK", "CONNECT"], rows))
+    out.append(_table(["SERVICE", "POOL", "ROLE", "DSN", "MIN", "MAX", "PER HOST", "SIGHUP PEAK", "CONNECT"], rows))
     if report["servers"]:
         rows = []
         for s in report["servers"]:
             verdict = "unknown" if s["fits"] is None else "fits" if s["fits"] else "OVER BUDGET"
-            rows.append([s["address"], s["version"], s["max_connections"], s.get("reserved_connections"),
+            rows.append([s["address"], _role(s), s["version"], s["max_connections"], s.get("reserved_connections"),
                          s["connections_now"], s["steady"], s["needed"], s["spare"], verdict])  # fmt: skip
-        heads = ["SERVER", "VERSION", "MAX_CONNECTIONS", "RESERVED", "NOW", "STEADY", "PEAK", "SPARE", "VERDICT"]
+        heads = ["SERVER", "ROLE", "VERSION", "MAX_CONNECTIONS", "RESERVED", "NOW", "STEADY", "PEAK", "SPARE",
+                 "VERDICT"]  # fmt: skip
         out += ["", _table(heads, rows)]
+        for role, total in report["totals"].items():
+            out.append(f"{role}: {total['servers']} server(s), peak {total['needed']} connection(s)")
+        for s in report["servers"]:
+            b = s.get("pgbouncer")
+            if b is None:
+                continue
+            if "server_connections_per_pair" not in b:
+                out.append(f"PgBouncer {s['address']}: pool size unknown ({b.get('admin_error', 'not read')}):"
+                           " pass --pgbouncer-pool-size or list the login in its stats_users")  # fmt: skip
+                continue
+            limit = f" (max_client_conn {b['max_client_conn']})" if b.get("max_client_conn") else ""
+            out.append(f"PgBouncer {s['address']}: clients peak {b['clients']}{limit};"
+                       f" server connections {b['server_connections_per_pair']} x {len(b['pairs'])} pair(s)"
+                       f" x {b['pgbouncers']} PgBouncer(s) = {s['needed']}")  # fmt: skip
         out.append(f"PEAK = workers x max_size, x2 while SIGHUP runs old and new workers, x {report['hosts']} host(s)")
         out.append("STEADY = PEAK without the SIGHUP overlap; SPARE = MAX_CONNECTIONS - RESERVED - PEAK")
         out.append("RESERVED = PostgreSQL's superuser_reserved_connections (+ reserved_connections) unless the login is"
@@ -401,7 +530,7 @@ def check(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
     from . import registry
 
     report: dict[str, Any] = {"config": args.config, "hosts": args.hosts, "plan": None, "pools": [], "servers": [],
-                              "warnings": [], "errors": []}  # fmt: skip
+                              "totals": {}, "warnings": [], "errors": []}  # fmt: skip
     overrides = {"workers": args.workers, "threads": args.threads, "worker_class": args.worker_class}
     try:
         cfg, report["config"], namespace = _load_gunicorn_config(args.config, overrides)
@@ -434,7 +563,14 @@ def check(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
                 report["errors"].append(
                     f"pool {row['service']}/{row['pool']} ({row['dsn']}): cannot connect: {row['connect']['error']}"
                 )
-    report["servers"] = _servers(pools)
+    report["servers"] = _servers(pools, args.hosts, args.pgbouncer_pool_size)
+    report["totals"] = _totals(report["servers"])
+    for srv in report["servers"]:
+        if "pgbouncer" in srv and srv["fits"] is None:
+            report["warnings"].append(
+                f"PgBouncer {srv['address']}: its pool size is unknown, so the server budget behind it is:"
+                " pass --pgbouncer-pool-size or list the pool's login in PgBouncer's stats_users"
+            )
     for srv in report["servers"]:
         if srv["fits"] is False:
             report["errors"].append(_over_budget(srv))
@@ -442,7 +578,22 @@ def check(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
     return (EXIT_BUDGET if report["errors"] else EXIT_OK), report
 
 
+def _totals(servers: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Servers and peak connections of primaries and of replicas, counted apart."""
+    out: dict[str, dict[str, int]] = {}
+    for srv in servers:
+        for role in srv["roles"]:
+            total = out.setdefault("primaries" if role == "primary" else "replicas", {"servers": 0, "needed": 0})
+            total["servers"] += 1
+            total["needed"] += srv["needed"]
+    return out
+
+
 def _over_budget(srv: dict[str, Any]) -> str:
+    bouncer = srv.get("pgbouncer")
+    if bouncer is not None and srv["spare"] >= 0:
+        return (f"PgBouncer {srv['address']}: peak {bouncer['clients']} clients > max_client_conn"
+                f" {bouncer['max_client_conn']}")  # fmt: skip
     if srv["spare"] < 0:
         reserved = srv.get("reserved_connections") or 0
         less = f" - {reserved} reserved" if reserved else ""
@@ -499,6 +650,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-w", "--workers", type=_positive, help="override the config's workers")
     p.add_argument("--threads", type=_positive, help="override the config's threads")
     p.add_argument("-k", "--worker-class", help="override the config's worker_class")
+    p.add_argument("--pgbouncer-pool-size", type=_positive,
+                   help="server connections PgBouncer opens per (user, database) pair: pool_size + reserve_pool"
+                        " (default: read from its admin console)")  # fmt: skip
     return parser
 
 

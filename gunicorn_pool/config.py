@@ -79,10 +79,13 @@ _SCHEMES = {scheme: a.name for a in ADAPTERS.values() for scheme in a.schemes}
 _SPELLINGS = {spelling: a.name for a in ADAPTERS.values() for spelling in a.spellings}
 _SERVERS = ("mysql", "postgresql")
 _ALL = tuple(ADAPTERS)
-_ALIASES = {"name": "database", "pass": "password", "db": "database", "passwd": "password", "dbname": "database"}
+_ALIASES = {"name": "database", "pass": "password", "db": "database", "passwd": "password", "dbname": "database",
+            "hosts": "host"}  # fmt: skip
 _SOURCES = ("password_env", "password_file")
 _SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 _TARGETS = ("any", "read-write", "read-only", "primary", "standby", "prefer-standby")
+_MYSQL_TARGETS = ("any", "read-write", "read-only")
+_BALANCE = ("disable", "random")
 
 
 def _key(default: Any, rule: Rule, adapters: tuple[str, ...] = _ALL) -> Any:
@@ -100,7 +103,14 @@ class DatabaseConfig(PoolOptions):
 
     pool_name: str = dataclasses.field(default="", metadata={"internal": True})
     adapter: str = _key("mysql", _text("the database family", optional=False, choices=_ALL))
-    host: Optional[str] = _key(None, _text("server host (127.0.0.1)"), _SERVERS)
+    host: Optional[str] = _key(None, _text("server host (127.0.0.1); several: a list, or host:port,host:port"),
+                               _SERVERS)  # fmt: skip
+    #: Every host to try, in the configured order, each with its port (``host`` and ``port`` are the first).
+    hosts: tuple[tuple[str, int], ...] = dataclasses.field(default=(), metadata={"internal": True})
+    #: The read replicas of a primary (key ``replicas``), each a whole config of its own.
+    replicas: tuple[DatabaseConfig, ...] = dataclasses.field(default=(), metadata={"internal": True})
+    #: For a replica: the name of its primary's pool.
+    primary: str = dataclasses.field(default="", metadata={"internal": True})
     port: Optional[int] = _key(None, Rule(int, optional=True, low=1, high=65535, meaning="server port"), _SERVERS)
     user: Optional[str] = _key(None, _text("login user"), _SERVERS)
     password: str = dataclasses.field(
@@ -136,8 +146,11 @@ class DatabaseConfig(PoolOptions):
     sslkey: Optional[str] = _key(None, _text("libpq sslkey"), ("postgresql",))
     application_name: Optional[str] = _key(None, _text("libpq application_name"), ("postgresql",))
     options: Optional[str] = _key(None, _text("libpq options (-c name=value ...)"), ("postgresql",))
-    target_session_attrs: Optional[str] = _key(None, _text("libpq target_session_attrs", choices=_TARGETS),
-                                               ("postgresql",))  # fmt: skip
+    target_session_attrs: Optional[str] = _key(None, _text("which server to accept: any, read-write, read-only"
+                                                           " (PostgreSQL: libpq's, all of them)", choices=_TARGETS),
+                                               _SERVERS)  # fmt: skip
+    load_balance_hosts: Optional[str] = _key(None, _text("disable (hosts in order) or random", choices=_BALANCE),
+                                             _SERVERS)  # fmt: skip
     prepare_threshold: Optional[int] = _key(5, Rule(int, optional=True, low=0, high=1_000_000,
                                                      meaning="psycopg prepare_threshold; none: never prepare"),
                                             ("postgresql",))  # fmt: skip
@@ -156,7 +169,7 @@ class DatabaseConfig(PoolOptions):
             return str(self.database)
         if self.adapter == "dbapi":
             return _callable_name(self.creator)
-        return f"{self.host}:{self.port}"
+        return ",".join(_host_text(host, port) for host, port in self.hosts or ((self.host, self.port),))
 
     @property
     def dsn(self) -> str:
@@ -166,12 +179,15 @@ class DatabaseConfig(PoolOptions):
         if self.adapter == "dbapi":
             return f"dbapi:{_callable_name(self.creator)}"
         auth = quote(self.user or "", safe="") + (f":{_MASK}" if self.password else "")
-        host = f"[{self.host}]" if self.host and ":" in self.host else self.host
-        dsn = f"{self.adapter}://{auth}{'@' if auth else ''}{host}:{self.port}/{quote(self.database or '', safe='')}"
+        dsn = f"{self.adapter}://{auth}{'@' if auth else ''}{self.address}/{quote(self.database or '', safe='')}"
         return _masked(dsn, self.password)
 
     def __repr__(self) -> str:
         return f"<DatabaseConfig {self.pool_name!r} {self.dsn} min={self.min_size} max={self.max_size}>"
+
+
+def _host_text(host: Optional[str], port: Optional[int]) -> str:
+    return f"[{host}]:{port}" if host and ":" in host else f"{host}:{port}"
 
 
 def _fields() -> dict[str, dataclasses.Field[Any]]:
@@ -216,9 +232,46 @@ def parse_config(pool_name: str, value: Union[ConfigValue, DatabaseConfig]) -> D
     """
     if isinstance(value, DatabaseConfig):
         return dataclasses.replace(value, pool_name=pool_name)
-    config = DatabaseConfig(pool_name=pool_name, **_normalise(pool_name, raw_config(pool_name, value, _from_url)))
+    raw = raw_config(pool_name, value, _from_url)
+    replicas = raw.pop("replicas", None)
+    config = DatabaseConfig(pool_name=pool_name, **_normalise(pool_name, raw))
     config.check(pool_name)
+    if replicas is not None:
+        config = dataclasses.replace(config, replicas=_replicas(pool_name, config.adapter, raw, replicas))
     return config
+
+
+def replica_name(pool_name: str, number: int) -> str:
+    """The pool name of *pool_name*'s replica *number* (from 1): ``default.replica1``."""
+    return f"{pool_name}.replica{number}"
+
+
+def _replicas(pool_name: str, adapter: str, primary: dict[str, Any], value: Any) -> tuple[DatabaseConfig, ...]:
+    """The ``replicas`` of *pool_name*: each a URL or a dict whose keys override the primary's
+    (*primary*: its raw keys). A replica that gives a password (or its source) drops the
+    primary's; a dict without a port keeps the primary's, a URL without one means the default;
+    ``strict`` is not inherited (reads fall back to the primary when a replica is down)."""
+    if adapter not in _SERVERS:
+        raise ConfigError(f"pool {pool_name!r}: replicas apply to mysql and postgresql, not {adapter!r}")
+    if isinstance(value, (str, Mapping)) or not isinstance(value, (list, tuple)) or not value:
+        raise ConfigError(f"pool {pool_name!r}: replicas must be a non-empty list of URLs or dicts")
+    out = []
+    for number, item in enumerate(value, 1):
+        name = replica_name(pool_name, number)
+        own = raw_config(name, item, _from_url)
+        if "replicas" in own:
+            raise ConfigError(f"pool {name!r}: a replica has no replicas of its own")
+        if _adapter(name, {"adapter": own.get("adapter", adapter)}) != adapter:
+            raise ConfigError(f"pool {name!r}: a replica uses its primary's adapter ({adapter!r})")
+        secrets = ("password", "pass", "passwd", *_SOURCES)
+        base = {k: v for k, v in primary.items() if not (k in secrets and any(s in own for s in secrets))}
+        base.pop("strict", None)  # a replica down at boot is served around: strict only if it says so
+        if isinstance(item, str) and "port" not in own:
+            base.pop("port", None)  # a URL without a port means the default port
+        config = DatabaseConfig(pool_name=name, primary=pool_name, **_normalise(name, {**base, **own}))
+        config.check(name)
+        out.append(config)
+    return tuple(out)
 
 
 def raw_config(pool_name: str, value: Any, from_url: Callable[[str, str], dict[str, Any]]) -> dict[str, Any]:
@@ -268,7 +321,11 @@ def _from_url(pool_name: str, url: str) -> dict[str, Any]:
             raw["user"] = unquote(user)
         if colon:
             raw["password"] = unquote(password)
-    host, port = host_port(pool_name, hostport)
+    if "," in hostport:  # several hosts: each host[:port] is read in _hosts()
+        raw["host"] = hostport
+        host, port = "", None
+    else:
+        host, port = host_port(pool_name, hostport)
     if host:
         raw["host"] = host
     if port is not None:
@@ -352,6 +409,8 @@ def _normalise(pool_name: str, raw: dict[str, Any]) -> dict[str, Any]:
             )
         if name in out:
             raise ConfigError(f"pool {pool_name!r}: option {name!r} given twice (as {key!r} and an alias)")
+        if name == "host" and isinstance(val, (list, tuple)):
+            val = _host_list(pool_name, val)
         out[name] = _coerce(pool_name, name, val)
     password = password_from_source(pool_name, raw)
     if password is not None:
@@ -367,11 +426,37 @@ def _normalise(pool_name: str, raw: dict[str, Any]) -> dict[str, Any]:
         out["port"] = out["port"] or spec.port
         if out.get("user") is None and spec.user is not None:
             out["user"] = spec.user
+        out["hosts"] = _hosts(pool_name, out["host"], out["port"])
+        out["host"], out["port"] = out["hosts"][0]
+        if adapter == "mysql" and out.get("target_session_attrs") not in (None, *_MYSQL_TARGETS):
+            raise ConfigError(f"pool {pool_name!r}: target_session_attrs must be one of"
+                              f" {', '.join(_MYSQL_TARGETS)} for MySQL/MariaDB")  # fmt: skip
     if adapter == "sqlite" and not out.get("database"):
         raise ConfigError(f"pool {pool_name!r}: sqlite needs a database path (or ':memory:')")
     if adapter == "dbapi":
         out["creator"] = _creator(pool_name, out.get("creator"))
     return out
+
+
+def _host_list(pool_name: str, value: Any) -> str:
+    """``host: [..]`` of a dict as the comma-separated text _hosts() reads."""
+    if not value or not all(isinstance(v, str) and v and "," not in v for v in value):
+        raise ConfigError(f"pool {pool_name!r}: host must be a string or a non-empty list of 'host[:port]' strings")
+    return ",".join(value)
+
+
+def _hosts(pool_name: str, host: str, port: int) -> tuple[tuple[str, int], ...]:
+    """Every host of *host* with its port: one host as given (a path, an IPv6 address), or several
+    separated by commas, each ``host[:port]`` or ``[ipv6][:port]`` (*port* where none is given)."""
+    if "," not in host:
+        return ((host, port),)
+    hosts = []
+    for entry in host.split(","):
+        name, own = host_port(pool_name, entry.strip())
+        if not name:
+            raise ConfigError(f"pool {pool_name!r}: an empty host in the host list")
+        hosts.append((name, own or port))
+    return tuple(hosts)
 
 
 def _adapter(pool_name: str, raw: Mapping[str, Any]) -> str:

@@ -31,6 +31,13 @@ psycopg_pool. The pool reads the driver's transaction flag, so a block that
 opened no transaction costs no extra round trip, and no open transaction
 ever reaches the next user.
 
+Read replicas
+-------------
+A pool with ``replicas`` also opens one pool per replica (``default.replica1``
+...); ``connection(name, readonly=True)`` and ``getconn(name, readonly=True)``
+lend from a reachable replica, falling back to the primary (see
+:mod:`gunicorn_pool.replicas`). Other leases always go to the primary.
+
 Boot policy
 -----------
 ``init_pool()`` never raises for a server that cannot be reached: it logs one
@@ -45,13 +52,15 @@ the whole server.
 from __future__ import annotations
 
 import logging
-from typing import Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Union
 
+from . import budget
 from .base import WorkerProfile
 from .config import ConfigValue, DatabaseConfig, parse_config
 from .connectors import connector_class, make_connector
-from .errors import ConfigError
+from .errors import ConfigError, LeaseError
 from .pool import ConnectionPool, Lease
+from .replicas import ReplicaLease, ReplicaSet
 from .service import NamedPools, single_config
 
 __all__ = ["DatabasePool"]
@@ -78,7 +87,18 @@ class DatabasePool(NamedPools[DatabaseConfig]):
             configs = {"default": configs}
         if not configs:
             raise ConfigError(f"DatabasePool {name!r}: no database configured")
-        super().__init__({key: parse_config(key, val) for key, val in configs.items()}, name=name)
+        parsed = {key: parse_config(key, val) for key, val in configs.items()}
+        for key, cfg in list(parsed.items()):
+            for replica in cfg.replicas:
+                if replica.pool_name in parsed:
+                    raise ConfigError(f"pool {replica.pool_name!r}: the name of a replica of pool {key!r}"
+                                      " is taken by another pool")  # fmt: skip
+                parsed[replica.pool_name] = replica
+        super().__init__(parsed, name=name)
+        self._replicas = {
+            key: ReplicaSet(key, tuple(r.pool_name for r in cfg.replicas), self.pool)
+            for key, cfg in parsed.items() if cfg.replicas
+        }  # fmt: skip
         for adapter in {cfg.adapter for cfg in self.configs.values()} & _PREIMPORT:
             # Import the connector and its driver where the config is read (the
             # master, for a pool registered in gunicorn.conf.py): every worker then
@@ -104,10 +124,51 @@ class DatabasePool(NamedPools[DatabaseConfig]):
                 name, config.dsn, f"{profile.timeout:g}" if profile.timeout else "unbounded", profile.kind,
             )  # fmt: skip
 
-    def connection(self, name: str = "default", *, timeout: Optional[float] = None) -> Lease:
-        """``with db.connection("default") as conn:`` lends a driver connection."""
+    def init_pool(self) -> None:
+        """Open every pool (and replica pool) as :meth:`NamedPools.init_pool`, then warn once
+        per server that has no room for this worker's pools (:mod:`gunicorn_pool.budget`)."""
+        super().init_pool()
+        budget.check_servers(self._pools, self.configs)
+
+    def connection(self, name: str = "default", *, timeout: Optional[float] = None, readonly: bool = False) -> Lease:
+        """``with db.connection("default") as conn:`` lends a driver connection; with
+        *readonly*, one of a replica of *name* if it has any (else the primary's)."""
+        if readonly:
+            replicas = self._replicas.get(name)
+            if replicas is not None:
+                return ReplicaLease(replicas, timeout)
         pool = self._pools.get(name)  # pool()'s first test, here too: every request passes here
         return Lease(pool if pool is not None and not pool.closed else self.pool(name), timeout)
+
+    def getconn(self, name: str = "default", *, timeout: Optional[float] = None, readonly: bool = False) -> Any:
+        """Take a connection of pool *name* (with *readonly*, of one of its replicas, as
+        :meth:`connection`); give it back with :meth:`putconn`."""
+        replicas = self._replicas.get(name) if readonly else None
+        if replicas is not None:
+            return replicas.use(lambda pool: pool.getconn(timeout))[1]
+        return self.pool(name).getconn(timeout)
+
+    def putconn(self, conn: Any, *, commit: bool = False, discard: bool = False) -> None:
+        """Give back a connection taken with :meth:`getconn`, to the pool (primary or replica)
+        that lent it (see :meth:`ConnectionPool.putconn`)."""
+        for pool in list(self._pools.values()):
+            if pool.has_lent(conn):
+                pool.putconn(conn, commit=commit, discard=discard)
+                return
+        raise LeaseError(f"DatabasePool {self.name!r}: putconn() of a connection none of its pools has lent out")
+
+    def stats(self) -> dict[str, Any]:
+        """``{pool name: figures}``; a primary with replicas adds ``replica_fallbacks``, and
+        each replica has its own entry (``default.replica1``)."""
+        out = super().stats()
+        for key, replicas in self._replicas.items():
+            if key in out:
+                out[key].update(replicas.stats())
+        return out
+
+    def replica_sets(self) -> dict[str, ReplicaSet]:
+        """The replica sets, by primary pool name."""
+        return dict(self._replicas)
 
     def prefix(self, name: str = "default") -> str:
         """The table prefix configured for *name*, kept for the application."""

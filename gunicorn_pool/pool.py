@@ -64,7 +64,7 @@ import random
 import threading
 import time
 from collections import deque
-from typing import Any, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol, TypeVar
 
 from . import _concurrency as cc
 from . import leaks
@@ -81,6 +81,7 @@ __all__ = ["ConnectionPool", "Lease", "PoolObserver"]
 
 logger = logging.getLogger("gunicorn_pool")
 monotonic = time.monotonic
+T = TypeVar("T")
 
 #: Counters the pool keeps itself (requests_num and usage_ms are summed from the slots).
 _POOL_COUNTERS = (
@@ -481,6 +482,11 @@ class ConnectionPool(cc.ForkAware):
         else:
             self._give_back(slot, commit=commit)
 
+    def has_lent(self, raw: Any) -> bool:
+        """True if *raw* is out on a lease of this pool now."""
+        slot = self._lent.get(id(raw))
+        return slot is not None and slot.raw is raw
+
     def _unlend(self, raw: Any) -> Optional[Slot]:
         """LENT -> in the returner's hands: the lent map's ``dict.pop()`` is the one move
         (invariant 1), so two returns of one lease never both succeed. None: taken before fork."""
@@ -706,6 +712,23 @@ class ConnectionPool(cc.ForkAware):
             for slot in reversed(slots):  # interrupted: give back the rest untouched
                 self._shelve_locked(slot, cold=False)
         return used
+
+    def use_idle(self, use: Callable[[Any], T]) -> Optional[T]:
+        """``use(raw)`` on an idle connection, the pool's own use (not counted in :meth:`stats`);
+        None when none is idle. A failure drops that connection and propagates."""
+        if self.inherited:
+            self._adopt_process()
+        with self._lock:
+            slot = self._pop_idle()
+        if slot is None:
+            return None
+        try:
+            result = use(slot.raw)
+        except BaseException:
+            self._remove(slot, polite=False)
+            raise
+        self._shelve_locked(slot, cold=False)
+        return result
 
     def close(self) -> None:
         """Close idle connections, fail waiters, refuse new requests.

@@ -28,17 +28,22 @@ CONNECTIONS_LOST = "connections_lost"
 CONNECTIONS_LEAKED = "connections_leaked"
 CONNECTIONS_RESET = "connections_reset"
 USAGE_MS = "usage_ms"
+#: Of a primary with replicas (DatabasePool.stats()): read-only leases the primary served
+#: because no replica could be reached.
+REPLICA_FALLBACKS = "replica_fallbacks"
 
 #: Figures that are a level now.
 GAUGES = (POOL_MIN, POOL_MAX, POOL_SIZE, POOL_AVAILABLE, REQUESTS_WAITING)
-#: Figures that only grow while the pool lives.
-COUNTERS = (
+#: Figures of ConnectionPool.stats() that only grow while the pool lives.
+POOL_COUNTERS = (
     REQUESTS_NUM, REQUESTS_QUEUED, REQUESTS_WAIT_MS, REQUESTS_TIMEOUTS, REQUESTS_ERRORS,
     CONNECTIONS_NUM, CONNECTIONS_MS, CONNECTIONS_ERRORS, CONNECTIONS_LOST, CONNECTIONS_LEAKED,
     CONNECTIONS_RESET, USAGE_MS,
 )  # fmt: skip
+#: Every figure that only grows (a reporter sends its increase).
+COUNTERS = POOL_COUNTERS + (REPLICA_FALLBACKS,)
 #: Every key of ``ConnectionPool.stats()``, in this order.
-KEYS = GAUGES + COUNTERS
+KEYS = GAUGES + POOL_COUNTERS
 
 HELP = {
     POOL_MIN: "connections opened at warm-up (min_size)",
@@ -58,5 +63,6 @@ HELP = {
     CONNECTIONS_LEAKED: "leases reclaimed because their request ended without giving them back",
     CONNECTIONS_RESET: "sessions reset on return because the user changed them",
     USAGE_MS: "milliseconds connections were lent out",
+    REPLICA_FALLBACKS: "read-only leases served by the primary because no replica could be reached",
 }
-assert set(HELP) == set(KEYS)
+assert set(HELP) == set(KEYS + COUNTERS)

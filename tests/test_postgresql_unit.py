@@ -42,7 +42,7 @@ def test_libpq_gets_the_postgresql_keys_and_not_connect_timeout():
     })  # fmt: skip
     params = PostgreSQLConnector(cfg)._params
     assert params == {
-        "host": "a.internal,b.internal", "port": 6432, "user": "app", "password": "pw", "dbname": "shop",
+        "host": "a.internal,b.internal", "port": "6432,6432", "user": "app", "password": "pw", "dbname": "shop",
         "sslmode": "verify-full", "sslrootcert": "/ca.pem", "sslcert": "/c.pem", "sslkey": "/k.pem",
         "application_name": "web", "options": "-c search_path=shop", "target_session_attrs": "read-write",
     }  # fmt: skip

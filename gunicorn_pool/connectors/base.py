@@ -157,6 +157,11 @@ class Connector:
         self.ping(raw, timeout)
         Connector.ping(self, raw, timeout)
 
+    def free_connections(self, raw: Any, timeout: float) -> Optional[int]:
+        """How many more connections the server accepts now, read on idle *raw* within
+        *timeout* (the pool's own use); None where the adapter has no such figure."""
+        return None
+
     # -- leases ------------------------------------------------------------------------------
 
     def lend(self, raw: Any, holder: Optional[int], taken_at: str = "") -> None:

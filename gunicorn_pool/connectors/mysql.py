@@ -20,15 +20,24 @@
   :class:`PooledMySQLConnection` and :meth:`MySQLConnector.finish`).
 - ``read_timeout`` left unset is gunicorn's ``timeout`` in gthread and gevent
   workers (:meth:`MySQLConnector.read_timeout`).
+- Several hosts (failover): each connect tries them in order (or shuffled,
+  ``load_balance_hosts=random``), each bounded by ``connect_timeout``; with
+  ``target_session_attrs`` ``read-write`` (or ``read-only``) a server whose
+  ``@@read_only``/``@@innodb_read_only`` says otherwise is skipped. A host
+  that failed is tried last until its own back-off (1 s doubling to 30 s)
+  ends, so a dead first host costs one ``connect_timeout``, not one per
+  connect (:class:`HostOrder`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import random
 import re
 import ssl
 import threading
+import time
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
 import pymysql
@@ -44,7 +53,7 @@ from .base import CLOSED, DROP, IDLE, RESET, REUSE, Connector, LeaseGuard, lease
 if TYPE_CHECKING:
     from ..config import DatabaseConfig
 
-__all__ = ["MySQLConnector", "PooledMySQLConnection"]
+__all__ = ["HostOrder", "MySQLConnector", "PooledMySQLConnection"]
 
 logger = logging.getLogger("gunicorn_pool")
 
@@ -154,6 +163,45 @@ class PooledMySQLConnection(LeaseGuard, pymysql.connections.Connection):  # type
         _Connection.close(self)
 
 
+class HostOrder:
+    """The order in which one pool's connects try its hosts, with a back-off per failed host.
+
+    Hosts that have not failed (or whose back-off ended) come first, in the
+    configured order or shuffled (*shuffle*); hosts still backing off follow,
+    the one whose back-off ends first first: they are the last resort, never
+    skipped. A host's back-off starts at :attr:`FIRST` seconds and doubles on
+    each failure up to :attr:`LAST`; one success clears it. Shared by the
+    threads of a worker (a dict per pool; updates are single assignments).
+    """
+
+    FIRST = 1.0
+    LAST = 30.0
+
+    def __init__(self, hosts: tuple[tuple[str, int], ...], *, shuffle: bool = False) -> None:
+        self.hosts = hosts
+        self.shuffle = shuffle
+        self._down: dict[tuple[str, int], tuple[float, float]] = {}  # host -> (retry at, back-off)
+
+    def order(self) -> list[tuple[str, int]]:
+        """The hosts to try now, in order."""
+        hosts = list(self.hosts)
+        if self.shuffle:
+            random.shuffle(hosts)
+        if not self._down:
+            return hosts
+        now = time.monotonic()
+        retry_at = {h: entry[0] for h in hosts if (entry := self._down.get(h)) is not None and entry[0] > now}
+        return [h for h in hosts if h not in retry_at] + sorted(retry_at, key=retry_at.__getitem__)
+
+    def failed(self, host: tuple[str, int]) -> None:
+        backoff = min(self.LAST, max(self.FIRST, self._down.get(host, (0.0, 0.0))[1] * 2))
+        self._down[host] = (time.monotonic() + backoff, backoff)
+
+    def worked(self, host: tuple[str, int]) -> None:
+        if host in self._down:
+            del self._down[host]
+
+
 class MySQLConnector(Connector):
     """Opens PyMySQL connections for one pool."""
 
@@ -187,6 +235,9 @@ class MySQLConnector(Connector):
         # IN_TRANS and AUTOCOMMIT of a clean session: no transaction, the pool's autocommit.
         self._clean = _AUTOCOMMIT if config.autocommit else 0
         self._untracked_warned = False
+        self.hosts = HostOrder(config.hosts or ((str(config.host), int(config.port or 3306)),),
+                               shuffle=config.load_balance_hosts == "random")  # fmt: skip
+        self._want_writable = {"read-write": True, "read-only": False}.get(config.target_session_attrs or "any")
 
     def _tls_context(self) -> Optional[tuple[bool, ssl.SSLContext]]:
         """The pool's one TLS context, built in this process after any gevent patching.
@@ -201,11 +252,30 @@ class MySQLConnector(Connector):
         return self._tls
 
     def _create(self) -> Any:
+        """One connection to the first host (in :class:`HostOrder`'s order) that accepts it and
+        has the role ``target_session_attrs`` asks for; an error naming every host tried."""
+        failures: list[tuple[str, BaseException]] = []
+        order = self.hosts.order()
+        for host, port in order:
+            try:
+                conn = self._create_on(host, port)
+            except (pymysql.err.MySQLError, OSError) as exc:
+                self.hosts.failed((host, port))
+                if len(order) == 1:
+                    raise
+                failures.append((f"{host}:{port}", exc))
+                continue
+            self.hosts.worked((host, port))
+            return conn
+        tried = "; ".join(f"{where}: {self.describe_error(exc)}" for where, exc in failures)
+        raise pymysql.err.OperationalError(2003, f"no host accepted the connection ({len(failures)} tried: {tried})")
+
+    def _create_on(self, host: str, port: int) -> Any:
         cfg = self.config
         limit = cfg.connect_timeout
         conn = PooledMySQLConnection(
-            host=cfg.host,
-            port=cfg.port,
+            host=host,
+            port=port,
             user=cfg.user,
             # Bytes: PyMySQL sends a str password as latin-1, so a password such as
             # "pässwörd" (stored by the server as UTF-8) was refused and one such as
@@ -233,11 +303,29 @@ class MySQLConnector(Connector):
             required, conn.ctx = tls
             conn.ssl, conn._ssl_required = True, required
         conn.connect()
+        if self._want_writable is not None:
+            self._check_role(conn)
         if self._reset:
             self._track_session(conn)
         conn._read_timeout = self.read_timeout()
         conn._write_timeout = cfg.write_timeout
         return conn
+
+    def _check_role(self, conn: Any) -> None:
+        """Close *conn* and raise _WrongRole unless the server's writability is the one
+        ``target_session_attrs`` asks for (``@@read_only`` or ``@@innodb_read_only`` on: read-only)."""
+        try:
+            conn.query("SELECT @@global.read_only, @@global.innodb_read_only")
+            read_only = any(str(v).upper() not in ("0", "OFF") for v in conn._result.rows[0])
+        except BaseException:
+            conn._force_close()
+            raise
+        if read_only == self._want_writable:
+            conn.close()
+            raise _WrongRole(
+                f"the server is {'read-only' if read_only else 'writable'}"
+                f" (target_session_attrs={self.config.target_session_attrs})"
+            )
 
     def read_timeout(self) -> Optional[float]:
         """The configured ``read_timeout``; unset, gunicorn's ``timeout`` in a gthread or gevent
@@ -367,6 +455,27 @@ class MySQLConnector(Connector):
     def warm(self, raw: Any, timeout: float) -> None:
         super().warm(raw, timeout)
         raw._gp_holder = IDLE
+
+    def free_connections(self, raw: Any, timeout: float) -> Optional[int]:
+        """``@@max_connections`` minus ``Threads_connected``, two statements bounded by *timeout*."""
+        raw._gp_holder = None  # the pool's own use
+        old = raw._read_timeout, raw._write_timeout
+        raw._read_timeout = raw._write_timeout = timeout
+        try:
+            with raw.cursor() as cur:
+                cur.execute("SELECT @@max_connections")
+                (limit,) = cur.fetchone()
+                cur.execute("SHOW GLOBAL STATUS LIKE 'Threads_connected'")
+                row = cur.fetchone()
+        finally:
+            raw._read_timeout, raw._write_timeout = old
+            raw._result = None
+            raw._gp_holder = IDLE
+        return None if row is None else int(limit) - int(row[1])
+
+
+class _WrongRole(pymysql.err.OperationalError):  # type: ignore[misc]
+    """A server that accepted the connection but is not writable (or read-only) as asked."""
 
 
 def _tls_context(cfg: DatabaseConfig) -> Optional[tuple[bool, ssl.SSLContext]]:

@@ -325,10 +325,11 @@ class PostgreSQLConnector(Connector):
         session the config asks for (autocommit, prepare threshold, init_command, session)."""
         failures: list[tuple[str, psycopg.OperationalError]] = []
         for attempt in conninfo_attempts(self._params):  # resolves host names (cooperative under gevent)
-            host = str(attempt.get("host") or attempt.get("hostaddr") or "")
+            attempt.pop("load_balance_hosts", None)  # done (shuffled); a libpq before 16 would refuse it
+            host = f"{attempt.get('host') or attempt.get('hostaddr') or ''}:{attempt.get('port', '')}"
             try:
                 pgconn = _wait_conn(generators.connect(make_conninfo("", **attempt)), self.config.connect_timeout,
-                                    f"{host}:{attempt.get('port', '')}")  # fmt: skip
+                                    host)  # fmt: skip
                 break
             except psycopg.OperationalError as exc:
                 failures.append((host, exc))
@@ -414,6 +415,20 @@ class PostgreSQLConnector(Connector):
         fetch(raw, "SELECT 1", timeout)
         raw._gp_server = raw._gp_maybe = False
         raw._gp_holder = IDLE
+
+    def free_connections(self, raw: Any, timeout: float) -> Optional[int]:
+        """``max_connections`` minus the reserved slots and the client backends, in one query
+        bounded by *timeout* (a transaction it opened, autocommit off, is rolled back)."""
+        raw._gp_holder = None  # the pool's own use
+        try:
+            rows = fetch(raw, _FREE_SQL, timeout)
+            if raw.pgconn.transaction_status != _TX_IDLE:
+                with raw.lock:
+                    _wait(raw, raw._rollback_gen(), timeout, "ROLLBACK")
+        finally:
+            raw._gp_server = raw._gp_maybe = False
+            raw._gp_holder = IDLE
+        return int(rows[0][0])
 
     # -- leases ------------------------------------------------------------------------------
 
@@ -533,14 +548,27 @@ class PostgreSQLConnector(Connector):
         return changed
 
 
+#: Connections the server still accepts from an ordinary login (superusers may use the reserved ones).
+_FREE_SQL = """
+SELECT current_setting('max_connections')::int
+       - current_setting('superuser_reserved_connections')::int
+       - coalesce(current_setting('reserved_connections', true), '0')::int
+       - (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')
+"""
+
 # -- helpers -------------------------------------------------------------------------------------
 
 
 def _conninfo_params(cfg: DatabaseConfig) -> dict[str, Any]:
     """libpq keywords from the config; keys left unset fall to libpq's defaults (PG* variables,
     ~/.pgpass, the OS user). ``connect_timeout`` is not passed: the connector enforces it."""
+    host: Any = cfg.host
+    port: Any = cfg.port
+    if len(cfg.hosts) > 1:  # libpq's multi-host form: a port per host
+        host, port = ",".join(h for h, _ in cfg.hosts), ",".join(str(p) for _, p in cfg.hosts)
     params = {
-        "host": cfg.host, "port": cfg.port, "user": cfg.user, "password": cfg.password or None,
+        "host": host, "port": port, "user": cfg.user, "password": cfg.password or None,
+        "load_balance_hosts": cfg.load_balance_hosts,
         "dbname": cfg.database, "sslmode": cfg.sslmode, "sslrootcert": cfg.sslrootcert, "sslcert": cfg.sslcert,
         "sslkey": cfg.sslkey, "application_name": cfg.application_name, "options": cfg.options,
         "target_session_attrs": cfg.target_session_attrs,

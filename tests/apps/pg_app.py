@@ -7,6 +7,10 @@ Routes (all answer JSON with the worker's ``pid``):
   /q/<pool>        pg_backend_pid() of a connection from the named pool
   /keep            use a connection in a with block and keep the object in a global
   /use-kept        run a query on the connection /keep kept (after its lease ended)
+  /bouncer         8 parameterised SELECTs (past psycopg's prepare_threshold), then a SET LOCAL
+                   in a transaction: the setting inside and after it, and the prepare threshold
+  /setting/<name>  SHOW <name> (a plain setting name) on a pooled connection
+  /set/<name>/<v>  SET <name> = '<v>' outside a transaction (autocommit): session state
 Pool errors map to status codes as in webapp: PoolTimeout 503, TooManyRequests 429,
 ConnectError 502, anything else 500; the body names the error class.
 """
@@ -43,6 +47,19 @@ def _route(path):
         return {"backend_pid": _backend(KEY, "SELECT pg_sleep(%s)", (float(parts[1]),))}
     if parts[0] == "q":
         return {"backend_pid": _backend(parts[1]), "pool": parts[1]}
+    if parts[0] == "bouncer":
+        with gunicorn_pool.get(POOL).connection(KEY) as conn:
+            total = sum(conn.execute("SELECT %s::int + 1", (i,)).fetchone()[0] for i in range(8))
+            with conn.transaction():
+                conn.execute("SET LOCAL statement_timeout = '4321ms'")
+                inside = conn.execute("SHOW statement_timeout").fetchone()[0]
+            after = conn.execute("SHOW statement_timeout").fetchone()[0]
+            return {"total": total, "inside": inside, "after": after, "prepare_threshold": conn.prepare_threshold}
+    if parts[0] in ("setting", "set") and parts[1].isidentifier():
+        with gunicorn_pool.get(POOL).connection(KEY) as conn:
+            if parts[0] == "set":
+                conn.execute(f"SET {parts[1]} = '{int(parts[2])}'")
+            return {"value": conn.execute(f"SHOW {parts[1]}").fetchone()[0]}
     if parts[0] == "stats":
         return {"stats": gunicorn_pool.get(POOL).stats()}
     if parts[0] == "keep":

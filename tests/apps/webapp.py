@@ -17,6 +17,7 @@ Routes (all answer JSON):
   /lock-and-fail        LOCK TABLES the poison table WRITE, then raise (the lock is left behind)
   /insert               insert a row into the poison table; answers how long it took
   /tls                  the TLS cipher of the pooled session (empty: plain TCP)
+  /ro[/<table>]         a read-only lease (a replica's, if any): @@server_id, and the rows of <table>
 The poison table is gp_poison, or GP_POISON_TABLE if set; the test creates it.
 Pool errors map to status codes: PoolTimeout 503, TooManyRequests 429,
 ConnectError 502, anything else 500; the body names the error class.
@@ -124,6 +125,14 @@ def _route(path):
         start = time.monotonic()
         conn_id, _ = _query(f"INSERT INTO {POISON} (v) VALUES (1)")
         return {"conn_id": conn_id, "took": time.monotonic() - start}
+    if parts[0] == "ro":
+        with gunicorn_pool.get(POOL).connection(KEY, readonly=True) as conn, conn.cursor() as cur:
+            cur.execute("SELECT @@server_id")
+            body = {"server_id": cur.fetchone()[0]}
+            if len(parts) > 1 and re.fullmatch(r"\w+", parts[1]):
+                cur.execute(f"SELECT COUNT(*) FROM {parts[1]}")
+                body["rows"] = cur.fetchone()[0]
+            return body
     if parts[0] == "tls":
         conn_id, rows = _query("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
         return {"conn_id": conn_id, "cipher": rows[0][1] if rows else ""}
