@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from support import MYSQL_DB, MYSQL_HOST, MYSQL_PORT, MySQLUser
 
-from gunicorn_pool import ConfigError, DatabasePool, parse_config
+from gunicorn_pool import ConfigError, ConnectError, DatabasePool, parse_config
 from gunicorn_pool.config import KEYS
 from gunicorn_pool.options import PoolOptions
 
@@ -127,14 +127,18 @@ _KEYS = st.sampled_from([*KEYS, "pass", "name", "db", "passwd", "dbname", "passw
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.dictionaries(_KEYS, _VALUES, max_size=6), st.sampled_from(["mysql", "postgresql", "sqlite", None]))
+@example({"init_command": "0"}, "sqlite")  # SQL that fails only when it runs: a ConnectError, not a crash
+@example({"name": "0"}, "sqlite")  # a file name under an alias: kept out of the working directory
 def test_fuzz_dict_configs_build_a_working_pool_or_raise_config_error_without_the_secret(tmp_path_factory, raw,
                                                                                        adapter):  # fmt: skip
     config: dict[str, Any] = dict(raw)
     config.pop("creator", None)  # a creator is code: it runs when a connection opens
     if adapter is not None:
         config.setdefault("adapter", adapter)
-    if config.get("adapter") in ("sqlite", "sqlite3") and isinstance(config.get("database"), str):
-        config["database"] = str(tmp_path_factory.mktemp("fz") / "f.db")
+    if config.get("adapter") in ("sqlite", "sqlite3"):
+        for alias in ("database", "name", "db", "dbname"):  # a file name: keep it out of the working directory
+            if isinstance(config.get(alias), str):
+                config[alias] = str(tmp_path_factory.mktemp("fz") / "f.db")
     config.setdefault("password", SECRET) if config.get("adapter") not in ("sqlite", "sqlite3") else None
     _build_or_refuse(config)
 
@@ -169,11 +173,17 @@ def _build_or_refuse(config: Any, *, probe_sqlite: bool = True) -> None:
     pool = db.pool("fz")  # the pool object builds (its connector too), no I/O yet
     assert SECRET not in repr(pool)
     if probe_sqlite and cfg.adapter == "sqlite":
-        # A config that builds must work: open, lend, return, close.
-        pool.open()
-        with pool.connection(timeout=1) as conn:
-            assert conn.execute("SELECT 1").fetchone() == (1,)
-        assert pool.stats()["requests_num"] == 1
+        # A config that builds must work: open, lend, return, close. Only the SQL it carries
+        # (init_command, session) can fail, and only when it runs: a ConnectError naming the pool.
+        try:
+            pool.open()
+            with pool.connection(timeout=1) as conn:
+                assert conn.execute("SELECT 1").fetchone() == (1,)
+        except ConnectError as exc:
+            assert cfg.init_command or cfg.session, f"a config with no SQL of its own failed: {exc}"
+            assert "'fz'" in str(exc) and SECRET not in str(exc), str(exc)
+        else:
+            assert pool.stats()["requests_num"] == 1
     db.close_pool()
 
 
