@@ -78,7 +78,7 @@ def server(request: Any) -> Iterator[Server]:
 def table(server: Server) -> Iterator[Any]:
     """A fresh table with its ORM model, created and dropped by a plain engine."""
     Row = model(f"gp_sa_{secrets.token_hex(4)}")
-    admin = create_engine(GunicornPoolFree(server.url()), poolclass=None)
+    admin = create_engine(driver_url(server.url()), poolclass=None)
     Row.__table__.create(admin)
     try:
         yield Row
@@ -87,13 +87,13 @@ def table(server: Server) -> Iterator[Any]:
         admin.dispose()
 
 
-def GunicornPoolFree(url: str) -> str:  # noqa: N802 - reads as a type in the fixture
+def driver_url(url: str) -> str:
     """A URL with the project's drivers, for a stock engine."""
     return str(parse_engine_config("admin", url).url.render_as_string(hide_password=False))
 
 
 def rows(server: Server, Row: Any) -> int:
-    engine = create_engine(GunicornPoolFree(server.url()))
+    engine = create_engine(driver_url(server.url()))
     try:
         with engine.connect() as conn:
             return int(conn.execute(select(Row.__table__.c.id)).all().__len__())
@@ -128,7 +128,7 @@ def test_rolled_back_session_leaves_no_row(server: Server, table: Any, orm: Engi
 def test_autocommit_creator_adopted_still_rolls_back(server: Server, table: Any) -> None:
     """The issue's bug: connections handed out in autocommit mode commit what the ORM rolls back.
     A stock engine on such a creator keeps the row; the adopted one does not."""
-    url = GunicornPoolFree(server.url())
+    url = driver_url(server.url())
     stock = create_engine(url, creator=lambda: server.raw_connect(autocommit=True))
     with Session(stock) as session:
         session.add(table(v=1))
