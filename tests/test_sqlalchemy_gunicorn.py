@@ -142,3 +142,15 @@ def test_session_left_open_is_reclaimed_at_request_end(mysql: Server, gunicorn: 
     assert stats["default"]["connections_leaked"] == 1
     assert proc.get("/conn")[0] == 200  # the capacity came back (sync: max_size 1)
     assert "was not given back by the end of its request" in proc.log()
+
+
+def test_app_walk_adopts_a_flask_sqlalchemy_app_with_no_line_of_ours(mysql: Server, gunicorn: Any) -> None:
+    conf = CONF.format(worker=WORKER_CLASSES["sync"][0], workers=2, extra="")
+    proc = gunicorn(conf, app="flask_sa_plain:app", env={"GP_SA_URL": driver_url(mysql.url())})
+    proc.start(workers_ready=2)
+    wait_until(lambda: mysql.sessions() == 2, 10, what="2 sessions before the first request")
+    before = set(mysql.server_ids())
+    for _ in range(10):
+        status, body = proc.get("/conn")
+        assert status == 200 and body["pool"] == "GunicornPool" and body["session"] in before, body
+    assert proc.log().count("1 pool service(s) ready") == 2

@@ -36,7 +36,7 @@ from ..registry import register
 from ..service import NamedPools
 from .pool import GunicornPool
 
-__all__ = ["AdoptedEngines", "EngineConfig", "EnginePool", "adopt", "parse_engine_config"]
+__all__ = ["AdoptedEngines", "EngineConfig", "EnginePool", "adopt", "adopted_by_walk", "parse_engine_config"]
 
 logger = logging.getLogger("gunicorn_pool")
 
@@ -57,6 +57,7 @@ _REFUSED = {
 }
 _SOURCES = ("password_env", "password_file")
 _OPTIONS = {f.name: f for f in dataclasses.fields(PoolOptions)}
+_adopted: dict[int, Any] = {}  # id(target) -> target, for every target adopt() or the app walk took
 _retired: list[Any] = []  # pools replaced in a worker: kept, never closed there (their sessions are the master's)
 
 
@@ -275,7 +276,19 @@ def adopt(target: Any, *, name: str = "sqlalchemy", **options: Any) -> AdoptedEn
         raise ConfigError(f"adopt({name!r}): unknown option(s) {', '.join(unknown)}")
     checked = PoolOptions(**_pool_options(name, options))
     checked.check(name)
-    return register(AdoptedEngines(_finder(target, name), name=name, options=checked), name=name)
+    service = AdoptedEngines(_finder(target, name), name=name, options=checked)
+    _adopted[id(target)] = target
+    return register(service, name=name)
+
+
+def adopted_by_walk(target: Any, *, path: str) -> Optional[AdoptedEngines]:
+    """The service for an engine or Flask-SQLAlchemy object the app walk found at *path*
+    (``gunicorn_pool.configure(walk_app=True)``, the default), or None if :func:`adopt` or
+    an earlier walk took it already."""
+    if _adopted.get(id(target)) is target:
+        return None
+    _adopted[id(target)] = target
+    return AdoptedEngines(_finder(target, path), name=f"sqlalchemy {path}", options=PoolOptions())
 
 
 def _finder(target: Any, name: str) -> Callable[[], dict[str, Engine]]:
