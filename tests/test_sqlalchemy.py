@@ -11,7 +11,7 @@ import threading
 from typing import Any, Iterator
 
 import pytest
-from sqlalchemy import Integer, create_engine, select, text
+from sqlalchemy import Integer, create_engine, func, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -282,3 +282,20 @@ def test_configs_checked_without_secrets() -> None:
     cfg = parse_engine_config("x", "postgresql://u:s3cr3t@h/db?max_size=3&application_name=a")
     assert cfg.max_size == 3 and cfg.url is not None and cfg.url.drivername == "postgresql+psycopg"
     assert "s3cr3t" not in cfg.dsn and "s3cr3t" not in repr(cfg) and "max_size" not in cfg.dsn
+
+
+def test_sqlite_engine_pool_rolls_back(tmp_path: Any) -> None:
+    Row = model(f"gp_sa_{secrets.token_hex(4)}")
+    service = EnginePool({"default": f"sqlite:///{tmp_path / 'app.db'}"}, name="orm")
+    service.init_pool()
+    try:
+        engine = service.engine()
+        Row.__table__.create(engine)
+        with Session(engine) as session:
+            session.add(Row(v=1))
+            session.flush()
+            session.rollback()
+            assert session.scalar(select(func.count()).select_from(Row)) == 0
+        assert service.stats()["default"]["connections_num"] == 1
+    finally:
+        service.close_pool()

@@ -154,3 +154,21 @@ def test_app_walk_adopts_a_flask_sqlalchemy_app_with_no_line_of_ours(mysql: Serv
         status, body = proc.get("/conn")
         assert status == 200 and body["pool"] == "GunicornPool" and body["session"] in before, body
     assert proc.log().count("1 pool service(s) ready") == 2
+
+
+def test_engine_pool_builds_engines_in_each_worker(server: Server, gunicorn: Any) -> None:
+    conf = CONF.format(worker=WORKER_CLASSES["gthread"][0], workers=2, extra=(
+        "threads = 4\nimport gunicorn_pool, sys\nfrom gunicorn_pool.sqlalchemy import EnginePool\n"
+        f"gunicorn_pool.register(EnginePool({{'default': {{'url': {server.url()!r}, 'min_size': 2}}}}), name='orm')\n"
+    ))  # fmt: skip
+    proc = gunicorn(conf, app="sa_engine_app:app")
+    proc.start(workers_ready=2)
+    wait_until(lambda: server.sessions() == 4, 10, what="min_size 2 sessions per worker before the first request")
+    before = set(server.server_ids())
+    for _ in range(10):
+        status, body = proc.get("/")
+        assert status == 200 and body["session"] in before, body
+        assert body["stats"]["default"]["pool_min"] == 2 and body["stats"]["default"]["pool_max"] == 4
+    assert proc.stop(signal.SIGTERM) == 0
+    wait_until(lambda: server.sessions() == 0, 10, what="0 sessions after SIGTERM")
+    assert_no_secret(proc, server.user.password)
