@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import secrets
 import signal
-import threading
 from typing import Any, Iterator
 
 import pytest
 from sqlalchemy import create_engine
-from support import WORKER_CLASSES, assert_no_secret, wait_until
+from support import WORKER_CLASSES, assert_no_secret, concurrent_with_peak, wait_until
 from test_sqlalchemy import Server, driver_url, model
 
 APP = "flask_sa_app:app"
@@ -79,30 +78,9 @@ def test_concurrent_requests_never_exceed_max_size(mysql: Server, gunicorn: Any,
     cap = 4 if kind == "gthread" else 10  # gthread: --threads 4; gevent: the default max_size
     proc, _ = start(gunicorn, mysql, kind=kind, workers=1, extra="worker_connections = 100")
     wait_until(lambda: mysql.sessions() == 1, 10, what="1 session before the first request")
-    peak = [0]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], mysql.sessions())
-            done.wait(0.02)
-
-    results: list[int] = []
-
-    def hit() -> None:
-        results.append(proc.get("/sleep?s=0.3", timeout=30)[0])
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    threads = [threading.Thread(target=hit) for _ in range(40)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    done.set()
-    sampler.join(5)
+    results, peak = concurrent_with_peak([lambda: proc.get("/sleep?s=0.3", timeout=30)[0]] * 40, mysql.sessions)
     assert results == [200] * 40
-    assert 1 < peak[0] <= cap, peak[0]
+    assert 1 < peak <= cap, peak
     status, stats = proc.get("/stats")
     assert stats["default"]["pool_max"] == cap
     if kind == "gevent":  # 40 greenlets for 10 connections: the rest queued in the pool

@@ -44,7 +44,7 @@ from .base import CLOSED, DROP, IDLE, RESET, REUSE, Connector, LeaseGuard, lease
 if TYPE_CHECKING:
     from ..config import DatabaseConfig
 
-__all__ = ["MySQLConnector", "PooledMySQLConnection"]
+__all__ = ["MySQLConnector", "PooledMySQLConnection", "ping"]
 
 logger = logging.getLogger("gunicorn_pool")
 
@@ -289,12 +289,7 @@ class MySQLConnector(Connector):
 
     def ping(self, raw: Any, timeout: float) -> None:
         raw._gp_holder = None  # the pool's own use
-        old = raw._read_timeout, raw._write_timeout
-        raw._read_timeout = raw._write_timeout = timeout
-        try:
-            raw.ping(False)
-        finally:
-            raw._read_timeout, raw._write_timeout = old
+        ping(raw, timeout)
 
     def probe(self, raw: Any) -> Optional[Callable[[], Any]]:
         return socket_probe(raw._sock)
@@ -381,3 +376,14 @@ def _tls_context(cfg: DatabaseConfig) -> Optional[tuple[bool, ssl.SSLContext]]:
     if cfg.ssl_cert:
         ctx.load_cert_chain(cfg.ssl_cert, keyfile=cfg.ssl_key)
     return explicit, ctx
+
+
+def ping(raw: Any, timeout: float) -> None:
+    """A COM_PING on any PyMySQL connection, never reconnecting, its reads and writes bounded by
+    *timeout* (also used by gunicorn_pool.sqlalchemy)."""
+    old = raw._read_timeout, raw._write_timeout
+    raw._read_timeout = raw._write_timeout = timeout
+    try:
+        raw.ping(False)
+    finally:
+        raw._read_timeout, raw._write_timeout = old

@@ -177,12 +177,7 @@ class RecordConnector(Connector):
     def warm(self, raw: Any, timeout: float) -> None:
         self.ping(raw, timeout)
         dbapi = raw.dbapi_connection
-        cursor = dbapi.cursor()
-        try:
-            cursor.execute("SELECT 1")
-            cursor.fetchall()
-        finally:
-            cursor.close()
+        Connector.ping(self, dbapi, timeout)  # SELECT 1 through the driver's cursor
         if _in_transaction(dbapi, _driver(dbapi)) is not False:
             dbapi.rollback()
 
@@ -212,12 +207,9 @@ class RecordConnector(Connector):
 def _ping(dbapi: Any, driver: str, timeout: float, dialect: Any) -> None:
     """A round trip bounded by *timeout* that opens no transaction."""
     if driver == "pymysql":
-        old = dbapi._read_timeout, dbapi._write_timeout
-        dbapi._read_timeout = dbapi._write_timeout = timeout
-        try:
-            dbapi.ping(False)
-        finally:
-            dbapi._read_timeout, dbapi._write_timeout = old
+        from ..connectors import mysql  # PyMySQL is loaded already: this is its connection
+
+        mysql.ping(dbapi, timeout)
     elif driver == "psycopg":
         from ..connectors.postgresql import ping  # psycopg is loaded already: this is its connection
 
