@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import secrets
 import signal
+import statistics
+import time
 from typing import Any, Iterator
 
 import pytest
 from sqlalchemy import create_engine
-from support import WORKER_CLASSES, assert_no_secret, concurrent_with_peak, wait_until
+from support import WORKER_CLASSES, assert_no_secret, concurrent_with_peak, figure, wait_until
 from test_sqlalchemy import Server, driver_url, model
 
 APP = "flask_sa_app:app"
@@ -56,10 +58,15 @@ def test_sync_workers_open_their_sessions_at_boot_and_close_them_at_exit(server:
     wait_until(lambda: server.sessions() == 2, 10, what="2 sessions before the first request")
     before = set(server.server_ids())
     seen: dict[int, set[int]] = {}
+    took = []
     for _ in range(30):
+        asked = time.perf_counter()
         status, body = proc.get("/conn")
+        took.append(time.perf_counter() - asked)
         assert status == 200, body
         seen.setdefault(body["pid"], set()).add(body["session"])
+    warm = statistics.median(took[10:])
+    figure(f"flask-sqlalchemy {server.kind} first request / warm median", took[0] / warm, "x")
     assert all(len(sessions) == 1 for sessions in seen.values()), seen
     used = {next(iter(sessions)) for sessions in seen.values()}
     assert used <= before and len(used) == len(seen), "a worker used a session the boot did not open"
