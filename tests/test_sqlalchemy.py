@@ -299,3 +299,23 @@ def test_sqlite_engine_pool_rolls_back(tmp_path: Any) -> None:
         assert service.stats()["default"]["connections_num"] == 1
     finally:
         service.close_pool()
+
+
+def test_dispose_and_reopen_keep_the_engine_on_our_pool(mysql_user: Any) -> None:
+    engine = create_engine(driver_url(mysql_user.url()))
+    service = adopt(engine, name=f"adopted_{secrets.token_hex(3)}", max_size=2)
+    service.init_pool()
+    try:
+        engine.dispose()  # SQLAlchemy's own: closes our pool, puts a fresh GunicornPool in its place
+        assert isinstance(engine.pool, GunicornPool)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT 1")).scalar() == 1
+        service.close_pool()
+        wait_until(lambda: mysql_user.count() == 0, 10, what="sessions closed with the service")
+        service.init_pool()  # a worker opening its pools again (hooks, tests)
+        assert service.engine() is engine and isinstance(engine.pool, GunicornPool)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT 1")).scalar() == 1
+        assert service.stats()["default"]["requests_num"] >= 1 and mysql_user.count() == 1
+    finally:
+        service.close_pool()

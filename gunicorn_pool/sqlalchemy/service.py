@@ -134,6 +134,16 @@ def _bound(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> No
     cparams.setdefault("connect_timeout", CONNECT_TIMEOUT)
 
 
+def _retire(old: Any) -> None:
+    """Set aside the pool an engine had: one of ours closes (its core drops what a fork left it
+    without a word to the server); another is kept, unused and unclosed, for the life of the
+    process (under --preload its connections are the master's, on sockets the fork shared)."""
+    if isinstance(old, GunicornPool):
+        old.dispose()
+    else:
+        _retired.append(old)
+
+
 class _EngineService(NamedPools[EngineConfig]):
     """Named engines, each on a GunicornPool whose core is the named pool."""
 
@@ -142,6 +152,7 @@ class _EngineService(NamedPools[EngineConfig]):
     def __init__(self, configs: Mapping[str, EngineConfig], *, name: str) -> None:
         super().__init__(configs, name=name)
         self._made: dict[int, tuple[Engine, GunicornPool]] = {}  # id(core) -> its engine and pool
+        self._engines: dict[str, Engine] = {}  # by name, once on our pool in this process
 
     def _engine_for(self, name: str, config: EngineConfig) -> Engine:
         raise NotImplementedError
@@ -159,8 +170,9 @@ class _EngineService(NamedPools[EngineConfig]):
         core = super().pool(name)
         engine, pool = self._made[id(core)]
         if engine.pool is not pool:
-            _retired.append(engine.pool)
+            _retire(engine.pool)
             engine.pool = pool
+            self._engines[name] = engine
         return core
 
     def engine(self, name: str = "default") -> Engine:
@@ -171,10 +183,26 @@ class _EngineService(NamedPools[EngineConfig]):
         """Every engine, by name (built now where not yet)."""
         return {key: self.engine(key) for key in self.configs}
 
+    def _current(self) -> dict[str, GunicornPool]:
+        """Each engine's pool now: the one this service set, or the fresh one a later
+        ``engine.dispose()`` put in its place (SQLAlchemy's ``recreate()``)."""
+        return {key: e.pool for key, e in list(self._engines.items()) if isinstance(e.pool, GunicornPool)}
+
+    def stats(self) -> dict[str, Any]:
+        """``{engine name: stats}`` of each engine's pool in this process."""
+        return {key: pool.stats() for key, pool in self._current().items()}
+
+    def connection_pools(self) -> dict[str, ConnectionPool]:
+        """Each engine's pool core in this process (for observers)."""
+        return {key: pool.core for key, pool in self._current().items()}
+
     def close_pool(self) -> None:
         """Close every engine's pool in this process (later use raises PoolClosed until
         :meth:`init_pool`)."""
+        current = self._current()
         super().close_pool()
+        for pool in current.values():
+            pool.dispose()
         self._made = {key: made for key, made in self._made.items() if not made[1].core.closed}
 
 
