@@ -17,7 +17,7 @@ from sqlalchemy.exc import TimeoutError as SATimeoutError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from support import MYSQL_DB, MYSQL_HOST, MYSQL_PORT, PG_DB, PG_HOST, PG_PORT, wait_until
 
-from gunicorn_pool import ConfigError, request_scope
+from gunicorn_pool import ConfigError, ConnectError, request_scope
 from gunicorn_pool.sqlalchemy import EnginePool, GunicornPool, adopt
 from gunicorn_pool.sqlalchemy.service import parse_engine_config
 
@@ -317,5 +317,20 @@ def test_dispose_and_reopen_keep_the_engine_on_our_pool(mysql_user: Any) -> None
         with engine.connect() as conn:
             assert conn.execute(text("SELECT 1")).scalar() == 1
         assert service.stats()["default"]["requests_num"] >= 1 and mysql_user.count() == 1
+    finally:
+        service.close_pool()
+
+
+def test_refused_login_is_logged_and_raised_without_the_password(mysql_user: Any, caplog: Any) -> None:
+    wrong = "Wr0ng-" + secrets.token_hex(6)
+    url = mysql_user.url().replace(f":{mysql_user.password}@", f":{wrong}@")
+    service = EnginePool({"default": {"url": url, "reconnect_backoff_max": 0.1}}, name="orm")
+    service.init_pool()  # never raises: logged, the pool connects on demand
+    try:
+        with pytest.raises(ConnectError) as info:
+            service.engine().connect()
+        assert "Access denied" in str(info.value) and "127.0.0.1:" in str(info.value)
+        assert wrong not in str(info.value) and wrong not in caplog.text
+        assert "warm-up failed" in caplog.text and f"{mysql_user.name}:***@" in caplog.text
     finally:
         service.close_pool()
