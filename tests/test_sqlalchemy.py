@@ -334,3 +334,27 @@ def test_refused_login_is_logged_and_raised_without_the_password(mysql_user: Any
         assert "warm-up failed" in caplog.text and f"{mysql_user.name}:***@" in caplog.text
     finally:
         service.close_pool()
+
+
+def test_flask_sqlalchemy_binds_adopted_before_init_app(mysql_user: Any, tmp_path: Any) -> None:
+    from flask import Flask
+    from flask_sqlalchemy import SQLAlchemy
+
+    db = SQLAlchemy()
+    service = adopt(db, name=f"flask_{secrets.token_hex(3)}")  # before init_app: engines found at boot
+    app = Flask(__name__)
+    app.config["SQLALCHEMY_DATABASE_URI"] = driver_url(mysql_user.url())
+    app.config["SQLALCHEMY_BINDS"] = {"reports": f"sqlite:///{tmp_path / 'reports.db'}"}
+    db.init_app(app)
+    service.init_pool()
+    try:
+        assert set(service.stats()) == {"default", "reports"}
+        assert mysql_user.count() == 1  # opened before any use
+        with app.app_context():
+            assert isinstance(db.engine.pool, GunicornPool) and isinstance(db.engines["reports"].pool, GunicornPool)
+            assert db.session.execute(select(1)).scalar() == 1
+            db.session.remove()
+        assert service.stats()["default"]["requests_num"] >= 1
+    finally:
+        service.close_pool()
+    wait_until(lambda: mysql_user.count() == 0, 10, what="closed at close_pool()")

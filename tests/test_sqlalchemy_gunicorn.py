@@ -81,11 +81,11 @@ def test_sync_workers_open_their_sessions_at_boot_and_close_them_at_exit(server:
 
 
 @pytest.mark.parametrize("kind", ["gthread", "gevent"])
-def test_concurrent_requests_never_exceed_max_size(mysql: Server, gunicorn: Any, kind: str) -> None:
+def test_concurrent_requests_never_exceed_max_size(server: Server, gunicorn: Any, kind: str) -> None:
     cap = 4 if kind == "gthread" else 10  # gthread: --threads 4; gevent: the default max_size
-    proc, _ = start(gunicorn, mysql, kind=kind, workers=1, extra="worker_connections = 100")
-    wait_until(lambda: mysql.sessions() == 1, 10, what="1 session before the first request")
-    results, peak = concurrent_with_peak([lambda: proc.get("/sleep?s=0.3", timeout=30)[0]] * 40, mysql.sessions)
+    proc, _ = start(gunicorn, server, kind=kind, workers=1, extra="worker_connections = 100")
+    wait_until(lambda: server.sessions() == 1, 10, what="1 session before the first request")
+    results, peak = concurrent_with_peak([lambda: proc.get("/sleep?s=0.3", timeout=30)[0]] * 40, server.sessions)
     assert results == [200] * 40
     assert 1 < peak <= cap, peak
     status, stats = proc.get("/stats")
