@@ -358,3 +358,50 @@ def test_flask_sqlalchemy_binds_adopted_before_init_app(mysql_user: Any, tmp_pat
     finally:
         service.close_pool()
     wait_until(lambda: mysql_user.count() == 0, 10, what="closed at close_pool()")
+
+
+def _session_id(engine: Any) -> int:
+    sql = "SELECT CONNECTION_ID()" if engine.dialect.name == "mysql" else "SELECT pg_backend_pid()"
+    with engine.connect() as conn:
+        return int(conn.execute(text(sql)).scalar())
+
+
+def test_fork_child_drops_the_parents_connections_without_a_word(server: Server, orm: EnginePool) -> None:
+    """A pool opened before fork (--preload): the child opens its own session and leaves the
+    parent's alone (no COM_QUIT, no Terminate on the shared socket)."""
+    import os
+
+    engine = orm.engine()
+    parent = _session_id(engine)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its session, then leave without running any cleanup
+        code = 1
+        try:
+            child = _session_id(engine)
+            orm.close_pool()  # drops what it inherited, closes its own
+            os.write(write, str(child).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    try:
+        child = int(os.read(read, 64) or b"0")
+    finally:
+        os.close(read)
+        _, status = os.waitpid(pid, 0)
+    assert status == 0 and child and child != parent
+    wait_until(lambda: child not in server.server_ids(), 10, what="the child's own session closed")
+    assert parent in server.server_ids()
+    assert _session_id(engine) == parent  # the parent's connection still works
+    assert orm.stats()["default"]["connections_num"] == 1
+
+
+def test_poolclass_in_create_engine(mysql_user: Any) -> None:
+    engine = create_engine(driver_url(mysql_user.url()), poolclass=GunicornPool)
+    try:
+        assert _session_id(engine) == _session_id(engine)
+        assert engine.pool.stats()["requests_num"] == 2  # type: ignore[attr-defined]
+    finally:
+        engine.dispose()
+    wait_until(lambda: mysql_user.count() == 0, 10, what="closed by dispose()")
