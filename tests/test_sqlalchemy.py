@@ -405,3 +405,17 @@ def test_poolclass_in_create_engine(mysql_user: Any) -> None:
     finally:
         engine.dispose()
     wait_until(lambda: mysql_user.count() == 0, 10, what="closed by dispose()")
+
+
+def test_lifetime_replaces_and_pool_recycle_is_max_lifetime(mysql_user: Any) -> None:
+    service = EnginePool({"default": {"url": mysql_user.url(), "pool_recycle": 1}}, name="orm")
+    assert service.configs["default"].max_lifetime == 1.0
+    service.init_pool()
+    try:
+        engine = service.engine()
+        first = _session_id(engine)
+        wait_until(lambda: _session_id(engine) != first, 5, interval=0.2, what="the expired connection replaced")
+        wait_until(lambda: first not in mysql_user.connection_ids(), 10, what="the expired session closed")
+        assert service.stats()["default"]["connections_num"] >= 2 and mysql_user.count() == 1
+    finally:
+        service.close_pool()
