@@ -68,7 +68,9 @@ class Server:
                                dbname=PG_DB, autocommit=autocommit)  # fmt: skip
 
 
-@pytest.fixture(params=["mysql", "postgresql"])
+@pytest.fixture(
+    params=[pytest.param("mysql", marks=pytest.mark.mysql), pytest.param("postgresql", marks=pytest.mark.postgresql)]
+)
 def server(request: Any) -> Iterator[Server]:
     fixture = "mysql_user" if request.param == "mysql" else "pg_user"
     yield Server(request.param, request.getfixturevalue(fixture))
@@ -171,6 +173,7 @@ def test_view_that_raises_rolls_back(server: Server, table: Any, orm: EnginePool
     assert rows(server, table) == 0
 
 
+@pytest.mark.mysql
 def test_reset_on_return_not_doubled(mysql_user: Any) -> None:
     """SQLAlchemy rolls back on return; the pool sees the transaction closed and adds nothing
     (the session's own Com_rollback counter moves by one per lease)."""
@@ -301,6 +304,7 @@ def test_sqlite_engine_pool_rolls_back(tmp_path: Any) -> None:
         service.close_pool()
 
 
+@pytest.mark.mysql
 def test_dispose_and_reopen_keep_the_engine_on_our_pool(mysql_user: Any) -> None:
     engine = create_engine(driver_url(mysql_user.url()))
     service = adopt(engine, name=f"adopted_{secrets.token_hex(3)}", max_size=2)
@@ -321,6 +325,7 @@ def test_dispose_and_reopen_keep_the_engine_on_our_pool(mysql_user: Any) -> None
         service.close_pool()
 
 
+@pytest.mark.mysql
 def test_refused_login_is_logged_and_raised_without_the_password(mysql_user: Any, caplog: Any) -> None:
     wrong = "Wr0ng-" + secrets.token_hex(6)
     url = mysql_user.url().replace(f":{mysql_user.password}@", f":{wrong}@")
@@ -336,6 +341,7 @@ def test_refused_login_is_logged_and_raised_without_the_password(mysql_user: Any
         service.close_pool()
 
 
+@pytest.mark.mysql
 def test_flask_sqlalchemy_binds_adopted_before_init_app(mysql_user: Any, tmp_path: Any) -> None:
     from flask import Flask
     from flask_sqlalchemy import SQLAlchemy
@@ -397,6 +403,7 @@ def test_fork_child_drops_the_parents_connections_without_a_word(server: Server,
     assert orm.stats()["default"]["connections_num"] == 1
 
 
+@pytest.mark.mysql
 def test_poolclass_in_create_engine(mysql_user: Any) -> None:
     engine = create_engine(driver_url(mysql_user.url()), poolclass=GunicornPool)
     try:
@@ -407,6 +414,7 @@ def test_poolclass_in_create_engine(mysql_user: Any) -> None:
     wait_until(lambda: mysql_user.count() == 0, 10, what="closed by dispose()")
 
 
+@pytest.mark.mysql
 def test_lifetime_replaces_and_pool_recycle_is_max_lifetime(mysql_user: Any) -> None:
     service = EnginePool({"default": {"url": mysql_user.url(), "pool_recycle": 1}}, name="orm")
     assert service.configs["default"].max_lifetime == 1.0

@@ -10,9 +10,10 @@ import secrets
 import signal
 import statistics
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
+import test_sqlalchemy
 from sqlalchemy import create_engine
 from support import WORKER_CLASSES, assert_no_secret, concurrent_with_peak, figure, wait_until
 from test_sqlalchemy import Server, driver_url, model
@@ -26,11 +27,7 @@ workers = {workers}
 
 pytestmark = pytest.mark.timeout(120)
 
-
-@pytest.fixture(params=["mysql", "postgresql"])
-def server(request: Any) -> Iterator[Server]:
-    fixture = "mysql_user" if request.param == "mysql" else "pg_user"
-    yield Server(request.param, request.getfixturevalue(fixture))
+server = test_sqlalchemy.server  # assigned, not imported: no F811 on the arguments
 
 
 @pytest.fixture
@@ -120,6 +117,7 @@ def test_rollback_and_failed_view_leave_no_row(server: Server, gunicorn: Any) ->
     assert proc.get("/count") == (200, {"rows": 1})
 
 
+@pytest.mark.mysql
 def test_session_left_open_is_reclaimed_at_request_end(mysql: Server, gunicorn: Any) -> None:
     proc, _ = start(gunicorn, mysql, workers=1)
     assert proc.get("/leak")[0] == 200
@@ -129,6 +127,7 @@ def test_session_left_open_is_reclaimed_at_request_end(mysql: Server, gunicorn: 
     assert "was not given back by the end of its request" in proc.log()
 
 
+@pytest.mark.mysql
 def test_app_walk_adopts_a_flask_sqlalchemy_app_with_no_line_of_ours(mysql: Server, gunicorn: Any) -> None:
     conf = CONF.format(worker=WORKER_CLASSES["sync"][0], workers=2, extra="")
     proc = gunicorn(conf, app="flask_sa_plain:app", env={"GP_SA_URL": driver_url(mysql.url())})
