@@ -427,3 +427,24 @@ def test_lifetime_replaces_and_pool_recycle_is_max_lifetime(mysql_user: Any) -> 
         assert service.stats()["default"]["connections_num"] >= 2 and mysql_user.count() == 1
     finally:
         service.close_pool()
+
+
+@pytest.mark.mysql
+def test_queries_bounded_by_gunicorns_timeout_in_gevent_workers(mysql_user: Any) -> None:
+    from gunicorn_pool.base import WorkerProfile, current_profile, set_profile
+
+    saved = current_profile()
+    set_profile(WorkerProfile(kind="gevent", timeout=7.0))
+    try:
+        given = {"url": mysql_user.url(), "connect_args": {"read_timeout": 3}}
+        services = [EnginePool({"default": mysql_user.url()}, name="orm"), EnginePool({"default": given}, name="o2")]
+        for service in services:
+            service.init_pool()
+        bounds = []
+        for service in services:
+            with service.engine().connect() as conn:
+                bounds.append(conn.connection.dbapi_connection._read_timeout)  # type: ignore[union-attr]
+            service.close_pool()
+        assert bounds == [7.0, 3]
+    finally:
+        set_profile(saved)

@@ -245,8 +245,7 @@ class MySQLConnector(Connector):
         that hangs mid-flight would otherwise hang its request until ``graceful_timeout``)."""
         if self.config.read_timeout is not None:
             return self.config.read_timeout
-        profile = current_profile()
-        return profile.timeout if profile.kind in ("thread", "gevent") else None
+        return current_profile().query_bound()
 
     def _track_session(self, conn: Any) -> None:
         if conn.server_capabilities & CLIENT.SESSION_TRACK:

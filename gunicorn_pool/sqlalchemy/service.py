@@ -28,6 +28,7 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import QueuePool
 
+from ..base import current_profile
 from ..config import password_from_source
 from ..errors import ConfigError
 from ..options import PoolOptions, coerce, pool_option_names, rule_of
@@ -125,13 +126,18 @@ def parse_engine_config(pool_name: str, value: Union[str, URL, Mapping[str, Any]
 
 def bound_connects(engine: Engine) -> None:
     """Give *engine*'s connects a ``connect_timeout`` (:data:`CONNECT_TIMEOUT`) where neither the URL
-    nor ``connect_args`` set one (PyMySQL waits 10 s by default, psycopg forever)."""
+    nor ``connect_args`` set one (PyMySQL waits 10 s by default, psycopg forever), and PyMySQL's
+    ``read_timeout`` unset is gunicorn's ``timeout`` in gthread and gevent workers (as for
+    DatabasePool: gunicorn does not end a request hung on a query there)."""
     if engine.dialect.driver in ("pymysql", "psycopg") and not event.contains(engine, "do_connect", _bound):
         event.listen(engine, "do_connect", _bound)
 
 
 def _bound(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> None:
     cparams.setdefault("connect_timeout", CONNECT_TIMEOUT)
+    bound = current_profile().query_bound()
+    if dialect.driver == "pymysql" and bound and "read_timeout" not in cparams:
+        cparams["read_timeout"] = bound
 
 
 def _retire(old: Any) -> None:
