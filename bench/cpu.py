@@ -9,6 +9,8 @@ steady on a noisy machine (best-of, no waiting on anything). Rows:
 - gunicorn_pool ``with pool.connection()``, and ``getconn()``/``putconn()``;
 - the minimal first-come-first-served pool of bench/_variants.py (a lock,
   a deque; reference);
+- SQLAlchemy's pool API (``pool.connect().close()``, rollback reset) on QueuePool and on
+  gunicorn_pool.sqlalchemy's ``GunicornPool``;
 - DBUtils ``PooledDB`` (``ping=0``; its default ``reset`` calls the no-op
   ``rollback()`` on return) and
   SQLAlchemy ``QueuePool`` (``reset_on_return=None``), both over the same
@@ -109,12 +111,28 @@ def cycles() -> dict[str, Callable[[], None]]:
     def sqlalchemy_cycle() -> None:
         qp.connect().close()
 
+    # SQLAlchemy's pool API (connect() and the fairy's close(), reset = rollback) on both pools.
+    from gunicorn_pool.options import PoolOptions
+    from gunicorn_pool.sqlalchemy import GunicornPool
+
+    qp_reset = sqlalchemy.pool.QueuePool(StandInConnection, pool_size=1, max_overflow=0)
+    ours = GunicornPool(StandInConnection, options=PoolOptions(min_size=1, max_size=1), pool_name="cpu-sa")
+    ours.core.open()
+
+    def qp_reset_cycle() -> None:
+        qp_reset.connect().close()
+
+    def ours_cycle() -> None:
+        ours.connect().close()
+
     return {
         "gunicorn_pool `with pool.connection()`": gp_with,
         "gunicorn_pool `getconn()` + `putconn()`": gp_get_put,
         "reference: minimal FIFO pool": minimal,
         "DBUtils PooledDB (ping=0)": dbutils,
         "SQLAlchemy QueuePool (reset_on_return=None)": sqlalchemy_cycle,
+        "SQLAlchemy QueuePool, `connect().close()` with its rollback reset": qp_reset_cycle,
+        "gunicorn_pool.sqlalchemy GunicornPool, `connect().close()` with SQLAlchemy's rollback reset": ours_cycle,
     }
 
 

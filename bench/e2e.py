@@ -16,6 +16,11 @@ wrk runs interleaved over rounds (forward, then reverse order):
           with ``CONN_MAX_AGE=None``; ``-w 2``, wrk ``-c 4`` (sync) and
           ``-c 50`` (gevent, our pool's max_size 10 per worker). Ratios to
           both stock rows.
+- flask-sa-sync, flask-sa-gevent: a Flask-SQLAlchemy app doing
+          ``session.execute(select(1))`` per request (bench/apps/flask_sa_app.py):
+          the stock engine (QueuePool), the same app with ``adopt(db)``, and an
+          ``EnginePool`` engine; ``-w 2``, wrk ``-c 4`` (sync) and ``-c 16``
+          (gevent, pools of 10 per worker). Ratios to the stock engine.
 - pg-sync, pg-gevent: the same on PostgreSQL through psycopg 3, with a
           psycopg_pool ``ConnectionPool`` row; baselines: a module-global
           psycopg connection per worker (sync), SQLAlchemy QueuePool (gevent:
@@ -26,7 +31,7 @@ Reports req/s, latency p50/p99 (wrk's), errors (socket errors and non-2xx)
 and the largest number of server sessions seen (PROCESSLIST or
 pg_stat_activity) during the run. Needs ``wrk`` (``apt-get install wrk``).
 
-    python bench/e2e.py [--rounds 3] [--seconds 5] [--only sync|gevent|pg-sync|pg-gevent|django-sync|django-gevent]
+    python bench/e2e.py [--rounds 3] [--seconds 5] [--only MODE]
 """
 
 from __future__ import annotations
@@ -54,6 +59,10 @@ MODES = {
                     ["dj_stock_age0", "dj_stock_persistent"]),
     "django-gevent": ("gevent", "gunicorn_pool.GeventWorker", 50, 10,
                       ["dj_stock_age0", "dj_stock_persistent", "dj_ours"], ["dj_stock_age0", "dj_stock_persistent"]),
+    "flask-sa-sync": ("sync", "gunicorn_pool.Worker", 4, 1, ["fsa_stock", "fsa_adopt", "fsa_enginepool"],
+                      ["fsa_stock"]),
+    "flask-sa-gevent": ("gevent", "gunicorn_pool.GeventWorker", 16, 10, ["fsa_stock", "fsa_adopt", "fsa_enginepool"],
+                        ["fsa_stock"]),
     "pg-sync": ("sync", "gunicorn_pool.Worker", 4, 1,
                 ["pg_global_conn_app", "pg_connect_app", "pg_psycopg_pool_app", "pg_sqlalchemy_app",
                  "pg_gunicorn_pool_app"], ["pg_global_conn_app"]),
@@ -69,7 +78,9 @@ DJANGO = {
     "dj_stock_persistent": {"GPB_DJ_ENGINE": "stock", "GPB_DJ_MAX_AGE": "none"},
     "dj_ours": {"GPB_DJ_ENGINE": "ours"},
 }
-GP_ROWS = ("gunicorn_pool_app", "dj_ours")
+#: Flask-SQLAlchemy rows: one app module (bench/apps/flask_sa_app.py), told apart by GPB_SA.
+FLASK_SA = {f"fsa_{mode}": {"GPB_SA": mode} for mode in ("stock", "adopt", "enginepool")}
+GP_ROWS = ("gunicorn_pool_app", "dj_ours", "fsa_adopt", "fsa_enginepool")
 LABELS = {
     "global_conn_app": "module-global connection per worker",
     "connect_app": "connect per request",
@@ -80,6 +91,9 @@ LABELS = {
     "dj_stock_age0": "Django mysql backend, CONN_MAX_AGE=0",
     "dj_stock_persistent": "Django mysql backend, CONN_MAX_AGE=None",
     "dj_ours": "gunicorn_pool.django.mysql",
+    "fsa_stock": "Flask-SQLAlchemy, stock engine (QueuePool)",
+    "fsa_adopt": "Flask-SQLAlchemy + gunicorn_pool.sqlalchemy.adopt(db)",
+    "fsa_enginepool": "Flask + gunicorn_pool.sqlalchemy EnginePool engine",
     "pg_global_conn_app": "module-global psycopg connection per worker",
     "pg_connect_app": "connect per request (psycopg)",
     "pg_psycopg_pool_app": "psycopg_pool ConnectionPool",
@@ -140,8 +154,8 @@ def run_mode(mode: str, rounds: int, seconds: float) -> str:
     try:
         for v in variants:
             env = dict(users[v].env(), GPB_SIZE=str(size), GPB_DJ_TABLE=table_name,
-                       **DJANGO.get(v, {}))  # fmt: skip
-            module = "django_app" if v in DJANGO else v
+                       **DJANGO.get(v, {}), **FLASK_SA.get(v, {}))  # fmt: skip
+            module = "django_app" if v in DJANGO else "flask_sa_app" if v in FLASK_SA else v
             ours = v in GP_ROWS or v.endswith("gunicorn_pool_app")
             servers[v] = Server(module, gp_klass if ours else klass, 2, env).start()
         for v in variants:
@@ -192,7 +206,8 @@ def main() -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk not found: apt-get install wrk")
     out = [run_mode(mode, args.rounds, args.seconds) for mode in MODES if args.only in (None, mode)]
-    title = "one ORM query per request" if args.only and args.only.startswith("django") else "SELECT 1 per request"
+    orm = args.only and args.only.startswith(("django", "flask"))
+    title = "one ORM query per request" if orm else "SELECT 1 per request"
     print(preamble(f"End to end: gunicorn + wrk, {title}",
                    f"{args.rounds} interleaved rounds × {args.seconds:g} s wrk runs per row; ratios per round, "
                    "median (min–max); p50/p99 are medians of wrk's per-run percentiles; max sessions = most "
@@ -202,7 +217,8 @@ def main() -> None:
     print("\n\n".join(out))
     print("\nTargets: sync gunicorn_pool ≥ 0.97 × module-global; gevent gunicorn_pool ≥ 1.3 × SQLAlchemy"
           " (MySQL and PostgreSQL alike); django-sync ≥ 2 × CONN_MAX_AGE=0 and ≥ 1.0 × CONN_MAX_AGE=None;"
-          " django-gevent ≥ 1.0 × stock with at most max_size (10) sessions per worker.")
+          " django-gevent ≥ 1.0 × stock with at most max_size (10) sessions per worker; flask-sa-sync adopt ≥ 1.0 ×"
+          " stock, flask-sa-gevent ≥ 1.2 × stock.")
 
 
 if __name__ == "__main__":

@@ -225,6 +225,48 @@ def build_pg(user: PGBenchUser, ops: int) -> tuple[dict[str, Callable[[], float]
     return variants, closers
 
 
+SA_STOCK = "SQLAlchemy engine, stock QueuePool (pool_size=1)"
+SA_ENGINE_POOL = "gunicorn_pool.sqlalchemy EnginePool engine (max_size=1)"
+SA_ADOPTED = "stock engine adopted: gunicorn_pool.sqlalchemy.adopt(engine)"
+SA_PAIRED = (SA_ENGINE_POOL, SA_ADOPTED)
+
+
+def build_sqlalchemy(url: str, ops: int) -> tuple[dict[str, Callable[[], float]], list[Callable[[], None]]]:
+    """ORM rows: ``with Session(engine) as s: s.execute(select(1))`` on a stock engine, on an
+    EnginePool engine and on an adopted stock engine (the issue 13 rows)."""
+    import sqlalchemy
+    from sqlalchemy.orm import Session
+
+    from gunicorn_pool.sqlalchemy import EnginePool, adopt
+
+    closers: list[Callable[[], None]] = []
+    variants: dict[str, Callable[[], float]] = {}
+    stmt = sqlalchemy.select(1)
+
+    def add(label: str, engine: Any) -> None:
+        def body() -> None:
+            with Session(engine) as session:
+                session.execute(stmt).all()
+
+        body()  # first connect: dialect initialisation
+        bodies[label] = body
+        variants[label] = timed(ops, body)
+
+    stock = sqlalchemy.create_engine(url, pool_size=1, max_overflow=0)
+    closers.append(stock.dispose)
+    add(SA_STOCK, stock)
+    service = EnginePool({"default": {"url": url, "min_size": 1, "max_size": 1}}, name="bench-orm")
+    service.init_pool()
+    closers.append(service.close_pool)
+    add(SA_ENGINE_POOL, service.engine())
+    adopted = sqlalchemy.create_engine(url)
+    adopted_service = adopt(adopted, name="bench-adopted", min_size=1, max_size=1)
+    adopted_service.init_pool()
+    closers.append(adopted_service.close_pool)
+    add(SA_ADOPTED, adopted)
+    return variants, closers
+
+
 REDIS_RAW = "raw redis.Redis(single_connection_client=True): its own connection"
 REDIS_MINIMAL = "reference: minimal per-command pool (deque pop/append, no features)"
 REDIS_PAIRED = ("redis-py default ConnectionPool: redis.Redis()", "gunicorn_pool RedisPool.client()",
@@ -347,7 +389,7 @@ def run_part(title: str, base_name: str, paired_names: tuple[str, ...], target: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--part", choices=("all", "mysql", "postgresql", "redis"), default="all",
+    parser.add_argument("--part", choices=("all", "mysql", "postgresql", "redis", "sqlalchemy"), default="all",
                         help="which rows (default all)")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=40, help="rounds (default 40)")
     parser.add_argument("--ops", type=int, default=200, help="operations per block (default 200)")
@@ -366,6 +408,17 @@ def main() -> None:
             run_part("Overhead: checkout + SELECT 1 + checkin, one connection (PostgreSQL)", PG_RAW, PG_PAIRED,
                      "Target: gunicorn_pool ≤ 1.05 × raw, and below psycopg_pool's ratio.",
                      lambda: build_pg(pg_user, args.ops), args,
+                     servers={"postgresql": True, "mysql": False})  # fmt: skip
+        print()
+    if args.part in ("all", "sqlalchemy"):
+        target = "Target: both ≤ 1.0 × the stock engine (issue 13)."
+        with BenchUser() as user:
+            run_part("Overhead: ORM Session + select(1), one connection (MySQL)", SA_STOCK, SA_PAIRED, target,
+                     lambda: build_sqlalchemy(user.url("mysql+pymysql"), args.ops), args)  # fmt: skip
+        print()
+        with PGBenchUser() as pg_user:
+            run_part("Overhead: ORM Session + select(1), one connection (PostgreSQL)", SA_STOCK, SA_PAIRED, target,
+                     lambda: build_sqlalchemy(pg_user.url("postgresql+psycopg"), args.ops), args,
                      servers={"postgresql": True, "mysql": False})  # fmt: skip
         print()
     if args.part in ("all", "redis"):

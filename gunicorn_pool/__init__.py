@@ -10,6 +10,9 @@ Public API:
   SQLite, any DB-API driver); :class:`RedisPool`: named Redis pools used
   through redis-py's own client (needs the ``redis`` extra, imported only
   when asked for); :class:`PoolInterface`, the contract of any pool service.
+- :mod:`gunicorn_pool.sqlalchemy` (``[sqlalchemy]``/``[flask]`` extras, imported only when
+  asked for): SQLAlchemy engines and Flask-SQLAlchemy apps on per-worker pools
+  (``adopt(db)``, ``EnginePool``, the ``GunicornPool`` pool class).
 - :class:`ConnectionPool`, the pool core, and :class:`PoolOptions`, its knobs.
 - :func:`register`, :func:`get`, :func:`configure`: the registry.
 - :func:`request_connection`, :func:`request_scope`: a connection for the rest

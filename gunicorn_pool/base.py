@@ -86,6 +86,12 @@ class WorkerProfile:
     deadline: Optional[float] = None  # time.monotonic() by which warm-up ends
     timeout: Optional[float] = None  # gunicorn's --timeout, when known
 
+    def query_bound(self) -> Optional[float]:
+        """Seconds a query may wait for the server when the user set no bound: gunicorn's
+        ``timeout`` in gthread and gevent workers (gunicorn kills a hung sync worker at
+        ``timeout`` itself, but not those); None in sync workers."""
+        return self.timeout if self.kind in ("thread", "gevent") else None
+
     def default_sizes(self) -> tuple[int, int]:
         """``(min_size, max_size)`` for a pool that does not set them."""
         if self.kind == "thread":

@@ -30,6 +30,9 @@ Four sources, in this order, each service taken once (by identity):
    objects; the first 1,000 items of any one container; 0.25 s), safe against
    cycles, never calls properties, ``__getattr__`` or ``__class__``, skips
    modules, classes and functions, never raises, and logs when it stops early.
+   A SQLAlchemy ``Engine`` or a Flask-SQLAlchemy extension met on the way
+   (``app.extensions["sqlalchemy"]``) is adopted as
+   :func:`gunicorn_pool.sqlalchemy.adopt` would, unless ``adopt()`` took it.
    Switch it off with ``gunicorn_pool.configure(walk_app=False)``.
 
 :func:`configure` holds the process-wide settings (they cannot be gunicorn
@@ -232,6 +235,10 @@ def walk(root: Any, *, max_depth: int = 4, max_objects: int = _MAX_OBJECTS,
         visited += 1
         if _is_service(obj):
             yield path, obj
+        elif _adoptable(obj):
+            service = _adopt_found(path, obj)
+            if service is not None:
+                yield path, service
         if depth >= max_depth:
             continue
         for child_path, child in _children(path, obj):
@@ -245,6 +252,29 @@ def _is_service(obj: Any) -> bool:
         return issubclass(type(obj), PoolInterface)  # type(), not isinstance(): never reads obj.__class__
     except Exception:  # noqa: BLE001 - a class with a broken __subclasscheck__ is no service of ours
         return False
+
+
+#: Objects the walk puts on pools of ours although they are no service: SQLAlchemy engines and
+#: Flask-SQLAlchemy extensions (gunicorn_pool.sqlalchemy.adopt), by (module, class), no import needed.
+_ADOPTABLE = frozenset({("sqlalchemy.engine.base", "Engine"), ("flask_sqlalchemy.extension", "SQLAlchemy")})
+
+
+def _adoptable(obj: Any) -> bool:
+    try:
+        return any((c.__module__, c.__qualname__) in _ADOPTABLE for c in type(obj).__mro__)
+    except Exception:  # noqa: BLE001 - a broken class is nothing to adopt
+        return False
+
+
+def _adopt_found(path: str, obj: Any) -> Optional[PoolInterface]:
+    """The service adopting *obj* found at *path*, or None (adopted already, or it failed: logged)."""
+    try:
+        from .sqlalchemy.service import adopted_by_walk
+
+        return adopted_by_walk(obj, path=path)
+    except Exception as exc:  # noqa: BLE001 - the walk never raises
+        logger.error("gunicorn_pool: %s (%s) not adopted: %s", path, type(obj).__name__, exc)
+        return None
 
 
 def _skipped(obj: Any) -> bool:

@@ -53,9 +53,11 @@ class NamedPools(PoolInterface, Generic[C]):
 
     #: What one named pool is called in messages ("no database 'x'").
     _what = "pool"
+    #: True for a service that finds its pools when it opens them (nothing to configure before).
+    _allow_empty = False
 
     def __init__(self, configs: Mapping[str, C], *, name: str) -> None:
-        if not configs:
+        if not configs and not self._allow_empty:
             raise ConfigError(f"{type(self).__name__} {name!r}: nothing configured")
         self.name = name
         self.configs: dict[str, C] = dict(configs)

@@ -396,6 +396,32 @@ def pool_conf(pools: dict[str, Any], *, kind: str = "sync", workers: int = 2, ex
                             extra="\n".join(x for x in (kind_extra, extra) if x))  # fmt: skip
 
 
+def concurrent_with_peak(calls: list[Callable[[], Any]], count: Callable[[], int],
+                         timeout: float = 60.0) -> tuple[list[Any], int]:  # fmt: skip
+    """Run *calls* at once (a thread each) while sampling *count* (server sessions) every 0.05 s;
+    return (their results, in completion order; the highest count seen)."""
+    import threading
+
+    peak = [0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.05):
+            peak[0] = max(peak[0], count())
+
+    results: list[Any] = []
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    threads = [threading.Thread(target=lambda c=call: results.append(c()), daemon=True) for call in calls]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    done.set()
+    sampler.join(5)
+    return results, peak[0]
+
+
 def figure(name: str, value: float, unit: str = "s") -> None:
     """Print a measured figure (collected for the docs with ``pytest -s``)."""
     print(f"FIGURE {name}: {value:.2f} {unit}")

@@ -19,7 +19,18 @@ import urllib.request
 from typing import Any, Optional
 
 import pytest
-from support import APPS, MYSQL_DB, MYSQL_HOST, MYSQL_PORT, PG_DB, PG_HOST, PG_PORT, ROOT, wait_until
+from support import (
+    APPS,
+    MYSQL_DB,
+    MYSQL_HOST,
+    MYSQL_PORT,
+    PG_DB,
+    PG_HOST,
+    PG_PORT,
+    ROOT,
+    concurrent_with_peak,
+    wait_until,
+)
 
 from gunicorn_pool.stats import KEYS as STATS_KEYS
 
@@ -115,24 +126,7 @@ def test_fifty_concurrent_requests_stay_within_max_size(gunicorn, mysql_user, sc
     server = gunicorn(conf(kind, workers=2), app=APP, env=mysql_env(mysql_user, scratch_table, pool))
     server.start(workers_ready=2)
     wait_until(lambda: mysql_user.count() == 2, 10, what="min_size sessions per worker")
-    peak = [0]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.wait(0.05):
-            peak[0] = max(peak[0], mysql_user.count())
-
-    results: list[tuple[int, Any]] = []
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    threads = [threading.Thread(target=lambda: results.append(get(server, "/sleep/0.1/", 30)), daemon=True)
-               for _ in range(50)]  # fmt: skip
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    done.set()
-    sampler.join(5)
+    results, peak = concurrent_with_peak([lambda: get(server, "/sleep/0.1/", 30)] * 50, mysql_user.count)
     assert len(results) == 50
     statuses = sorted({status for status, _ in results})
     assert set(statuses) <= {200, 503}, results
@@ -142,9 +136,9 @@ def test_fifty_concurrent_requests_stay_within_max_size(gunicorn, mysql_user, sc
         if status == 200:
             per_pid.setdefault(body["pid"], set()).add(body["conn_id"])
     assert per_pid and all(len(ids) <= 3 for ids in per_pid.values()), per_pid
-    assert peak[0] <= 6, f"{peak[0]} sessions for 2 workers with max_size=3"
+    assert peak <= 6, f"{peak} sessions for 2 workers with max_size=3"
     assert sum(status == 200 for status, _ in results) >= 10
-    print(f"FIGURE django {kind}: {sum(s == 200 for s, _ in results)} ok, {statuses}, peak {peak[0]} sessions")
+    print(f"FIGURE django {kind}: {sum(s == 200 for s, _ in results)} ok, {statuses}, peak {peak} sessions")
     stop_and_check_no_session(server, mysql_user)
 
 

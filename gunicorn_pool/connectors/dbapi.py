@@ -77,7 +77,7 @@ from .base import DROP, RESET, REUSE, Connector
 if TYPE_CHECKING:
     from ..config import DatabaseConfig
 
-__all__ = ["DBAPIConnector"]
+__all__ = ["DBAPIConnector", "abandon"]
 
 logger = logging.getLogger("gunicorn_pool")
 
@@ -131,7 +131,7 @@ class DBAPIConnector(Connector):
         if self._opened_in.pop(id(raw), None) == os.getpid():
             _close_quietly(raw)
         else:
-            _abandon(raw)
+            abandon(raw)
 
     def discard(self, raw: Any) -> None:
         # A generic driver cannot drop a connection without a word: in the process that
@@ -268,7 +268,7 @@ def _close_quietly(raw: Any) -> None:
         pass
 
 
-def _abandon(raw: Any) -> None:
+def abandon(raw: Any) -> None:
     """Forget *raw* without closing it (it belongs to another process): close its socket's file
     descriptor where the driver exposes it, and keep the object alive so no finaliser runs."""
     sock = getattr(raw, "_sock", None)

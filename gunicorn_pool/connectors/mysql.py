@@ -31,6 +31,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -38,7 +39,7 @@ import re
 import ssl
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Optional
 
 import pymysql
 from dbutils.steady_db import SteadyDBConnection
@@ -53,7 +54,7 @@ from .base import CLOSED, DROP, IDLE, RESET, REUSE, Connector, LeaseGuard, lease
 if TYPE_CHECKING:
     from ..config import DatabaseConfig
 
-__all__ = ["HostOrder", "MySQLConnector", "PooledMySQLConnection"]
+__all__ = ["HostOrder", "MySQLConnector", "PooledMySQLConnection", "ping"]
 
 logger = logging.getLogger("gunicorn_pool")
 
@@ -333,8 +334,7 @@ class MySQLConnector(Connector):
         that hangs mid-flight would otherwise hang its request until ``graceful_timeout``)."""
         if self.config.read_timeout is not None:
             return self.config.read_timeout
-        profile = current_profile()
-        return profile.timeout if profile.kind in ("thread", "gevent") else None
+        return current_profile().query_bound()
 
     def _track_session(self, conn: Any) -> None:
         if conn.server_capabilities & CLIENT.SESSION_TRACK:
@@ -377,12 +377,7 @@ class MySQLConnector(Connector):
 
     def ping(self, raw: Any, timeout: float) -> None:
         raw._gp_holder = None  # the pool's own use
-        old = raw._read_timeout, raw._write_timeout
-        raw._read_timeout = raw._write_timeout = timeout
-        try:
-            raw.ping(False)
-        finally:
-            raw._read_timeout, raw._write_timeout = old
+        ping(raw, timeout)
 
     def probe(self, raw: Any) -> Optional[Callable[[], Any]]:
         return socket_probe(raw._sock)
@@ -459,16 +454,13 @@ class MySQLConnector(Connector):
     def free_connections(self, raw: Any, timeout: float) -> Optional[int]:
         """``@@max_connections`` minus ``Threads_connected``, two statements bounded by *timeout*."""
         raw._gp_holder = None  # the pool's own use
-        old = raw._read_timeout, raw._write_timeout
-        raw._read_timeout = raw._write_timeout = timeout
         try:
-            with raw.cursor() as cur:
+            with bounded(raw, timeout), raw.cursor() as cur:
                 cur.execute("SELECT @@max_connections")
                 (limit,) = cur.fetchone()
                 cur.execute("SHOW GLOBAL STATUS LIKE 'Threads_connected'")
                 row = cur.fetchone()
         finally:
-            raw._read_timeout, raw._write_timeout = old
             raw._result = None
             raw._gp_holder = IDLE
         return None if row is None else int(limit) - int(row[1])
@@ -490,3 +482,21 @@ def _tls_context(cfg: DatabaseConfig) -> Optional[tuple[bool, ssl.SSLContext]]:
     if cfg.ssl_cert:
         ctx.load_cert_chain(cfg.ssl_cert, keyfile=cfg.ssl_key)
     return explicit, ctx
+
+
+@contextlib.contextmanager
+def bounded(raw: Any, timeout: float) -> Iterator[None]:
+    """Bound a PyMySQL connection's reads and writes by *timeout* inside the block."""
+    old = raw._read_timeout, raw._write_timeout
+    raw._read_timeout = raw._write_timeout = timeout
+    try:
+        yield
+    finally:
+        raw._read_timeout, raw._write_timeout = old
+
+
+def ping(raw: Any, timeout: float) -> None:
+    """A COM_PING on any PyMySQL connection, never reconnecting, its reads and writes bounded by
+    *timeout* (also used by gunicorn_pool.sqlalchemy)."""
+    with bounded(raw, timeout):
+        raw.ping(False)

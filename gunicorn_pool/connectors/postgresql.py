@@ -65,7 +65,10 @@ if TYPE_CHECKING:
 
     from ..config import DatabaseConfig
 
-__all__ = ["PooledPGConnection", "PooledPGCursor", "PooledPGServerCursor", "PostgreSQLConnector", "fetch"]
+__all__ = [
+    "PooledPGConnection", "PooledPGCursor", "PooledPGServerCursor", "PostgreSQLConnector", "drop_inherited", "fetch",
+    "ping",
+]  # fmt: skip
 
 logger = logging.getLogger("gunicorn_pool")
 
@@ -374,7 +377,7 @@ class PostgreSQLConnector(Connector):
     def discard(self, raw: Any) -> None:
         raw._gp_holder = CLOSED
         if raw._gp_pid != os.getpid():
-            _drop_inherited(raw)
+            drop_inherited(raw)
             return
         lock = raw.lock
         if lock.acquire(False):
@@ -396,7 +399,7 @@ class PostgreSQLConnector(Connector):
     def ping(self, raw: Any, timeout: float) -> None:
         """An empty query (EmptyQueryResponse: no parse, no plan), bounded by *timeout*."""
         raw._gp_holder = None  # the pool's own use
-        _run(raw, b"", timeout, "ping")
+        ping(raw, timeout)
 
     def probe(self, raw: Any) -> Optional[Callable[[], Any]]:
         # An idle session's socket has nothing to read. A terminated backend (FATAL, then EOF),
@@ -632,6 +635,12 @@ def _run(conn: PooledPGConnection, sql: bytes, timeout: float, what: str) -> Non
             raise pg_errors.error_from_result(result, encoding=pgconn._encoding)
 
 
+def ping(conn: Any, timeout: float) -> None:
+    """An empty query on any psycopg connection (EmptyQueryResponse: no parse, no plan), read within
+    *timeout* seconds; raises if the connection is dead (also used by gunicorn_pool.sqlalchemy)."""
+    _run(conn, b"", timeout, "ping")
+
+
 def fetch(conn: PooledPGConnection, sql: str, timeout: float) -> list[Any]:
     """Run *sql* through a cursor of *conn* within *timeout* seconds and return its rows: the
     pool's own queries (warm-up, ``gunicorn-pool check``). psycopg has no per-call timeout; its
@@ -655,7 +664,7 @@ def _cooperative_wait() -> Optional[WaitFunc]:
     return None
 
 
-def _drop_inherited(raw: Any) -> None:
+def drop_inherited(raw: Any) -> None:
     """A connection opened by another process (inherited through fork): never finished here, kept
     referenced, and this process's copy of its socket pointed at /dev/null (the fd number stays
     taken, so nothing can ever write the parent's protocol into a new socket)."""
