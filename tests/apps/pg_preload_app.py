@@ -10,10 +10,10 @@ Routes added to :mod:`pg_app`'s:
   /master   the pid and pg_backend_pid() recorded at import
 """
 
-import json
 import os
 
 import pg_app
+from _wsgi import json_app
 
 import gunicorn_pool
 
@@ -24,9 +24,10 @@ with DB.connection() as _conn:
 IMPORT_PID = os.getpid()
 
 
-def app(environ, start_response):
-    if environ.get("PATH_INFO") != "/master":
-        return pg_app.app(environ, start_response)
-    data = json.dumps({"backend_pid": MASTER_BACKEND_PID, "import_pid": IMPORT_PID, "pid": os.getpid()}).encode()
-    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
-    return [data]
+def _route(path):
+    if path != "/master":
+        return pg_app._route(path)
+    return {"backend_pid": MASTER_BACKEND_PID, "import_pid": IMPORT_PID}
+
+
+app = json_app(_route)

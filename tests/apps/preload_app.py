@@ -9,10 +9,10 @@ Routes added to :mod:`webapp`'s:
   /master   the pid and CONNECTION_ID() recorded at import
 """
 
-import json
 import os
 
 import webapp
+from _wsgi import json_app
 
 import gunicorn_pool
 
@@ -25,9 +25,10 @@ with DB.connection() as _conn:
 IMPORT_PID = os.getpid()
 
 
-def app(environ, start_response):
-    if environ.get("PATH_INFO") != "/master":
-        return webapp.app(environ, start_response)
-    data = json.dumps({"conn_id": MASTER_CONN_ID, "import_pid": IMPORT_PID, "pid": os.getpid()}).encode()
-    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
-    return [data]
+def _route(path):
+    if path != "/master":
+        return webapp._route(path)
+    return {"conn_id": MASTER_CONN_ID, "import_pid": IMPORT_PID}
+
+
+app = json_app(_route)
