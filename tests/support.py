@@ -211,8 +211,23 @@ class PGUser(DBLogin):
         with self.admin.cursor() as cur:
             cur.execute(f'DROP ROLE IF EXISTS "{self.name}"')
             cur.execute(f"CREATE ROLE \"{self.name}\" LOGIN PASSWORD '{self.password}'")
-            cur.execute(f'GRANT ALL ON DATABASE "{PG_DB}" TO "{self.name}"')
-            cur.execute(f'GRANT ALL ON SCHEMA public TO "{self.name}"')
+        # GRANTs rewrite the ACL of the one database and schema every test login shares: two test
+        # runs at once (other worktrees) make one fail with "tuple concurrently updated". Retried.
+        for target in (f'DATABASE "{PG_DB}"', "SCHEMA public"):
+            grant = f'GRANT ALL ON {target} TO "{self.name}"'
+            wait_until(lambda grant=grant: self._try(grant), 10, interval=0.1, what=grant)
+
+    def _try(self, sql: str) -> bool:
+        import psycopg
+
+        try:
+            with self.admin.cursor() as cur:
+                cur.execute(sql)
+            return True
+        except psycopg.errors.InternalError as exc:
+            if "concurrently updated" not in str(exc):
+                raise
+            return False
 
     def _drop(self) -> None:
         with self.admin.cursor() as cur:
@@ -462,18 +477,23 @@ def refuse_during_respawns(server: Any, proxy: Any, requests: int) -> int:
 # -- pool helpers --------------------------------------------------------------------------------
 
 
-def database_pools(config: Callable[..., dict[str, Any]], *, name: str) -> Iterator[Callable[..., Any]]:
-    """Generator for a fixture that makes open DatabasePools of one pool ``"default"``, configured by
-    ``config(**options)`` (min_size = max_size = 1 and timeout 5 unless the options say otherwise),
+POOL_DEFAULTS = {"min_size": 1, "max_size": 1, "timeout": 5}
+
+
+def database_pools(config: Callable[..., dict[str, Any]], *, name: str,
+                   defaults: Optional[dict[str, Any]] = None) -> Iterator[Callable[..., Any]]:  # fmt: skip
+    """Generator for a fixture that makes open DatabasePools of one pool ``"default"`` configured
+    by ``config(*args, **options)`` (*defaults*, POOL_DEFAULTS unless given, under the options),
     and closes every one after the test."""
     from gunicorn_pool import DatabasePool
 
     made: list[Any] = []
+    base = POOL_DEFAULTS if defaults is None else defaults
 
-    def make(**options: Any) -> Any:
-        db = DatabasePool({"default": config(**{"min_size": 1, "max_size": 1, "timeout": 5, **options})}, name=name)
-        db.init_pool()
+    def make(*args: Any, **options: Any) -> Any:
+        db = DatabasePool({"default": config(*args, **{**base, **options})}, name=name)
         made.append(db)
+        db.init_pool()
         return db
 
     try:
@@ -481,6 +501,31 @@ def database_pools(config: Callable[..., dict[str, Any]], *, name: str) -> Itera
     finally:
         for db in made:
             db.close_pool()
+
+
+def session_in_forked_child(db: Any, session_of: Callable[[Any], Any]) -> Any:
+    """Fork; the child takes a connection of *db*'s pool "default" (dropping what it inherited),
+    reports ``session_of(conn)`` through a pipe, closes its pools and exits (SIGALRM ends it
+    after 10 s). Checks the child exited 0; returns its report."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            os.close(read)
+            signal.alarm(10)
+            with db.connection() as conn:
+                os.write(write, json.dumps({"session": session_of(conn)}).encode())
+            db.close_pool()
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        reported = json.loads(pipe.read() or "{}")
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, status
+    return reported["session"]
 
 
 # -- pool helpers for tests that need no server -------------------------------------------------

@@ -40,3 +40,9 @@ def json_app(route):
         return respond(start_response, status, body)
 
     return app
+
+
+def with_master(route, master):
+    """A :func:`json_app` of *route* plus ``/master``, answering *master*: what a ``--preload``
+    app recorded in the gunicorn master at import (its pid, its session)."""
+    return json_app(lambda path: dict(master) if path == "/master" else route(path))

@@ -13,7 +13,7 @@ Routes added to :mod:`pg_app`'s:
 import os
 
 import pg_app
-from _wsgi import json_app
+from _wsgi import with_master
 
 import gunicorn_pool
 
@@ -23,11 +23,4 @@ with DB.connection() as _conn:
     (MASTER_BACKEND_PID,) = _conn.execute("SELECT pg_backend_pid()").fetchone()
 IMPORT_PID = os.getpid()
 
-
-def _route(path):
-    if path != "/master":
-        return pg_app._route(path)
-    return {"backend_pid": MASTER_BACKEND_PID, "import_pid": IMPORT_PID}
-
-
-app = json_app(_route)
+app = with_master(pg_app._route, {"backend_pid": MASTER_BACKEND_PID, "import_pid": IMPORT_PID})

@@ -12,7 +12,7 @@ Routes added to :mod:`webapp`'s:
 import os
 
 import webapp
-from _wsgi import json_app
+from _wsgi import with_master
 
 import gunicorn_pool
 
@@ -24,11 +24,4 @@ with DB.connection() as _conn:
     (MASTER_CONN_ID,) = _cur.fetchone()
 IMPORT_PID = os.getpid()
 
-
-def _route(path):
-    if path != "/master":
-        return webapp._route(path)
-    return {"conn_id": MASTER_CONN_ID, "import_pid": IMPORT_PID}
-
-
-app = json_app(_route)
+app = with_master(webapp._route, {"conn_id": MASTER_CONN_ID, "import_pid": IMPORT_PID})
