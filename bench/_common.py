@@ -44,12 +44,45 @@ def admin_connect() -> pymysql.connections.Connection:
                            autocommit=True, connect_timeout=3, ssl_disabled=True)  # fmt: skip
 
 
-class BenchUser:
-    """A dedicated MySQL login for one benchmark run; dropped on exit."""
+class _Login:
+    """What the benchmark logins share: a fresh name and password, a URL, the GPB_* environment the
+    bench apps read, closed (dropped) on leaving a with block."""
+
+    scheme = ""
+    host = ""
+    port = 0
+    database = ""
 
     def __init__(self) -> None:
         self.name = f"gpb_{secrets.token_hex(4)}"
         self.password = "pw-" + secrets.token_hex(8)
+
+    def url(self, scheme: str = "") -> str:
+        auth = f"{self.name}:{self.password}"
+        return f"{scheme or self.scheme}://{auth}@{self.host}:{self.port}/{self.database}"
+
+    def env(self) -> dict[str, str]:
+        """Environment for subprocesses and gunicorn apps (read by bench/apps/_settings.py)."""
+        return {"GPB_HOST": self.host, "GPB_PORT": str(self.port), "GPB_USER": self.name,
+                "GPB_PASSWORD": self.password, "GPB_DB": self.database}  # fmt: skip
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class BenchUser(_Login):
+    """A dedicated MySQL login for one benchmark run; dropped on exit."""
+
+    scheme, host, port, database = "mysql", HOST, PORT, DB
+
+    def __init__(self) -> None:
+        super().__init__()
         self.admin = admin_connect()
         with self.admin.cursor() as cur:
             cur.execute(f"CREATE USER '{self.name}'@'%%' IDENTIFIED BY %s", (self.password,))
@@ -58,14 +91,6 @@ class BenchUser:
     def kwargs(self) -> dict[str, Any]:
         """PyMySQL keyword arguments for this login."""
         return dict(host=HOST, port=PORT, user=self.name, password=self.password, database=DB, autocommit=True)
-
-    def url(self, scheme: str = "mysql") -> str:
-        return f"{scheme}://{self.name}:{self.password}@{HOST}:{PORT}/{DB}"
-
-    def env(self) -> dict[str, str]:
-        """Environment for subprocesses and gunicorn apps (read by bench/apps)."""
-        return {"GPB_HOST": HOST, "GPB_PORT": str(PORT), "GPB_USER": self.name, "GPB_PASSWORD": self.password,
-                "GPB_DB": DB}  # fmt: skip
 
     def count(self) -> int:
         """Server-side sessions of this login (PROCESSLIST)."""
@@ -90,12 +115,6 @@ class BenchUser:
         finally:
             self.admin.close()
 
-    def __enter__(self) -> BenchUser:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
 
 def pg_admin_connect() -> Any:
     """An autocommit psycopg connection as the PostgreSQL admin login."""
@@ -105,12 +124,13 @@ def pg_admin_connect() -> Any:
                            dbname=PG_DB, autocommit=True, connect_timeout=3)  # fmt: skip
 
 
-class PGBenchUser:
+class PGBenchUser(_Login):
     """A dedicated PostgreSQL login for one benchmark run; dropped (its sessions ended) on exit."""
 
+    scheme, host, port, database = "postgresql", PG_HOST, PG_PORT, PG_DB
+
     def __init__(self) -> None:
-        self.name = f"gpb_{secrets.token_hex(4)}"
-        self.password = "pw-" + secrets.token_hex(8)
+        super().__init__()
         self.admin = pg_admin_connect()
         self.admin.execute(f"CREATE ROLE \"{self.name}\" LOGIN PASSWORD '{self.password}'")
         self.admin.execute(f'GRANT ALL ON DATABASE "{PG_DB}" TO "{self.name}"')
@@ -130,14 +150,6 @@ class PGBenchUser:
 
         return make_conninfo(host=PG_HOST, port=PG_PORT, user=self.name, password=self.password, dbname=PG_DB)
 
-    def url(self, scheme: str = "postgresql") -> str:
-        return f"{scheme}://{self.name}:{self.password}@{PG_HOST}:{PG_PORT}/{PG_DB}"
-
-    def env(self) -> dict[str, str]:
-        """Environment for gunicorn apps (read by bench/apps/_settings.py)."""
-        return {"GPB_HOST": PG_HOST, "GPB_PORT": str(PG_PORT), "GPB_USER": self.name, "GPB_PASSWORD": self.password,
-                "GPB_DB": PG_DB}  # fmt: skip
-
     def count(self) -> int:
         """Server-side sessions of this login (pg_stat_activity)."""
         row = self.admin.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = %s", (self.name,)).fetchone()
@@ -153,11 +165,6 @@ class PGBenchUser:
         finally:
             self.admin.close()
 
-    def __enter__(self) -> PGBenchUser:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
 
 def interleave(variants: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:

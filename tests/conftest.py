@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import pytest
+from backends import BACKENDS, Backend
 from proxy import FaultProxy
 from servers import _mariadb_pair_session, mariadb_pair, mariadb_tls, pg_scram, pgbouncer  # noqa: F401
 from support import (
@@ -94,6 +95,33 @@ def mysql_user(mysql_server: None) -> Iterator[MySQLUser]:
         yield user
     finally:
         user.drop()
+
+
+@pytest.fixture(params=[pytest.param(name, marks=getattr(pytest.mark, name)) for name in BACKENDS])
+def backend(request: Any) -> Backend:
+    """Each database server in turn (tests/backends.py): the test id and the marker name it."""
+    return BACKENDS[request.param]
+
+
+@pytest.fixture
+def db_user(backend: Backend, request: Any) -> Any:
+    """A fresh login of the *backend* server (``mysql_user`` or ``pg_user``)."""
+    return request.getfixturevalue({"mysql": "mysql_user", "postgresql": "pg_user"}[backend.name])
+
+
+@pytest.fixture
+def db_proxy(backend: Backend, request: Any) -> FaultProxy:
+    """A fault proxy in front of the *backend* server (``tcp_proxy`` or ``pg_proxy``)."""
+    return request.getfixturevalue({"mysql": "tcp_proxy", "postgresql": "pg_proxy"}[backend.name])
+
+
+@pytest.fixture
+def checked_login(backend: Backend, request: Any) -> Any:
+    """A login of the *backend* server on a server that checks passwords: the machine's MariaDB
+    does; the machine's PostgreSQL trusts every login, so the throwaway ``pg_scram`` server."""
+    if backend.name == "mysql":
+        return request.getfixturevalue("mysql_user")
+    return request.getfixturevalue("pg_scram").create_user(f"gp_{secrets.token_hex(4)}", "pw-" + secrets.token_hex(8))
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import textwrap
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -73,57 +74,106 @@ def mysql_reachable() -> Optional[str]:
         return f"{MYSQL_HOST}:{MYSQL_PORT}: {exc}"
 
 
-class MySQLUser:
-    """A dedicated login, so a test can count exactly its own connections."""
+class DBLogin:
+    """A dedicated login on a test database server, so a test can count exactly its own sessions.
+
+    MySQLUser and PGUser say how their server makes the login, lists its
+    sessions and ends one; the rest (URL, config dict, counting, ending them
+    all, dropping the login) is the same for both.
+    """
+
+    scheme = ""
+    host = ""
+    port = 0
+    database = ""
+    adapter: dict[str, str] = {}  # extra keys of config()
+    sessions_sql = ""  # one column: the session ids of the login named by the parameter
+    gone: tuple[type[BaseException], ...] = ()  # what kill() raises for a session that ended meanwhile
 
     def __init__(self, name: str, password: str) -> None:
         self.name = name
         self.password = password
-        self.admin = admin_connect()
-        with self.admin.cursor() as cur:
-            cur.execute(f"DROP USER IF EXISTS '{name}'@'%'")
-            cur.execute(f"CREATE USER '{name}'@'%%' IDENTIFIED BY %s", (password,))
-            cur.execute(f"GRANT ALL ON `{MYSQL_DB}`.* TO '{name}'@'%'")
+        self.admin = self._admin_connect()
+        self._create()
+
+    def _admin_connect(self) -> Any:
+        raise NotImplementedError
+
+    def _create(self) -> None:
+        raise NotImplementedError
+
+    def _drop(self) -> None:
+        raise NotImplementedError
+
+    def kill(self, session_id: int) -> None:
+        """End one session of the login from the server side."""
+        raise NotImplementedError
 
     def url(self, **query: Any) -> str:
         q = "&".join(f"{k}={v}" for k, v in query.items())
-        return f"mysql://{self.name}:{self.password}@{MYSQL_HOST}:{MYSQL_PORT}/{MYSQL_DB}" + (f"?{q}" if q else "")
+        base = f"{self.scheme}://{self.name}:{self.password}@{self.host}:{self.port}/{self.database}"
+        return base + (f"?{q}" if q else "")
 
     def config(self, **extra: Any) -> dict[str, Any]:
-        cfg = dict(host=MYSQL_HOST, port=MYSQL_PORT, user=self.name, password=self.password, database=MYSQL_DB)
+        cfg = dict(self.adapter, host=self.host, port=self.port, user=self.name, password=self.password,
+                   database=self.database)  # fmt: skip
         cfg.update(extra)
         return cfg
 
-    def connection_ids(self) -> list[int]:
+    def session_ids(self) -> list[int]:
         with self.admin.cursor() as cur:
-            cur.execute("SELECT ID FROM information_schema.PROCESSLIST WHERE USER = %s", (self.name,))
+            cur.execute(self.sessions_sql, (self.name,))
             return sorted(r[0] for r in cur.fetchall())
 
     def count(self) -> int:
-        return len(self.connection_ids())
-
-    def kill(self, conn_id: int) -> None:
-        """KILL CONNECTION of one session."""
-        with self.admin.cursor() as cur:
-            cur.execute(f"KILL CONNECTION {int(conn_id)}")
+        return len(self.session_ids())
 
     def kill_all(self) -> int:
-        ids = self.connection_ids()
-        with self.admin.cursor() as cur:
-            for cid in ids:
-                try:
-                    cur.execute(f"KILL CONNECTION {cid}")
-                except pymysql.err.OperationalError:
-                    pass
+        """End every session of the login; how many there were."""
+        ids = self.session_ids()
+        for sid in ids:
+            try:
+                self.kill(sid)
+            except self.gone:
+                pass
         return len(ids)
 
     def drop(self) -> None:
         try:
             self.kill_all()
-            with self.admin.cursor() as cur:
-                cur.execute(f"DROP USER IF EXISTS '{self.name}'@'%'")
+            wait_until(lambda: self.count() == 0, 10, what=f"sessions of {self.name} gone")
+            self._drop()
         finally:
             self.admin.close()
+
+
+class MySQLUser(DBLogin):
+    """A dedicated MySQL login (sessions: information_schema.PROCESSLIST.USER)."""
+
+    scheme = "mysql"
+    host, port, database = MYSQL_HOST, MYSQL_PORT, MYSQL_DB
+    sessions_sql = "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = %s"
+    gone = (pymysql.err.OperationalError,)
+
+    def _admin_connect(self) -> Any:
+        return admin_connect()
+
+    def _create(self) -> None:
+        with self.admin.cursor() as cur:
+            cur.execute(f"DROP USER IF EXISTS '{self.name}'@'%'")
+            cur.execute(f"CREATE USER '{self.name}'@'%%' IDENTIFIED BY %s", (self.password,))
+            cur.execute(f"GRANT ALL ON `{MYSQL_DB}`.* TO '{self.name}'@'%'")
+
+    def _drop(self) -> None:
+        with self.admin.cursor() as cur:
+            cur.execute(f"DROP USER IF EXISTS '{self.name}'@'%'")
+
+    def kill(self, session_id: int) -> None:
+        """KILL CONNECTION of one session."""
+        with self.admin.cursor() as cur:
+            cur.execute(f"KILL CONNECTION {int(session_id)}")
+
+    connection_ids = DBLogin.session_ids
 
 
 def pg_admin_connect(**kw: Any) -> Any:
@@ -145,65 +195,53 @@ def pg_reachable() -> Optional[str]:
         return f"{PG_HOST}:{PG_PORT}: {exc}"
 
 
-class PGUser:
-    """A dedicated PostgreSQL login, so a test can count exactly its own sessions
-    (pg_stat_activity.usename). The server may trust every login (this
-    machine's does): the password is then set but not checked."""
+class PGUser(DBLogin):
+    """A dedicated PostgreSQL login (sessions: pg_stat_activity.usename). The server may trust
+    every login (this machine's does): the password is then set but not checked."""
 
-    def __init__(self, name: str, password: str) -> None:
-        self.name = name
-        self.password = password
-        self.admin = pg_admin_connect()
-        for attempt in range(5):
-            try:
-                with self.admin.cursor() as cur:
-                    cur.execute(f'DROP ROLE IF EXISTS "{name}"')
-                    cur.execute(f"CREATE ROLE \"{name}\" LOGIN PASSWORD '{password}'")
-                    cur.execute(f'GRANT ALL ON DATABASE "{PG_DB}" TO "{name}"')
-                    cur.execute(f'GRANT ALL ON SCHEMA public TO "{name}"')
-                break
-            except Exception as exc:  # two GRANTs on one database at once: "tuple concurrently updated"
-                if "concurrently updated" not in str(exc) or attempt == 4:
-                    raise
-                time.sleep(0.1 * (attempt + 1))
+    scheme = "postgresql"
+    host, port, database = PG_HOST, PG_PORT, PG_DB
+    adapter = {"adapter": "postgresql"}
+    sessions_sql = "SELECT pid FROM pg_stat_activity WHERE usename = %s"
 
-    def url(self, **query: Any) -> str:
-        q = "&".join(f"{k}={v}" for k, v in query.items())
-        return f"postgresql://{self.name}:{self.password}@{PG_HOST}:{PG_PORT}/{PG_DB}" + (f"?{q}" if q else "")
+    def _admin_connect(self) -> Any:
+        return pg_admin_connect()
 
-    def config(self, **extra: Any) -> dict[str, Any]:
-        cfg = dict(adapter="postgresql", host=PG_HOST, port=PG_PORT, user=self.name, password=self.password,
-                   database=PG_DB)  # fmt: skip
-        cfg.update(extra)
-        return cfg
-
-    def backend_pids(self) -> list[int]:
+    def _create(self) -> None:
         with self.admin.cursor() as cur:
-            cur.execute("SELECT pid FROM pg_stat_activity WHERE usename = %s", (self.name,))
-            return sorted(r[0] for r in cur.fetchall())
+            cur.execute(f'DROP ROLE IF EXISTS "{self.name}"')
+            cur.execute(f"CREATE ROLE \"{self.name}\" LOGIN PASSWORD '{self.password}'")
+        # GRANTs rewrite the ACL of the one database and schema every test login shares: two test
+        # runs at once (other worktrees) make one fail with "tuple concurrently updated". Retried.
+        for target in (f'DATABASE "{PG_DB}"', "SCHEMA public"):
+            grant = f'GRANT ALL ON {target} TO "{self.name}"'
+            wait_until(lambda grant=grant: self._try(grant), 10, interval=0.1, what=grant)
 
-    def count(self) -> int:
-        return len(self.backend_pids())
+    def _try(self, sql: str) -> bool:
+        import psycopg
 
-    def terminate(self, pid: int) -> None:
-        with self.admin.cursor() as cur:
-            cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
-
-    def terminate_all(self) -> int:
-        pids = self.backend_pids()
-        for pid in pids:
-            self.terminate(pid)
-        return len(pids)
-
-    def drop(self) -> None:
         try:
-            self.terminate_all()
-            wait_until(lambda: self.count() == 0, 10, what=f"sessions of {self.name} gone")
             with self.admin.cursor() as cur:
-                cur.execute(f'DROP OWNED BY "{self.name}"')
-                cur.execute(f'DROP ROLE IF EXISTS "{self.name}"')
-        finally:
-            self.admin.close()
+                cur.execute(sql)
+            return True
+        except psycopg.errors.InternalError as exc:
+            if "concurrently updated" not in str(exc):
+                raise
+            return False
+
+    def _drop(self) -> None:
+        with self.admin.cursor() as cur:
+            cur.execute(f'DROP OWNED BY "{self.name}"')
+            cur.execute(f'DROP ROLE IF EXISTS "{self.name}"')
+
+    def kill(self, session_id: int) -> None:
+        """pg_terminate_backend() of one session."""
+        with self.admin.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(%s)", (session_id,))
+
+    backend_pids = DBLogin.session_ids
+    terminate = kill
+    terminate_all = DBLogin.kill_all
 
 
 def redis_admin() -> Any:
@@ -446,6 +484,74 @@ def poll_until_ok(server: Any, path: str, limit: float, streak: int = 1) -> floa
             if not ok:
                 time.sleep(0.05)
     return time.monotonic() - start
+
+
+
+def refuse_during_respawns(server: Any, proxy: Any, requests: int) -> int:
+    """Make *proxy* refuse new connects and cut the open ones, then send *requests* requests to
+    /conn: every answer is 500 or 502 (the server is really gone; never a hang) and the master
+    lives. Returns how many workers booted meanwhile."""
+    proxy.refuse()
+    proxy.cut()
+    boots = server.log().count("Booting worker")
+    for _ in range(requests):
+        status, body = server.get("/conn", timeout=15)
+        assert server.alive(), server.log()[-3000:]
+        assert status in (500, 502), body
+    return server.log().count("Booting worker") - boots
+
+# -- pool helpers --------------------------------------------------------------------------------
+
+
+POOL_DEFAULTS = {"min_size": 1, "max_size": 1, "timeout": 5}
+
+
+def database_pools(config: Callable[..., dict[str, Any]], *, name: str,
+                   defaults: Optional[dict[str, Any]] = None) -> Iterator[Callable[..., Any]]:  # fmt: skip
+    """Generator for a fixture that makes open DatabasePools of one pool ``"default"`` configured
+    by ``config(*args, **options)`` (*defaults*, POOL_DEFAULTS unless given, under the options),
+    and closes every one after the test."""
+    from gunicorn_pool import DatabasePool
+
+    made: list[Any] = []
+    base = POOL_DEFAULTS if defaults is None else defaults
+
+    def make(*args: Any, **options: Any) -> Any:
+        db = DatabasePool({"default": config(*args, **{**base, **options})}, name=name)
+        made.append(db)
+        db.init_pool()
+        return db
+
+    try:
+        yield make
+    finally:
+        for db in made:
+            db.close_pool()
+
+
+def session_in_forked_child(db: Any, session_of: Callable[[Any], Any]) -> Any:
+    """Fork; the child takes a connection of *db*'s pool "default" (dropping what it inherited),
+    reports ``session_of(conn)`` through a pipe, closes its pools and exits (SIGALRM ends it
+    after 10 s). Checks the child exited 0; returns its report."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            os.close(read)
+            signal.alarm(10)
+            with db.connection() as conn:
+                os.write(write, json.dumps({"session": session_of(conn)}).encode())
+            db.close_pool()
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        reported = json.loads(pipe.read() or "{}")
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, status
+    return reported["session"]
 
 
 # -- pool helpers for tests that need no server -------------------------------------------------

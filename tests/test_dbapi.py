@@ -6,9 +6,6 @@ against the real MariaDB (a login per test)."""
 from __future__ import annotations
 
 import functools
-import json
-import os
-import signal
 import sqlite3
 import threading
 import time
@@ -17,7 +14,7 @@ from typing import Any, Callable
 
 import pymysql
 import pytest
-from support import MYSQL_DB, MYSQL_HOST, MYSQL_PORT, admin_connect, wait_until
+from support import MYSQL_DB, MYSQL_HOST, MYSQL_PORT, admin_connect, database_pools, session_in_forked_child, wait_until
 
 from gunicorn_pool import ConfigError, DatabasePool, PoolTimeout, TooManyRequests
 
@@ -27,19 +24,8 @@ MakeDB = Callable[..., DatabasePool]
 @pytest.fixture
 def make_db() -> Iterator[MakeDB]:
     """Factory: an opened DatabasePool with one dbapi pool "default"; all closed after."""
-    made: list[DatabasePool] = []
-
-    def make(creator: Any, **options: Any) -> DatabasePool:
-        db = DatabasePool({"default": {"adapter": "dbapi", "creator": creator, **options}}, name="dbapi")
-        made.append(db)
-        db.init_pool()
-        return db
-
-    try:
-        yield make
-    finally:
-        for db in made:
-            db.close_pool()
+    yield from database_pools(lambda creator, **options: {"adapter": "dbapi", "creator": creator, **options},
+                              name="dbapi", defaults={})  # fmt: skip
 
 
 def sqlite_creator(path: Any) -> Callable[[], sqlite3.Connection]:
@@ -259,24 +245,7 @@ def test_pymysql_connection_inherited_through_fork_is_left_to_the_parent(make_db
     db = make_db(pymysql_creator(mysql_user), max_size=1)
     with db.connection() as conn:
         parent = conn_id(conn)
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            signal.alarm(10)
-            with db.connection() as conn:
-                os.write(write, json.dumps({"id": conn_id(conn)}).encode())
-            db.close_pool()
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write)
-    _, status = os.waitpid(pid, 0)
-    child = json.loads(os.read(read, 4096) or b"{}")
-    os.close(read)
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
-    assert child["id"] != parent
+    assert session_in_forked_child(db, conn_id) != parent
     with db.connection() as conn:
         assert conn_id(conn) == parent  # the parent's session lives on
     wait_until(lambda: mysql_user.connection_ids() == [parent], 5, what="only the parent's session")

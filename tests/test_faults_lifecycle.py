@@ -11,7 +11,16 @@ import threading
 import time
 
 import pytest
-from support import admin_connect, assert_no_secret, figure, free_port, poll_until_ok, pool_conf, wait_until
+from support import (
+    admin_connect,
+    assert_no_secret,
+    figure,
+    free_port,
+    poll_until_ok,
+    pool_conf,
+    refuse_during_respawns,
+    wait_until,
+)
 
 import gunicorn_pool
 from gunicorn_pool import ConnectError, ConnectionPool, DatabasePool, PoolStartupError, parse_config
@@ -48,14 +57,7 @@ def test_strict_pool_does_not_halt_a_respawn(mysql_user, tcp_proxy, gunicorn):
     server = gunicorn(pool_conf(pools, extra="max_requests = 2"), app=APP)
     server.start(workers_ready=2)
     assert server.get("/conn")[0] == 200
-    tcp_proxy.refuse()
-    tcp_proxy.cut()
-    boots = server.log().count("Booting worker")
-    for _ in range(10):
-        status, body = server.get("/conn", timeout=15)
-        assert status in (500, 502), body
-        assert server.alive(), server.log()[-3000:]
-    assert server.log().count("Booting worker") - boots >= 3
+    assert refuse_during_respawns(server, tcp_proxy, 10) >= 3
     assert "warm-up failed, will connect on demand" in server.log()
     assert "strict pool, first start" not in server.log()
     tcp_proxy.forward()

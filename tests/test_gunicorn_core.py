@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import signal
 import time
 
 import pytest
-from support import wait_until
+from backends import MYSQL, check_one_session_per_worker
 
 pytestmark = pytest.mark.mysql
 
@@ -37,42 +36,14 @@ def _conf(url: str, worker: str, workers: int = 3, extra: str = "") -> str:
     return CONF.format(url=url, worker=worker, workers=workers, extra=extra)
 
 
-def _serve_and_check(server, user, workers: int) -> None:
-    server.start(workers_ready=workers)
-    # Exactly W server connections exist before any request.
-    assert wait_until(lambda: user.count() == workers, 10, what="W connections") is True
-    pids = server.worker_pids()
-    assert len(pids) == workers
-    before = set(user.connection_ids())
-    # Every request is served on the worker's own connection.
-    seen: dict[int, set[int]] = {}
-    for _ in range(60):
-        status, body = server.get("/conn")
-        assert status == 200, body
-        seen.setdefault(body["pid"], set()).add(body["conn_id"])
-    assert all(len(ids) == 1 for ids in seen.values()), seen
-    conn_ids = [next(iter(ids)) for ids in seen.values()]
-    assert len(set(conn_ids)) == len(conn_ids), "two workers shared a connection"
-    assert set(conn_ids) <= before, "a request opened a connection the boot did not"
-    assert user.count() == workers
-    # SIGTERM leaves no connection behind.
-    code = server.stop(signal.SIGTERM)
-    assert code == 0, server.log()[-2000:]
-    assert wait_until(lambda: user.count() == 0, 5, what="0 connections") is True
-    log = server.log()
-    assert user.password not in log
-    assert log.count("opened 1 connection(s)") == workers
-    assert f"mysql://{user.name}:***@" in log
-
-
 def test_worker_opens_one_connection_per_worker_before_first_request(gunicorn, mysql_user):
     server = gunicorn(_conf(mysql_user.url(), "gunicorn_pool.Worker"))
-    _serve_and_check(server, mysql_user, 3)
+    check_one_session_per_worker(server, mysql_user, MYSQL, 3)
 
 
 def test_stock_sync_worker_with_hooks_and_chained_user_hook(gunicorn, mysql_user):
     server = gunicorn(_conf(mysql_user.url(), "sync", extra=HOOKS))
-    _serve_and_check(server, mysql_user, 3)
+    check_one_session_per_worker(server, mysql_user, MYSQL, 3)
     assert server.log().count("user post_worker_init ran") == 3
 
 

@@ -23,7 +23,7 @@ from urllib.parse import quote
 import psycopg
 import pytest
 import servers
-from support import PG_DB, PG_HOST, PG_PORT, ROOT, pg_admin_connect, wait_until
+from support import PG_DB, PG_HOST, PG_PORT, ROOT, database_pools, pg_admin_connect, session_in_forked_child, wait_until
 
 from gunicorn_pool import ConnectError, DatabasePool, LeaseError, request_scope
 from gunicorn_pool.connectors.postgresql import PooledPGConnection
@@ -56,19 +56,10 @@ def last_query(pg_user: Any, pid: int) -> str:
 
 @pytest.fixture
 def make_db(pg_user):
-    made: list[DatabasePool] = []
+    def config(**options: Any) -> dict[str, Any]:
+        return dict(pg_user.config(**options), adapter="pgsql")  # the spelling other frameworks use
 
-    def make(**options: Any) -> DatabasePool:
-        config = pg_user.config(**{"min_size": 1, "max_size": 1, "timeout": 5, **options})
-        config["adapter"] = "pgsql"  # the spelling other frameworks use
-        db = DatabasePool({"default": config}, name="pg")
-        db.init_pool()
-        made.append(db)
-        return db
-
-    yield make
-    for db in made:
-        db.close_pool()
+    yield from database_pools(config, name="pg")
 
 
 # -- the lease guard ------------------------------------------------------------------------------
@@ -513,24 +504,9 @@ def test_a_forked_child_never_uses_or_ends_the_parents_session(pg_user, make_db)
     pool = db.pool()
     with pool.connection() as conn:
         parent_session = backend(conn)
-    read, write = os.pipe()
-    child = os.fork()
-    if child == 0:  # pragma: no cover - runs in the child
-        code = 1
-        try:
-            with db.connection() as conn:  # drops the inherited connection, opens its own
-                os.write(write, json.dumps({"session": backend(conn)}).encode())
-            db.close_pool()
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write)
-    with os.fdopen(read) as pipe:
-        reported = json.loads(pipe.read() or "{}")
-    _, status = os.waitpid(child, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    assert reported["session"] != parent_session
-    wait_until(lambda: reported["session"] not in pg_user.backend_pids(), 5, what="the child's session ended")
+    child_session = session_in_forked_child(db, backend)  # drops the inherited connection, opens its own
+    assert child_session != parent_session
+    wait_until(lambda: child_session not in pg_user.backend_pids(), 5, what="the child's session ended")
     with pool.connection() as conn:  # the child said nothing on the parent's socket
         assert backend(conn) == parent_session and one(conn, "SELECT 1") == 1
     assert parent_session in pg_user.backend_pids()

@@ -16,9 +16,7 @@ from typing import Any, Callable
 
 import pymysql
 import pytest
-from support import admin_connect, figure, pool_conf
-
-from gunicorn_pool import DatabasePool
+from support import admin_connect, database_pools, figure, pool_conf
 
 pytestmark = pytest.mark.mysql
 
@@ -32,17 +30,7 @@ def one(conn: Any, sql: str) -> Any:
 
 @pytest.fixture
 def make_db(mysql_user):
-    made: list[DatabasePool] = []
-
-    def make(**options: Any) -> DatabasePool:
-        db = DatabasePool({"default": mysql_user.config(min_size=1, max_size=1, timeout=5, **options)}, name="reset")
-        db.init_pool()
-        made.append(db)
-        return db
-
-    yield make
-    for db in made:
-        db.close_pool()
+    yield from database_pools(mysql_user.config, name="reset")
 
 
 def _table_absent(conn: Any, table: str) -> bool:

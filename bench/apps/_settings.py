@@ -34,3 +34,71 @@ def select1(conn):
     cur.execute("SELECT 1")
     cur.fetchall()
     cur.close()
+
+
+def mysql_connect():
+    """A new PyMySQL connection to the bench server (TLS as SSL says)."""
+    import pymysql
+
+    return pymysql.connect(**SSL, **KW)
+
+
+def pg_connect():
+    """A new autocommit psycopg connection to the bench server."""
+    import psycopg
+
+    return psycopg.connect(autocommit=True, **PG_KW)
+
+
+def serve(get, put):
+    """The bench app of a pool with a get/put API: each request takes a connection with ``get()``,
+    runs :func:`select1` on it and hands it back with ``put(conn)``, on error too."""
+
+    def app(environ, start_response):
+        conn = get()
+        try:
+            select1(conn)
+        finally:
+            put(conn)
+        start_response("200 OK", HEADERS)
+        return [BODY]
+
+    return app
+
+
+def serve_with(lease):
+    """The bench app of a pool with a with-block API: ``with lease() as conn: select1(conn)``."""
+
+    def app(environ, start_response):
+        with lease() as conn:
+            select1(conn)
+        start_response("200 OK", HEADERS)
+        return [BODY]
+
+    return app
+
+
+def serve_bare_list(connect):
+    """The reference row, for gevent: a bare list of idle connections per worker (pop, or
+    ``connect()``; append back). No limit, wait, check, transaction handling or stats: safe only
+    because greenlets never switch between ``pop()`` and ``append()``."""
+    idle = []
+    return serve(lambda: idle.pop() if idle else connect(), idle.append)
+
+
+def serve_global(connect):
+    """One module-global connection per worker, opened by ``connect()`` at the first request
+    (sync workers only: nothing stops two threads using it at once)."""
+    conn = []
+
+    def get():
+        if not conn:
+            conn.append(connect())
+        return conn[0]
+
+    return serve(get, lambda _: None)
+
+
+def serve_per_request(connect):
+    """A new connection for every request, closed after it."""
+    return serve(connect, lambda conn: conn.close())

@@ -5,17 +5,6 @@ because greenlets never switch between ``pop()`` and ``append()``. It is the
 ceiling any pool can reach in bench/e2e.py's gevent mode, not a design.
 """
 
-import pymysql
-from _settings import BODY, HEADERS, KW, SSL, select1
+from _settings import mysql_connect, serve_bare_list
 
-idle = []
-
-
-def app(environ, start_response):
-    conn = idle.pop() if idle else pymysql.connect(**SSL, **KW)
-    try:
-        select1(conn)
-    finally:
-        idle.append(conn)
-    start_response("200 OK", HEADERS)
-    return [BODY]
+app = serve_bare_list(mysql_connect)

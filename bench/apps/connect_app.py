@@ -1,14 +1,5 @@
 """A new PyMySQL connection for every request (TLS off unless GPB_SSL=default: see _settings)."""
 
-import pymysql
-from _settings import BODY, HEADERS, KW, SSL, select1
+from _settings import mysql_connect, serve_per_request
 
-
-def app(environ, start_response):
-    conn = pymysql.connect(**SSL, **KW)
-    try:
-        select1(conn)
-    finally:
-        conn.close()
-    start_response("200 OK", HEADERS)
-    return [BODY]
+app = serve_per_request(mysql_connect)

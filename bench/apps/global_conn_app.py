@@ -1,15 +1,5 @@
 """One module-global PyMySQL connection per worker, opened by the first request (sync workers only)."""
 
-import pymysql
-from _settings import BODY, HEADERS, KW, SSL, select1
+from _settings import mysql_connect, serve_global
 
-_conn = None
-
-
-def app(environ, start_response):
-    global _conn
-    if _conn is None:
-        _conn = pymysql.connect(**SSL, **KW)
-    select1(_conn)
-    start_response("200 OK", HEADERS)
-    return [BODY]
+app = serve_global(mysql_connect)

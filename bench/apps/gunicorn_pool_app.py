@@ -2,7 +2,7 @@
 
 import os
 
-from _settings import BODY, HEADERS, KW, POOL_SIZES, select1
+from _settings import KW, POOL_SIZES, serve_with
 
 import gunicorn_pool
 
@@ -11,10 +11,4 @@ if os.environ.get("GPB_WARM_UP") == "0":  # bench/boot.py: the pool opened at bo
 
 # Sizes come from the worker profile: 1 connection for sync, 1 to 10 for gevent.
 db = gunicorn_pool.register(gunicorn_pool.DatabasePool({"default": dict(KW, **POOL_SIZES)}), name="db")
-
-
-def app(environ, start_response):
-    with db.connection() as conn:
-        select1(conn)
-    start_response("200 OK", HEADERS)
-    return [BODY]
+app = serve_with(db.connection)

@@ -1,15 +1,5 @@
 """One module-global psycopg connection per worker, opened by the first request (sync workers only)."""
 
-import psycopg
-from _settings import BODY, HEADERS, PG_KW, select1
+from _settings import pg_connect, serve_global
 
-_conn = None
-
-
-def app(environ, start_response):
-    global _conn
-    if _conn is None:
-        _conn = psycopg.connect(autocommit=True, **PG_KW)
-    select1(_conn)
-    start_response("200 OK", HEADERS)
-    return [BODY]
+app = serve_global(pg_connect)

@@ -1,15 +1,9 @@
 """psycopg_pool ConnectionPool per worker, as its docs show it: built at import (in the worker:
 no --preload), autocommit connections, max_size = GPB_SIZE (min_size 1)."""
 
-from _settings import BODY, HEADERS, PG_KW, SIZE, select1
+from _settings import PG_KW, SIZE, serve_with
 from psycopg.conninfo import make_conninfo
 from psycopg_pool import ConnectionPool
 
 pool = ConnectionPool(make_conninfo(**PG_KW), min_size=1, max_size=SIZE, kwargs={"autocommit": True}, open=True)
-
-
-def app(environ, start_response):
-    with pool.connection() as conn:
-        select1(conn)
-    start_response("200 OK", HEADERS)
-    return [BODY]
+app = serve_with(pool.connection)

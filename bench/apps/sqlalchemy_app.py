@@ -1,18 +1,7 @@
 """SQLAlchemy QueuePool (engine per worker, connections opened on demand), used at the pool level."""
 
 import sqlalchemy
-from _settings import BODY, HEADERS, KW, SIZE, SSL, select1
+from _settings import KW, SIZE, SSL, serve
 
-engine = sqlalchemy.create_engine(
-    "mysql+pymysql://", connect_args=dict(KW, **SSL), pool_size=SIZE, max_overflow=0
-)
-
-
-def app(environ, start_response):
-    conn = engine.raw_connection()
-    try:
-        select1(conn)
-    finally:
-        conn.close()
-    start_response("200 OK", HEADERS)
-    return [BODY]
+engine = sqlalchemy.create_engine("mysql+pymysql://", connect_args=dict(KW, **SSL), pool_size=SIZE, max_overflow=0)
+app = serve(engine.raw_connection, lambda conn: conn.close())

@@ -5,9 +5,8 @@ Route added to :mod:`webapp`'s:
             {name: [[attributes, value or histogram count]]}
 """
 
-import json
-
 import webapp
+from _wsgi import respond
 from opentelemetry import metrics
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -30,6 +29,4 @@ def _collect():
 def app(environ, start_response):
     if environ.get("PATH_INFO") != "/otel":
         return webapp.app(environ, start_response)
-    data = json.dumps(_collect()).encode()
-    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
-    return [data]
+    return respond(start_response, "200 OK", _collect())

@@ -11,24 +11,18 @@ Routes (all answer JSON with the worker's ``pid``):
                    in a transaction: the setting inside and after it, and the prepare threshold
   /setting/<name>  SHOW <name> (a plain setting name) on a pooled connection
   /set/<name>/<v>  SET <name> = '<v>' outside a transaction (autocommit): session state
-Pool errors map to status codes as in webapp: PoolTimeout 503, TooManyRequests 429,
-ConnectError 502, anything else 500; the body names the error class.
+Pool errors map to status codes as tests/apps/_wsgi.py says (ConnectError 502, ...).
 """
 
-import json
 import os
-import time
+
+from _wsgi import json_app
 
 import gunicorn_pool
 
 POOL = os.environ.get("GP_TEST_SERVICE", "db")
 KEY = os.environ.get("GP_TEST_POOL", "default")
 KEPT = []
-STATUS = {
-    "PoolTimeout": "503 Service Unavailable",
-    "TooManyRequests": "429 Too Many Requests",
-    "ConnectError": "502 Bad Gateway",
-}
 
 
 def _backend(key, sql="SELECT pg_backend_pid()", args=None):
@@ -71,17 +65,4 @@ def _route(path):
     raise LookupError(path)
 
 
-def app(environ, start_response):
-    start = time.monotonic()
-    try:
-        body = _route(environ.get("PATH_INFO", "/"))
-        status = "200 OK"
-    except LookupError as exc:
-        body, status = {"error": "NotFound", "message": str(exc)}, "404 Not Found"
-    except Exception as exc:  # noqa: BLE001 - report every failure to the test
-        name = type(exc).__name__
-        body, status = {"error": name, "message": str(exc)}, STATUS.get(name, "500 Internal Server Error")
-    body.update(pid=os.getpid(), elapsed=time.monotonic() - start)
-    data = json.dumps(body).encode()
-    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
-    return [data]
+app = json_app(_route)

@@ -10,10 +10,10 @@ Routes added to :mod:`pg_app`'s:
   /master   the pid and pg_backend_pid() recorded at import
 """
 
-import json
 import os
 
 import pg_app
+from _wsgi import with_master
 
 import gunicorn_pool
 
@@ -23,10 +23,4 @@ with DB.connection() as _conn:
     (MASTER_BACKEND_PID,) = _conn.execute("SELECT pg_backend_pid()").fetchone()
 IMPORT_PID = os.getpid()
 
-
-def app(environ, start_response):
-    if environ.get("PATH_INFO") != "/master":
-        return pg_app.app(environ, start_response)
-    data = json.dumps({"backend_pid": MASTER_BACKEND_PID, "import_pid": IMPORT_PID, "pid": os.getpid()}).encode()
-    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
-    return [data]
+app = with_master(pg_app._route, {"backend_pid": MASTER_BACKEND_PID, "import_pid": IMPORT_PID})

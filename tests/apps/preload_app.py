@@ -9,10 +9,10 @@ Routes added to :mod:`webapp`'s:
   /master   the pid and CONNECTION_ID() recorded at import
 """
 
-import json
 import os
 
 import webapp
+from _wsgi import with_master
 
 import gunicorn_pool
 
@@ -24,10 +24,4 @@ with DB.connection() as _conn:
     (MASTER_CONN_ID,) = _cur.fetchone()
 IMPORT_PID = os.getpid()
 
-
-def app(environ, start_response):
-    if environ.get("PATH_INFO") != "/master":
-        return webapp.app(environ, start_response)
-    data = json.dumps({"conn_id": MASTER_CONN_ID, "import_pid": IMPORT_PID, "pid": os.getpid()}).encode()
-    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
-    return [data]
+app = with_master(webapp._route, {"conn_id": MASTER_CONN_ID, "import_pid": IMPORT_PID})

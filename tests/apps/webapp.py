@@ -19,14 +19,14 @@ Routes (all answer JSON):
   /tls                  the TLS cipher of the pooled session (empty: plain TCP)
   /ro[/<table>]         a read-only lease (a replica's, if any): @@server_id, and the rows of <table>
 The poison table is gp_poison, or GP_POISON_TABLE if set; the test creates it.
-Pool errors map to status codes: PoolTimeout 503, TooManyRequests 429,
-ConnectError 502, anything else 500; the body names the error class.
+Pool errors map to status codes as tests/apps/_wsgi.py says (ConnectError 502, ...).
 """
 
-import json
 import os
 import re
 import time
+
+from _wsgi import json_app
 
 import gunicorn_pool
 
@@ -35,11 +35,6 @@ KEY = os.environ.get("GP_TEST_POOL", "default")
 POISON = os.environ.get("GP_POISON_TABLE", "gp_poison")
 assert re.fullmatch(r"\w+", POISON), "GP_POISON_TABLE must be a plain table name"
 KEPT = []
-STATUS = {
-    "PoolTimeout": "503 Service Unavailable",
-    "TooManyRequests": "429 Too Many Requests",
-    "ConnectError": "502 Bad Gateway",
-}
 
 
 def _query(sql, args=None):
@@ -142,17 +137,4 @@ def _route(path):
     raise LookupError(path)
 
 
-def app(environ, start_response):
-    start = time.monotonic()
-    try:
-        body = _route(environ.get("PATH_INFO", "/"))
-        status = "200 OK"
-    except LookupError as exc:
-        body, status = {"error": "NotFound", "message": str(exc)}, "404 Not Found"
-    except Exception as exc:  # noqa: BLE001 - report every failure to the test
-        name = type(exc).__name__
-        body, status = {"error": name, "message": str(exc)}, STATUS.get(name, "500 Internal Server Error")
-    body.update(pid=os.getpid(), elapsed=time.monotonic() - start)
-    data = json.dumps(body).encode()
-    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
-    return [data]
+app = json_app(_route)

@@ -37,37 +37,13 @@ from gevent import monkey  # noqa: E402
 monkey.patch_all()
 
 import gevent  # noqa: E402
+from _ticks import burst, max_gap, ticking  # noqa: E402
 
 if LATE:
     from gunicorn_pool import DatabasePool
 
     DB = DatabasePool({"default": CONFIG})
     POOL = DB.pool("default")
-
-
-def ticking(body):
-    """Run *body* while a ticker greenlet ticks every 5 ms; return (its result, tick times)."""
-    ticks = []
-    running = [True]
-
-    def ticker():
-        while running[0]:
-            ticks.append(time.monotonic())
-            gevent.sleep(0.005)
-
-    tick = gevent.spawn(ticker)
-    gevent.sleep(0.02)
-    try:
-        return body(), ticks
-    finally:
-        running[0] = False
-        tick.join(1)
-
-
-def max_gap(ticks, start, end):
-    inside = [t for t in ticks if start <= t <= end]
-    gaps = [b - a for a, b in zip(inside, inside[1:])]
-    return max(gaps, default=end - start)
 
 
 def foreign():
@@ -117,31 +93,8 @@ def main():
     _, ticks = ticking(DB.init_pool)
     connect_gap = max_gap(ticks, start, time.monotonic())
 
-    windows, errors = [], []
-
-    def job():
-        try:
-            with DB.connection("default") as conn:
-                cur = conn.cursor()
-                begin = time.monotonic()
-                cur.execute("SELECT pg_sleep(%s)", (sleep,))
-                cur.fetchall()
-                windows.append((begin, time.monotonic()))
-        except Exception as exc:  # noqa: BLE001 - reported to the test
-            errors.append(f"{type(exc).__name__}: {exc}")
-
-    def burst():
-        begin = time.monotonic()
-        gevent.joinall([gevent.spawn(job) for _ in range(count)], timeout=60)
-        return begin, time.monotonic()
-
-    (begin, end), ticks = ticking(burst)
-    covered = sum(1 for s, e in windows if any(s < t < e for t in ticks))
-    result = {
-        "ok": len(windows), "errors": errors[:5], "elapsed": end - begin, "covered": covered,
-        "max_gap": max_gap(ticks, begin, end), "connect_gap": connect_gap, "stats": POOL.stats(),
-        "lock": type(POOL._lock).__module__, "late_import": LATE,
-    }  # fmt: skip
+    result = dict(burst(DB, count, "SELECT pg_sleep(%s)", (sleep,)), connect_gap=connect_gap, stats=POOL.stats(),
+                  lock=type(POOL._lock).__module__, late_import=LATE)  # fmt: skip
     DB.close_pool()
     print(json.dumps(result))
 

@@ -35,6 +35,7 @@ if PATCHED:
 
     monkey.patch_all()
 
+import _ticks  # noqa: E402
 import gevent  # noqa: E402
 from gevent.event import Event  # noqa: E402
 
@@ -48,40 +49,7 @@ def conn_id(conn):
 
 
 def burst(count, sleep):
-    ticks, windows, errors = [], [], []
-    running = [True]
-
-    def ticker():
-        while running[0]:
-            ticks.append(time.monotonic())
-            gevent.sleep(0.005)
-
-    def job():
-        try:
-            with DB.connection("default") as conn:
-                cur = conn.cursor()
-                start = time.monotonic()
-                cur.execute("SELECT SLEEP(%s)", (sleep,))
-                cur.fetchall()
-                windows.append((start, time.monotonic()))
-        except Exception as exc:  # noqa: BLE001 - reported to the test
-            errors.append(f"{type(exc).__name__}: {exc}")
-
-    tick = gevent.spawn(ticker)
-    gevent.sleep(0.02)
-    start = time.monotonic()
-    gevent.joinall([gevent.spawn(job) for _ in range(count)], timeout=60)
-    elapsed = time.monotonic() - start
-    running[0] = False
-    tick.join(1)
-    covered = sum(1 for s, e in windows if any(s < t < e for t in ticks))
-    inside = [t for t in ticks if start <= t <= start + elapsed]
-    gaps = [b - a for a, b in zip(inside, inside[1:])]
-    return {
-        "ok": len(windows), "errors": errors[:5], "elapsed": elapsed,
-        "covered": covered, "ticks": len(inside), "max_gap": max(gaps, default=elapsed),
-        "stats": POOL.stats(),
-    }  # fmt: skip
+    return dict(_ticks.burst(DB, count, "SELECT SLEEP(%s)", (sleep,)), stats=POOL.stats())
 
 
 def timeout_discard():
