@@ -307,20 +307,12 @@ def _from_url(pool_name: str, url: str) -> dict[str, Any]:
         return _sqlite_url(pool_name, rest)
     if adapter == "dbapi":
         return _dbapi_url(pool_name, rest)
-    end = re.search(r"[/?#]", rest)
-    authority, tail = (rest[: end.start()], rest[end.start() :]) if end else (rest, "")
-    if "@" in tail or authority.count("@") > 1 or "#" in tail:
-        raise ConfigError(f"pool {pool_name!r}: ambiguous URL: {ENCODE_HINT}")
-    userinfo, at, hostport = authority.rpartition("@")
-    if any(c in userinfo for c in "[]"):
-        raise ConfigError(f"pool {pool_name!r}: ambiguous URL: {ENCODE_HINT}")
+    user, password, hostport, tail = split_url(pool_name, rest)
     raw: dict[str, Any] = {"adapter": adapter}
-    if at:
-        user, colon, password = userinfo.partition(":")
-        if user:
-            raw["user"] = unquote(user)
-        if colon:
-            raw["password"] = unquote(password)
+    if user:
+        raw["user"] = user
+    if password is not None:
+        raw["password"] = password
     if "," in hostport:  # several hosts: each host[:port] is read in _hosts()
         raw["host"] = hostport
         host, port = "", None
@@ -342,6 +334,21 @@ def _from_url(pool_name: str, url: str) -> dict[str, Any]:
         else:
             raw[key] = val
     return raw
+
+
+def split_url(pool_name: str, rest: str, *, authority_ends: str = "/?#") -> tuple[str, Optional[str], str, str]:
+    """Split what follows ``scheme://`` into (user, password or None, host[:port], path?query),
+    unquoted. A URL that could be read two ways (an unencoded ``@ # [ ]`` in the userinfo, or an
+    ``@`` after the host) is refused, with no part of the userinfo in the message."""
+    end = next((i for i, c in enumerate(rest) if c in authority_ends), -1)
+    authority, tail = (rest[:end], rest[end:]) if end >= 0 else (rest, "")
+    if "@" in tail or authority.count("@") > 1 or "#" in tail:
+        raise ConfigError(f"pool {pool_name!r}: ambiguous URL: {ENCODE_HINT}")
+    userinfo, at, hostport = authority.rpartition("@")
+    if any(c in userinfo for c in "[]"):
+        raise ConfigError(f"pool {pool_name!r}: ambiguous URL: {ENCODE_HINT}")
+    user, colon, password = userinfo.partition(":") if at else ("", "", "")
+    return unquote(user), (unquote(password) if colon else None), hostport, tail
 
 
 def host_port(pool_name: str, hostport: str) -> tuple[str, Optional[int]]:

@@ -63,7 +63,7 @@ from urllib.parse import parse_qsl, quote, unquote
 import redis
 from redis.maint_notifications import MaintNotificationsConfig
 
-from .config import ENCODE_HINT, host_port, password_from_source, raw_config
+from .config import host_port, password_from_source, raw_config, split_url
 from .connectors.redis import RedisConnector, connection_class, handshake
 from .errors import ConfigError, LeaseError, PoolClosed
 from .options import PoolOptions, Rule, coerce, rule_of
@@ -223,24 +223,14 @@ def _from_url(pool_name: str, url: str) -> dict[str, Any]:
     transport = _SCHEMES.get(scheme.lower()) if sep else None
     if transport is None:
         raise ConfigError(f"pool {pool_name!r}: a Redis URL starts with redis://, rediss:// or unix://")
-    end = rest.find("/")
-    if transport != "unix":
-        end = next((i for i, c in enumerate(rest) if c in "/?#"), -1)
-    authority, tail = (rest[:end], rest[end:]) if end >= 0 else (rest, "")
-    if "@" in tail or authority.count("@") > 1 or "#" in tail:
-        raise ConfigError(f"pool {pool_name!r}: ambiguous URL: {ENCODE_HINT}")
-    userinfo, at, hostport = authority.rpartition("@")
-    if any(c in userinfo for c in "[]"):
-        raise ConfigError(f"pool {pool_name!r}: ambiguous URL: {ENCODE_HINT}")
+    user, password, hostport, tail = split_url(pool_name, rest, authority_ends="/" if transport == "unix" else "/?#")
     raw: dict[str, Any] = {}
     if transport == "ssl":
         raw["ssl"] = True
-    if at:
-        user, colon, password = userinfo.partition(":")
-        if user:
-            raw["username"] = unquote(user)
-        if colon:
-            raw["password"] = unquote(password)
+    if user:
+        raw["username"] = user
+    if password is not None:
+        raw["password"] = password
     path, _, query = tail.partition("?")
     if transport == "unix":
         if hostport:
