@@ -288,6 +288,54 @@ def _need(path: Optional[str]) -> None:
 # --------------------------------------------------------------------------- TLS material
 
 
+class _Server:
+    """What every throwaway server shares: its process, found by pid, stopped and removed with its dir.
+
+    A subclass sets ``name``, ``dir``, ``log_path`` and ``_process`` (when started), and defines
+    ``start(timeout)``; ``restart_timeout`` is its ``start()`` bound on restart."""
+
+    name: str
+    dir: str
+    log_path: str
+    _process: Optional[_Process] = None
+    restart_timeout = 60.0
+
+    def start(self, timeout: float = 60.0) -> Any:
+        raise NotImplementedError
+
+    def alive(self) -> bool:
+        return self._process is not None and self._process.alive()
+
+    @property
+    def pid(self) -> int:
+        assert self._process is not None, f"{self.name} was never started"
+        return self._process.pid
+
+    def stop(self, timeout: float = 30.0) -> Optional[int]:
+        return self._process.stop(timeout) if self._process is not None else None
+
+    def restart(self, timeout: Optional[float] = None) -> Any:
+        """Stop, then start again on the same port and data (same users)."""
+        self.stop()
+        return self.start(self.restart_timeout if timeout is None else timeout)
+
+    def close(self) -> None:
+        """Stop and remove the whole temp dir."""
+        try:
+            self.stop()
+        finally:
+            remove_dir(self.dir)
+
+    def __enter__(self) -> Any:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def log(self) -> str:
+        return _log_tail(self.log_path)
+
+
 @dataclass(frozen=True)
 class TLSFiles:
     """A throwaway CA and a server certificate it signed, for 127.0.0.1 and localhost (PEM files)."""
@@ -406,7 +454,7 @@ def _quote_mysql_name(name: str) -> str:
     return name
 
 
-class MariaDBServer:
+class MariaDBServer(_Server):
     """A private mariadbd: own datadir, socket, pid file and error log in a temp dir; a free 127.0.0.1 port.
 
     Real authentication (no ``--skip-grant-tables``): root has the random
@@ -523,37 +571,11 @@ class MariaDBServer:
             conn.close()
         self._bootstrapped = True
 
-    def alive(self) -> bool:
-        return self._process is not None and self._process.alive()
-
-    @property
-    def pid(self) -> int:
-        assert self._process is not None, f"{self.name} was never started"
-        return self._process.pid
+    restart_timeout = 60.0
 
     def stop(self, timeout: float = 30.0) -> Optional[int]:
         """SIGTERM (clean shutdown), SIGKILL after *timeout* s; the datadir stays, start() boots it again."""
-        return self._process.stop(timeout) if self._process is not None else None
-
-    def restart(self, timeout: float = 60.0) -> MariaDBServer:
-        self.stop()
-        return self.start(timeout)
-
-    def close(self) -> None:
-        """Stop and remove the whole temp dir."""
-        try:
-            self.stop()
-        finally:
-            remove_dir(self.dir)
-
-    def __enter__(self) -> MariaDBServer:
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def log(self) -> str:
-        return _log_tail(self.log_path)
+        return super().stop(timeout)
 
     # -- clients
 
@@ -744,7 +766,7 @@ def _pg_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-class PostgresServer:
+class PostgresServer(_Server):
     """A private PostgreSQL cluster that checks passwords: SCRAM-SHA-256 for every TCP login.
 
     initdb (as the ``postgres`` OS user when we are root) writes the cluster
@@ -833,36 +855,11 @@ class PostgresServer:
         except psycopg.OperationalError:
             return False
 
-    def alive(self) -> bool:
-        return self._process is not None and self._process.alive()
-
-    @property
-    def pid(self) -> int:
-        assert self._process is not None, f"{self.name} was never started"
-        return self._process.pid
+    restart_timeout = 60.0
 
     def stop(self, timeout: float = 30.0) -> Optional[int]:
         """Fast shutdown by pid (SIGINT), then SIGQUIT, then SIGKILL; the cluster stays for start()."""
-        return self._process.stop(timeout) if self._process is not None else None
-
-    def restart(self, timeout: float = 60.0) -> PostgresServer:
-        self.stop()
-        return self.start(timeout)
-
-    def close(self) -> None:
-        try:
-            self.stop()
-        finally:
-            remove_dir(self.dir)
-
-    def __enter__(self) -> PostgresServer:
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def log(self) -> str:
-        return _log_tail(self.log_path)
+        return super().stop(timeout)
 
     def connect(self, user: str, password: Optional[str], dbname: str = "test", **kw: Any) -> Any:
         """A psycopg autocommit connection over TCP (so the password is checked)."""
@@ -906,7 +903,7 @@ class PostgresServer:
 # --------------------------------------------------------------------------- PgBouncer
 
 
-class PgBouncer:
+class PgBouncer(_Server):
     """A private PgBouncer on a free 127.0.0.1 port, in front of one upstream database.
 
     ``[databases]`` maps *dbname* (default ``test``) to *upstream_host*:
@@ -1004,37 +1001,11 @@ class PgBouncer:
         except psycopg.OperationalError:
             return False
 
-    def alive(self) -> bool:
-        return self._process is not None and self._process.alive()
-
-    @property
-    def pid(self) -> int:
-        assert self._process is not None, f"{self.name} was never started"
-        return self._process.pid
+    restart_timeout = 30.0
 
     def stop(self, timeout: float = 10.0) -> Optional[int]:
         """SIGTERM (immediate shutdown: clients are cut), SIGKILL after *timeout* s."""
-        return self._process.stop(timeout) if self._process is not None else None
-
-    def restart(self, timeout: float = 30.0) -> PgBouncer:
-        """Stop, then start again on the same port with the same users (new, empty pools)."""
-        self.stop()
-        return self.start(timeout)
-
-    def close(self) -> None:
-        try:
-            self.stop()
-        finally:
-            remove_dir(self.dir)
-
-    def __enter__(self) -> PgBouncer:
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def log(self) -> str:
-        return _log_tail(self.log_path)
+        return super().stop(timeout)
 
     def admin(self, **kw: Any) -> Any:
         """A psycopg autocommit connection to the admin console (statements without parameters only).
