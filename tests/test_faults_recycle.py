@@ -1,4 +1,9 @@
-"""2,000 worker recycles (max_requests=1) under load leak no connection.
+"""Worker recycles (max_requests=1) under load leak no connection.
+
+A soak bounded in time: up to GP_RECYCLES requests (600 by default; 2000 for
+the README's figure), for at most GP_SOAK_SECONDS (150), and at least 150
+recycles whatever the machine's load (a loaded 2-core box respawns 2-4 workers
+a second, a quiet one 9-18).
 
 Every request ends its worker; the replacement opens its own pool. A thread
 samples the server's PROCESSLIST for the test login the whole time: the count
@@ -8,6 +13,7 @@ worker the server may not have reaped yet), and be 0 once gunicorn stopped.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -21,9 +27,10 @@ APP = "faults_app:app"
 
 WORKERS = 4
 MAX_SIZE = 1  # sync workers
-RECYCLES = 2000
+RECYCLES = int(os.environ.get("GP_RECYCLES", "600"))
+LIMIT = float(os.environ.get("GP_SOAK_SECONDS", "150"))
+AT_LEAST = min(RECYCLES, 150)  # recycles the soak must reach: what makes it a soak
 CLIENTS = 4
-LIMIT = 360.0  # a hang guard, not a speed target: 110-204 s measured on 2 cores (gunicorn respawns 10-18/s)
 
 
 class Sampler(threading.Thread):
@@ -54,8 +61,8 @@ class Sampler(threading.Thread):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)  # 110-220 s measured on 2 cores; more when other suites share the machine
-def test_2000_worker_recycles_under_load(mysql_user, gunicorn):
+@pytest.mark.timeout(LIMIT + 240)
+def test_worker_recycles_under_load_leak_no_connection(mysql_user, gunicorn):
     # The driver is imported once in the master (as docs/failure.md advises for
     # max_requests): each worker would otherwise spend ~45 ms importing PyMySQL.
     extra = "max_requests = 1\nimport pymysql  # noqa: F401"
@@ -96,8 +103,8 @@ def test_2000_worker_recycles_under_load(mysql_user, gunicorn):
         figure("recycles: rate", recycles / elapsed, "recycles/s")
         figure("recycles: PROCESSLIST peak", sampler.peak, f"sessions ({sampler.samples} samples)")
         assert not any(t.is_alive() for t in clients), "a client thread hung"
-        assert sent[0] >= RECYCLES, f"only {sent[0]} requests in {LIMIT}s"
-        assert recycles >= RECYCLES - WORKERS
+        assert recycles >= AT_LEAST - WORKERS, f"only {recycles} recycles ({sent[0]} requests) in {LIMIT:g} s"
+        assert recycles >= sent[0] - len(failures) - WORKERS, "a request did not end its worker"
         assert not failures, failures[:5]
         assert server.alive()
     finally:
