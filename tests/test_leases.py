@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +129,25 @@ def test_request_connection_is_one_connection_per_request_and_rolled_back_when_t
     status, body = server.get("/stats")
     stats = body["stats"]["default"]
     assert stats["connections_leaked"] == 0 and stats["pool_size"] == stats["pool_available"], stats
+
+
+@pytest.mark.mysql
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("kind", ["gthread", "gevent"])
+def test_request_connection_is_never_shared_by_concurrent_requests(mysql_user, gunicorn, kind):
+    """4 requests at once in one worker, each holding its request_connection() for 0.3 s: four
+    sessions, each request on its own one from start to end."""
+    server = gunicorn(pool_conf({"default": mysql_user.config(max_size=4, timeout=5)}, kind=kind, workers=1))
+    server.start(workers_ready=1)
+    for _ in range(2):
+        with ThreadPoolExecutor(4) as executor:
+            answers = list(executor.map(lambda _: server.get("/request-conn-hold"), range(4)))
+        assert all(status == 200 for status, _ in answers), answers
+        bodies = [body for _, body in answers]
+        assert all(body["conn_id"] == body["again"] for body in bodies), bodies
+        assert len({body["conn_id"] for body in bodies}) == 4, f"two concurrent requests shared one: {bodies}"
+    status, body = server.get("/stats")
+    assert body["stats"]["default"]["connections_leaked"] == 0, body
 
 
 # -- the lease guard (pool level, real MariaDB) ----------------------------------------------------

@@ -14,6 +14,7 @@ Routes (all answer JSON):
   /use-kept             run a query on the connection /keep kept (after its lease ended)
   /request-conn         request_connection() twice: the same connection both times
   /request-conn-fail    request_connection(), insert a row into the poison table, then raise
+  /request-conn-hold    request_connection(), its CONNECTION_ID(), SLEEP(0.3) on it, then the same again
   /lock-and-fail        LOCK TABLES the poison table WRITE, then raise (the lock is left behind)
   /insert               insert a row into the poison table; answers how long it took
   /tls                  the TLS cipher of the pooled session (empty: plain TCP)
@@ -107,6 +108,13 @@ def _route(path):
         cur = second.cursor()
         cur.execute("SELECT CONNECTION_ID()")
         return {"conn_id": cur.fetchone()[0], "same": first is second}
+    if parts[0] == "request-conn-hold":
+        cur = gunicorn_pool.request_connection(POOL, KEY).cursor()
+        cur.execute("SELECT CONNECTION_ID(), SLEEP(0.3)")
+        first = cur.fetchone()[0]
+        cur = gunicorn_pool.request_connection(POOL, KEY).cursor()
+        cur.execute("SELECT CONNECTION_ID()")
+        return {"conn_id": first, "again": cur.fetchone()[0]}
     if parts[0] == "request-conn-fail":
         conn = gunicorn_pool.request_connection(POOL, KEY)
         conn.begin()
