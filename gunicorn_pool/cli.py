@@ -222,7 +222,7 @@ def _pools(services: list[tuple[str, Any]], plan: Plan, hosts: int) -> tuple[lis
     for service_name, service in services:
         if isinstance(service, DatabasePool):
             configs = service.configs
-        elif callable(getattr(service, "pool_configs", None)):  # gunicorn_pool.django.DjangoPools
+        elif callable(getattr(service, "pool_configs", None)):  # Django aliases, SQLAlchemy engines
             configs = service.pool_configs()
         else:
             others.append(f"service {service_name!r} ({type(service).__name__}) is not a DatabasePool: not checked")
@@ -240,8 +240,6 @@ def _pools(services: list[tuple[str, Any]], plan: Plan, hosts: int) -> tuple[lis
             if cfg.adapter in _SERVERS:
                 per_host = plan.workers * hi
                 row.update(per_host=per_host, sighup_peak=2 * per_host, total=2 * per_host * hosts)
-            elif not isinstance(service, DatabasePool):
-                row["note"] = "Django's psycopg pool: not checked"
             row["_cfg"] = cfg
             pools.append(row)
     return pools, others

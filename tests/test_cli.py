@@ -197,3 +197,35 @@ def test_pools_registered_by_the_app(tmp_path, mysql_user):
     assert (pool["service"], pool["pool"], pool["per_host"]) == ("app.db", "main", 3)
     code, report = _json("-c", str(conf), "--app", "nomodule:app", cwd=tmp_path)
     assert code == 2 and "cannot import app 'nomodule:app'" in report["errors"][0]
+
+
+def test_sqlalchemy_engines_are_budgeted_like_database_pools(tmp_path, mysql_user):
+    """EnginePool's engines and a Flask-SQLAlchemy app's adopted engines count against their
+    servers (they were 'not a DatabasePool: not checked')."""
+    (tmp_path / "saapp.py").write_text(
+        textwrap.dedent(f"""
+        from flask import Flask
+        from flask_sqlalchemy import SQLAlchemy
+        import gunicorn_pool.sqlalchemy
+
+        app = Flask(__name__)
+        app.config["SQLALCHEMY_DATABASE_URI"] = {mysql_user.url().replace("mysql://", "mysql+pymysql://")!r}
+        app.config["SQLALCHEMY_BINDS"] = {{"local": "sqlite:///{tmp_path}/binds.db"}}
+        db = SQLAlchemy(app)
+        gunicorn_pool.sqlalchemy.adopt(db, max_size=3)
+        """)
+    )
+    conf = tmp_path / "sa.conf.py"
+    conf.write_text(
+        "import gunicorn_pool.sqlalchemy\n"
+        f"gunicorn_pool.register(gunicorn_pool.sqlalchemy.EnginePool({{'orm': {mysql_user.url()!r}}}), name='orm')\n"
+        "worker_class = 'gunicorn_pool.Worker'\nworkers = 3\n"
+    )
+    code, report = _json("-c", str(conf), "--app", "saapp:app", cwd=tmp_path)
+    assert code == 0, report
+    rows = {(p["service"], p["pool"]): p for p in report["pools"]}
+    assert rows[("orm", "orm")]["per_host"] == 3, rows  # 3 sync workers x 1
+    assert rows[("sqlalchemy", "default")]["per_host"] == 9, rows  # adopt(max_size=3)
+    assert rows[("sqlalchemy", "local")]["adapter"] == "sqlite", rows
+    assert not [w for w in report.get("warnings", []) if "not checked" in w], report
+    assert mysql_user.password not in json.dumps(report)

@@ -29,7 +29,7 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import QueuePool
 
 from ..base import current_profile
-from ..config import password_from_source
+from ..config import DatabaseConfig, parse_config, password_from_source
 from ..errors import ConfigError
 from ..options import PoolOptions, coerce, pool_option_names, rule_of
 from ..pool import ConnectionPool
@@ -198,6 +198,21 @@ class _EngineService(NamedPools[EngineConfig]):
         """``{engine name: stats}`` of each engine's pool in this process."""
         return {key: pool.stats() for key, pool in self._current().items()}
 
+    def pool_configs(self) -> dict[str, DatabaseConfig]:
+        """``{engine name: DatabaseConfig}`` of the engines known now, for ``gunicorn-pool check``:
+        each engine's server, login and sizes (its ``connect_args`` are not carried over).
+        Adopted engines are known only once the app is loaded."""
+        out = {}
+        for key, config in (self.configs or self._known_configs()).items():
+            url = config.url if config.engine is None else config.engine.url
+            if url is None:
+                continue
+            out[key] = server_config(key, url, config)
+        return out
+
+    def _known_configs(self) -> dict[str, EngineConfig]:
+        return {}
+
     def connection_pools(self) -> dict[str, ConnectionPool]:
         """Each engine's pool core in this process (for observers)."""
         return {key: pool.core for key, pool in self._current().items()}
@@ -290,6 +305,30 @@ class AdoptedEngines(_EngineService):
     def _engine_for(self, name: str, config: EngineConfig) -> Engine:
         assert config.engine is not None
         return config.engine
+
+    def _known_configs(self) -> dict[str, EngineConfig]:
+        try:
+            return self._configs()
+        except Exception:  # noqa: BLE001 - a Flask-SQLAlchemy object before init_app(): nothing known yet
+            return {}
+
+
+_ADAPTERS = {"mysql": "mysql", "mariadb": "mysql", "postgresql": "postgresql", "sqlite": "sqlite"}
+
+
+def server_config(name: str, url: URL, options: PoolOptions) -> DatabaseConfig:
+    """The :class:`~gunicorn_pool.config.DatabaseConfig` of the server *url* names, with the pool
+    sizes of *options* (what ``gunicorn-pool check`` budgets); ConfigError for a database family
+    gunicorn_pool has no adapter for."""
+    adapter = _ADAPTERS.get(url.get_backend_name())
+    if adapter is None:
+        raise ConfigError(f"pool {name!r}: no gunicorn_pool adapter for {url.get_backend_name()!r} to check it with")
+    raw: dict[str, Any] = {"adapter": adapter, "min_size": options.min_size, "max_size": options.max_size}
+    if adapter == "sqlite":
+        raw["database"] = url.database or ":memory:"
+    else:
+        raw.update(host=url.host, port=url.port, user=url.username, password=url.password or "", database=url.database)
+    return parse_config(name, {key: val for key, val in raw.items() if val is not None})
 
 
 def adopt(target: Any, *, name: str = "sqlalchemy", **options: Any) -> AdoptedEngines:
