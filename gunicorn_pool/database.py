@@ -99,14 +99,19 @@ class DatabasePool(NamedPools[DatabaseConfig]):
             key: ReplicaSet(key, tuple(r.pool_name for r in cfg.replicas), self.pool)
             for key, cfg in parsed.items() if cfg.replicas
         }  # fmt: skip
-        for adapter in {cfg.adapter for cfg in self.configs.values()} & _PREIMPORT:
-            # Import the connector and its driver where the config is read (the
-            # master, for a pool registered in gunicorn.conf.py): every worker then
-            # inherits them instead of paying ~45 ms (PyMySQL) per boot and respawn.
-            # PyMySQL and sqlite3 look sockets up at call time, so they still
-            # cooperate after gevent patching. psycopg is never imported here: it
-            # picks its wait function at import, and imported before the patch it
-            # would block the gevent hub in every worker.
+        self.import_drivers(gevent=True)
+
+    def import_drivers(self, *, gevent: bool) -> None:
+        """Import the connectors and drivers these pools need, in this process, so forked
+        workers inherit them instead of paying for the import at each boot and respawn
+        (PyMySQL ~45-80 ms, psycopg ~150-250 ms here). Called where the config is read (the
+        master, for a pool registered in gunicorn.conf.py) with *gevent* True, and again by the
+        worker classes in the master with the worker model known. PyMySQL and sqlite3 look
+        sockets up at call time, so they still cooperate after gevent patching; psycopg picks
+        its wait function at import, so it is imported only when no gevent patching follows
+        (imported before the patch, it would block the hub in every worker)."""
+        wanted = _PREIMPORT if gevent else _PREIMPORT | {"postgresql"}
+        for adapter in {cfg.adapter for cfg in self.configs.values()} & wanted:
             connector_class(adapter)
 
     def _build(self, name: str, config: DatabaseConfig) -> ConnectionPool:

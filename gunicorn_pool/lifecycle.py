@@ -3,6 +3,9 @@
 Both the worker classes (:mod:`gunicorn_pool.workers`) and the hooks for
 stock workers (:mod:`gunicorn_pool.hooks`) call these two functions::
 
+    master, once started (gunicorn: the worker class's check_config)
+      -> prepare_master(worker_class): import the registered pools' drivers
+                            once, so no worker pays for it at boot or respawn
     fork (gunicorn)
       -> gevent patching, privilege drop, signals (gunicorn)
       -> app loaded (gunicorn: load_wsgi)
@@ -37,7 +40,7 @@ from .base import PoolInterface, WorkerProfile, set_profile, worker_kind
 from .errors import PoolStartupError
 from .metrics import start_reporter
 from .otel import instrument
-from .registry import discover, settings
+from .registry import discover, registered, settings
 from .warmup import warm_worker
 
 __all__ = ["boot", "profile_for", "shutdown"]
@@ -45,6 +48,20 @@ __all__ = ["boot", "profile_for", "shutdown"]
 logger = logging.getLogger("gunicorn_pool")
 
 _booted: dict[str, Any] = {"pid": None, "services": [], "reporter": None, "otel": None}
+
+
+def prepare_master(worker_class: type) -> None:
+    """In the master, before any fork: let each registered service import what its workers
+    will need (``import_drivers``), told whether gevent patches later. Never raises."""
+    gevent = worker_kind(worker_class) == "gevent"
+    for name, service in registered().items():
+        prepare = getattr(service, "import_drivers", None)
+        if not callable(prepare):
+            continue
+        try:
+            prepare(gevent=gevent)
+        except Exception as exc:  # noqa: BLE001 - a worker imports it itself then, and says what fails
+            logger.warning("pool service %s: drivers not imported in the master: %s", name, exc)
 
 
 def profile_for(worker: Any) -> WorkerProfile:

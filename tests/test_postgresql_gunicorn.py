@@ -48,3 +48,17 @@ def test_a_kept_reference_used_in_a_later_request_fails_without_touching_the_ses
         assert status == 500 and body["error"] == "LeaseError", body
         status, body = server.get("/conn")
         assert status == 200 and body["backend_pid"] == kept["backend_pid"], body
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_psycopg_is_imported_once_in_the_master_unless_gevent_patches_later(pg_user, gunicorn, kind):
+    """Sync and gthread workers inherit psycopg from the master (~150-250 ms saved per boot and
+    respawn); a gevent worker imports it itself, after patching, or it would block the hub."""
+    server = gunicorn(pool_conf({"default": pg_config(pg_user)}, kind=kind, workers=1), app=APP)
+    server.start(workers_ready=1)
+    status, body = server.get("/imported")
+    assert status == 200, body
+    assert body["psycopg_before_app"] is (kind != "gevent"), body
+    status, body = server.get("/conn")
+    assert status == 200, body
+

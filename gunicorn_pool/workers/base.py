@@ -10,9 +10,13 @@
 - ``init_process()``: wrapped in ``try/finally`` so the pools close however
   the worker leaves its loop (SIGTERM, SIGQUIT/SIGINT's SystemExit,
   max_requests, the old workers of a SIGHUP).
+- ``check_config()`` (in the master, once): the registered pools' drivers
+  are imported there, so workers inherit them.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from .. import lifecycle
 
@@ -29,3 +33,12 @@ class PoolWorkerMixin:
             super().init_process()  # type: ignore[misc]
         finally:
             lifecycle.shutdown()
+
+    @classmethod
+    def check_config(cls, cfg: Any, log: Any) -> None:
+        """gunicorn calls this once in the master, after the config (and a preloaded app) are
+        loaded and before the first fork: the pools' drivers are imported here."""
+        parent = getattr(super(), "check_config", None)
+        if parent is not None:
+            parent(cfg, log)
+        lifecycle.prepare_master(cls)

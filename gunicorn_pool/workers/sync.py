@@ -30,3 +30,4 @@ class Worker(PoolWorkerMixin, SyncWorker):  # type: ignore[misc]  # gunicorn is 
     def check_config(cls, cfg: Any, log: Any) -> None:
         if int(cfg.threads or 1) > 1:
             log.info("gunicorn_pool.Worker with threads=%s: running gunicorn_pool.ThreadWorker", cfg.threads)
+        super().check_config(cfg, log)

@@ -11,12 +11,16 @@ Routes (all answer JSON with the worker's ``pid``):
                    in a transaction: the setting inside and after it, and the prepare threshold
   /setting/<name>  SHOW <name> (a plain setting name) on a pooled connection
   /set/<name>/<v>  SET <name> = '<v>' outside a transaction (autocommit): session state
+  /imported        was psycopg imported before this module (in the master, before fork)?
 Pool errors map to status codes as tests/apps/_wsgi.py says (ConnectError 502, ...).
 """
 
 import os
+import sys
 
 from _wsgi import json_app
+
+PSYCOPG_BEFORE_APP = "psycopg" in sys.modules
 
 import gunicorn_pool
 
@@ -54,6 +58,8 @@ def _route(path):
             if parts[0] == "set":
                 conn.execute(f"SET {parts[1]} = '{int(parts[2])}'")
             return {"value": conn.execute(f"SHOW {parts[1]}").fetchone()[0]}
+    if parts[0] == "imported":
+        return {"psycopg_before_app": PSYCOPG_BEFORE_APP}
     if parts[0] == "stats":
         return {"stats": gunicorn_pool.get(POOL).stats()}
     if parts[0] == "keep":
