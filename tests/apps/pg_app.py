@@ -20,9 +20,9 @@ import sys
 
 from _wsgi import json_app
 
-PSYCOPG_BEFORE_APP = "psycopg" in sys.modules
+import gunicorn_pool  # imports no driver
 
-import gunicorn_pool
+PSYCOPG_BEFORE_APP = "psycopg" in sys.modules
 
 POOL = os.environ.get("GP_TEST_SERVICE", "db")
 KEY = os.environ.get("GP_TEST_POOL", "default")
