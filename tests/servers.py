@@ -44,7 +44,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 from urllib.parse import quote
 
 import pymysql
@@ -295,13 +295,32 @@ class _Server:
     ``start(timeout)``; ``restart_timeout`` is its ``start()`` bound on restart."""
 
     name: str
-    dir: str
-    log_path: str
+    dir: Any
+    log_path: Any
+    port: int
+    _bootstrapped = False
     _process: Optional[_Process] = None
     restart_timeout = 60.0
 
     def start(self, timeout: float = 60.0) -> Any:
         raise NotImplementedError
+
+    def _accepts_login(self) -> bool:
+        raise NotImplementedError
+
+    def _launch(self, timeout: float, spawn: Callable[[], _Process]) -> None:
+        """Start the process and wait until it accepts a login. A free port can be taken before
+        the server binds it: then (only before the server's first use) again on another port."""
+        for attempt in range(3):
+            self._process = spawn().start()
+            try:
+                _wait_ready(self._process, self._accepts_login, timeout, f"{self.name} on port {self.port}")
+                return
+            except AssertionError:
+                self._process.stop(timeout=10)
+                if self._bootstrapped or attempt == 2 or not _port_in_use(_log_tail(self.log_path)):
+                    raise
+                self.port = free_port()
 
     def alive(self) -> bool:
         return self._process is not None and self._process.alive()
@@ -526,16 +545,7 @@ class MariaDBServer(_Server):
         if self.install_seconds is None:
             self._install()
         t0 = time.monotonic()
-        for attempt in range(3):  # a free port can be taken before mariadbd binds it; only retried before first use
-            self._process = _Process(self.name, self._args(), self.dir / "stdout.log", self.dir).start()
-            try:
-                _wait_ready(self._process, self._accepts_login, timeout, f"{self.name} on port {self.port}")
-                break
-            except AssertionError:
-                self._process.stop(timeout=10)
-                if self._bootstrapped or attempt == 2 or not _port_in_use(_log_tail(self.log_path)):
-                    raise
-                self.port = free_port()
+        self._launch(timeout, lambda: _Process(self.name, self._args(), self.dir / "stdout.log", self.dir))
         if not self._bootstrapped:
             self._bootstrap()
         self.boot_seconds = time.monotonic() - t0
@@ -828,17 +838,8 @@ class PostgresServer(_Server):
         if self.initdb_seconds is None:
             self._initdb()
         t0 = time.monotonic()
-        for attempt in range(3):
-            self._process = _Process(self.name, self._args(), self.log_path, self.dir, self.user,
-                                     stop_signals=(signal.SIGINT, signal.SIGQUIT)).start()  # fmt: skip
-            try:
-                _wait_ready(self._process, self._accepts_login, timeout, f"{self.name} on port {self.port}")
-                break
-            except AssertionError:
-                self._process.stop(timeout=10)
-                if self._bootstrapped or attempt == 2 or not _port_in_use(_log_tail(self.log_path)):
-                    raise
-                self.port = free_port()
+        self._launch(timeout, lambda: _Process(self.name, self._args(), self.log_path, self.dir, self.user,
+                                               stop_signals=(signal.SIGINT, signal.SIGQUIT)))  # fmt: skip
         if not self._bootstrapped:
             with self.admin_connect(dbname="postgres") as conn:
                 conn.execute("CREATE DATABASE test")
