@@ -62,3 +62,17 @@ def test_psycopg_is_imported_once_in_the_master_unless_gevent_patches_later(pg_u
     status, body = server.get("/conn")
     assert status == 200, body
 
+
+@pytest.mark.parametrize("worker", ["sync", "gevent"])
+def test_stock_workers_with_the_when_ready_hook_inherit_psycopg_unless_gevent(pg_user, gunicorn, worker):
+    hooks = (
+        "from gunicorn_pool import hooks\n"
+        "when_ready = hooks.when_ready\npost_worker_init = hooks.post_worker_init\nworker_exit = hooks.worker_exit\n"
+    )
+    server = gunicorn(pool_conf({"default": pg_config(pg_user)}, worker=worker, workers=1, extra=hooks), app=APP)
+    server.start(workers_ready=1)
+    status, body = server.get("/imported")
+    assert status == 200 and body["psycopg_before_app"] is (worker == "sync"), body
+    status, body = server.get("/conn")
+    assert status == 200, body
+
