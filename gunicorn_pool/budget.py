@@ -78,7 +78,7 @@ def check_servers(pools: Mapping[str, ConnectionPool], configs: Mapping[str, Dat
 def _free(members: list[tuple[ConnectionPool, DatabaseConfig]]) -> Optional[int]:
     """The free connections one of *members*' idle connections reads (None: none idle, or failed)."""
     for pool, config in members:
-        connector = pool._connector
+        connector = pool.connector
         try:
             free = pool.use_idle(functools.partial(connector.free_connections, timeout=config.check_timeout))
         except Exception as exc:  # noqa: BLE001 - a warning's check never hurts the boot

@@ -184,6 +184,16 @@ class ConnectionPool(cc.ForkAware):
         self._owner_check = options.owner_check
         self._leak_timeout = options.leak_timeout
 
+    @property
+    def connector(self) -> Connector:
+        """The connector this pool opens, checks and closes its connections with."""
+        return self._connector
+
+    @property
+    def busy(self) -> int:
+        """Connections out now (lent, or being opened): a snapshot read without the lock."""
+        return self._size - len(self._idle)
+
     def resize(self, min_size: int, max_size: int) -> None:
         """Change the sizes (the worker profile may be known only after the pool was built)."""
         if max_size < 1 or not 0 <= min_size <= max_size:

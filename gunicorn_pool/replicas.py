@@ -38,6 +38,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from operator import attrgetter
 from typing import Any, Callable, Optional, TypeVar
 
 from .errors import ConnectError
@@ -48,11 +49,6 @@ __all__ = ["ReplicaLease", "ReplicaSet"]
 logger = logging.getLogger("gunicorn_pool")
 
 T = TypeVar("T")
-
-
-def _busy(pool: ConnectionPool) -> int:
-    """Connections of *pool* out now (lent, or being opened): no lock, a snapshot."""
-    return pool._size - len(pool._idle)
 
 
 class ReplicaSet:
@@ -83,7 +79,7 @@ class ReplicaSet:
         if len(pools) > 1:
             self._turn = turn = (self._turn + 1) % len(pools)
             pools = pools[turn:] + pools[:turn]
-            pools.sort(key=_busy)  # stable: equally busy ones keep the rotated order
+            pools.sort(key=attrgetter("busy"))  # stable: equally busy ones keep the rotated order
         return pools
 
     def use(self, take: Callable[[ConnectionPool], T]) -> tuple[ConnectionPool, T]:
