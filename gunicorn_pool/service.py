@@ -21,7 +21,7 @@ from .base import PoolInterface, WorkerProfile, current_profile
 from .errors import ConfigError, ConnectError, PoolClosed, PoolStartupError
 from .pool import ConnectionPool
 
-__all__ = ["NamedConfig", "NamedPools", "single_config"]
+__all__ = ["NamedConfig", "NamedPools", "open_at_boot", "single_config"]
 
 logger = logging.getLogger("gunicorn_pool")
 
@@ -45,6 +45,27 @@ def single_config(value: Any, keys: set[str]) -> bool:
     """True if *value* is one config (``{"host": ...}``), not a mapping of named ones."""
     return isinstance(value, Mapping) and any(k in keys for k in value) and not any(
         isinstance(v, Mapping) for v in value.values()
+    )  # fmt: skip
+
+
+def open_at_boot(pool: ConnectionPool, name: str, config: NamedConfig, profile: WorkerProfile) -> None:
+    """Open *pool*'s ``min_size`` connections within the worker's warm-up deadline, and log it.
+
+    A ``strict`` pool that cannot, on the server's first start, raises PoolStartupError (the
+    deploy stops loudly); any other failure is logged and the pool connects on demand."""
+    start = time.monotonic()
+    try:
+        opened = pool.open(deadline=profile.deadline)
+    except ConnectError as exc:
+        if config.strict and profile.first_boot:
+            raise PoolStartupError(f"{exc} (strict pool, first start)") from None
+        logger.error(
+            "pool %s (%s): warm-up failed, will connect on demand: %s", name, config.dsn, exc
+        )  # the ConnectError already names host:port and the server's message
+        return
+    logger.info(
+        "pool %s (%s): opened %d connection(s) in %.1f ms [min=%d max=%d]",
+        name, config.dsn, opened, (time.monotonic() - start) * 1000, pool.min_size, pool.max_size,
     )  # fmt: skip
 
 
@@ -103,20 +124,7 @@ class NamedPools(PoolInterface, Generic[C]):
         pool = self.pool(key)
         pool.resize(*cfg.sizes(profile))
         self._before_open(key, cfg, profile)
-        start = time.monotonic()
-        try:
-            opened = pool.open(deadline=profile.deadline)
-        except ConnectError as exc:
-            if cfg.strict and profile.first_boot:
-                raise PoolStartupError(f"{exc} (strict pool, first start)") from None
-            logger.error(
-                "pool %s (%s): warm-up failed, will connect on demand: %s", key, cfg.dsn, exc
-            )  # the ConnectError already names host:port and the server's message
-            return
-        logger.info(
-            "pool %s (%s): opened %d connection(s) in %.1f ms [min=%d max=%d]",
-            key, cfg.dsn, opened, (time.monotonic() - start) * 1000, pool.min_size, pool.max_size,
-        )  # fmt: skip
+        open_at_boot(pool, key, cfg, profile)
 
     def warm_pool(self) -> int:
         """Give each open connection its first use now (see ConnectionPool.warm)."""

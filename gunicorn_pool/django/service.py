@@ -47,7 +47,8 @@ from .. import stats as keys
 from .._concurrency import run_all
 from ..base import PoolInterface, WorkerProfile, current_profile
 from ..config import DatabaseConfig, parse_config
-from ..errors import ConfigError, ConnectError, PoolStartupError
+from ..errors import ConfigError, PoolStartupError
+from ..service import open_at_boot
 from . import pools
 
 __all__ = ["DjangoPools", "configured_service", "pooled_aliases"]
@@ -120,39 +121,32 @@ class DjangoPools(PoolInterface):
                 logger.error("pool %s: warm-up failed, will connect on demand: %s", alias, exc)
 
     def _open(self, alias: str, family: str, profile: WorkerProfile) -> None:
-        start = time.monotonic()
         if family == "postgresql":
-            opened = self._open_postgresql(alias, profile)
+            self._open_postgresql(alias, profile)
         else:
-            opened = self._open_mysql(alias, profile)
-        if opened is not None:
-            logger.info("pool %s (%s): opened %d connection(s) in %.1f ms [min=%d max=%d]", alias, *opened[:2],
-                        (time.monotonic() - start) * 1000, *opened[2:])  # fmt: skip
+            self._open_mysql(alias, profile)
 
-    def _open_mysql(self, alias: str, profile: WorkerProfile) -> Optional[tuple[Any, ...]]:
+    def _open_mysql(self, alias: str, profile: WorkerProfile) -> None:
         from django.db import connections
 
         found = pools.target(alias, connections.settings[alias])
-        pool, cfg = found.pool, found.config
-        assert pool is not None
-        pool.resize(*cfg.sizes(profile))
-        try:
-            opened = pool.open(deadline=profile.deadline)
-        except ConnectError as exc:
-            if cfg.strict and profile.first_boot:
-                raise PoolStartupError(f"{exc} (strict pool, first start)") from None
-            logger.error("pool %s (%s): warm-up failed, will connect on demand: %s", alias, cfg.dsn, exc)
-            return None
-        return cfg.dsn, opened, pool.min_size, pool.max_size
+        assert found.pool is not None
+        found.pool.resize(*found.config.sizes(profile))
+        open_at_boot(found.pool, alias, found.config, profile)
 
-    def _open_postgresql(self, alias: str, profile: WorkerProfile) -> Optional[tuple[Any, ...]]:
+    def _open_postgresql(self, alias: str, profile: WorkerProfile) -> None:
         from django.db import connections
 
+        start = time.monotonic()
         pg = connections[alias].pool  # built here if the master did not (open=False)
         left = 30.0 if profile.deadline is None else max(0.1, profile.deadline - time.monotonic())
         pg.open(wait=True, timeout=left)  # psycopg_pool.PoolTimeout if min_size are not open in time
         self._opened_pg[alias] = os.getpid()
-        return _pg_dsn(connections.settings[alias]), pg.get_stats().get("pool_size", 0), pg.min_size, pg.max_size
+        logger.info(
+            "pool %s (%s): opened %d connection(s) in %.1f ms [min=%d max=%d]", alias,
+            _pg_dsn(connections.settings[alias]), pg.get_stats().get("pool_size", 0),
+            (time.monotonic() - start) * 1000, pg.min_size, pg.max_size,
+        )  # fmt: skip
 
     def warm_pool(self) -> int:
         """Give our pools' connections their first use now, and read each alias's server data
