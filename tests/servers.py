@@ -300,6 +300,7 @@ class _Server:
     port: int
     _bootstrapped = False
     _process: Optional[_Process] = None
+    stop_timeout = 30.0
     restart_timeout = 60.0
 
     def start(self, timeout: float = 60.0) -> Any:
@@ -330,8 +331,12 @@ class _Server:
         assert self._process is not None, f"{self.name} was never started"
         return self._process.pid
 
-    def stop(self, timeout: float = 30.0) -> Optional[int]:
-        return self._process.stop(timeout) if self._process is not None else None
+    def stop(self, timeout: Optional[float] = None) -> Optional[int]:
+        """Stop by pid (the subclass's signals, SIGKILL after *timeout* s, ``stop_timeout`` by
+        default); what is on disk stays, so start() boots the same server again."""
+        if self._process is None:
+            return None
+        return self._process.stop(self.stop_timeout if timeout is None else timeout)
 
     def restart(self, timeout: Optional[float] = None) -> Any:
         """Stop, then start again on the same port and data (same users)."""
@@ -581,11 +586,7 @@ class MariaDBServer(_Server):
             conn.close()
         self._bootstrapped = True
 
-    restart_timeout = 60.0
-
-    def stop(self, timeout: float = 30.0) -> Optional[int]:
-        """SIGTERM (clean shutdown), SIGKILL after *timeout* s; the datadir stays, start() boots it again."""
-        return super().stop(timeout)
+    # stop(): SIGTERM (clean shutdown), SIGKILL after stop_timeout; the datadir stays.
 
     # -- clients
 
@@ -856,11 +857,7 @@ class PostgresServer(_Server):
         except psycopg.OperationalError:
             return False
 
-    restart_timeout = 60.0
-
-    def stop(self, timeout: float = 30.0) -> Optional[int]:
-        """Fast shutdown by pid (SIGINT), then SIGQUIT, then SIGKILL; the cluster stays for start()."""
-        return super().stop(timeout)
+    # stop(): fast shutdown (SIGINT), then SIGQUIT, then SIGKILL; the cluster stays.
 
     def connect(self, user: str, password: Optional[str], dbname: str = "test", **kw: Any) -> Any:
         """A psycopg autocommit connection over TCP (so the password is checked)."""
@@ -1002,11 +999,9 @@ class PgBouncer(_Server):
         except psycopg.OperationalError:
             return False
 
+    # stop(): SIGTERM (immediate shutdown: clients are cut), SIGKILL after 10 s.
+    stop_timeout = 10.0
     restart_timeout = 30.0
-
-    def stop(self, timeout: float = 10.0) -> Optional[int]:
-        """SIGTERM (immediate shutdown: clients are cut), SIGKILL after *timeout* s."""
-        return super().stop(timeout)
 
     def admin(self, **kw: Any) -> Any:
         """A psycopg autocommit connection to the admin console (statements without parameters only).
