@@ -135,7 +135,9 @@ class DatabasePool(NamedPools[DatabaseConfig]):
         super().init_pool()
         budget.check_servers(self._pools, self.configs)
 
-    def connection(self, name: str = "default", *, timeout: Optional[float] = None, readonly: bool = False) -> Lease:
+    def connection(
+        self, name: str = "default", *, timeout: Optional[float] = None, readonly: bool = False
+    ) -> Union[Lease, ReplicaLease]:
         """``with db.connection("default") as conn:`` lends a driver connection; with
         *readonly*, one of a replica of *name* if it has any (else the primary's)."""
         if readonly:

@@ -127,19 +127,26 @@ class ReplicaSet:
         return {"replica_fallbacks": self.fallbacks}
 
 
-class ReplicaLease(Lease):
-    """``with db.connection(name, readonly=True) as conn``: a :class:`~gunicorn_pool.pool.Lease`
-    whose pool is chosen when the block is entered (a replica, or the primary)."""
+class ReplicaLease:
+    """``with db.connection(name, readonly=True) as conn``: the :class:`~gunicorn_pool.pool.Lease`
+    of the pool chosen when the block is entered (a replica, or the primary)."""
 
-    __slots__ = ("_replicas",)
+    __slots__ = ("_replicas", "_timeout", "_lease")
 
     def __init__(self, replicas: ReplicaSet, timeout: Optional[float]) -> None:
         self._replicas = replicas
         self._timeout = timeout
+        self._lease: Optional[Lease] = None
 
     def __enter__(self) -> Any:
-        timeout = self._timeout
-        self._pool, slot = self._replicas.use(lambda pool: pool._take(timeout))
-        self._slot = slot
-        self._number = slot.uses
-        return slot.raw
+        def enter(pool: ConnectionPool) -> tuple[Lease, Any]:
+            lease = pool.connection(self._timeout)
+            return lease, lease.__enter__()
+
+        _, (self._lease, conn) = self._replicas.use(enter)
+        return conn
+
+    def __exit__(self, exc_type: Optional[type[BaseException]], exc: Any, tb: Any) -> None:
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            lease.__exit__(exc_type, exc, tb)
