@@ -378,6 +378,11 @@ def _sqlite_url(pool_name: str, rest: str) -> dict[str, Any]:
             f"pool {pool_name!r}: a sqlite URL names a file, not a server or a login:"
             " sqlite:///relative.db, sqlite:////absolute/path.db or sqlite:///:memory:"
         )
+    if re.search(r":.*@", path):  # the shape of user:password@: refused like any ambiguous URL, not echoed
+        raise ConfigError(
+            f"pool {pool_name!r}: ambiguous sqlite URL (a ':...@' in it reads as a login);"
+            " a file with such a name goes in a dict config's 'database' key"
+        )
     raw: dict[str, Any] = {"adapter": "sqlite", "database": path[1:] if path.startswith("/") else (path or ":memory:")}
     for key, val in parse_qsl(query, keep_blank_values=True):
         raw.setdefault("session", []).append(val) if key == "session" else raw.__setitem__(key, val)

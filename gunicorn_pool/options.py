@@ -168,7 +168,8 @@ def coerce(pool_name: str, key: str, value: Any, rule: Rule) -> Any:
         if rule.choices:
             lowered = value.strip().lower()
             if lowered not in rule.choices:
-                raise bad("another value" if rule.secret else repr(value[:40]))
+                # Not echoed: a value in the wrong key may be a password (the key names the fix).
+                raise bad(f"another {len(value)}-character value")
             return lowered
         return value
     if rule.kind is tuple:

@@ -125,14 +125,24 @@ _KEYS = st.sampled_from([*KEYS, "pass", "name", "db", "passwd", "dbname", "passw
                          "max_sise", "host ", "", "PORT"])  # fmt: skip
 
 
+#: Keys whose values the DSN, the address or an error names on purpose (the pool and the host,
+#: the login, the database, which variable or file should hold the password).
+_SHOWN_BY_DESIGN = ("host", "user", "database", "name", "db", "dbname", "password_env", "password_file")
+
+
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.dictionaries(_KEYS, _VALUES, max_size=6), st.sampled_from(["mysql", "postgresql", "sqlite", None]))
 @example({"init_command": "0"}, "sqlite")  # SQL that fails only when it runs: a ConnectError, not a crash
+@example({"target_session_attrs": SECRET}, "mysql")  # a choice's wrong value was echoed
+@example({"password_env": SECRET}, "mysql")  # the variable's name is no secret: the value it would hold is
 @example({"name": "0"}, "sqlite")  # a file name under an alias: kept out of the working directory
 def test_fuzz_dict_configs_build_a_working_pool_or_raise_config_error_without_the_secret(tmp_path_factory, raw,
                                                                                        adapter):  # fmt: skip
     config: dict[str, Any] = dict(raw)
     config.pop("creator", None)  # a creator is code: it runs when a connection opens
+    for key in _SHOWN_BY_DESIGN:  # where the server is and who logs in are no secret: the DSN shows them
+        if isinstance(config.get(key), str) and SECRET in config[key]:
+            config[key] = config[key].replace(SECRET, "not-the-password")
     if adapter is not None:
         config.setdefault("adapter", adapter)
     if config.get("adapter") in ("sqlite", "sqlite3"):
@@ -151,6 +161,8 @@ _URL_PARTS = st.text(alphabet=string.ascii_letters + string.digits + "/?#[]@:%.-
        _URL_PARTS, _URL_PARTS, _URL_PARTS)  # fmt: skip
 @example("sqlite", "?", "", "", "")  # the secret became an option name, echoed by the error
 @example("sqlite", "", "", "", "")  # a sqlite URL with a login kept it in its path and repr
+@example("sqlite", "/", "", "", "")  # sqlite:///:<secret>@: a login after the slashes, kept as the file name
+@example("sqlite", "/", "/", "", "")  # sqlite:///:<secret>/@: the same with a slash in the password
 @example("mysql", "", "", "", "adapter=" + SECRET)  # echoed as the unknown adapter
 def test_fuzz_urls_parse_or_raise_config_error_without_the_secret(scheme, user, host, path, query):
     url = f"{scheme}://{user}:{SECRET}{host}@{path}?{query}"
