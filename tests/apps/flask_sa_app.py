@@ -6,7 +6,7 @@ the test), ``GP_SA_QUERY_AT_IMPORT=1`` (query at import: in the master under ``-
 
 Routes: /conn (worker pid and the server's session id), /sleep?s= (hold the session),
 /rollback, /commit, /raise (a view that fails after a flush), /count, /leak (a Session left
-open at the end of the request), /stats (the adopted pools' figures), /master.
+open at the end of the request), /stats (the answering worker's pid and its adopted pools' figures), /master.
 """
 
 import os
@@ -94,7 +94,7 @@ def leak():
 
 @app.route("/stats")
 def stats():
-    return jsonify(POOLS.stats())
+    return jsonify(pid=os.getpid(), pools=POOLS.stats())
 
 
 @app.route("/master")
