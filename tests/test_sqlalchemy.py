@@ -7,7 +7,9 @@ out autocommit connections), its reset on return is not doubled, checkouts are t
 from __future__ import annotations
 
 import secrets
+import sqlite3
 import threading
+import time
 from typing import Any, Iterator
 
 import pytest
@@ -18,6 +20,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from support import MYSQL_DB, MYSQL_HOST, MYSQL_PORT, PG_DB, PG_HOST, PG_PORT, wait_until
 
 from gunicorn_pool import ConfigError, ConnectError, request_scope
+from gunicorn_pool.options import PoolOptions
 from gunicorn_pool.sqlalchemy import EnginePool, GunicornPool, adopt
 from gunicorn_pool.sqlalchemy.service import parse_engine_config
 
@@ -448,3 +451,44 @@ def test_queries_bounded_by_gunicorns_timeout_in_gevent_workers(mysql_user: Any)
         assert bounds == [7.0, 3]
     finally:
         set_profile(saved)
+
+
+class _ForeignDriverConnection:
+    """A real SQLite connection behind a DB-API driver module gunicorn_pool does not know (as
+    mysqlclient or pg8000 would be): the pool can only ping it through SQLAlchemy or a cursor."""
+
+    def __init__(self, path: str) -> None:
+        self._conn = sqlite3.connect(path, check_same_thread=False)
+
+    def cursor(self) -> Any:
+        return self._conn.cursor()
+
+    def commit(self) -> None:
+        self._conn.commit()
+
+    def rollback(self) -> None:
+        self._conn.rollback()
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def test_pool_without_an_engine_pings_a_foreign_driver_with_a_query(tmp_path: Any) -> None:
+    """SQLAlchemy's pool API on its own (``GunicornPool(creator)``) has no dialect to ping with.
+    Before, every checkout past check_interval raised AttributeError in the ping, so the pool
+    called a live connection dead, dropped it and connected again."""
+    path = str(tmp_path / "foreign.db")
+    pool = GunicornPool(lambda: _ForeignDriverConnection(path), options=PoolOptions(check_interval=0, max_size=1))
+    try:
+        for _ in range(3):
+            conn = pool.connect()
+            cursor = conn.cursor()
+            cursor.execute("SELECT 41 + 1")
+            assert cursor.fetchall() == [(42,)]
+            conn.close()
+            time.sleep(0.01)  # idle past check_interval (0) and probe_after (0.1 ms): pinged on checkout
+        stats = pool.core.stats()
+        assert stats["connections_num"] == 1 and stats["connections_lost"] == 0, stats
+        assert stats["requests_num"] == 3
+    finally:
+        pool.dispose()

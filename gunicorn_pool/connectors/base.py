@@ -51,7 +51,9 @@ from typing import Any, Callable, Optional
 from .._concurrency import get_ident, original_poll
 from ..errors import LeaseError, describe
 
-__all__ = ["CLOSED", "DROP", "IDLE", "RESET", "REUSE", "Connector", "LeaseGuard", "lease_error", "socket_probe"]
+__all__ = [
+    "CLOSED", "DROP", "IDLE", "RESET", "REUSE", "Connector", "LeaseGuard", "lease_error", "select_one", "socket_probe",
+]  # fmt: skip
 
 _MASK = "***"
 
@@ -138,12 +140,7 @@ class Connector:
 
     def ping(self, raw: Any, timeout: float) -> None:
         """Raise if *raw* is dead; take at most *timeout* seconds."""
-        cursor = raw.cursor()
-        try:
-            cursor.execute("SELECT 1")
-            cursor.fetchall()
-        finally:
-            cursor.close()
+        select_one(raw)
 
     def probe(self, raw: Any) -> Optional[Callable[[], Any]]:
         """A check of idle *raw* without a round trip, prepared once per connection, or None.
@@ -195,6 +192,16 @@ class Connector:
 
 def _suspect() -> bool:
     return True
+
+
+def select_one(raw: Any) -> None:
+    """``SELECT 1`` through the DB-API cursor of *raw*: the ping any SQL driver understands."""
+    cursor = raw.cursor()
+    try:
+        cursor.execute("SELECT 1")
+        cursor.fetchall()
+    finally:
+        cursor.close()
 
 
 def socket_probe(sock: Any) -> Optional[Callable[[], Any]]:

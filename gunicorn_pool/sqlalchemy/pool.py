@@ -40,7 +40,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.pool import ConnectionPoolEntry, Pool
 from sqlalchemy.pool.base import ResetStyle
 
-from ..connectors.base import DROP, REUSE, Connector, socket_probe
+from ..connectors.base import DROP, REUSE, Connector, select_one, socket_probe
 from ..connectors.dbapi import abandon
 from ..errors import LeaseError, PoolTimeout
 from ..options import DEFAULTS, PoolOptions
@@ -217,7 +217,12 @@ def _ping(dbapi: Any, driver: str, timeout: float, dialect: Any) -> None:
     elif driver == "sqlite3":
         dbapi.execute("SELECT 1").fetchall()
     else:
-        dialect.do_ping(dbapi)
+        # A pool built without an engine has SQLAlchemy's stand-in dialect, which cannot ping.
+        do_ping = getattr(dialect, "do_ping", None)
+        if do_ping is not None:
+            do_ping(dbapi)
+        else:
+            select_one(dbapi)
         if _in_transaction(dbapi, driver) is not False:
             dbapi.rollback()
 
