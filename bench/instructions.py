@@ -7,7 +7,9 @@ under callgrind, N1 and N2 times, and reports (total(N2) - total(N1)) / (N2 -
 N1): start-up and warm-up cancel out. Rows:
 
 - the pool's own bookkeeping on a stand-in connection (no socket, no server),
-  as bench/cpu.py times it, beside the minimal FIFO pool;
+  as bench/cpu.py times it (and inside a request scope, as every lease in a
+  worker is: recorded with the ``file:line`` that took it), beside the
+  minimal FIFO pool;
 - checkout + ``SELECT 1`` + return on the real server, beside a raw
   persistent PyMySQL connection and a raw connection of the class the pool
   lends (``PooledMySQLConnection``: the lease guard and session tracking, no
@@ -55,6 +57,12 @@ if row.startswith("stand-in"):
         for _ in range(n):
             with pool.connection():
                 pass
+    elif row == "stand-in with, in a request scope":
+        from gunicorn_pool import request_scope
+        with request_scope():  # as in a worker: each lease recorded with the line that took it
+            for _ in range(n):
+                with pool.connection():
+                    pass
     else:
         for _ in range(n):
             pool.putconn(pool.getconn())
@@ -86,8 +94,8 @@ else:
                 op(c)
 '''
 
-ROWS = ("stand-in with", "stand-in getconn/putconn", "minimal FIFO pool", "raw PyMySQL", "raw PooledMySQLConnection",
-        "gunicorn_pool DatabasePool.connection()")  # fmt: skip
+ROWS = ("stand-in with", "stand-in with, in a request scope", "stand-in getconn/putconn", "minimal FIFO pool",
+        "raw PyMySQL", "raw PooledMySQLConnection", "gunicorn_pool DatabasePool.connection()")  # fmt: skip
 
 
 def count(python: str, script: Path, row: str, n: int, package_root: Path) -> int:

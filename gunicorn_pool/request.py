@@ -111,26 +111,39 @@ def request_scope(label: str = "") -> Iterator[RequestScope]:
         end(scope, token, failed=failed)
 
 
-_internal_code: dict[Any, bool] = {}  # code object -> is it the pool's or a framework's (memo)
+#: id(code object) -> (that code object, None if it is the pool's or a framework's, else its
+#: places: f_lasti -> "file:line"). Keyed by id: hashing a code object hashes its constants,
+#: hundreds of instructions per frame; the stored object tells a reused id apart.
+_code_memo: dict[int, tuple[Any, Optional[dict[int, str]]]] = {}
+_MEMO_MAX = 50_000  # code objects made at run time (exec, eval) must not grow it for ever
 
 
 def caller() -> str:
     """``file:line`` of the first frame outside the pool and the frameworks that call it.
 
-    Each code object is judged once (its module's name), then looked up: a
-    Django query reaches the pool ~25 frames below the view, on every lease.
+    Each code object is judged once (its module's name) and each call site
+    formatted once, then looked up: a Django query reaches the pool ~25 frames
+    below the view, on every lease of a request.
     """
     frame: Any = sys._getframe(2)
-    internal = _internal_code
+    memo = _code_memo
     for _ in range(64):
         if frame is None:
             return ""
         code = frame.f_code
-        inside = internal.get(code)
-        if inside is None:
-            inside = internal[code] = frame.f_globals.get("__name__", "").startswith(_INTERNAL)
-        if not inside:
-            return f"{code.co_filename}:{frame.f_lineno}"
+        entry = memo.get(id(code))
+        if entry is None or entry[0] is not code:
+            if len(memo) >= _MEMO_MAX:
+                memo.clear()
+            inside = frame.f_globals.get("__name__", "").startswith(_INTERNAL)
+            entry = memo[id(code)] = (code, None if inside else {})
+        places = entry[1]
+        if places is not None:
+            lasti = frame.f_lasti
+            where = places.get(lasti)
+            if where is None:
+                where = places[lasti] = f"{code.co_filename}:{frame.f_lineno}"
+            return where
         frame = frame.f_back
     return ""
 

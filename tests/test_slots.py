@@ -7,12 +7,13 @@ closes what), which no database decides.
 
 from __future__ import annotations
 
+import sys
 import threading
 from typing import Any, Optional
 
 import pytest
 
-from gunicorn_pool import ConnectError, ConnectionPool, LeaseError, PoolClosed, PoolTimeout
+from gunicorn_pool import ConnectError, ConnectionPool, LeaseError, PoolClosed, PoolTimeout, request, request_scope
 from gunicorn_pool.connectors.base import DROP, RESET, REUSE, Connector
 from gunicorn_pool.slot import CLOSED, IDLE, LENT
 
@@ -188,3 +189,38 @@ def test_a_waiter_times_out_and_leaves_the_queue():
     assert not pool._waiters and pool.stats()["requests_timeouts"] == 1
     pool.putconn(raw)
     assert pool.getconn() is raw
+
+
+def _taken_at(pool: ConnectionPool, raw: Any) -> str:
+    return str(slot_of(pool, raw).taken_at)
+
+
+def test_a_lease_in_a_request_records_the_line_that_took_it_per_call_site():
+    """caller() memoizes per code object and call site: two lines of one function stay two places,
+    frames of a framework module are skipped, and a memo entry left by a dead code object whose id
+    was reused is not trusted."""
+    pool, _ = make(min_size=0, max_size=4)
+    here = __file__.rstrip("c")
+    with request_scope():
+        for _ in range(2):  # the second round is served from the memo
+            first_line = sys._getframe().f_lineno + 1
+            first = pool.getconn()
+            second_line = sys._getframe().f_lineno + 1
+            second = pool.getconn()
+            assert _taken_at(pool, first) == f"{here}:{first_line}"
+            assert _taken_at(pool, second) == f"{here}:{second_line}"
+            pool.putconn(first)
+            pool.putconn(second)
+        framework: dict[str, Any] = {"__name__": "django.db.backends.fake"}
+        exec(compile("def take(pool):\n    return pool.getconn()\n", "/fake/django/take.py", "exec"), framework)
+        line = sys._getframe().f_lineno + 1
+        raw = framework["take"](pool)
+        assert _taken_at(pool, raw) == f"{here}:{line}"  # the framework's frame is skipped
+        pool.putconn(raw)
+        app: dict[str, Any] = {"__name__": "myapp.views"}
+        exec(compile("def take(pool):\n    return pool.getconn()\n", "/srv/myapp/views.py", "exec"), app)
+        code = app["take"].__code__
+        request._code_memo[id(code)] = (framework["take"].__code__, None)  # as if a dead code's id came back
+        raw = app["take"](pool)
+        assert _taken_at(pool, raw) == "/srv/myapp/views.py:2"
+        pool.putconn(raw)
