@@ -115,35 +115,74 @@ def request_scope(label: str = "") -> Iterator[RequestScope]:
 #: places: f_lasti -> "file:line"). Keyed by id: hashing a code object hashes its constants,
 #: hundreds of instructions per frame; the stored object tells a reused id apart.
 _code_memo: dict[int, tuple[Any, Optional[dict[int, str]]]] = {}
-_MEMO_MAX = 50_000  # code objects made at run time (exec, eval) must not grow it for ever
+#: id(code of the frame that called the pool) -> (that code object, the depths above it at which
+#: the first frame outside was found before): tried first, so a lease taken 25 framework frames
+#: below the app does not build 25 frame objects (CPython builds one per ``f_back``).
+_depths: dict[int, tuple[Any, tuple[int, ...]]] = {}
+_MEMO_MAX = 50_000  # code objects made at run time (exec, eval) must not grow them for ever
+_DEPTHS_KEPT = 8  # call paths remembered per entry point
+
+
+def _places(frame: Any) -> Optional[dict[int, str]]:
+    """None if *frame* runs the pool's or a framework's code, else its call sites' places."""
+    code = frame.f_code
+    entry = _code_memo.get(id(code))
+    if entry is None or entry[0] is not code:
+        if len(_code_memo) >= _MEMO_MAX:
+            _code_memo.clear()
+        inside = frame.f_globals.get("__name__", "").startswith(_INTERNAL)
+        entry = _code_memo[id(code)] = (code, None if inside else {})
+    return entry[1]
+
+
+def _place(frame: Any, places: dict[int, str]) -> str:
+    lasti = frame.f_lasti
+    where = places.get(lasti)
+    if where is None:
+        where = places[lasti] = f"{frame.f_code.co_filename}:{frame.f_lineno}"
+    return where
 
 
 def caller() -> str:
     """``file:line`` of the first frame outside the pool and the frameworks that call it.
 
     Each code object is judged once (its module's name) and each call site
-    formatted once, then looked up: a Django query reaches the pool ~25 frames
-    below the view, on every lease of a request.
+    formatted once. A walk remembers at which depth it found the first frame
+    outside, per entry point (the code that called the pool); the next lease
+    from that entry point jumps there (``sys._getframe``, no frame object for
+    the frames between) and takes the frame if it is outside and the one below
+    it inside, else walks. A Django query reaches the pool ~25 frames below the
+    view, on every lease of a request.
+
+    The jump checks the boundary, not every frame below it: where app code
+    runs inside framework code (a signal handler that queries) on a path of
+    the same depth and boundary as one seen before, the place named is an
+    outer app frame of the same stack.
     """
-    frame: Any = sys._getframe(2)
-    memo = _code_memo
-    for _ in range(64):
+    start: Any = sys._getframe(2)
+    start_code = start.f_code
+    known = _depths.get(id(start_code))
+    if known is not None and known[0] is start_code:
+        for depth in known[1]:
+            try:
+                below = sys._getframe(1 + depth)
+            except ValueError:  # a shorter stack than that path's
+                continue
+            frame = below.f_back
+            if frame is not None and _places(below) is None and (places := _places(frame)) is not None:
+                return _place(frame, places)
+    frame = start
+    for depth in range(64):
         if frame is None:
             return ""
-        code = frame.f_code
-        entry = memo.get(id(code))
-        if entry is None or entry[0] is not code:
-            if len(memo) >= _MEMO_MAX:
-                memo.clear()
-            inside = frame.f_globals.get("__name__", "").startswith(_INTERNAL)
-            entry = memo[id(code)] = (code, None if inside else {})
-        places = entry[1]
+        places = _places(frame)
         if places is not None:
-            lasti = frame.f_lasti
-            where = places.get(lasti)
-            if where is None:
-                where = places[lasti] = f"{code.co_filename}:{frame.f_lineno}"
-            return where
+            if depth:  # the pool's caller is always inside; a jump needs the frame below
+                seen = known[1] if known is not None and known[0] is start_code else ()
+                if len(_depths) >= _MEMO_MAX:
+                    _depths.clear()
+                _depths[id(start_code)] = (start_code, ((depth,) + seen)[:_DEPTHS_KEPT])
+            return _place(frame, places)
         frame = frame.f_back
     return ""
 

@@ -224,3 +224,43 @@ def test_a_lease_in_a_request_records_the_line_that_took_it_per_call_site():
         raw = app["take"](pool)
         assert _taken_at(pool, raw) == "/srv/myapp/views.py:2"
         pool.putconn(raw)
+
+
+def _chain(module: str, length: int) -> Any:
+    """A function *length* frames deep in a module named *module*, ending in ``pool.getconn()``."""
+    src = "def f0(pool):\n    return pool.getconn()\n"
+    for i in range(1, length):
+        src += f"def f{i}(pool):\n    return f{i - 1}(pool)\n"
+    space: dict[str, Any] = {"__name__": module}
+    exec(compile(src, f"/fake/{module.replace('.', '/')}.py", "exec"), space)
+    return space[f"f{length - 1}"]
+
+
+def test_a_lease_names_its_line_on_every_path_from_one_entry_point():
+    """caller() jumps to the depth where an earlier walk from the same entry point (here
+    getconn()) found the app, and checks the boundary there: paths of other depths, taken in
+    any order, and a thread's shorter stack still name the app's own line."""
+    pool, _ = make(min_size=0, max_size=2)
+    here = __file__.rstrip("c")
+    deep, shallow = _chain("django.db.models.deep", 5), _chain("sqlalchemy.orm.shallow", 2)
+    request._depths.clear()
+    with request_scope():
+        for take in [deep, shallow, pool.getconn.__func__, deep, pool.getconn.__func__, shallow, deep] * 2:
+            line = sys._getframe().f_lineno + 1
+            raw = take(pool)
+            assert _taken_at(pool, raw) == f"{here}:{line}", take
+            pool.putconn(raw)
+        (code, depths), = request._depths.values()  # fmt: skip
+        assert code is ConnectionPool.getconn.__code__ and sorted(depths) == [1, 3, 6], depths
+        places: list[str] = []
+
+        def in_a_thread() -> None:
+            with request_scope():
+                raw = shallow(pool)
+                places.append(_taken_at(pool, raw))
+                pool.putconn(raw)
+
+        thread = threading.Thread(target=in_a_thread)
+        thread.start()
+        thread.join(5)
+        assert places == [f"{here}:{in_a_thread.__code__.co_firstlineno + 2}"]
