@@ -121,6 +121,7 @@ _code_memo: dict[int, tuple[Any, Optional[dict[int, str]]]] = {}
 _depths: dict[int, tuple[Any, tuple[int, ...]]] = {}
 _MEMO_MAX = 50_000  # code objects made at run time (exec, eval) must not grow them for ever
 _DEPTHS_KEPT = 8  # call paths remembered per entry point
+_JUMP_FROM = 3  # a walk of fewer frames costs less than a jump and its check
 
 
 def _places(frame: Any) -> Optional[dict[int, str]]:
@@ -177,7 +178,7 @@ def caller() -> str:
             return ""
         places = _places(frame)
         if places is not None:
-            if depth:  # the pool's caller is always inside; a jump needs the frame below
+            if depth >= _JUMP_FROM:
                 seen = known[1] if known is not None and known[0] is start_code else ()
                 if len(_depths) >= _MEMO_MAX:
                     _depths.clear()
