@@ -62,16 +62,16 @@ print(json.dumps((time.process_time() - start) / n * 1e6))
 """
 
 
-def run_row(env: dict[str, str]) -> float:
-    out = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, timeout=600,
+def run_row(env: dict[str, str], child: str = CHILD) -> float:
+    out = subprocess.run([sys.executable, "-c", child], env=env, capture_output=True, text=True, timeout=600,
                          check=True)  # fmt: skip
     return float(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
-def instructions(env: dict[str, str], n: int) -> int:
+def instructions(env: dict[str, str], n: int, child: str = CHILD) -> int:
     env = dict(env, PYTHONHASHSEED="0", GPB_REQUESTS=str(n))
     proc = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-c",
-                           CHILD], env=env, capture_output=True, text=True, timeout=3600)  # fmt: skip
+                           child], env=env, capture_output=True, text=True, timeout=3600)  # fmt: skip
     found = re.search(r"Collected : (\d+)", proc.stderr)
     if proc.returncode != 0 or found is None:
         raise RuntimeError(f"callgrind failed:\n{proc.stderr[-2000:]}")
