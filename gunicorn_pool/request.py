@@ -163,15 +163,15 @@ def caller() -> str:
     start: Any = sys._getframe(2)
     start_code = start.f_code
     known = _depths.get(id(start_code))
-    if known is not None and known[0] is start_code:
-        for depth in known[1]:
-            try:
-                below = sys._getframe(1 + depth)
-            except ValueError:  # a shorter stack than that path's
-                continue
-            frame = below.f_back
-            if frame is not None and _places(below) is None and (places := _places(frame)) is not None:
-                return _place(frame, places)
+    hints = known[1] if known is not None and known[0] is start_code else ()
+    for depth in hints:
+        try:
+            below = sys._getframe(1 + depth)
+        except ValueError:  # a shorter stack than that path's
+            continue
+        frame = below.f_back
+        if frame is not None and _places(below) is None and (places := _places(frame)) is not None:
+            return _place(frame, places)
     frame = start
     memo = _code_memo
     for depth in range(64):
@@ -182,10 +182,9 @@ def caller() -> str:
         places = entry[1] if entry is not None and entry[0] is code else _places(frame)
         if places is not None:
             if depth >= _JUMP_FROM:
-                seen = known[1] if known is not None and known[0] is start_code else ()
                 if len(_depths) >= _MEMO_MAX:
                     _depths.clear()
-                _depths[id(start_code)] = (start_code, ((depth,) + seen)[:_DEPTHS_KEPT])
+                _depths[id(start_code)] = (start_code, ((depth,) + hints)[:_DEPTHS_KEPT])
             where = places.get(frame.f_lasti)
             return where if where is not None else _place(frame, places)
         frame = frame.f_back
