@@ -399,7 +399,7 @@ class ConnectionPool(cc.ForkAware):
                     self._waiters.remove(waiter)
                     self._counts[keys.REQUESTS_TIMEOUTS] += 1
                     self._counts[keys.REQUESTS_WAIT_MS] += int((monotonic() - start) * 1000)
-                    in_use, waiting = self._size - len(self._idle), len(self._waiters)
+                    in_use, waiting = self.busy, len(self._waiters)
             if timed_out:  # logged outside the lock: a log handler may block
                 logger.warning(
                     "pool %s (%s): timed out after %.2fs waiting for a connection (%d in use, %d waiting)",

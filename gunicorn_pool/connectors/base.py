@@ -152,7 +152,7 @@ class Connector:
     def warm(self, raw: Any, timeout: float) -> None:
         """Give *raw* its first use now, before traffic: a ping and one trivial query."""
         self.ping(raw, timeout)
-        Connector.ping(self, raw, timeout)
+        select_one(raw)
 
     def free_connections(self, raw: Any, timeout: float) -> Optional[int]:
         """How many more connections the server accepts now, read on idle *raw* within

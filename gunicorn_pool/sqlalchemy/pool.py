@@ -177,7 +177,7 @@ class RecordConnector(Connector):
     def warm(self, raw: Any, timeout: float) -> None:
         self.ping(raw, timeout)
         dbapi = raw.dbapi_connection
-        Connector.ping(self, dbapi, timeout)  # SELECT 1 through the driver's cursor
+        select_one(dbapi)  # SELECT 1 through the driver's cursor
         if _in_transaction(dbapi, _driver(dbapi)) is not False:
             dbapi.rollback()
 
