@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from . import request as _request
 from .base import PoolInterface
 from .config import DatabaseConfig, mask_dsn, parse_config
 from .database import DatabasePool
@@ -42,7 +43,7 @@ from .errors import (
 from .options import PoolOptions
 from .pool import ConnectionPool
 from .registry import configure, get, register, registered, unregister
-from .request import request_connection, request_scope
+from .request import request_scope
 
 if TYPE_CHECKING:
     from .redis import RedisPool
@@ -56,6 +57,16 @@ __all__ = [
     "get", "mask_dsn", "parse_config", "register", "registered", "request_connection", "request_scope",
     "unregister",
 ]  # fmt: skip
+
+
+def request_connection(service: Any, name: str = "default") -> Any:
+    """The connection of *service*'s pool *name* for the rest of the current request, given back
+    when it ends: the request is one transaction, committed if it succeeded, rolled back if it
+    raised or answered 5xx (see :func:`gunicorn_pool.request.request_connection`).
+
+    *service* is a registered name (``gunicorn_pool.request_connection("db")``) or a service
+    object such as a :class:`DatabasePool`."""
+    return _request.request_connection(get(service) if isinstance(service, str) else service, name)
 
 
 def __getattr__(name: str) -> Any:

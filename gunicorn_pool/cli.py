@@ -228,7 +228,7 @@ def _pools(services: list[tuple[str, Any]], plan: Plan, hosts: int) -> tuple[lis
             others.append(f"service {service_name!r} ({type(service).__name__}) is not a DatabasePool: not checked")
             continue
         for key, cfg in configs.items():
-            lo, hi = cfg.sizes(current_profile())
+            lo, hi = cfg.sizes(current_profile().default_sizes())
             row: dict[str, Any] = {
                 "service": service_name, "pool": key, "adapter": cfg.adapter, "dsn": cfg.dsn,
                 "role": f"replica of {cfg.primary}" if getattr(cfg, "primary", "") else "primary",
@@ -525,7 +525,7 @@ def _render(report: dict[str, Any]) -> str:
 
 def check(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
     """Run the check; return (exit code, report)."""
-    from . import registry
+    from . import integrations
 
     report: dict[str, Any] = {"config": args.config, "hosts": args.hosts, "plan": None, "pools": [], "servers": [],
                               "totals": {}, "warnings": [], "errors": []}  # fmt: skip
@@ -537,7 +537,7 @@ def check(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
         if os.environ.get("DJANGO_SETTINGS_MODULE"):
             _load_django_settings(cfg)
         app = _import_app(args.app, cfg) if args.app else None
-        services = registry.discover(app)
+        services = integrations.discover(app)
         if not services:
             raise CheckConfigError("no pool service found: register one in the config file (or pass --app)")
     except CheckConfigError as exc:

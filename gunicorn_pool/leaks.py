@@ -16,22 +16,31 @@ import os
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Optional
+from typing import Optional, Protocol
 
-if TYPE_CHECKING:
-    from .pool import ConnectionPool
-
-__all__ = ["watch"]
+__all__ = ["Watched", "watch"]
 
 logger = logging.getLogger("gunicorn_pool")
 
-_pools: weakref.WeakSet[ConnectionPool] = weakref.WeakSet()
+
+class Watched(Protocol):
+    """What the watcher needs of a pool: its name, its ``leak_timeout`` and a report call."""
+
+    name: str
+
+    @property
+    def leak_timeout(self) -> Optional[float]: ...
+
+    def report_long_leases(self, now: float) -> None: ...
+
+
+_pools: weakref.WeakSet[Watched] = weakref.WeakSet()
 _thread: list[Optional[threading.Thread]] = [None]
 _pid = [0]
 _lock = threading.Lock()
 
 
-def watch(pool: ConnectionPool) -> None:
+def watch(pool: Watched) -> None:
     """Watch *pool*'s leases (it has ``leak_timeout`` set); start the watcher in this process if needed."""
     _pools.add(pool)
     thread = _thread[0]
@@ -47,7 +56,7 @@ def watch(pool: ConnectionPool) -> None:
 
 
 def _interval() -> float:
-    timeouts = [p.options.leak_timeout for p in list(_pools) if p.options.leak_timeout]
+    timeouts = [t for p in list(_pools) if (t := p.leak_timeout)]
     return min(5.0, max(0.05, min(timeouts, default=5.0) / 4))
 
 

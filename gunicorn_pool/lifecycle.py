@@ -34,13 +34,13 @@ import os
 import time
 from typing import Any
 
-from . import wsgi
+from . import integrations, wsgi
 from ._concurrency import run_all
 from .base import PoolInterface, WorkerProfile, set_profile, worker_kind
 from .errors import PoolStartupError
 from .metrics import start_reporter
 from .otel import instrument
-from .registry import discover, registered, settings
+from .registry import registered, settings
 from .warmup import warm_worker
 
 __all__ = ["boot", "profile_for", "shutdown"]
@@ -81,7 +81,7 @@ def boot(worker: Any) -> list[tuple[str, PoolInterface]]:
     _route_logs_to_gunicorn(worker)
     profile = profile_for(worker)
     set_profile(profile)
-    services = discover(getattr(worker, "wsgi", None))
+    services = integrations.discover(getattr(worker, "wsgi", None))
     start = time.monotonic()
     # At once: several unreachable servers cost one connect_timeout, not one each.
     results = run_all([(name, service.init_pool) for name, service in services], deadline=profile.deadline)

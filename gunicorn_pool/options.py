@@ -19,7 +19,6 @@ import math
 import threading
 from typing import Any, Optional
 
-from .base import WorkerProfile
 from .errors import ConfigError
 
 __all__ = ["DEFAULTS", "PoolOptions", "Rule", "coerce", "pool_option_names"]
@@ -83,8 +82,8 @@ def _seconds(meaning: str, *, low: float = 0.0, above: bool = True, optional: bo
 class PoolOptions:
     """How a pool sizes, waits, checks and ages its connections (every default lives here).
 
-    ``min_size``/``max_size`` of ``None`` take the worker profile's default
-    (see :meth:`sizes`).
+    ``min_size``/``max_size`` of ``None`` take the defaults of the process the
+    pool runs in (the worker profile's, see :meth:`sizes`).
     """
 
     min_size: Optional[int] = _option(None, Rule(int, optional=True, low=0, high=10_000,
@@ -109,9 +108,10 @@ class PoolOptions:
                                                          " greenlet, or after its return"))  # fmt: skip
     strict: bool = _option(False, Rule(bool, meaning="fail the server's first start if warm-up fails"))
 
-    def sizes(self, profile: WorkerProfile) -> tuple[int, int]:
-        """``(min_size, max_size)``: explicit values win, *profile* fills the rest."""
-        lo, hi = profile.default_sizes()
+    def sizes(self, defaults: tuple[int, int] = (1, 1)) -> tuple[int, int]:
+        """``(min_size, max_size)``: explicit values win, *defaults* (``(min, max)``: the worker
+        profile's, :meth:`gunicorn_pool.base.WorkerProfile.default_sizes`) fill the rest."""
+        lo, hi = defaults
         if self.max_size is not None:
             hi, lo = self.max_size, min(lo, self.max_size)
         if self.min_size is not None:

@@ -64,17 +64,16 @@ import random
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Optional, Protocol, TypeVar
+from typing import Any, Callable, Optional, TypeVar
 
 from . import _concurrency as cc
 from . import leaks
 from . import stats as keys
-from .base import current_profile
+from ._frames import caller
 from .connectors.base import DROP, RESET, Connector
+from .core import LEASE_SINK, PoolObserver
 from .errors import ConnectError, LeaseError, PoolClosed, PoolTimeout, TooManyRequests
 from .options import DEFAULTS, PoolOptions
-from .request import CURRENT as _current_request
-from .request import caller
 from .slot import CLOSED, IDLE, LENT, Slot
 
 __all__ = ["ConnectionPool", "Lease", "PoolObserver"]
@@ -87,22 +86,8 @@ T = TypeVar("T")
 _POOL_COUNTERS = (
     keys.REQUESTS_QUEUED, keys.REQUESTS_WAIT_MS, keys.REQUESTS_TIMEOUTS, keys.REQUESTS_ERRORS,
     keys.CONNECTIONS_NUM, keys.CONNECTIONS_MS, keys.CONNECTIONS_ERRORS, keys.CONNECTIONS_LOST,
-    keys.CONNECTIONS_LEAKED, keys.CONNECTIONS_RESET,
+    keys.CONNECTIONS_LEAKED, keys.CONNECTIONS_RESET, keys.CONNECTIONS_CLOSED,
 )  # fmt: skip
-
-
-class PoolObserver(Protocol):
-    """What a pool tells an observer (``pool.observer``), in seconds, as it happens:
-    the distributions behind OpenTelemetry's histograms (gunicorn_pool.otel)."""
-
-    def connected(self, seconds: float) -> None:
-        """A new connection opened, taking *seconds*."""
-
-    def waited(self, seconds: float) -> None:
-        """A caller obtained a connection *seconds* after asking (0 from the idle stack)."""
-
-    def used(self, seconds: float) -> None:
-        """A lease of *seconds* ended."""
 
 
 class ConnectionPool(cc.ForkAware):
@@ -112,17 +97,19 @@ class ConnectionPool(cc.ForkAware):
     :class:`~gunicorn_pool.config.DatabaseConfig`, which is one) says how it
     sizes, waits and checks; keyword *overrides* replace single fields
     (``ConnectionPool(c, name="p", max_size=4)``). Sizes left at ``None`` take
-    the current worker profile's default (:meth:`PoolOptions.sizes`).
+    *default_sizes* (``(min, max)``): the service that builds the pool passes the
+    worker type's (:func:`gunicorn_pool.service.fit`), the core reads no process
+    global.
     """
 
     def __init__(self, connector: Connector, *, name: str, options: PoolOptions = DEFAULTS,
-                 **overrides: Any) -> None:  # fmt: skip
+                 default_sizes: tuple[int, int] = (1, 1), **overrides: Any) -> None:  # fmt: skip
         options = dataclasses.replace(options, **overrides) if overrides else options
         options.check(name)
         self.name = name
         self.options = options
         self.dsn = connector.dsn or name
-        self.min_size, self.max_size = options.sizes(current_profile())
+        self.min_size, self.max_size = options.sizes(default_sizes)
         self._connector = connector
         #: Set to a PoolObserver to be told of each connect, wait and lease (None: nobody asks).
         self.observer: Optional[PoolObserver] = None
@@ -151,6 +138,7 @@ class ConnectionPool(cc.ForkAware):
         self._size = 0  # registered slots plus reservations (OPENING): never above max_size
         self.closed = False  #: True once close() ran (read by DatabasePool on every connection())
         self._watched = False  # by the leak watcher of this process (leak_timeout)
+        self._told_closed = False  # the "closed by its user" warning was logged
         self._backoff = 0.0
         self._next_attempt = 0.0
         self._last_error = ""
@@ -183,6 +171,11 @@ class ConnectionPool(cc.ForkAware):
         self._recheck_after = options.check_interval if options.probe_after is None else options.probe_after
         self._owner_check = options.owner_check
         self._leak_timeout = options.leak_timeout
+
+    @property
+    def leak_timeout(self) -> Optional[float]:
+        """Seconds after which a lease held outside a request is reported (None: never)."""
+        return self._leak_timeout
 
     @property
     def connector(self) -> Connector:
@@ -313,19 +306,21 @@ class ConnectionPool(cc.ForkAware):
         slot.state = LENT
         slot.lent_at = now
         slot.uses += 1
-        scope = _current_request.get()
-        if scope is not None or self._leak_timeout is not None:
+        sink = LEASE_SINK.get()
+        if sink is not None or self._leak_timeout is not None:
             slot.taken_at = caller()
-            if scope is not None:
-                scope.record(self, slot)  # reclaimed if still out when the request ends
+            if sink is not None:
+                sink.leases.append((self, slot, slot.uses))  # reclaimed if still out when the request ends
             if self._leak_timeout is not None and not self._watched:
                 self._watched = True
                 leaks.watch(self)
         elif slot.taken_at:
             slot.taken_at = ""
         # Looked up on each call: gevent replaces it when patching, and the lease guard compares
-        # with threading.get_ident() at use time.
-        slot.holder = holder = threading.get_ident() if self._owner_check else None
+        # with threading.get_ident() at use time. The taker is recorded even without the owner
+        # check: a request tells its own leases from those of a thread it handed work to.
+        slot.holder = taker = threading.get_ident()
+        holder = taker if self._owner_check else None
         raw = slot.raw
         if self._guarded:
             raw._gp_holder = holder
@@ -540,11 +535,28 @@ class ConnectionPool(cc.ForkAware):
                 raise
             return
         if outcome == DROP:
+            if getattr(slot.raw, "_gp_closed_by_user", False):
+                self.count_user_close()
             self._remove(slot, polite=False)
             return
         if outcome == RESET:
             self._counts[keys.CONNECTIONS_RESET] += 1
         self._shelve(slot)
+
+    def count_user_close(self) -> None:
+        """Count a ``close()`` of a lent connection by its user (a teardown kept from code that
+        connected per request: a closed connection is replaced, a connect per lease); say so
+        once per pool."""
+        self._counts[keys.CONNECTIONS_CLOSED] += 1
+        if not self._told_closed:
+            self._told_closed = True
+            logger.warning(
+                "pool %s (%s): conn.close() on a lent connection (in a teardown?): a request_connection()"
+                " connection is given back when its request ends anyway, any other is closed and replaced,"
+                " a new connection per lease; give connections back instead of closing them."
+                " Logged once per pool; counted in connections_closed",
+                self.name, self.dsn,
+            )  # fmt: skip
 
     def _shelve(self, slot: Slot) -> None:
         """-> IDLE: to the first waiter, else onto the idle stack.

@@ -1,6 +1,9 @@
 """Registry and discovery: which pool services a worker opens.
 
-Four sources, in this order, each service taken once (by identity):
+This module names no integration: :func:`discover` is handed the finders and
+adopters of the integrations by its caller (:mod:`gunicorn_pool.integrations`
+is the one module that names Django and SQLAlchemy). Four sources, in this
+order, each service taken once (by identity):
 
 1. **Registered** with :func:`register`, from gunicorn.conf.py or app code::
 
@@ -18,11 +21,10 @@ Four sources, in this order, each service taken once (by identity):
            cache = myapp.services:cache_pool
 
    One that fails to load is logged and skipped.
-3. **A Django project**: when the process has loaded Django's settings and an
-   alias is pooled (``ENGINE: "gunicorn_pool.django.mysql"``, or PostgreSQL
-   with ``OPTIONS["pool"]``), :class:`gunicorn_pool.django.DjangoPools`
-   (named ``django``). Nothing is imported unless ``django`` already is.
-   Switch it off with ``gunicorn_pool.configure(django=False)``.
+3. **Finders** passed in by the caller, each yielding (name, service): the
+   integrations' (a Django project's pooled aliases,
+   :class:`gunicorn_pool.django.DjangoPools`, when Django's settings are
+   loaded; switch it off with ``gunicorn_pool.configure(django=False)``).
 4. **The loaded WSGI app**: PoolInterface instances reachable from the app
    object through instance ``__dict__``\\s, dicts, lists, tuples and sets (a
    Flask app's ``extensions``, a Django-style container, a middleware's
@@ -30,10 +32,10 @@ Four sources, in this order, each service taken once (by identity):
    objects; the first 1,000 items of any one container; 0.25 s), safe against
    cycles, never calls properties, ``__getattr__`` or ``__class__``, skips
    modules, classes and functions, never raises, and logs when it stops early.
-   A SQLAlchemy ``Engine`` or a Flask-SQLAlchemy extension met on the way
-   (``app.extensions["sqlalchemy"]``) is adopted as
-   :func:`gunicorn_pool.sqlalchemy.adopt` would, unless ``adopt()`` took it.
-   Switch it off with ``gunicorn_pool.configure(walk_app=False)``.
+   An object of a class the caller's *adopters* name (by module and class
+   name: a SQLAlchemy ``Engine``, a Flask-SQLAlchemy extension) met on the way
+   is handed to its adopter, which returns the service that puts it on pools
+   of ours (or None). Switch it off with ``gunicorn_pool.configure(walk_app=False)``.
 
 :func:`configure` holds the process-wide settings (they cannot be gunicorn
 settings: gunicorn ignores unknown names in its config file).
@@ -48,11 +50,14 @@ import sys
 import time
 import types
 from collections import deque
-from typing import Any, Iterator, Optional, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, TypeVar
 
 from .base import PoolInterface
 
-__all__ = ["Settings", "configure", "discover", "get", "register", "registered", "settings", "unregister", "walk"]
+__all__ = [
+    "Adopter", "Adopters", "Finder", "Settings", "configure", "discover", "get", "register", "registered", "settings",
+    "unregister", "walk",
+]  # fmt: skip
 
 logger = logging.getLogger("gunicorn_pool")
 ENTRY_POINT_GROUP = "gunicorn_pool.services"
@@ -64,6 +69,12 @@ _SKIP_TYPES = (type, types.ModuleType, types.FunctionType, types.BuiltinFunction
                str, bytes, bytearray, int, float, complex, bool, type(None))  # fmt: skip
 
 S = TypeVar("S", bound=PoolInterface)
+#: Yields (name, service) pairs of one source of services (an integration's).
+Finder = Callable[[], Iterable[tuple[str, PoolInterface]]]
+#: Puts an object the app walk met at a path on pools of ours: the service doing it, or None.
+Adopter = Callable[[Any, str], Optional[PoolInterface]]
+#: Adopters by the (module, class name) of the objects they take.
+Adopters = Mapping[tuple[str, str], Adopter]
 
 
 @dataclasses.dataclass
@@ -78,7 +89,7 @@ class Settings:
     warm_up: bool = True  #: run a fresh worker's first-request code before traffic (gunicorn_pool.warmup)
     warm_requests: int = 8  #: synthetic requests through gunicorn's HTTP code in that warm-up
     request_scope: bool = True  #: run each request in a scope: leaks reclaimed, request_connection() (wsgi.py)
-    django: bool = True  #: open a loaded Django project's pooled aliases (gunicorn_pool.django)
+    django: bool = True  #: open a loaded Django project's pooled aliases (gunicorn_pool.integrations)
 
 
 @dataclasses.dataclass
@@ -152,8 +163,11 @@ def registered() -> dict[str, PoolInterface]:
     return {k: r.service for k, r in _services.items() if r.config_run is None or r.config_run == current}
 
 
-def discover(app: Any = None) -> list[tuple[str, PoolInterface]]:
-    """Every service to open in this worker, as (name, service) pairs. Never raises."""
+def discover(app: Any = None, *, finders: Iterable[Finder] = (),
+             adopters: Optional[Adopters] = None) -> list[tuple[str, PoolInterface]]:  # fmt: skip
+    """Every service to open in this worker, as (name, service) pairs: registered ones, entry
+    points, what each of *finders* yields, and what the walk of *app* finds (*adopters*: see
+    :func:`walk`). Never raises."""
     found: list[tuple[str, PoolInterface]] = []
     seen: set[int] = set()
 
@@ -167,12 +181,16 @@ def discover(app: Any = None) -> list[tuple[str, PoolInterface]]:
     if settings.entry_points:
         for name, service in _from_entry_points():
             add(name, service)
-    if settings.django and "django" in sys.modules:
-        for name, service in _from_django():
-            add(name, service)
+    for finder in finders:
+        try:
+            for name, service in finder():
+                add(name, service)
+        except Exception as exc:  # noqa: BLE001 - a broken integration must not stop a worker
+            logger.error("gunicorn_pool: %s failed, its services are not opened at boot: %s",
+                         getattr(finder, "__name__", finder), exc)  # fmt: skip
     if settings.walk_app and app is not None:
         try:
-            for name, service in walk(app, max_depth=settings.walk_depth):
+            for name, service in walk(app, max_depth=settings.walk_depth, adopters=adopters):
                 add(name, service)
         except Exception as exc:  # noqa: BLE001 - walk() does not raise; this guards its callers' boot anyway
             logger.error("gunicorn_pool: the app walk failed, services found so far are used: %s", exc)
@@ -204,21 +222,11 @@ def _from_entry_points() -> Iterator[tuple[str, PoolInterface]]:
         yield ep.name, obj
 
 
-def _from_django() -> Iterator[tuple[str, PoolInterface]]:
-    try:
-        from .django.service import configured_service
-
-        service = configured_service()
-    except Exception as exc:  # noqa: BLE001 - a broken Django setup must not stop a worker here
-        logger.error("gunicorn_pool: the Django project's pools are not opened at boot: %s", exc)
-        return
-    if service is not None:
-        yield service.name, service
-
-
-def walk(root: Any, *, max_depth: int = 4, max_objects: int = _MAX_OBJECTS,
-         max_seconds: float = _MAX_SECONDS) -> Iterator[tuple[str, PoolInterface]]:  # fmt: skip
-    """Yield (path, service) for PoolInterface objects reachable from *root* (see the module docstring)."""
+def walk(root: Any, *, max_depth: int = 4, max_objects: int = _MAX_OBJECTS, max_seconds: float = _MAX_SECONDS,
+         adopters: Optional[Adopters] = None) -> Iterator[tuple[str, PoolInterface]]:  # fmt: skip
+    """Yield (path, service) for PoolInterface objects reachable from *root* (see the module
+    docstring), and for objects of a class named in *adopters* (``{(module, class name):
+    adopter}``, matched on the class and its bases) the service their adopter returns."""
     deadline = time.monotonic() + max_seconds
     seen = {id(root)}
     queue: deque[tuple[str, Any, int]] = deque([("app", root, 0)])
@@ -235,8 +243,8 @@ def walk(root: Any, *, max_depth: int = 4, max_objects: int = _MAX_OBJECTS,
         visited += 1
         if _is_service(obj):
             yield path, obj
-        elif _adoptable(obj):
-            service = _adopt_found(path, obj)
+        elif adopters and (adopter := _adopter_of(obj, adopters)) is not None:
+            service = _adopt_found(path, obj, adopter)
             if service is not None:
                 yield path, service
         if depth >= max_depth:
@@ -254,24 +262,24 @@ def _is_service(obj: Any) -> bool:
         return False
 
 
-#: Objects the walk puts on pools of ours although they are no service: SQLAlchemy engines and
-#: Flask-SQLAlchemy extensions (gunicorn_pool.sqlalchemy.adopt), by (module, class), no import needed.
-_ADOPTABLE = frozenset({("sqlalchemy.engine.base", "Engine"), ("flask_sqlalchemy.extension", "SQLAlchemy")})
-
-
-def _adoptable(obj: Any) -> bool:
+def _adopter_of(obj: Any, adopters: Adopters) -> Optional[Adopter]:
+    """The adopter of *obj*'s class or of one of its bases (by module and class name, so nothing
+    is imported), or None."""
     try:
-        return any((c.__module__, c.__qualname__) in _ADOPTABLE for c in type(obj).__mro__)
+        for cls in type(obj).__mro__:
+            adopter = adopters.get((cls.__module__, cls.__qualname__))
+            if adopter is not None:
+                return adopter
     except Exception:  # noqa: BLE001 - a broken class is nothing to adopt
-        return False
+        pass
+    return None
 
 
-def _adopt_found(path: str, obj: Any) -> Optional[PoolInterface]:
-    """The service adopting *obj* found at *path*, or None (adopted already, or it failed: logged)."""
+def _adopt_found(path: str, obj: Any, adopter: Adopter) -> Optional[PoolInterface]:
+    """The service *adopter* puts *obj* (found at *path*) on, or None (adopted already, or it
+    failed: logged)."""
     try:
-        from .sqlalchemy.service import adopted_by_walk
-
-        return adopted_by_walk(obj, path=path)
+        return adopter(obj, path)
     except Exception as exc:  # noqa: BLE001 - the walk never raises
         logger.error("gunicorn_pool: %s (%s) not adopted: %s", path, type(obj).__name__, exc)
         return None

@@ -21,7 +21,7 @@ from .base import PoolInterface, WorkerProfile, current_profile
 from .errors import ConfigError, ConnectError, PoolClosed, PoolStartupError
 from .pool import ConnectionPool
 
-__all__ = ["NamedConfig", "NamedPools", "open_at_boot", "single_config"]
+__all__ = ["NamedConfig", "NamedPools", "fit", "open_at_boot", "single_config"]
 
 logger = logging.getLogger("gunicorn_pool")
 
@@ -35,7 +35,7 @@ class NamedConfig(Protocol):
     @property
     def strict(self) -> bool: ...
 
-    def sizes(self, profile: WorkerProfile) -> tuple[int, int]: ...
+    def sizes(self, defaults: tuple[int, int] = ...) -> tuple[int, int]: ...
 
 
 C = TypeVar("C", bound=NamedConfig)
@@ -67,6 +67,14 @@ def open_at_boot(pool: ConnectionPool, name: str, config: NamedConfig, profile: 
         "pool %s (%s): opened %d connection(s) in %.1f ms [min=%d max=%d]",
         name, config.dsn, opened, (time.monotonic() - start) * 1000, pool.min_size, pool.max_size,
     )  # fmt: skip
+
+
+def fit(pool: ConnectionPool, config: NamedConfig, profile: WorkerProfile) -> None:
+    """Size *pool* and bound its statements for the worker *profile* describes: the pool core
+    takes both as values (sizes the config leaves unset, and the query bound where the config
+    sets none, come from the worker type)."""
+    pool.resize(*config.sizes(profile.default_sizes()))
+    pool.connector.query_bound = profile.query_bound()
 
 
 class NamedPools(PoolInterface, Generic[C]):
@@ -122,7 +130,7 @@ class NamedPools(PoolInterface, Generic[C]):
 
     def _open(self, key: str, cfg: C, profile: WorkerProfile) -> None:
         pool = self.pool(key)
-        pool.resize(*cfg.sizes(profile))
+        fit(pool, cfg, profile)
         self._before_open(key, cfg, profile)
         open_at_boot(pool, key, cfg, profile)
 
@@ -155,7 +163,9 @@ class NamedPools(PoolInterface, Generic[C]):
             return pool
         if self._closed_in == os.getpid():
             raise PoolClosed(f"{type(self).__name__} {self.name!r} is closed: no connection for {name!r}")
-        candidate = self._build(name, self._config(name))
+        config = self._config(name)
+        candidate = self._build(name, config)
+        fit(candidate, config, current_profile())
         if pool is None:
             # Two threads racing here get the same pool (setdefault is
             # atomic; the loser's pool has opened nothing).

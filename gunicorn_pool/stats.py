@@ -27,6 +27,7 @@ CONNECTIONS_ERRORS = "connections_errors"
 CONNECTIONS_LOST = "connections_lost"
 CONNECTIONS_LEAKED = "connections_leaked"
 CONNECTIONS_RESET = "connections_reset"
+CONNECTIONS_CLOSED = "connections_closed"
 USAGE_MS = "usage_ms"
 #: Of a primary with replicas (DatabasePool.stats()): read-only leases the primary served
 #: because no replica could be reached.
@@ -38,7 +39,7 @@ GAUGES = (POOL_MIN, POOL_MAX, POOL_SIZE, POOL_AVAILABLE, REQUESTS_WAITING)
 POOL_COUNTERS = (
     REQUESTS_NUM, REQUESTS_QUEUED, REQUESTS_WAIT_MS, REQUESTS_TIMEOUTS, REQUESTS_ERRORS,
     CONNECTIONS_NUM, CONNECTIONS_MS, CONNECTIONS_ERRORS, CONNECTIONS_LOST, CONNECTIONS_LEAKED,
-    CONNECTIONS_RESET, USAGE_MS,
+    CONNECTIONS_RESET, CONNECTIONS_CLOSED, USAGE_MS,
 )  # fmt: skip
 #: Every figure that only grows (a reporter sends its increase).
 COUNTERS = POOL_COUNTERS + (REPLICA_FALLBACKS,)
@@ -62,6 +63,7 @@ HELP = {
     CONNECTIONS_LOST: "connections found dead by the checkout check",
     CONNECTIONS_LEAKED: "leases reclaimed because their request ended without giving them back",
     CONNECTIONS_RESET: "sessions reset on return because the user changed them",
+    CONNECTIONS_CLOSED: "connections their user closed during the lease (each costs a new connection)",
     USAGE_MS: "milliseconds connections were lent out",
     REPLICA_FALLBACKS: "read-only leases served by the primary because no replica could be reached",
 }

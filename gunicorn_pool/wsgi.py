@@ -11,17 +11,24 @@ A request *failed* when the app raised, the body raised while it was sent, or
 the status is 5xx: its ``request_connection()`` leases are rolled back.
 A ``wsgi.file_wrapper`` response is passed through untouched (so the server
 can still use ``sendfile``); its request ends when the app returns it.
+
+Cost: one object per request. The scope is also the ``start_response`` the
+app calls (a bound method, no closure) and the response iterable the server
+iterates and closes; a list body is iterated as the list itself (no
+generator).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator
 
-from . import request
+from .core import LEASE_SINK
+from .request import RequestScope
 
 __all__ = ["RequestScopeMiddleware", "wrap"]
 
 StartResponse = Callable[..., Any]
+_list = list
 
 
 class RequestScopeMiddleware:
@@ -33,60 +40,69 @@ class RequestScopeMiddleware:
         self.app = app
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        scope, token = request.begin(environ.get("PATH_INFO", ""))
-        status: list[str] = []
-
-        def recording_start_response(code: str, headers: Any, exc_info: Any = None) -> Any:
-            status.append(code)
-            return start_response(code, headers, exc_info) if exc_info is not None else start_response(code, headers)
-
+        scope = _Request(environ.get("PATH_INFO", ""))
+        scope._respond = start_response
+        scope._token = LEASE_SINK.set(scope)
         try:
-            body = self.app(environ, recording_start_response)
+            body = self.app(environ, scope.start_response)
         except BaseException:
-            request.end(scope, token, failed=True)
+            scope.end(failed=True)
             raise
         wrapper = environ.get("wsgi.file_wrapper")
-        if isinstance(wrapper, type) and isinstance(body, wrapper):
-            request.end(scope, token, failed=_failed(status))
+        if wrapper is not None and isinstance(wrapper, type) and isinstance(body, wrapper):
+            scope.end(failed=scope._failed)
             return body
-        return _ScopedBody(body, scope, token, status)
+        scope._body = body
+        return scope
 
 
-class _ScopedBody:
-    """The app's response iterable; closing it ends the request."""
+def _no_server(*args: Any) -> Any:
+    raise RuntimeError("start_response called outside a request")
 
-    __slots__ = ("_body", "_scope", "_token", "_status", "_failed")
 
-    def __init__(self, body: Iterable[bytes], scope: request.RequestScope, token: Any, status: list[str]) -> None:
-        self._body = body
-        self._scope: Optional[request.RequestScope] = scope
-        self._token = token
-        self._status = status
-        self._failed = False
+class _Request(RequestScope):
+    """One WSGI request: its scope, the ``start_response`` the app calls, and the response
+    iterable the server iterates and closes (closing it ends the request)."""
+
+    __slots__ = ("_respond", "_body", "_failed")
+
+    def __init__(self, label: str) -> None:
+        RequestScope.__init__(self, label)
+        self._respond: StartResponse = _no_server
+        self._body: Iterable[bytes] = ()
+        self._failed = False  # a 5xx status, or the body raised
+
+    def start_response(self, status: str, headers: Any, exc_info: Any = None) -> Any:
+        self._failed = status[:1] == "5"  # the last status the app gave wins
+        if exc_info is None:
+            return self._respond(status, headers)
+        return self._respond(status, headers, exc_info)
 
     def __iter__(self) -> Iterator[bytes]:
+        body = self._body
+        if type(body) is _list:
+            return iter(body)  # nothing to see while a list is sent
+        return self._stream(body)
+
+    def _stream(self, body: Iterable[bytes]) -> Iterator[bytes]:
         try:
-            yield from self._body
+            yield from body
         except BaseException:
             self._failed = True
             raise
 
     def close(self) -> None:
-        scope, self._scope = self._scope, None
+        body, self._body = self._body, ()
         try:
-            close = getattr(self._body, "close", None)
+            close = getattr(body, "close", None) if type(body) is not _list else None
             if close is not None:
                 close()
         except BaseException:
             self._failed = True
             raise
         finally:
-            if scope is not None:
-                request.end(scope, self._token, failed=self._failed or _failed(self._status))
-
-
-def _failed(status: list[str]) -> bool:
-    return bool(status) and status[-1][:1] == "5"
+            if self._token is not None or self.leases or self.finalizers:
+                self.end(failed=self._failed)
 
 
 def wrap(worker: Any) -> None:

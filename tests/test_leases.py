@@ -7,6 +7,7 @@ need no server.
 
 from __future__ import annotations
 
+import contextvars
 import re
 import threading
 import time
@@ -381,3 +382,63 @@ def test_pymysql_errors_are_unchanged_for_the_holder(mysql_pool):
         with pytest.raises(pymysql.err.ProgrammingError):
             conn.cursor().execute("SELECT * FROM gp_no_such_table")
         assert conn_id(conn) > 0
+
+
+# -- leases taken by threads running in a copy of the request's context ------------------------
+
+
+def test_a_lease_a_background_thread_still_uses_is_not_reclaimed_when_the_request_ends(tmp_path, caplog):
+    """A thread started in a copy of the request's context (asyncio.to_thread, executors do the
+    same) sees the request's scope. Before: its lease was reclaimed when the request ended, and
+    the thread's next statement raised LeaseError while it still worked. Now a lease whose thread
+    still runs application code is left to it (and to leak_timeout), said once in the log."""
+    db = sqlite_db(tmp_path, max_size=2, timeout=1)
+    pool = db.pool()
+    taken, release, done = threading.Event(), threading.Event(), []
+
+    def job() -> None:
+        conn = pool.getconn()
+        taken.set()
+        release.wait(5)
+        done.append(conn.execute("SELECT 1").fetchone()[0])  # no LeaseError: still its lease
+        pool.putconn(conn)
+
+    with caplog.at_level("WARNING", logger="gunicorn_pool"), request_scope("GET /start-job"):
+        ctx = contextvars.copy_context()
+        thread = threading.Thread(target=ctx.run, args=(job,))
+        thread.start()
+        assert taken.wait(5)
+    release.set()
+    thread.join(5)
+    assert done == [1]
+    stats = pool.stats()
+    assert stats["connections_leaked"] == 0 and stats["pool_available"] == stats["pool_size"], stats
+    assert "by another thread than its request's (GET /start-job) is still in use" in caplog.text
+    db.close_pool()
+
+
+def test_a_lease_an_executor_thread_left_out_is_reclaimed_when_the_request_ends(tmp_path):
+    """The same copied context through an executor, awaited by the request: the thread is back
+    idle in its executor when the request ends, so what it left out is the request's leak."""
+    db = sqlite_db(tmp_path, max_size=2, timeout=1)
+    pool = db.pool()
+    with ThreadPoolExecutor(1) as executor:
+        with request_scope("GET /offload"):
+            ctx = contextvars.copy_context()
+            leaked = executor.submit(ctx.run, pool.getconn).result(5)
+        assert pool.stats()["connections_leaked"] == 1
+    with pytest.raises(LeaseError, match="closed it"):
+        leaked.execute("SELECT 1")
+    db.close_pool()
+
+
+def test_close_of_a_with_lease_connection_is_counted_and_it_is_replaced(tmp_path, caplog):
+    db = sqlite_db(tmp_path, max_size=1, timeout=1)
+    with caplog.at_level("WARNING", logger="gunicorn_pool"):
+        for _ in range(2):
+            with db.connection() as conn:
+                conn.close()
+    stats = db.pool().stats()
+    assert stats["connections_closed"] == 2 and stats["connections_num"] == 2 and stats["pool_size"] == 0, stats
+    assert caplog.text.count("conn.close() on a lent connection") == 1
+    db.close_pool()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import pytest
 from support import figure, pool_conf
@@ -39,16 +40,18 @@ def test_a_query_hung_mid_flight_fails_after_gunicorns_timeout(mysql_user, tcp_p
 
 
 def test_explicit_read_timeout_wins_and_sync_workers_keep_none():
-    from gunicorn_pool.config import parse_config
-    from gunicorn_pool.connectors.mysql import MySQLConnector
+    """The service sizes and bounds each pool for the worker it runs in (the core takes both as values)."""
+
+    def read_timeout(**config: Any) -> Any:
+        return DatabasePool({"default": {"host": "h", **config}}).pool().connector.read_timeout()  # type: ignore[attr-defined]
 
     saved = current_profile()
     try:
         set_profile(WorkerProfile("gevent", timeout=30.0))
-        assert MySQLConnector(parse_config("p", {"host": "h"})).read_timeout() == 30.0
-        assert MySQLConnector(parse_config("p", {"host": "h", "read_timeout": 5})).read_timeout() == 5.0
+        assert read_timeout() == 30.0
+        assert read_timeout(read_timeout=5) == 5.0
         set_profile(WorkerProfile("sync", timeout=30.0))
-        assert MySQLConnector(parse_config("p", {"host": "h"})).read_timeout() is None
+        assert read_timeout() is None
     finally:
         set_profile(saved)
 

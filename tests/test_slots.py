@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import pytest
 
-from gunicorn_pool import ConnectError, ConnectionPool, LeaseError, PoolClosed, PoolTimeout, request, request_scope
+from gunicorn_pool import ConnectError, ConnectionPool, LeaseError, PoolClosed, PoolTimeout, _frames, request_scope
 from gunicorn_pool.connectors.base import DROP, RESET, REUSE, Connector
 from gunicorn_pool.slot import CLOSED, IDLE, LENT
 
@@ -220,7 +220,7 @@ def test_a_lease_in_a_request_records_the_line_that_took_it_per_call_site():
         app: dict[str, Any] = {"__name__": "myapp.views"}
         exec(compile("def take(pool):\n    return pool.getconn()\n", "/srv/myapp/views.py", "exec"), app)
         code = app["take"].__code__
-        request._code_memo[id(code)] = (framework["take"].__code__, None)  # as if a dead code's id came back
+        _frames._code_memo[id(code)] = (framework["take"].__code__, None)  # as if a dead code's id came back
         raw = app["take"](pool)
         assert _taken_at(pool, raw) == "/srv/myapp/views.py:2"
         pool.putconn(raw)
@@ -243,14 +243,14 @@ def test_a_lease_names_its_line_on_every_path_from_one_entry_point():
     pool, _ = make(min_size=0, max_size=2)
     here = __file__.rstrip("c")
     deep, shallow = _chain("django.db.models.deep", 5), _chain("sqlalchemy.orm.shallow", 2)
-    request._depths.clear()
+    _frames._depths.clear()
     with request_scope():
         for take in [deep, shallow, pool.getconn.__func__, deep, pool.getconn.__func__, shallow, deep] * 2:
             line = sys._getframe().f_lineno + 1
             raw = take(pool)
             assert _taken_at(pool, raw) == f"{here}:{line}", take
             pool.putconn(raw)
-        (code, depths), = request._depths.values()  # fmt: skip
+        (code, depths), = _frames._depths.values()  # fmt: skip
         assert code is ConnectionPool.getconn.__code__ and sorted(depths) == [3, 6], depths  # 1: walked
         places: list[str] = []
 
@@ -264,3 +264,27 @@ def test_a_lease_names_its_line_on_every_path_from_one_entry_point():
         thread.start()
         thread.join(5)
         assert places == [f"{here}:{in_a_thread.__code__.co_firstlineno + 2}"]
+
+
+def test_a_package_is_judged_by_its_whole_name_and_servers_are_not_the_app():
+    """``djangoproj.views`` is the app's, not Django's (a prefix match took it for Django, and a
+    Django lease under gevent was named after gunicorn's request handler). A stack with no app
+    frame at all (framework code called by the server) is named by the framework call that took
+    the lease, never by the server's frames."""
+    pool, _ = make(min_size=0, max_size=2, leak_timeout=60)  # leak_timeout: places recorded outside requests too
+    project: dict[str, Any] = {"__name__": "djangoproj.views"}
+    exec(compile("def view(pool):\n    return pool.getconn()\n", "/srv/djangoproj/views.py", "exec"), project)
+    framework: dict[str, Any] = {"__name__": "django.core.handlers.fake"}
+    exec(compile("def handler(pool):\n    return pool.getconn()\n", "/fake/django/handler.py", "exec"), framework)
+    server: dict[str, Any] = {"__name__": "gunicorn.workers.fake", "handler": framework["handler"]}
+    exec(compile("def handle(pool, out):\n    out.append(handler(pool))\n", "/fake/gunicorn/worker.py", "exec"), server)
+    raw = project["view"](pool)
+    assert _taken_at(pool, raw) == "/srv/djangoproj/views.py:2"
+    pool.putconn(raw)
+    # No app frame on the stack at all (a thread whose target is the server's code, which calls
+    # Django's, which takes the lease): named by Django's call, not by gunicorn or threading.
+    taken: list[Any] = []
+    thread = threading.Thread(target=server["handle"], args=(pool, taken))
+    thread.start()
+    thread.join(5)
+    assert _taken_at(pool, taken[0]) == "/fake/django/handler.py:2"

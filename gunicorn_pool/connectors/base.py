@@ -39,7 +39,9 @@ A use that fails the check raises :class:`~gunicorn_pool.errors.LeaseError`
 before anything is sent, so a reference kept past its lease can never
 interleave with the next borrower's protocol stream. ``close()`` by the user
 during the lease marks the connection so the pool drops it at return, and is
-refused outside the lease.
+refused outside the lease; on a ``request_connection()`` connection it does
+nothing (its request gives it back when it ends, committed or rolled back) and
+is counted then.
 """
 
 from __future__ import annotations
@@ -90,20 +92,28 @@ class LeaseGuard:
     _gp_pool = ""
     _gp_taken_at = ""
     _gp_closed_by_user = False
+    _gp_request = False  # lent by request_connection(): its request gives it back
+    _gp_close_asked = False  # close() was called during such a lease
 
     def _gp_check(self) -> None:
         holder = self._gp_holder
         if holder is not None and holder != get_ident():
             raise lease_error(self._gp_pool, holder, self._gp_taken_at)
 
-    def _gp_user_close(self) -> None:
-        """The user closes the connection: allowed only by its holder (the pool drops it at
-        return); closing one the pool already closed does nothing more."""
+    def _gp_user_close(self) -> bool:
+        """The user closes the connection: True if the driver's close must run now (allowed only
+        by its holder; the pool drops the connection at return). False: nothing more to do, the
+        pool closed it already, or it is a request_connection() connection, which its request
+        gives back when it ends (the attempt is counted then)."""
         if self._gp_holder == CLOSED:
-            return
+            return False
         self._gp_check()
+        if self._gp_request:
+            self._gp_close_asked = True
+            return False
         if self._gp_holder is not None:
             self._gp_closed_by_user = True
+        return True
 
 
 class Connector:
@@ -115,6 +125,11 @@ class Connector:
     #: True if connections are LeaseGuard instances: the pool then writes ``_gp_holder`` and
     #: ``_gp_taken_at`` on them when a lease starts, and :meth:`lend` need not.
     guarded = False
+    #: Seconds a statement may wait for the server when the config sets no bound of its own
+    #: (None: unbounded). The service layer sets it from the worker it runs in (gunicorn's
+    #: ``timeout`` in gthread and gevent workers, which gunicorn does not end when a request
+    #: hangs); connections opened from then on use it.
+    query_bound: Optional[float] = None
 
     def __init__(self, *, pool_name: str = "", address: str = "", dsn: str = "", password: str = "") -> None:
         self.pool_name = pool_name
@@ -165,6 +180,12 @@ class Connector:
         """A lease of *raw* starts, taken by *holder* (a thread or greenlet id; None: anyone) at
         *taken_at* (``file:line``, may be empty). A connector with per-lease work overrides this;
         the pool calls it only then (a :attr:`guarded` connector's guard is armed by the pool)."""
+
+    def begin(self, raw: Any) -> None:
+        """Start a transaction on lent *raw* now, whatever the pool's ``autocommit``:
+        ``request_connection()`` makes a whole request one transaction, committed or rolled back
+        when it ends. The default does nothing: a DB-API connection is transactional unless its
+        autocommit is on."""
 
     def check_in(self, raw: Any) -> bool:
         """The lease of *raw* ends: True if it is clean and goes straight back to the pool (its

@@ -161,6 +161,12 @@ class DBAPIConnector(Connector):
 
     # -- leases ------------------------------------------------------------------------------
 
+    def begin(self, raw: Any) -> None:
+        """Autocommit off for the rest of the lease where it is on (the return switches it back):
+        the driver then runs every statement in a transaction until commit or rollback."""
+        if self._autocommit_on(raw):
+            self._set_autocommit(raw, False)
+
     def check_in(self, raw: Any) -> bool:
         try:
             return _transaction_state(raw) is False and self._autocommit_on(raw) == self.config.autocommit

@@ -48,7 +48,6 @@ from pymysql.connections import MySQLResult
 from pymysql.constants import CLIENT
 from pymysql.protocol import EOFPacketWrapper
 
-from ..base import current_profile
 from .base import CLOSED, DROP, IDLE, RESET, REUSE, Connector, LeaseGuard, lease_error, socket_probe
 
 if TYPE_CHECKING:
@@ -160,8 +159,8 @@ class PooledMySQLConnection(LeaseGuard, pymysql.connections.Connection):  # type
         return result.affected_rows
 
     def close(self) -> None:
-        self._gp_user_close()
-        _Connection.close(self)
+        if self._gp_user_close():
+            _Connection.close(self)
 
 
 class HostOrder:
@@ -329,12 +328,13 @@ class MySQLConnector(Connector):
             )
 
     def read_timeout(self) -> Optional[float]:
-        """The configured ``read_timeout``; unset, gunicorn's ``timeout`` in a gthread or gevent
-        worker (gunicorn kills a hung sync worker at ``timeout`` itself, but not those: a query
-        that hangs mid-flight would otherwise hang its request until ``graceful_timeout``)."""
+        """The configured ``read_timeout``; unset, :attr:`query_bound` (gunicorn's ``timeout`` in a
+        gthread or gevent worker: gunicorn kills a hung sync worker at ``timeout`` itself, but not
+        those, and a query that hangs mid-flight would otherwise hang its request until
+        ``graceful_timeout``)."""
         if self.config.read_timeout is not None:
             return self.config.read_timeout
-        return current_profile().query_bound()
+        return self.query_bound
 
     def _track_session(self, conn: Any) -> None:
         if conn.server_capabilities & CLIENT.SESSION_TRACK:
@@ -464,6 +464,12 @@ class MySQLConnector(Connector):
             raw._result = None
             raw._gp_holder = IDLE
         return None if row is None else int(limit) - int(row[1])
+
+    def begin(self, raw: Any) -> None:
+        """``BEGIN`` unless a transaction is open already (autocommit stays as it is: the
+        transaction ends at COMMIT or ROLLBACK either way)."""
+        if not raw.server_status & _IN_TRANS:
+            raw.begin()
 
 
 class _WrongRole(pymysql.err.OperationalError):  # type: ignore[misc]

@@ -222,10 +222,10 @@ class PooledPGConnection(LeaseGuard, psycopg.Connection[Any]):
         return waitfn(gen, self.pgconn.socket, interval, timeout)
 
     def close(self) -> None:
-        if self._gp_holder == CLOSED:
-            return  # the pool closed or dropped it (one inherited through fork is never finished here)
-        self._gp_user_close()
-        psycopg.Connection.close(self)
+        # Nothing more when the pool closed or dropped it (one inherited through fork is never
+        # finished here), or for a request_connection() connection (see LeaseGuard).
+        if self._gp_user_close():
+            psycopg.Connection.close(self)
 
     @contextlib.contextmanager
     def pipeline(self) -> Iterator[psycopg.Pipeline]:
@@ -434,6 +434,12 @@ class PostgreSQLConnector(Connector):
         return int(rows[0][0])
 
     # -- leases ------------------------------------------------------------------------------
+
+    def begin(self, raw: Any) -> None:
+        """``BEGIN`` unless a transaction is open already (psycopg opens one by itself before the
+        first statement when autocommit is off)."""
+        if raw.autocommit and raw.pgconn.transaction_status == _TX_IDLE:
+            raw.execute("BEGIN")
 
     def lend(self, raw: Any, holder: Optional[int], taken_at: str = "") -> None:
         raw._gp_holder = holder

@@ -38,7 +38,6 @@ import redis
 from redis.maint_notifications import MaintNotificationsConfig
 from redis.utils import str_if_bytes
 
-from ..base import current_profile
 from .base import DROP, Connector, socket_probe
 
 if TYPE_CHECKING:
@@ -133,12 +132,11 @@ class RedisConnector(Connector):
         self._secrets = tuple(s for s in (config.password, config.ssl_password) if s)
 
     def socket_timeout(self) -> Optional[float]:
-        """The configured ``socket_timeout``; unset, gunicorn's ``timeout`` in a gthread or
-        gevent worker (gunicorn kills a hung sync worker itself, but not those)."""
+        """The configured ``socket_timeout``; unset, :attr:`query_bound` (gunicorn's ``timeout`` in
+        a gthread or gevent worker: gunicorn kills a hung sync worker itself, but not those)."""
         if self.config.socket_timeout is not None:
             return self.config.socket_timeout
-        profile = current_profile()
-        return profile.timeout if profile.kind in ("thread", "gevent") else None
+        return self.query_bound
 
     # -- the physical connection ----------------------------------------------------------
 

@@ -72,8 +72,8 @@ class PooledSQLiteConnection(LeaseGuard, sqlite3.Connection):
         super().rollback()
 
     def close(self) -> None:
-        self._gp_user_close()
-        super().close()
+        if self._gp_user_close():
+            super().close()
 
 
 class SQLiteConnector(Connector):
@@ -131,6 +131,11 @@ class SQLiteConnector(Connector):
     def ping(self, raw: Any, timeout: float) -> None:
         raw._gp_holder = None
         raw.execute("SELECT 1")
+
+    def begin(self, raw: Any) -> None:
+        """``BEGIN`` unless a transaction is open already."""
+        if not raw.in_transaction:
+            raw.execute("BEGIN")
 
     def check_in(self, raw: Any) -> bool:
         if raw._gp_closed_by_user:

@@ -53,6 +53,7 @@ from ..config import DatabaseConfig, parse_config
 from ..connectors.mysql import MySQLConnector
 from ..errors import ConfigError, PoolClosed
 from ..pool import ConnectionPool
+from ..service import fit
 from ._driver import django_conversions
 
 __all__ = ["ENGINE", "PoolTarget", "close_all", "config_for", "managed", "targets", "target"]
@@ -145,6 +146,7 @@ def direct(alias: str, settings_dict: Mapping[str, Any]) -> PoolTarget:
     """A target without a pool, for Django's connections to no database (``NAME=None``)."""
     config, driver_args, isolation = config_for(alias, settings_dict)
     connector = MySQLConnector(config, driver_args=driver_args)
+    connector.query_bound = base.current_profile().query_bound()
     return PoolTarget(alias, _key(settings_dict), settings_dict["OPTIONS"], config, connector, None, isolation)
 
 
@@ -160,7 +162,7 @@ def _build(alias: str, settings_dict: Mapping[str, Any]) -> PoolTarget:
             return found  # built by another thread meanwhile
         connector = MySQLConnector(config, driver_args=driver_args)
         pool = ConnectionPool(connector, name=alias, options=config)
-        pool.resize(*config.sizes(base.current_profile() if managed() else UNMANAGED))
+        fit(pool, config, base.current_profile() if managed() else UNMANAGED)
         built = PoolTarget(alias, key, options, config, connector, pool, isolation)
         old, _targets[alias] = found, built
     if old is not None and old.pool is not None:

@@ -48,7 +48,7 @@ from .._concurrency import run_all
 from ..base import PoolInterface, WorkerProfile, current_profile
 from ..config import DatabaseConfig, parse_config
 from ..errors import ConfigError, PoolStartupError
-from ..service import open_at_boot
+from ..service import fit, open_at_boot
 from . import pools
 
 __all__ = ["DjangoPools", "configured_service", "pooled_aliases"]
@@ -131,7 +131,7 @@ class DjangoPools(PoolInterface):
 
         found = pools.target(alias, connections.settings[alias])
         assert found.pool is not None
-        found.pool.resize(*found.config.sizes(profile))
+        fit(found.pool, found.config, profile)
         open_at_boot(found.pool, alias, found.config, profile)
 
     def _open_postgresql(self, alias: str, profile: WorkerProfile) -> None:
