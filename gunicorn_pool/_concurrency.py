@@ -213,6 +213,10 @@ class ForkAware:
     def _track_forks(self) -> None:
         ForkAware._instances.add(self)
 
+    def _forked(self) -> None:
+        """Called in a forked child, for every live instance (nothing else runs at fork time)."""
+        self.inherited = True
+
     @classmethod
     def live_instances(cls) -> list[ForkAware]:
         return [obj for obj in list(ForkAware._instances) if isinstance(obj, cls)]
@@ -221,7 +225,7 @@ class ForkAware:
 def _after_fork_in_child() -> None:
     _generation[0] += 1
     for obj in list(ForkAware._instances):
-        obj.inherited = True
+        obj._forked()
 
 
 if hasattr(os, "register_at_fork"):

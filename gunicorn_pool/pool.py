@@ -1,4 +1,5 @@
-"""The pool core: a bounded, fair, fork-aware pool of one database's connections.
+"""The synchronous pool: a bounded, fair, fork-aware pool of one database's connections, for
+threads and gevent greenlets.
 
 :class:`ConnectionPool` knows nothing of gunicorn; :class:`~gunicorn_pool.
 database.DatabasePool` builds one per named config. Usage::
@@ -8,6 +9,11 @@ database.DatabasePool` builds one per named config. Usage::
     with pool.connection() as conn:   # the driver's own connection
         cur = conn.cursor(); cur.execute("SELECT 1")
     pool.close()
+
+The rules are :class:`~gunicorn_pool.core.PoolCore`'s, shared with the
+asyncio front end (:mod:`gunicorn_pool.pool_async`); this module adds how a
+thread or greenlet waits (its own lock, or the gevent hub), the calls to the
+driver, and what a process forked from this one does with the pool.
 
 Life cycle of a connection (the slot states and the invariants behind the
 lock-free paths are in :mod:`gunicorn_pool.slot`):
@@ -48,33 +54,27 @@ would send COM_QUIT and end the parent's session) and opens the child's own.
 
 Concurrency and cost: the common checkout (an idle connection, nobody queued)
 and the common return (nobody waiting) take no lock (invariants 1, 3 and 4 of
-:mod:`gunicorn_pool.slot`). The lock, an OS lock even under gevent (it guards
-short sections that never yield), serialises the rest: queueing, hand-offs,
-opening, closing. A waiter blocks on its own ``threading`` lock or, once
-gevent patched threading, parks on the hub (:mod:`gunicorn_pool._concurrency`).
+:mod:`gunicorn_pool.slot`); :class:`Lease` runs them inline. The lock, an OS
+lock even under gevent (it guards short sections that never yield),
+serialises the rest: queueing, hand-offs, opening, closing. A waiter blocks on
+its own ``threading`` lock or, once gevent patched threading, parks on the
+hub (:mod:`gunicorn_pool._concurrency`).
 """
 
 from __future__ import annotations
 
 import atexit
-import dataclasses
 import logging
-import os
-import random
 import threading
 import time
-from collections import deque
 from typing import Any, Callable, Optional, TypeVar
 
 from . import _concurrency as cc
-from . import leaks
-from . import stats as keys
-from ._frames import caller
-from .connectors.base import DROP, RESET, Connector
-from .core import LEASE_SINK, PoolObserver
-from .errors import ConnectError, LeaseError, PoolClosed, PoolTimeout, TooManyRequests
+from .connectors.base import Connector
+from .core import LEASE_SINK, PING, REPLACE, PoolCore, PoolObserver
+from .errors import ConnectError, PoolClosed
 from .options import DEFAULTS, PoolOptions
-from .slot import CLOSED, IDLE, LENT, Slot
+from .slot import IDLE, LENT, Slot
 
 __all__ = ["ConnectionPool", "Lease", "PoolObserver"]
 
@@ -82,16 +82,9 @@ logger = logging.getLogger("gunicorn_pool")
 monotonic = time.monotonic
 T = TypeVar("T")
 
-#: Counters the pool keeps itself (requests_num and usage_ms are summed from the slots).
-_POOL_COUNTERS = (
-    keys.REQUESTS_QUEUED, keys.REQUESTS_WAIT_MS, keys.REQUESTS_TIMEOUTS, keys.REQUESTS_ERRORS,
-    keys.CONNECTIONS_NUM, keys.CONNECTIONS_MS, keys.CONNECTIONS_ERRORS, keys.CONNECTIONS_LOST,
-    keys.CONNECTIONS_LEAKED, keys.CONNECTIONS_RESET, keys.CONNECTIONS_CLOSED,
-)  # fmt: skip
 
-
-class ConnectionPool(cc.ForkAware):
-    """A pool of connections to one database, for use inside one process.
+class ConnectionPool(cc.ForkAware, PoolCore):
+    """A pool of connections to one database, for use inside one process (threads, greenlets).
 
     *options* (a :class:`~gunicorn_pool.options.PoolOptions`, or a
     :class:`~gunicorn_pool.config.DatabaseConfig`, which is one) says how it
@@ -104,47 +97,25 @@ class ConnectionPool(cc.ForkAware):
 
     def __init__(self, connector: Connector, *, name: str, options: PoolOptions = DEFAULTS,
                  default_sizes: tuple[int, int] = (1, 1), **overrides: Any) -> None:  # fmt: skip
-        options = dataclasses.replace(options, **overrides) if overrides else options
-        options.check(name)
-        self.name = name
-        self.options = options
-        self.dsn = connector.dsn or name
-        self.min_size, self.max_size = options.sizes(default_sizes)
-        self._connector = connector
-        #: Set to a PoolObserver to be told of each connect, wait and lease (None: nobody asks).
-        self.observer: Optional[PoolObserver] = None
-        # A lease starts with attribute writes on the connection (its LeaseGuard) and no call,
-        # unless the connector has more to do then; a plain return is one call (check_in).
-        self._guarded = connector.guarded
-        self._lend = connector.lend if type(connector).lend is not Connector.lend else None
-        self._check_in = connector.check_in
+        PoolCore.__init__(self, connector, name=name, options=options, default_sizes=default_sizes, **overrides)
+        if type(connector).lend is not Connector.lend:
+            self._lend = connector.lend
         self._track_forks()
-        self._reset_state()
 
-    # -- process-local state ------------------------------------------------
-
-    def _reset_state(self) -> None:
-        """(Re)create everything that belongs to one process."""
-        self.pid = os.getpid()
-        self._generation = cc.fork_generation()
+    def _init_state(self) -> None:
+        PoolCore._init_state(self)
         self.inherited = False
-        self._lock = cc.native_lock()
-        self._waiter_class = cc.waiter_class()
+        self._waiter_class = cc.waiter_class()  # looked up in each process: gevent may have patched
         self._lock_free = cc.lock_free_ok()
-        self._idle: deque[Slot] = deque()  # IDLE slots; the last returned on the right
-        self._lent: dict[int, Slot] = {}  # slots lent by getconn(), by id() of the driver's connection
-        self._waiters: deque[cc.Waiter] = deque()
-        self._slots: dict[int, Slot] = {}  # every registered slot (IDLE, LENT or in a thread's hands)
-        self._size = 0  # registered slots plus reservations (OPENING): never above max_size
-        self.closed = False  #: True once close() ran (read by DatabasePool on every connection())
-        self._watched = False  # by the leak watcher of this process (leak_timeout)
-        self._told_closed = False  # the "closed by its user" warning was logged
-        self._backoff = 0.0
-        self._next_attempt = 0.0
-        self._last_error = ""
-        # Figures of slots already closed (a slot counts its own while it lives).
-        self._retired_uses = self._retired_usage_ms = 0
-        self._counts = dict.fromkeys(_POOL_COUNTERS, 0)
+        self._refresh_fast()
+
+    def _refresh_fast(self) -> None:
+        # One flag for Lease's inline checkout and return: no fork to adopt, no observer, a GIL.
+        self._fast = self._lock_free and not self.inherited and self._observer is None
+
+    def _forked(self) -> None:
+        super()._forked()
+        self._fast = False
 
     def _adopt_process(self) -> None:
         """Drop connections inherited through fork and start afresh here."""
@@ -152,46 +123,12 @@ class ConnectionPool(cc.ForkAware):
         parent = self.pid
         for slot in inherited:
             self._connector.discard(slot.raw)  # no word to the server: the parent owns the session
-        self._reset_state()
+        self._init_state()
         if inherited:
             logger.info(
                 "pool %s (%s): dropped %d connection(s) inherited from pid %s",
                 self.name, self.dsn, len(inherited), parent,
             )  # fmt: skip
-
-    @property
-    def options(self) -> PoolOptions:
-        """The options this pool runs by (replace them whole: ``pool.options = replace(...)``)."""
-        return self._options
-
-    @options.setter
-    def options(self, options: PoolOptions) -> None:
-        self._options = options
-        # Read on every return: a connection is looked at again on checkout only this long after.
-        self._recheck_after = options.check_interval if options.probe_after is None else options.probe_after
-        self._owner_check = options.owner_check
-        self._leak_timeout = options.leak_timeout
-
-    @property
-    def leak_timeout(self) -> Optional[float]:
-        """Seconds after which a lease held outside a request is reported (None: never)."""
-        return self._leak_timeout
-
-    @property
-    def connector(self) -> Connector:
-        """The connector this pool opens, checks and closes its connections with."""
-        return self._connector
-
-    @property
-    def busy(self) -> int:
-        """Connections out now (lent, or being opened): a snapshot read without the lock."""
-        return self._size - len(self._idle)
-
-    def resize(self, min_size: int, max_size: int) -> None:
-        """Change the sizes (the worker profile may be known only after the pool was built)."""
-        if max_size < 1 or not 0 <= min_size <= max_size:
-            raise ValueError(f"pool {self.name!r}: need 0 <= min_size <= max_size and max_size >= 1")
-        self.min_size, self.max_size = min_size, max_size
 
     # -- opening (reservation -> OPENING -> a registered slot) -----------------------
 
@@ -210,9 +147,8 @@ class ConnectionPool(cc.ForkAware):
         opened = 0
         while True:
             with self._lock:
-                if self._size >= self.min_size:
+                if not self._reserve_for_warm_up():
                     return opened
-                self._size += 1
             if deadline is not None and monotonic() >= deadline:
                 self._release_capacity()
                 raise ConnectError(
@@ -223,7 +159,7 @@ class ConnectionPool(cc.ForkAware):
             except BaseException:
                 self._release_capacity()
                 raise
-            self._shelve_locked(slot, cold=True)
+            self._retire(self._shelve_locked(slot, cold=True))
             opened += 1
 
     def _connect(self, *, force: bool = False) -> Slot:
@@ -231,42 +167,14 @@ class ConnectionPool(cc.ForkAware):
 
         On failure the caller releases the reservation.
         """
-        start = monotonic()
-        if not force and start < self._next_attempt:
-            raise ConnectError(
-                f"pool {self.name!r}: cannot connect to {self._connector.address}: {self._last_error}"
-                f" (next attempt in {self._next_attempt - start:.1f}s)"
-            )
+        started = monotonic()
+        if not force and (refused := self._connect_refusal(started)) is not None:
+            raise refused
         try:
             raw = self._connector.connect()
         except Exception as exc:
-            self._counts[keys.CONNECTIONS_ERRORS] += 1
-            self._last_error = self._connector.describe_error(exc)
-            self._backoff = min(self._options.reconnect_backoff_max, max(0.1, self._backoff * 2))
-            self._next_attempt = monotonic() + self._backoff * random.uniform(0.5, 1.0)
-            logger.error(
-                "pool %s (%s): cannot connect to %s: %s", self.name, self.dsn, self._connector.address, self._last_error
-            )
-            raise ConnectError(
-                f"pool {self.name!r}: cannot connect to {self._connector.address}: {self._last_error}"
-            ) from None
-        if self._backoff:
-            logger.info("pool %s (%s): reconnected to %s", self.name, self.dsn, self._connector.address)
-        self._backoff = 0.0
-        self._counts[keys.CONNECTIONS_NUM] += 1
-        took = monotonic() - start
-        ms = int(took * 1000)  # before the read-modify-write: no thread switch inside it
-        self._counts[keys.CONNECTIONS_MS] += ms
-        if self.observer is not None:
-            self.observer.connected(took)
-        try:
-            probe = self._connector.probe(raw)
-        except BaseException:
-            self._connector.discard(raw)
-            raise
-        slot = Slot(raw, probe, self._options.max_lifetime)
-        self._slots[slot.key] = slot
-        return slot
+            raise self._connect_failed(exc) from None
+        return self._connected(raw, started)
 
     # -- checkout (IDLE or OPENING -> LENT) -----------------------------------------------
 
@@ -285,187 +193,75 @@ class ConnectionPool(cc.ForkAware):
 
     def _take(self, timeout: Optional[float]) -> Slot:
         """Check out a slot (IDLE or OPENING -> LENT). The common case (an idle connection,
-        nobody queued, returned moments ago) is this method alone: no lock, one clock read."""
+        nobody queued, returned moments ago) takes no lock and reads the clock once."""
         if self.inherited:
             self._adopt_process()
-        observer = self.observer
+        observer = self._observer
         if observer is not None:
             asked = monotonic()
-        if self._waiters or not self._idle or not self._lock_free:
-            slot, now = self._take_slow(timeout)
-        else:
+        slot = None
+        if not self._waiters and self._idle and self._lock_free:
             try:
                 slot = self._idle.pop()  # invariant 1: atomic, so no two takers get one slot
             except IndexError:  # taken by another checkout since the test above
-                slot, now = self._take_slow(timeout)
-            else:
-                now = monotonic()
-                if now >= slot.recheck_at:
-                    slot = self._ready(slot, peek=True)
-        # -> LENT: the lease starts; the slot is the caller's alone from here (invariant 5).
-        slot.state = LENT
-        slot.lent_at = now
-        slot.uses += 1
-        sink = LEASE_SINK.get()
-        if sink is not None or self._leak_timeout is not None:
-            slot.taken_at = caller()
-            if sink is not None:
-                sink.leases.append((self, slot, slot.uses))  # reclaimed if still out when the request ends
-            if self._leak_timeout is not None and not self._watched:
-                self._watched = True
-                leaks.watch(self)
-        elif slot.taken_at:
-            slot.taken_at = ""
+                pass
+        if slot is None:
+            slot, now = self._take_slow(timeout)
+        else:
+            now = monotonic()
+            if now >= slot.recheck_at:
+                slot = self._ready(slot, peek=True)
         # Looked up on each call: gevent replaces it when patching, and the lease guard compares
-        # with threading.get_ident() at use time. The taker is recorded even without the owner
-        # check: a request tells its own leases from those of a thread it handed work to.
-        slot.holder = taker = threading.get_ident()
-        holder = taker if self._owner_check else None
-        raw = slot.raw
-        if self._guarded:
-            raw._gp_holder = holder
-            raw._gp_taken_at = slot.taken_at
-        if self._lend is not None:
-            self._lend(raw, holder, slot.taken_at)
+        # with threading.get_ident() at use time.
+        self._begin_lease(slot, now, threading.get_ident())
         if observer is not None:
             observer.waited(monotonic() - asked)
         return slot
 
     def _take_slow(self, timeout: Optional[float]) -> tuple[Slot, float]:
         """Check out when the fast path cannot: under the lock, open a connection, or queue."""
-        waiter = slot = None
         with self._lock:
-            if self.closed:
-                raise PoolClosed(f"pool {self.name!r} is closed")
-            waiters = self._waiters
-            if not waiters and (slot := self._pop_idle()) is not None:
-                pass
-            elif not waiters and self._size < self.max_size:
-                self._size += 1  # a reservation: this caller opens a connection
-            elif self._options.max_waiting and len(waiters) >= self._options.max_waiting:
-                self._counts[keys.REQUESTS_ERRORS] += 1
-                raise TooManyRequests(
-                    f"pool {self.name!r}: {len(waiters)} requests already waiting"
-                    f" (max_waiting={self._options.max_waiting})"
-                )
-            else:
-                waiter = self._waiter_class()
-                waiters.append(waiter)
-                self._counts[keys.REQUESTS_QUEUED] += 1
-                if self._idle:  # invariant 4: a lock-free return raced this queueing
-                    self._hand_over_idle()
+            slot, waiter = self._reserve()
         if waiter is None:
-            slot = self._ready(slot, peek=True)
-            now = monotonic()
-        else:
-            slot, now = self._wait(waiter, self._options.timeout if timeout is None else timeout)
-            # Handed over by a return just now: only lifetime and check_interval apply.
-            if slot is None or now >= slot.expires or now - slot.last_used > self._options.check_interval:
-                slot = self._ready(slot, peek=False)
-        return slot, now
-
-    def _pop_idle(self) -> Optional[Slot]:
-        if not self._idle:  # raising IndexError costs more than this test
-            return None
+            return self._ready(slot, peek=True), monotonic()
+        limit = self._options.timeout if timeout is None else timeout
+        started = monotonic()
         try:
-            return self._idle.pop()
-        except IndexError:  # taken by a lock-free checkout meanwhile
-            return None
-
-    def _hand_over_idle(self) -> None:
-        """With the lock held: give idle slots to waiters (a race left both)."""
-        while self._waiters and (slot := self._pop_idle()) is not None:
-            waiter = self._waiters.popleft()
-            waiter.slot = slot
-            waiter.wake()
-
-    def _wait(self, waiter: cc.Waiter, timeout: float) -> tuple[Optional[Slot], float]:
-        """Block until served: (the slot handed over, or None for leave to open one; now)."""
-        start = monotonic()
-        try:
-            woken = waiter.wait(max(timeout, 0.0))
+            woken = waiter.wait(max(limit, 0.0))
         except BaseException:
-            self._abandon(waiter)
+            self._retire(self._abandon(waiter))
             raise
-        if not woken:
-            with self._lock:
-                timed_out = waiter in self._waiters
-                if timed_out:
-                    self._waiters.remove(waiter)
-                    self._counts[keys.REQUESTS_TIMEOUTS] += 1
-                    self._counts[keys.REQUESTS_WAIT_MS] += int((monotonic() - start) * 1000)
-                    in_use, waiting = self.busy, len(self._waiters)
-            if timed_out:  # logged outside the lock: a log handler may block
-                logger.warning(
-                    "pool %s (%s): timed out after %.2fs waiting for a connection (%d in use, %d waiting)",
-                    self.name, self.dsn, timeout, in_use, waiting,
-                )  # fmt: skip
-                raise PoolTimeout(
-                    f"pool {self.name!r}: no connection available within {timeout:g}s"
-                    f" (max_size={self.max_size}, in use={in_use})"
-                )
-            # Handed a connection just as the wait ran out: take it.
-        now = monotonic()
-        ms = int((now - start) * 1000)  # computed first: see connections_ms
-        self._counts[keys.REQUESTS_WAIT_MS] += ms
-        if waiter.error is not None:
-            raise waiter.error
-        slot: Optional[Slot] = waiter.slot
+        slot, now = self._wait_ended(waiter, started, limit, woken)
+        # Handed over by a return just now: only lifetime and check_interval apply.
+        if slot is None or now >= slot.expires or now - slot.last_used > self._options.check_interval:
+            slot = self._ready(slot, peek=False)
         return slot, now
-
-    def _abandon(self, waiter: cc.Waiter) -> None:
-        """A waiter was interrupted: leave the queue, pass on what it was given."""
-        with self._lock:
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
-                return
-        if waiter.slot is not None:
-            self._shelve(waiter.slot)
-        elif waiter.may_open:
-            self._release_capacity()
 
     def _ready(self, slot: Optional[Slot], *, peek: bool) -> Slot:
-        """:meth:`_validate`, giving the reservation back if that fails."""
+        """Make *slot* fit for use, replacing it if needed (the only retry); None: open one. The
+        caller holds the capacity; if this fails it is given back."""
         try:
-            return self._validate(slot, peek=peek)
-        except BaseException:
-            self._counts[keys.REQUESTS_ERRORS] += 1
-            self._release_capacity()
-            raise
-
-    def _validate(self, slot: Optional[Slot], *, peek: bool) -> Slot:
-        """Make *slot* fit for use, replacing it if needed (the only retry).
-
-        *peek* is False for a connection handed to a waiter: it came back after
-        the caller asked for one, so the wake-up latency is not idle time.
-        """
-        if slot is not None:
-            now = monotonic()
-            probe_after = self._options.probe_after
-            if now >= slot.expires:
-                self._unregister(slot)
-                self._connector.close(slot.raw)
-                slot = None
-            elif (idle := now - slot.last_used) > self._options.check_interval or (
-                peek and slot.probe is not None and probe_after is not None and idle >= probe_after and slot.probe()
-            ):
-                try:
-                    self._connector.ping(slot.raw, self._options.check_timeout)
-                except BaseException as exc:
-                    # Interrupted mid-ping or dead: the state is unknown either way.
+            if slot is not None:
+                check = self._check_of(slot, monotonic(), peek=peek)
+                if check == REPLACE:
                     self._unregister(slot)
-                    self._connector.discard(slot.raw)
-                    if not isinstance(exc, Exception):
-                        raise
-                    self._counts[keys.CONNECTIONS_LOST] += 1
-                    logger.warning(
-                        "pool %s (%s): dropping dead connection: %s",
-                        self.name, self.dsn, self._connector.describe_error(exc),
-                    )  # fmt: skip
+                    self._connector.close(slot.raw)
                     slot = None
-        if slot is None:  # the capacity stays reserved for the replacement
-            slot = self._connect()
-        return slot
+                elif check == PING:
+                    try:
+                        self._connector.ping(slot.raw, self._options.check_timeout)
+                    except BaseException as exc:
+                        # Interrupted mid-ping or dead: the state is unknown either way.
+                        self._lost(slot, exc)
+                        if not isinstance(exc, Exception):
+                            raise
+                        slot = None
+            if slot is None:  # the capacity stays reserved for the replacement
+                slot = self._connect()
+            return slot
+        except BaseException:
+            self._checkout_failed()
+            raise
 
     # -- return (LENT -> IDLE, or -> CLOSED) ----------------------------------------------
 
@@ -479,46 +275,20 @@ class ConnectionPool(cc.ForkAware):
         greenlet that did not take it, raises :class:`LeaseError` and is left
         as it is.
         """
-        slot = self._unlend(raw)
+        if self.inherited:
+            self._adopt_process()
+        slot = self._unlend(raw, threading.get_ident())
         if slot is None:
             return
         if discard:
-            self._remove(slot, polite=False)
+            self._drop(slot)
         else:
             self._give_back(slot, commit=commit)
-
-    def has_lent(self, raw: Any) -> bool:
-        """True if *raw* is out on a lease of this pool now."""
-        slot = self._lent.get(id(raw))
-        return slot is not None and slot.raw is raw
-
-    def _unlend(self, raw: Any) -> Optional[Slot]:
-        """LENT -> in the returner's hands: the lent map's ``dict.pop()`` is the one move
-        (invariant 1), so two returns of one lease never both succeed. None: taken before fork."""
-        if self.inherited:
-            self._adopt_process()
-        key = id(raw)
-        slot = self._lent.get(key)
-        if slot is not None and slot.raw is raw and self._owner_check and slot.holder != threading.get_ident():
-            where = f" (taken at {slot.taken_at})" if slot.taken_at else ""
-            raise LeaseError(
-                f"pool {self.name!r}: putconn() by a thread or greenlet other than the one that took the"
-                f" connection{where}"
-            )
-        slot = self._lent.pop(key, None)
-        if slot is None or slot.raw is not raw:
-            if self._generation != cc.fork_generation():
-                return None  # taken before fork; the child's pool never lent it
-            raise LeaseError(
-                f"pool {self.name!r}: putconn() of a connection this pool has not lent out (given back"
-                " already, reclaimed at the end of its request, or not from this pool)"
-            )
-        return slot
 
     def _give_back(self, slot: Slot, *, commit: bool) -> None:
         """End a lease: straight back if the connector says it is clean, else settle it first."""
         if self._check_in(slot.raw):
-            self._shelve(slot)
+            self._retire(self._shelve(slot))
         else:
             self._settle(slot, commit=commit)
 
@@ -530,171 +300,27 @@ class ConnectionPool(cc.ForkAware):
         except BaseException as exc:
             # A failed commit/rollback/reset, or one interrupted mid-way (gevent.Timeout,
             # GreenletExit): the state is unknown, drop it. A failed commit is the user's news.
-            self._remove(slot, polite=False)
+            self._drop(slot)
             if commit or not isinstance(exc, Exception):
                 raise
             return
-        if outcome == DROP:
-            if getattr(slot.raw, "_gp_closed_by_user", False):
-                self.count_user_close()
-            self._remove(slot, polite=False)
-            return
-        if outcome == RESET:
-            self._counts[keys.CONNECTIONS_RESET] += 1
-        self._shelve(slot)
+        self._retire(self._settled(slot, outcome))
 
-    def count_user_close(self) -> None:
-        """Count a ``close()`` of a lent connection by its user (a teardown kept from code that
-        connected per request: a closed connection is replaced, a connect per lease); say so
-        once per pool."""
-        self._counts[keys.CONNECTIONS_CLOSED] += 1
-        if not self._told_closed:
-            self._told_closed = True
-            logger.warning(
-                "pool %s (%s): conn.close() on a lent connection (in a teardown?): a request_connection()"
-                " connection is given back when its request ends anyway, any other is closed and replaced,"
-                " a new connection per lease; give connections back instead of closing them."
-                " Logged once per pool; counted in connections_closed",
-                self.name, self.dsn,
-            )  # fmt: skip
-
-    def _shelve(self, slot: Slot) -> None:
-        """-> IDLE: to the first waiter, else onto the idle stack.
-
-        The common case (nobody waiting) takes no lock (invariant 4).
-        """
-        now = monotonic()
-        if slot.state is LENT:
-            slot.usage_ms += int((now - slot.lent_at) * 1000)
-            if self.observer is not None:
-                self.observer.used(now - slot.lent_at)
-            slot.last_used = now
-            # Checkout looks at the slot again only after this; capped by expiry.
-            recheck = now + self._recheck_after
-            slot.recheck_at = recheck if recheck < slot.expires else slot.expires
-        if now >= slot.expires:
-            self._remove(slot, polite=True)
-        elif self._waiters or self.closed or not self._lock_free:
-            self._shelve_locked(slot, cold=False)
-        else:
-            slot.state = IDLE
-            idle = self._idle
-            idle.append(slot)
-            if self._waiters or self.closed:
-                self._shelve_locked(None, cold=False)
-            elif self._size > self.min_size:
-                try:
-                    oldest = idle[0].last_used
-                except IndexError:  # emptied by lock-free checkouts meanwhile
-                    return
-                if now - oldest > self._options.max_idle:
-                    self._shrink(now)
-
-    def _shelve_locked(self, slot: Optional[Slot], *, cold: bool) -> None:
-        """-> IDLE under the lock (*slot* may be None: only settle races), and close
-        what a closed pool holds. *cold* puts it at the bottom of the stack (warm-up)."""
-        with self._lock:
-            if slot is not None:
-                slot.state = IDLE
-                if self._waiters:  # straight to the first waiter (invariant 3)
-                    waiter = self._waiters.popleft()
-                    waiter.slot = slot
-                    waiter.wake()
-                else:
-                    self._idle.appendleft(slot) if cold else self._idle.append(slot)
-            if self._idle:
-                self._hand_over_idle()
-            if not self.closed:
-                return
-            leftover = []
-            while (extra := self._pop_idle()) is not None:
-                leftover.append(extra)
-        for extra in leftover:
-            self._remove(extra, polite=True)
-
-    def _shrink(self, now: float) -> None:
-        """Close idle connections above ``min_size`` unused for ``max_idle`` seconds."""
-        surplus: list[Slot] = []
-        with self._lock:
-            while self._size - len(surplus) > self.min_size and not self._waiters:
-                try:
-                    oldest = self._idle[0]
-                    if now - oldest.last_used <= self._options.max_idle:
-                        break
-                    surplus.append(self._idle.popleft())
-                except IndexError:  # emptied by lock-free checkouts meanwhile
-                    break
-        for slot in surplus:
-            self._remove(slot, polite=True)
-
-    # -- leases not given back ---------------------------------------------------------------
-
-    def reclaim(self, slot: Slot, number: int, request: str) -> bool:
-        """LENT -> CLOSED for a lease its request left out; called by gunicorn_pool.request.
-
-        *number* is the lease's number on the slot: a slot given back and lent
-        again since is someone else's now. Returns True if it was reclaimed.
-        """
-        if self.inherited or slot.uses != number or slot.state is not LENT:
-            return False  # given back (or lent again) already: nothing leaked
-        if slot.key in self._lent and self._lent.pop(slot.key, None) is not slot:
-            return False  # a putconn() from another thread won the race
-        self._counts[keys.CONNECTIONS_LEAKED] += 1
-        logger.warning(
-            "pool %s (%s): a connection taken at %s was not given back by the end of its request%s;"
-            " reclaimed: closed and its capacity freed",
-            self.name, self.dsn, slot.taken_at or "an unknown place", f" ({request})" if request else "",
-        )  # fmt: skip
-        self._remove(slot, polite=False)
-        return True
-
-    def report_long_leases(self, now: float) -> None:
-        """Log, once per lease, each lease held longer than ``leak_timeout``; called by gunicorn_pool.leaks."""
-        limit = self._leak_timeout
-        if limit is None or self.inherited:
-            return
-        for slot in list(self._slots.values()):
-            if slot.state is LENT and slot.reported != slot.uses and now - slot.lent_at > limit:
-                slot.reported = slot.uses
-                logger.warning(
-                    "pool %s (%s): a connection taken at %s has been out for %.1fs (leak_timeout=%gs)",
-                    self.name, self.dsn, slot.taken_at or "an unknown place", now - slot.lent_at, limit,
-                )  # fmt: skip
-
-    # -- closing (-> CLOSED) and capacity -----------------------------------------------------
-
-    def _remove(self, slot: Slot, *, polite: bool) -> None:
-        """-> CLOSED: unregister, close (*polite*: tell the server) or drop, free the capacity.
-
-        Releases capacity only if this call unregistered the slot (invariant 2).
-        """
-        if self._unregister(slot):
-            if polite:
-                self._connector.close(slot.raw)
-            else:
-                self._connector.discard(slot.raw)
+    def _retire(self, slots: tuple[Slot, ...]) -> None:
+        """Close politely the slots the core unregistered (expired, surplus, a closed pool's),
+        then free their capacity."""
+        for slot in slots:
+            self._connector.close(slot.raw)
             self._release_capacity()
 
-    def _unregister(self, slot: Slot) -> bool:
-        """Forget *slot*, keeping its figures; False if it was not registered."""
-        slot.state = CLOSED
-        with self._lock:
-            if self._slots.pop(slot.key, None) is None:
-                return False
-            self._lent.pop(slot.key, None)
-            self._retired_uses += slot.uses
-            self._retired_usage_ms += slot.usage_ms
-        return True
+    def _remove(self, slot: Slot, *, polite: bool) -> None:
+        """-> CLOSED: close (*polite*: tell the server) or drop *slot*, free its capacity."""
+        if polite:
+            self._retire(self._closing(slot))
+        else:
+            self._drop(slot)
 
-    def _release_capacity(self) -> None:
-        """One connection less: let the first waiter open a new one instead."""
-        with self._lock:
-            if self._waiters:
-                waiter = self._waiters.popleft()
-                waiter.may_open = True
-                waiter.wake()
-            else:
-                self._size -= 1
+    # -- the pool's own use of idle connections ------------------------------------------------
 
     def warm(self) -> int:
         """Give every idle connection its first use now, not on a request.
@@ -723,16 +349,16 @@ class ConnectionPool(cc.ForkAware):
                     logger.warning(
                         "pool %s (%s): warm-up use failed: %s", self.name, self.dsn, self._connector.describe_error(exc)
                     )
-                    self._remove(slot, polite=False)
+                    self._drop(slot)
                     continue
                 except BaseException:
-                    self._remove(slot, polite=False)
+                    self._drop(slot)
                     raise
                 used += 1
-                self._shelve_locked(slot, cold=False)  # oldest first: the stack keeps its order
+                self._retire(self._shelve_locked(slot, cold=False))  # oldest first: the stack keeps its order
         finally:
             for slot in reversed(slots):  # interrupted: give back the rest untouched
-                self._shelve_locked(slot, cold=False)
+                self._retire(self._shelve_locked(slot, cold=False))
         return used
 
     def use_idle(self, use: Callable[[Any], T]) -> Optional[T]:
@@ -747,9 +373,9 @@ class ConnectionPool(cc.ForkAware):
         try:
             result = use(slot.raw)
         except BaseException:
-            self._remove(slot, polite=False)
+            self._drop(slot)
             raise
-        self._shelve_locked(slot, cold=False)
+        self._retire(self._shelve_locked(slot, cold=False))
         return result
 
     def close(self) -> None:
@@ -761,54 +387,19 @@ class ConnectionPool(cc.ForkAware):
         """
         if self.inherited:
             self._adopt_process()
-        with self._lock:
-            if self.closed:
-                return
-            self.closed = True
-            idle = []
-            while (slot := self._pop_idle()) is not None:
-                idle.append(slot)
-            waiters, self._waiters = list(self._waiters), deque()
-            for waiter in waiters:
-                waiter.error = PoolClosed(f"pool {self.name!r} closed while waiting")
-                waiter.wake()
+        idle = self._start_closing()
+        if idle is None:
+            return
         for slot in idle:
-            self._remove(slot, polite=True)
+            self._connector.close(slot.raw)
+            self._release_capacity()
         logger.info("pool %s (%s): closed %d connection(s)", self.name, self.dsn, len(idle))
-
-    # -- figures -----------------------------------------------------------------------------
-
-    def connections(self, state: str) -> list[Any]:
-        """The driver connections whose slots are in *state* now (``slot.IDLE`` or
-        ``slot.LENT``): a snapshot, for adapters and tests; they stay the pool's."""
-        return [slot.raw for slot in list(self._slots.values()) if slot.state is state]
 
     def stats(self) -> dict[str, int]:
         """Current figures, under the names of :mod:`gunicorn_pool.stats`."""
         if self.inherited:  # the parent's lock may have been held at fork time
             self._adopt_process()
-        with self._lock:
-            slots = list(self._slots.values())
-            uses, usage_ms = self._retired_uses, self._retired_usage_ms
-            out = {
-                keys.POOL_MIN: self.min_size,
-                keys.POOL_MAX: self.max_size,
-                keys.POOL_SIZE: self._size,
-                keys.POOL_AVAILABLE: len(self._idle),
-                keys.REQUESTS_WAITING: len(self._waiters),
-            }
-            out.update(self._counts)
-        uses += sum(slot.uses for slot in slots)
-        # Every request ends in a use, a timeout or an error.
-        out[keys.REQUESTS_NUM] = uses + out[keys.REQUESTS_TIMEOUTS] + out[keys.REQUESTS_ERRORS]
-        out[keys.USAGE_MS] = usage_ms + sum(slot.usage_ms for slot in slots)
-        return {key: out[key] for key in keys.KEYS}
-
-    def __repr__(self) -> str:
-        return (
-            f"<ConnectionPool {self.name!r} {self.dsn} size={self._size}/{self.max_size}"
-            f" idle={len(self._idle)} pid={self.pid}{' closed' if self.closed else ''}>"
-        )
+        return PoolCore.stats(self)
 
 
 class Lease:
@@ -817,6 +408,16 @@ class Lease:
     The Lease object is the lease's token (a getconn() lease's is its entry in the
     pool's lent map): the slot's lease number tells whether the pool took it back
     (a leak reclaimed at the end of a request) before the block ended.
+
+    The common checkout and return run inline here: an idle connection checked
+    less than ``probe_after`` ago, nobody waiting, no request scope and no
+    ``leak_timeout`` to record the taking line for, no observer, no fork to
+    adopt; and a return the connector finds clean, nobody waiting, the
+    connection not expired. They are :meth:`ConnectionPool._take` and
+    :meth:`ConnectionPool._give_back` with :meth:`PoolCore._begin_lease`,
+    :meth:`PoolCore._end_lease` and :meth:`PoolCore._shelve` written out (their
+    twins; ``tests/test_slots.py`` checks they agree). Anything else takes the
+    full paths.
     """
 
     __slots__ = ("_pool", "_timeout", "_slot", "_number")
@@ -828,7 +429,36 @@ class Lease:
         self._timeout = timeout
 
     def __enter__(self) -> Any:
-        self._slot = slot = self._pool._take(self._timeout)
+        pool = self._pool
+        if pool._fast and not pool._waiters and pool._leak_timeout is None and LEASE_SINK.get() is None:
+            try:
+                slot = pool._idle.pop()  # invariant 1
+            except IndexError:
+                pass
+            else:
+                now = monotonic()
+                if now < slot.recheck_at:
+                    # PoolCore._begin_lease, written out (no sink, no leak_timeout: nothing to record)
+                    slot.state = LENT
+                    slot.lent_at = now
+                    self._number = slot.uses = slot.uses + 1
+                    if slot.taken_at:
+                        slot.taken_at = ""
+                    slot.holder = taker = threading.get_ident()  # looked up per call: gevent patches it
+                    raw = slot.raw
+                    if pool._guarded:
+                        raw._gp_holder = taker if pool._owner_check else None
+                        raw._gp_taken_at = ""
+                    if pool._lend is not None:
+                        pool._lend(raw, taker if pool._owner_check else None, "")
+                    self._slot = slot
+                    return raw
+                slot = pool._ready(slot, peek=True)
+                pool._begin_lease(slot, now, threading.get_ident())
+                self._slot = slot
+                self._number = slot.uses
+                return slot.raw
+        self._slot = slot = pool._take(self._timeout)
         self._number = slot.uses
         return slot.raw
 
@@ -838,12 +468,28 @@ class Lease:
         if slot is None or slot.uses != self._number or slot.state is not LENT:
             return  # the lease already ended (taken back by the pool)
         if exc_type is None:
-            pool._give_back(slot, commit=True)
+            if pool._check_in(slot.raw):
+                now = monotonic()
+                if pool._fast and now < slot.expires:
+                    # PoolCore._end_lease and _shelve's lock-free common case, written out
+                    slot.usage += now - slot.lent_at
+                    slot.last_used = now
+                    recheck = now + pool._recheck_after
+                    slot.recheck_at = recheck if recheck < slot.expires else slot.expires
+                    slot.state = IDLE
+                    pool._idle.append(slot)  # invariant 4: look at the queue (and closed) again after
+                    if not pool._waiters and not pool.closed and pool._size <= pool.min_size:
+                        return
+                    pool._retire(pool._after_append(now))
+                    return
+                pool._retire(pool._shelve(slot))
+            else:
+                pool._settle(slot, commit=True)
         elif issubclass(exc_type, Exception):
             # The block failed: whatever clean-up code it skipped may have left state behind.
             pool._settle(slot, commit=False, failed=True)
         else:  # BaseException: interrupted mid-use, protocol state unknown
-            pool._remove(slot, polite=False)
+            pool._drop(slot)
 
 
 @atexit.register

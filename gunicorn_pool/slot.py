@@ -45,7 +45,7 @@ Invariants the pool relies on, stated once:
 4. A taker that queues looks at the idle stack again after queueing, and a
    returner that appended without the lock looks at the queue again after
    appending, so a lock-free return and a queueing taker never miss each other.
-5. A slot's counters (``uses``, ``usage_ms``) and lease fields are written only
+5. A slot's counters (``uses``, ``usage``) and lease fields are written only
    by whoever holds it, so they need no lock.
 6. A closed pool's idle stack is empty once ``close()`` has drained it, and a
    slot returned to a closed pool is closed instead of shelved.
@@ -69,7 +69,7 @@ class Slot:
     """One physical connection of a pool and its bookkeeping (see the module docstring)."""
 
     __slots__ = ("raw", "key", "probe", "state", "expires", "last_used", "recheck_at", "lent_at", "uses",
-                 "usage_ms", "holder", "taken_at", "reported")  # fmt: skip
+                 "usage", "holder", "taken_at", "reported")  # fmt: skip
 
     def __init__(self, raw: Any, probe: Optional[Callable[[], Any]], lifetime: float) -> None:
         now = time.monotonic()
@@ -81,7 +81,7 @@ class Slot:
         self.last_used = self.lent_at = now
         self.recheck_at = now  # checkout looks at it before its first use
         self.uses = 0  # leases, counted by the holder (invariant 5)
-        self.usage_ms = 0
+        self.usage = 0.0  # seconds lent out (stats() reports milliseconds: no conversion per lease)
         # The current lease: who took it and where (for leak reports), set when it starts.
         self.holder: Optional[int] = None
         self.taken_at = ""

@@ -26,7 +26,6 @@ import pytest
 from support import join_all, sqlite_pool, start_threads, wait_until
 
 from gunicorn_pool import ConnectionPool, PoolClosed, PoolError, _concurrency
-from gunicorn_pool import pool as pool_module
 
 
 @pytest.fixture
@@ -246,26 +245,27 @@ def _mutant(name: str, old: str, new: str) -> Callable[..., Any]:
 
     Whitespace in *old* matches any run of whitespace; *new* takes the indentation
     of the line it replaces."""
-    source = textwrap.dedent(inspect.getsource(getattr(ConnectionPool, name)))
+    method = getattr(ConnectionPool, name)
+    source = textwrap.dedent(inspect.getsource(method))
     pattern = r"(?m)^([ \t]*)" + r"\s+".join(map(re.escape, old.split()))
     found = re.search(pattern, source)
     assert found, f"{name} no longer contains the statement this mutation removes: {old!r}"
     indent = found.group(1)
     mutated = source[: found.start()] + "\n".join(indent + line for line in new.split("\n")) + source[found.end() :]
     namespace: dict[str, Any] = {}
-    exec(compile(mutated, f"<mutant {name}>", "exec"), dict(vars(pool_module)), namespace)
+    exec(compile(mutated, f"<mutant {name}>", "exec"), dict(vars(inspect.getmodule(method))), namespace)
     return namespace[name]  # type: ignore[no-any-return]
 
 
 MUTATIONS = {
     # invariant 4, taker side: a taker that queued must look at the idle stack again
     "no re-check of the idle stack after queueing": (
-        "_take_slow", "if self._idle:", "if False:",
+        "_reserve", "if self._idle:", "if False:",
         test_waiter_queueing_while_a_connection_returns_is_served_at_once,
     ),
     # invariant 4, returner side: a lock-free return must look at the queue again
     "no re-check of the queue after a lock-free append": (
-        "_shelve", "self._shelve_locked(None, cold=False)", "pass",
+        "_after_append", "return self._shelve_locked(None, cold=False)", "pass",
         test_return_racing_a_new_waiter_hands_the_connection_over,
     ),
 }
@@ -305,8 +305,8 @@ def test_close_while_a_return_is_mid_append_closes_that_connection_too(tmp_path)
 
 def test_close_race_test_fails_against_a_close_that_swaps_the_idle_stack(tmp_path, monkeypatch):
     """The close() of before took the idle deque away at once instead of popping it one by one."""
-    monkeypatch.setattr(ConnectionPool, "close", _mutant(
-        "close",
+    monkeypatch.setattr(ConnectionPool, "_start_closing", _mutant(
+        "_start_closing",
         "idle = [] while (slot := self._pop_idle()) is not None: idle.append(slot)",
         "idle = list(self._idle)\nself._idle = deque()",
     ))  # fmt: skip

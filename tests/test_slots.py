@@ -251,7 +251,7 @@ def test_a_lease_names_its_line_on_every_path_from_one_entry_point():
             assert _taken_at(pool, raw) == f"{here}:{line}", take
             pool.putconn(raw)
         (code, depths), = _frames._depths.values()  # fmt: skip
-        assert code is ConnectionPool.getconn.__code__ and sorted(depths) == [3, 6], depths  # 1: walked
+        assert code is ConnectionPool._take.__code__ and sorted(depths) == [4, 7], depths  # 2: walked
         places: list[str] = []
 
         def in_a_thread() -> None:
@@ -288,3 +288,47 @@ def test_a_package_is_judged_by_its_whole_name_and_servers_are_not_the_app():
     thread.start()
     thread.join(5)
     assert _taken_at(pool, taken[0]) == "/fake/django/handler.py:2"
+
+
+class _FullPathsPool(ConnectionPool):
+    """A pool whose Lease never takes the inline checkout and return (its twins)."""
+
+    def _refresh_fast(self) -> None:
+        self._fast = False
+
+
+def _script(pool: ConnectionPool, c: StandIn) -> list[Any]:
+    """The same leases on any pool: clean, dirty, failing, interleaved with getconn(); what they left."""
+    seen: list[Any] = []
+    for round_ in range(3):
+        with pool.connection() as a:
+            seen.append(("a", a.n))
+            if round_ == 1:
+                a.in_transaction = True  # the return must settle it
+        raw = pool.getconn()
+        with pool.connection() as b:  # a second connection while raw is out
+            seen.append(("b", b.n))
+        pool.putconn(raw)
+        with pytest.raises(RuntimeError), pool.connection() as a:
+            raise RuntimeError("the block failed")
+    with pool.connection() as a:
+        seen.append(("last", a.n, slot_of(pool, a).uses, slot_of(pool, a).state))
+    stats = pool.stats()
+    stats.pop("usage_ms")
+    slots = sorted((s.raw.n, s.state, s.uses, s.taken_at, round(s.recheck_at - s.last_used, 3), s.usage > 0)
+                   for s in pool._slots.values())  # fmt: skip
+    return [seen, c.calls, stats, slots, [s.raw.n for s in pool._idle]]
+
+
+@pytest.mark.parametrize("probe_after", [None, 0.0])
+def test_the_inline_lease_agrees_with_the_full_paths(probe_after):
+    """Lease runs the common checkout and return inline (twins of _take, _begin_lease, _shelve):
+    the same script leaves the same connections, calls, figures and idle order either way, also
+    when every checkout must look at its connection again (probe_after=0)."""
+    inline, c1 = make(min_size=1, max_size=2, probe_after=probe_after)
+    full = _FullPathsPool(StandIn(), name="s", min_size=1, max_size=2, probe_after=probe_after, check_interval=60.0)
+    c2 = full.connector
+    assert inline._fast and not full._fast
+    inline.open()
+    full.open()
+    assert _script(inline, c1) == _script(full, c2)  # type: ignore[arg-type]
