@@ -3,12 +3,21 @@
 ::
 
     gunicorn-pool check [-c gunicorn.conf.py] [--hosts N] [--json] [--app module:app]
+                        [-w N] [-k WORKER_CLASS] [--threads N] [--chdir DIR] [--pythonpath DIRS]
                         [--pgbouncer-pool-size N]
+    gunicorn-pool check --app module:app -w 4 -k gunicorn_pool.ThreadWorker --threads 8
     python -m gunicorn_pool check ...
 
 Loads the gunicorn config the way gunicorn does (the file, then
-``GUNICORN_CMD_ARGS``, then ``-w/--threads/-k`` given here), so the pools the
-file registers are built with the sizes a worker would use. With
+``GUNICORN_CMD_ARGS``, then ``-w/-k/--threads/--chdir/--pythonpath`` given
+here, gunicorn's own flags), so the pools the file registers are built with the
+sizes a worker would use. Without a config file (no ``-c``, no
+``./gunicorn.conf.py``: most apps have none), gunicorn's defaults and those
+flags make the config, and the app is required. The app (``--app``, else the
+config's ``wsgi_app``) is imported as a worker imports it, from ``chdir`` and
+``pythonpath``; its services are found as a worker finds them: registered,
+entry points, a loaded Django project's pooled aliases, and the app walk (a
+Flask-SQLAlchemy extension or an Engine it reaches). With
 ``DJANGO_SETTINGS_MODULE`` set, it loads the Django settings too and lists the
 pooled aliases (``gunicorn_pool.django``) as service ``django``. For every pool it
 prints the masked DSN and sizes, connects once (bounded by the pool's
@@ -74,8 +83,11 @@ class CheckConfigError(Exception):
 # -- loading the config like gunicorn -----------------------------------------------
 
 
-def _load_gunicorn_config(path: Optional[str], overrides: dict[str, Any]) -> tuple[Any, str, dict[str, Any]]:
-    """Return (gunicorn Config, config path, the file's namespace)."""
+def _load_gunicorn_config(path: Optional[str], overrides: dict[str, Any],
+                          app: Optional[str] = None) -> tuple[Any, Optional[str], dict[str, Any]]:  # fmt: skip
+    """Return (gunicorn Config, config path or None, the file's namespace). Without a config file
+    (none given, none in the working directory) gunicorn's defaults are the config: allowed when
+    *app* is named, as gunicorn runs one."""
     from gunicorn.app.base import Application
     from gunicorn.config import get_default_config_file
 
@@ -104,13 +116,20 @@ def _load_gunicorn_config(path: Optional[str], overrides: dict[str, Any]) -> tup
             self.chdir()  # as gunicorn: the working directory is importable from the config file
             env_args = self.cfg.parser().parse_args(self.cfg.get_cmd_args_from_env())
             location = path or env_args.config or get_default_config_file()
-            if not location:
-                raise CheckConfigError("no gunicorn config file: pass -c gunicorn.conf.py")
-            self.path = location
-            self.namespace = self.load_config_from_file(location)
+            if location:
+                self.path = location
+                self.namespace = self.load_config_from_file(location)
+            elif not app:
+                raise CheckConfigError(
+                    "no gunicorn config file and no app: pass -c gunicorn.conf.py, or --app module:app"
+                    " (with -w, -k, --threads as you pass them to gunicorn)"
+                )
             for key, value in [*vars(env_args).items(), *overrides.items()]:
                 if value is not None and key not in ("args", "config"):
-                    self.cfg.set(key.lower(), value)
+                    try:
+                        self.cfg.set(key.lower(), value)
+                    except Exception as exc:
+                        raise CheckConfigError(f"invalid value for gunicorn setting {key!r}: {exc}") from None
             self.chdir()  # the config's chdir, where the workers will run
 
         def load_config_from_module_name_or_filename(self, location: str) -> dict[str, Any]:
@@ -153,7 +172,7 @@ def _load_gunicorn_config(path: Optional[str], overrides: dict[str, Any]) -> tup
         raise CheckConfigError(f"bad GUNICORN_CMD_ARGS (exit {exc.code})") from None
     except Exception as exc:
         raise CheckConfigError(f"{type(exc).__name__}: {exc}") from None
-    return loader.cfg, os.path.abspath(loader.path), loader.namespace
+    return loader.cfg, os.path.abspath(loader.path) if loader.path else None, loader.namespace
 
 
 def _where(exc: BaseException, filename: str) -> str:
@@ -461,8 +480,9 @@ def _render(report: dict[str, Any]) -> str:
     plan = report["plan"]
     if plan is None:  # the config did not load
         return "\n".join([*(f"error: {e}" for e in report["errors"]), "FAIL: configuration error"])
+    source = report["config"] or "no config file (gunicorn's defaults and the flags given)"
     out = [
-        f"gunicorn-pool check: {report['config']}",
+        f"gunicorn-pool check: {source}" + (f"; app: {report['app']}" if report.get("app") else ""),
         f"workers: {plan['workers']} x {plan['worker_class']} ({plan['kind']}"
         + (f", {plan['threads']} threads" if plan["kind"] == "thread" else "")
         + f"); hosts: {report['hosts']}",
@@ -527,16 +547,18 @@ def check(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
     """Run the check; return (exit code, report)."""
     from . import integrations
 
-    report: dict[str, Any] = {"config": args.config, "hosts": args.hosts, "plan": None, "pools": [], "servers": [],
-                              "totals": {}, "warnings": [], "errors": []}  # fmt: skip
-    overrides = {"workers": args.workers, "threads": args.threads, "worker_class": args.worker_class}
+    report: dict[str, Any] = {"config": args.config, "app": args.app, "hosts": args.hosts, "plan": None, "pools": [],
+                              "servers": [], "totals": {}, "warnings": [], "errors": []}  # fmt: skip
+    overrides = {"workers": args.workers, "threads": args.threads, "worker_class": args.worker_class,
+                 "chdir": args.chdir, "pythonpath": args.pythonpath}  # fmt: skip
     try:
-        cfg, report["config"], namespace = _load_gunicorn_config(args.config, overrides)
+        cfg, report["config"], namespace = _load_gunicorn_config(args.config, overrides, args.app)
         report["warnings"] += _typo_warnings(namespace, cfg.settings)
         plan = _plan(cfg)
         if os.environ.get("DJANGO_SETTINGS_MODULE"):
             _load_django_settings(cfg)
-        app = _import_app(args.app, cfg) if args.app else None
+        report["app"] = args.app or getattr(cfg, "wsgi_app", None)  # gunicorn's own setting, as it reads it
+        app = _import_app(report["app"], cfg) if report["app"] else None
         services = integrations.discover(app)
         if not services:
             raise CheckConfigError("no pool service found: register one in the config file (or pass --app)")
@@ -644,10 +666,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", help="gunicorn config file (default: ./gunicorn.conf.py, as gunicorn)")
     p.add_argument("--hosts", type=_positive, default=1, help="hosts running this config (default 1)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--app", help="module:app to import, for pools registered or held by the app")
+    p.add_argument("--app", help="module:app to import as a worker does (default: the config's wsgi_app), for"
+                   " pools registered or held by the app; with it no config file is needed")  # fmt: skip
     p.add_argument("-w", "--workers", type=_positive, help="override the config's workers")
     p.add_argument("--threads", type=_positive, help="override the config's threads")
     p.add_argument("-k", "--worker-class", help="override the config's worker_class")
+    p.add_argument("--chdir", help="override the config's chdir (where the app is imported from)")
+    p.add_argument("--pythonpath", help="override the config's pythonpath (comma-separated directories)")
     p.add_argument("--pgbouncer-pool-size", type=_positive,
                    help="server connections PgBouncer opens per (user, database) pair: pool_size + reserve_pool"
                         " (default: read from its admin console)")  # fmt: skip

@@ -36,6 +36,7 @@ import dataclasses
 import importlib
 import os
 import re
+import stat
 from typing import Any, Callable, Mapping, Optional, Union
 from urllib.parse import parse_qsl, quote, unquote
 
@@ -542,9 +543,41 @@ def password_from_source(pool_name: str, raw: Mapping[str, Any]) -> Optional[str
         return os.environ[str(env)]
     if path:
         try:
-            with open(path, encoding="utf-8") as fh:
-                return fh.read().rstrip("\r\n")
-        except (OSError, UnicodeDecodeError) as exc:
-            why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-            raise ConfigError(f"pool {pool_name!r}: cannot read password_file {str(path)[:200]!r}: {why}") from None
+            return _read_password_file(os.fspath(path)).decode("utf-8").rstrip("\r\n")
+        except OSError as exc:
+            why = exc.strerror
+        except UnicodeDecodeError:
+            why = "not UTF-8 text"
+        except ValueError as exc:  # what _read_password_file() refused
+            why = str(exc)
+        raise ConfigError(f"pool {pool_name!r}: cannot read password_file {str(path)[:200]!r}: {why}")
     return None
+
+
+#: The most a password_file may hold (a password, a trailing newline; a key file would fit too).
+PASSWORD_FILE_MAX = 64 * 1024
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))  # fmt: skip
+
+
+def _read_password_file(path: str) -> bytes:
+    """The bytes of the regular file *path*, at most :data:`PASSWORD_FILE_MAX`. Opened non-blocking
+    and checked before any read: a FIFO with no writer would block the config build forever,
+    ``/dev/zero`` would be read until MemoryError. ValueError says why (never the content)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a file")
+            raise ValueError(f"it is {kind}, not a regular file")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= PASSWORD_FILE_MAX:  # fstat's size is a hint: the file may grow while read
+            chunk = os.read(fd, PASSWORD_FILE_MAX + 1 - size)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            size += len(chunk)
+        raise ValueError(f"it holds more than {PASSWORD_FILE_MAX // 1024} KiB, the limit for a password file")
+    finally:
+        os.close(fd)

@@ -30,8 +30,11 @@ order, each service taken once (by identity):
    Flask app's ``extensions``, a Django-style container, a middleware's
    ``app`` attribute...). The walk is bounded (``walk_depth``, 4 levels; 20,000
    objects; the first 1,000 items of any one container; 0.25 s), safe against
-   cycles, never calls properties, ``__getattr__`` or ``__class__``, skips
-   modules, classes and functions, never raises, and logs when it stops early.
+   cycles, runs no app code (containers are read through their builtin base
+   type, never a subclass's ``items()``/``__iter__``; no property, not even a
+   ``__dict__`` one, no ``__getattr__``, ``__class__`` or metaclass attribute),
+   finds subclasses of PoolInterface, skips modules, classes and functions,
+   never raises, and logs when it stops early.
    An object of a class the caller's *adopters* name (by module and class
    name: a SQLAlchemy ``Engine``, a Flask-SQLAlchemy extension) met on the way
    is handed to its adopter, which returns the service that puts it on pools
@@ -44,6 +47,7 @@ settings: gunicorn ignores unknown names in its config file).
 from __future__ import annotations
 
 import dataclasses
+import gc
 import itertools
 import logging
 import sys
@@ -226,7 +230,12 @@ def walk(root: Any, *, max_depth: int = 4, max_objects: int = _MAX_OBJECTS, max_
          adopters: Optional[Adopters] = None) -> Iterator[tuple[str, PoolInterface]]:  # fmt: skip
     """Yield (path, service) for PoolInterface objects reachable from *root* (see the module
     docstring), and for objects of a class named in *adopters* (``{(module, class name):
-    adopter}``, matched on the class and its bases) the service their adopter returns."""
+    adopter}``, matched on the class and its bases) the service their adopter returns.
+
+    No code of the app runs: containers are read through their builtin base type's C methods
+    (an overridden ``items()``, ``__iter__`` or ``__len__`` is never called), an instance's
+    ``__dict__`` only through the descriptor Python itself made for it (a ``__dict__`` property
+    is never resolved), and classes through ``type``'s own slots (no metaclass attribute)."""
     deadline = time.monotonic() + max_seconds
     seen = {id(root)}
     queue: deque[tuple[str, Any, int]] = deque([("app", root, 0)])
@@ -255,23 +264,38 @@ def walk(root: Any, *, max_depth: int = 4, max_objects: int = _MAX_OBJECTS, max_
                 queue.append((child_path, child, depth + 1))
 
 
+# The walk reads classes through type's own descriptors: a metaclass can define __mro__,
+# __module__ or __dict__ as properties, and reading cls.__mro__ would run them.
+_MRO_OF = type.__dict__["__mro__"]
+_NAMESPACE_OF = type.__dict__["__dict__"]
+_QUALNAME_OF = type.__dict__["__qualname__"]
+#: Descriptors written in C: what Python makes for an instance __dict__ (getset for a class
+#: statement, member for SimpleNamespace and C types). Anything else is app code.
+_C_DESCRIPTORS = (types.GetSetDescriptorType, types.MemberDescriptorType)
+#: Sequence types the walk reads, through the base type's C __iter__/__len__ (never a subclass's).
+_SEQUENCES = (list, tuple, deque, set, frozenset)
+
+
+def _mro(kind: type) -> tuple[type, ...]:
+    mro: tuple[type, ...] = _MRO_OF.__get__(kind)
+    return mro
+
+
 def _is_service(obj: Any) -> bool:
-    try:
-        return issubclass(type(obj), PoolInterface)  # type(), not isinstance(): never reads obj.__class__
-    except Exception:  # noqa: BLE001 - a class with a broken __subclasscheck__ is no service of ours
-        return False
+    # The real MRO, compared by identity: no isinstance() (reads obj.__class__), no issubclass()
+    # (ABCMeta.__subclasscheck__ asks every subclass of PoolInterface, whose metaclasses are the app's).
+    return any(klass is PoolInterface for klass in _mro(type(obj)))
 
 
 def _adopter_of(obj: Any, adopters: Adopters) -> Optional[Adopter]:
-    """The adopter of *obj*'s class or of one of its bases (by module and class name, so nothing
-    is imported), or None."""
-    try:
-        for cls in type(obj).__mro__:
-            adopter = adopters.get((cls.__module__, cls.__qualname__))
+    """The adopter of *obj*'s class or of one of its bases (by module and class name, read
+    through ``type``'s own slots: nothing is imported, no metaclass attribute runs), or None."""
+    for klass in _mro(type(obj)):
+        module = _NAMESPACE_OF.__get__(klass).get("__module__")
+        if type(module) is str:
+            adopter = adopters.get((module, _QUALNAME_OF.__get__(klass)))
             if adopter is not None:
                 return adopter
-    except Exception:  # noqa: BLE001 - a broken class is nothing to adopt
-        pass
     return None
 
 
@@ -286,34 +310,57 @@ def _adopt_found(path: str, obj: Any, adopter: Adopter) -> Optional[PoolInterfac
 
 
 def _skipped(obj: Any) -> bool:
-    try:
-        return issubclass(type(obj), _SKIP_TYPES)
-    except Exception:  # noqa: BLE001
-        return True
+    return issubclass(type(obj), _SKIP_TYPES)  # builtin types only: a C-level MRO check, no __subclasscheck__
 
 
 def _children(path: str, obj: Any) -> Iterator[tuple[str, Any]]:
     kind = type(obj)
     try:
-        if issubclass(kind, (dict, types.MappingProxyType)):
-            items = list(itertools.islice(obj.items(), _MAX_ITEMS))
-            _note_truncated(path, obj, len(items))
-            for key, value in items:
-                yield f"{path}[{key!r}]" if isinstance(key, (str, int)) else f"{path}[...]", value
-        elif issubclass(kind, (list, tuple, set, frozenset, deque)):
-            values = list(itertools.islice(obj, _MAX_ITEMS))
-            _note_truncated(path, obj, len(values))
+        if issubclass(kind, types.MappingProxyType):
+            # mappingproxy.items() calls the wrapped mapping's items(): read the mapping itself,
+            # only if it is a dict (gc.get_referents() is the proxy's C traverse: its one mapping).
+            inner = gc.get_referents(obj)
+            if len(inner) == 1 and issubclass(type(inner[0]), dict):
+                yield from _dict_items(path, inner[0])
+        elif issubclass(kind, dict):
+            yield from _dict_items(path, obj)
+        elif issubclass(kind, _SEQUENCES):
+            base = next(b for b in _SEQUENCES if issubclass(kind, b))
+            values = list(itertools.islice(base.__iter__(obj), _MAX_ITEMS))
+            _note_truncated(path, base.__len__(obj), len(values))
             for i, value in enumerate(values):
                 yield f"{path}[{i}]", value
         else:
-            attrs = object.__getattribute__(obj, "__dict__")
-            if type(attrs) is dict:
+            attrs = _instance_dict(obj, kind)
+            if attrs is not None:
                 for key, value in list(itertools.islice(attrs.items(), _MAX_ITEMS)):
-                    yield f"{path}.{key}", value
-    except Exception:  # noqa: BLE001 - no __dict__, or a container changed under us: nothing to follow
+                    yield f"{path}.{key if type(key) is str else '?'}", value
+    except Exception:  # noqa: BLE001 - a container changed under us, a slot-less object: nothing to follow
         return
 
 
-def _note_truncated(path: str, obj: Any, taken: int) -> None:
-    if taken == _MAX_ITEMS and len(obj) > _MAX_ITEMS:
-        logger.info("gunicorn_pool: the app walk looked at the first %d of %d items of %s", taken, len(obj), path)
+def _dict_items(path: str, mapping: dict[Any, Any]) -> Iterator[tuple[str, Any]]:
+    """*mapping*'s items read from its storage (dict's C methods, also for a subclass that overrides them)."""
+    items = list(itertools.islice(dict.items(mapping), _MAX_ITEMS))
+    _note_truncated(path, dict.__len__(mapping), len(items))
+    for key, value in items:
+        yield f"{path}[{key!r}]" if type(key) in (str, int) else f"{path}[...]", value  # builtin repr only
+
+
+def _instance_dict(obj: Any, kind: type) -> Optional[dict[str, Any]]:
+    """*obj*'s instance dict, if Python's own descriptor holds it: the first ``__dict__`` on the MRO
+    (the one attribute lookup would use) must be a C descriptor, never app code (a property)."""
+    for klass in _mro(kind):
+        descriptor = _NAMESPACE_OF.__get__(klass).get("__dict__")
+        if descriptor is None:
+            continue
+        if type(descriptor) not in _C_DESCRIPTORS:
+            return None
+        attrs = descriptor.__get__(obj, kind)
+        return attrs if type(attrs) is dict else None
+    return None
+
+
+def _note_truncated(path: str, length: int, taken: int) -> None:
+    if taken == _MAX_ITEMS and length > _MAX_ITEMS:
+        logger.info("gunicorn_pool: the app walk looked at the first %d of %d items of %s", taken, length, path)

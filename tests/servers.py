@@ -50,7 +50,7 @@ from urllib.parse import quote
 import pymysql
 import pymysql.cursors
 import pytest
-from support import PG_DB, PG_HOST, PG_PORT, free_port, wait_until
+from support import PG_DB, PG_HOST, PG_PORT, QUERY_BOUND, free_port, wait_until
 
 MARIADBD = os.environ.get("GP_MARIADBD", "/usr/sbin/mariadbd")
 MARIADB_INSTALL_DB = os.environ.get("GP_MARIADB_INSTALL_DB", "/usr/bin/mariadb-install-db")
@@ -591,9 +591,11 @@ class MariaDBServer(_Server):
     # -- clients
 
     def connect(self, user: str, password: str, database: Optional[str] = None, **kw: Any) -> Any:
-        """A PyMySQL connection over TCP (autocommit, no TLS unless ``ssl``/``ssl_ca`` is passed)."""
+        """A PyMySQL connection over TCP (autocommit, no TLS unless ``ssl``/``ssl_ca`` is passed; each
+        read and write bounded by QUERY_BOUND)."""
         args: dict[str, Any] = dict(host=self.host, port=self.port, user=user, password=password, database=database,
-                                    autocommit=True, connect_timeout=3)  # fmt: skip
+                                    autocommit=True, connect_timeout=3, read_timeout=QUERY_BOUND,
+                                    write_timeout=QUERY_BOUND)  # fmt: skip
         if not any(k.startswith("ssl") for k in kw):
             args["ssl_disabled"] = True
         args.update(kw)

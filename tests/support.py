@@ -58,9 +58,18 @@ def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0
         time.sleep(interval)
 
 
+#: Seconds any query of a test's own (admin helpers, and psycopg waits under bound_psycopg_waits())
+#: may take: a server or proxy that never answers fails the test in seconds, with a message, not at
+#: pytest-timeout's 300 s.
+QUERY_BOUND = 20.0
+
+
 def admin_connect(**kw: Any) -> pymysql.connections.Connection:
-    args = dict(host=MYSQL_HOST, port=MYSQL_PORT, user=MYSQL_USER, password=MYSQL_PASSWORD,
-                database=MYSQL_DB, autocommit=True, connect_timeout=3, ssl_disabled=True)  # fmt: skip
+    """An autocommit PyMySQL connection as the test server's admin; each read and write is bounded
+    by :data:`QUERY_BOUND` (PyMySQL raises OperationalError "timed out")."""
+    args = dict(host=MYSQL_HOST, port=MYSQL_PORT, user=MYSQL_USER, password=MYSQL_PASSWORD, database=MYSQL_DB,
+                autocommit=True, connect_timeout=3, ssl_disabled=True, read_timeout=QUERY_BOUND,
+                write_timeout=QUERY_BOUND)  # fmt: skip
     args.update(kw)
     return pymysql.connect(**args)
 
@@ -177,13 +186,48 @@ class MySQLUser(DBLogin):
 
 
 def pg_admin_connect(**kw: Any) -> Any:
-    """An autocommit psycopg connection to the test PostgreSQL server as its admin user."""
+    """An autocommit psycopg connection to the test PostgreSQL server as its admin user; every
+    statement is bounded by :data:`QUERY_BOUND` on the server (``statement_timeout``, lock waits
+    included), on top of any ``options`` given."""
     import psycopg
 
     args = dict(host=PG_HOST, port=PG_PORT, user=PG_USER, password=PG_PASSWORD or None, dbname=PG_DB,
                 autocommit=True, connect_timeout=3)  # fmt: skip
     args.update(kw)
+    args["options"] = f"{statement_bound()} {args.get('options') or ''}".strip()
     return psycopg.connect(**args)
+
+
+def statement_bound(seconds: float = QUERY_BOUND) -> str:
+    """libpq ``options`` that bound every statement of a session on the server."""
+    return f"-c statement_timeout={int(seconds * 1000)}"
+
+
+def bound_psycopg_waits(monkeypatch: Any, seconds: float = QUERY_BOUND) -> None:
+    """Bound, on the client, every psycopg wait of this process that has no timeout of its own: a
+    statement whose answer never comes (a stalled proxy, a hung server: no server-side timeout
+    can help there) fails after *seconds* with psycopg's OperationalError saying so, instead of
+    hanging until pytest-timeout. Waits given a timeout (the pool's pings, resets, warm-up) keep
+    theirs; nothing else of psycopg or of the pool changes. Use it from an autouse fixture."""
+    import inspect
+
+    import psycopg
+    from psycopg import errors
+
+    original = psycopg.Connection.wait
+    default_interval = inspect.signature(original).parameters["interval"].default
+
+    def wait(self: Any, gen: Any, interval: Any = default_interval, timeout: Optional[float] = None) -> Any:
+        if timeout is not None:
+            return original(self, gen, interval, timeout)
+        try:
+            return original(self, gen, interval, seconds)
+        except errors._WaitTimeout:
+            raise errors._WaitTimeout(
+                f"no answer from the server within {seconds:g}s: a test's query hung (tests/support.py bound)"
+            ) from None
+
+    monkeypatch.setattr(psycopg.Connection, "wait", wait)
 
 
 def pg_reachable() -> Optional[str]:

@@ -186,6 +186,49 @@ def test_walk_is_bounded_in_time_and_objects_and_says_so(caplog):
     assert "stopped early after 500 objects" in caplog.text
 
 
+_RAN: list[str] = []  # the app code below appends its name here when it runs
+
+
+class _ItemsSleep(dict):  # type: ignore[type-arg]
+    def items(self) -> Any:
+        _RAN.append("items()")
+        time.sleep(10)
+        return super().items()
+
+
+class _IterSleep(list):  # type: ignore[type-arg]
+    def __iter__(self) -> Any:
+        _RAN.append("__iter__()")
+        time.sleep(10)
+        return super().__iter__()
+
+
+class _DictPropertySleep:
+    @property  # type: ignore[misc]
+    def __dict__(self) -> Any:
+        _RAN.append("__dict__")
+        time.sleep(10)
+        return {}
+
+
+def test_boot_never_runs_app_code_in_the_walk(tmp_path):
+    """An overridden items(), __iter__ and a __dict__ property, each sleeping 10 s, reachable from
+    the app: the walk ran all three (boot took 30 s, the 0.25 s bound never applied, and the pool it
+    found after them was not warmed). Now none of them runs and the pool is opened at boot."""
+    _RAN.clear()
+    db = DatabasePool({"default": f"sqlite:///{tmp_path / 'walked.db'}"}, name="walked")
+    hostile = {"a": _ItemsSleep(x=1), "b": _IterSleep([1, 2]), "c": _DictPropertySleep()}
+    app = SimpleNamespace(**hostile, later=SimpleNamespace(db=db))  # the pool is met after the three
+    start = time.monotonic()
+    services = lifecycle.boot(stand_in_worker(app))
+    elapsed = time.monotonic() - start
+    figure("boot with three sleeping app hooks reachable from the app", elapsed)
+    assert _RAN == [], f"the walk ran app code: {_RAN}"
+    assert elapsed < 1.0, elapsed
+    assert [s for _, s in services] == [db]
+    assert db.stats()["default"]["pool_size"] == 1  # found, and opened at boot
+
+
 # -- SIGHUP with an edited config (real gunicorn) -----------------------------------------------
 
 

@@ -29,14 +29,15 @@ def _write(tmp_path: Path, pools: Any, worker: str = "gunicorn_pool.Worker", wor
     return path
 
 
-def _run(*args: str, cwd: Path, module: bool = True) -> subprocess.CompletedProcess[str]:
+def _run(*args: str, cwd: Path, module: bool = True, env: Any = None) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "gunicorn_pool"] if module else [str(Path(sys.executable).parent / "gunicorn-pool")]
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HOME": str(cwd)}
-    return subprocess.run([*cmd, "check", *args], cwd=str(cwd), env=env, capture_output=True, text=True, timeout=60)
+    environ = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HOME": str(cwd), **(env or {})}
+    return subprocess.run([*cmd, "check", *args], cwd=str(cwd), env=environ, capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
 
 
-def _json(*args: str, cwd: Path) -> tuple[int, dict[str, Any]]:
-    proc = _run(*args, "--json", cwd=cwd)
+def _json(*args: str, cwd: Path, env: Any = None) -> tuple[int, dict[str, Any]]:
+    proc = _run(*args, "--json", cwd=cwd, env=env)
     return proc.returncode, json.loads(proc.stdout)
 
 
@@ -229,3 +230,86 @@ def test_sqlalchemy_engines_are_budgeted_like_database_pools(tmp_path, mysql_use
     assert rows[("sqlalchemy", "local")]["adapter"] == "sqlite", rows
     assert not [w for w in report.get("warnings", []) if "not checked" in w], report
     assert mysql_user.password not in json.dumps(report)
+
+
+# -- an app without a gunicorn.conf.py: gunicorn's own flags ------------------------------------------
+
+APP_WITH_POOLS = """
+import gunicorn_pool
+
+gunicorn_pool.register(gunicorn_pool.DatabasePool({{"default": {url!r}}}), name="db")  # app code registers one
+
+
+class App:
+    def __init__(self):
+        self.reports = gunicorn_pool.DatabasePool({{"reports": {small!r}}}, name="held")
+
+    def __call__(self, environ, start_response):
+        return []
+
+
+app = App()  # holds another: the app walk finds it
+"""
+
+
+def test_an_app_without_a_config_file_is_checked_with_gunicorns_flags(tmp_path, mysql_user):
+    """`gunicorn-pool check --app mod:app -w 4 -k ...` with no gunicorn.conf.py (most apps have none)
+    ended in "no gunicorn config file: pass -c gunicorn.conf.py", exit 2. The app is imported as a
+    worker imports it, its services found as a worker finds them, sized by the flags."""
+    app_dir = tmp_path / "src"
+    app_dir.mkdir()
+    (app_dir / "myapp.py").write_text(APP_WITH_POOLS.format(url=mysql_user.url(), small=mysql_user.url(max_size=2)))
+    flags = ["--app", "myapp:app", "-w", "4", "-k", "gunicorn_pool.ThreadWorker", "--threads", "3"]
+    proc = _run(*flags, "--chdir", str(app_dir), cwd=tmp_path, module=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert out.startswith("gunicorn-pool check: no config file (gunicorn's defaults and the flags given);"
+                          " app: myapp:app")  # fmt: skip
+    assert "workers: 4 x gunicorn_pool.workers.gthread.ThreadWorker (thread, 3 threads)" in out
+    assert mysql_user.password not in out + proc.stderr and out.rstrip().endswith("OK: every server fits the peak")
+    code, report = _json(*flags, cwd=app_dir)  # the working directory is importable, as for gunicorn
+    assert code == 0, report
+    assert report["config"] is None and report["app"] == "myapp:app"
+    assert (report["plan"]["workers"], report["plan"]["kind"], report["plan"]["threads"]) == (4, "thread", 3)
+    rows = {(p["service"], p["pool"]): (p["max_size"], p["per_host"]) for p in report["pools"]}
+    assert rows == {("db", "default"): (3, 12), ("app.reports", "reports"): (2, 8)}, rows
+    assert report["servers"][0]["needed"] == 2 * (12 + 8) and mysql_user.count() == 0
+
+    proc = _run(cwd=tmp_path)  # neither a config file nor an app: said so
+    assert proc.returncode == 2
+    assert "error: no gunicorn config file and no app: pass -c gunicorn.conf.py, or --app module:app" in proc.stdout
+    code, report = _json("--app", "myapp:app", "--chdir", str(tmp_path / "nowhere"), cwd=app_dir)
+    assert code == 2 and "invalid value for gunicorn setting 'chdir'" in report["errors"][0], report
+
+
+def test_a_flask_sqlalchemy_app_without_a_config_file_is_found_by_the_walk(tmp_path, mysql_user):
+    (tmp_path / "plainsa.py").write_text(
+        textwrap.dedent(f"""
+        from flask import Flask
+        from flask_sqlalchemy import SQLAlchemy
+
+        app = Flask(__name__)  # no line of gunicorn_pool's
+        app.config["SQLALCHEMY_DATABASE_URI"] = {mysql_user.url().replace("mysql://", "mysql+pymysql://")!r}
+        db = SQLAlchemy(app)
+        """)
+    )
+    code, report = _json("--app", "plainsa:app", "-w", "3", "-k", "gunicorn_pool.GeventWorker", cwd=tmp_path)
+    assert code == 0, report
+    ((service, pool, max_size, per_host),) = [(p["service"], p["pool"], p["max_size"], p["per_host"])
+                                              for p in report["pools"]]  # fmt: skip
+    assert (pool, max_size, per_host) == ("default", 10, 30) and service.startswith("app."), report["pools"]
+    assert mysql_user.password not in json.dumps(report)
+
+
+def test_a_django_project_without_a_config_file_lists_its_pooled_aliases(tmp_path, mysql_user):
+    from support import APPS, MYSQL_DB, MYSQL_HOST, MYSQL_PORT
+
+    env = {"DJANGO_SETTINGS_MODULE": "djangoproj.settings", "GP_DJ_ENGINE": "ours", "GP_DJ_NAME": MYSQL_DB,
+           "GP_DJ_USER": mysql_user.name, "GP_DJ_PASSWORD": mysql_user.password, "GP_DJ_HOST": MYSQL_HOST,
+           "GP_DJ_PORT": str(MYSQL_PORT), "GP_DJ_POOL": json.dumps({"max_size": 4})}  # fmt: skip
+    flags = ["--app", "djangoproj.wsgi:application", "--chdir", str(APPS), "-w", "3", "-k", "gunicorn_pool.Worker"]
+    code, report = _json(*flags, cwd=tmp_path, env=env)
+    assert code == 0, report
+    rows = [(p["service"], p["pool"], p["max_size"], p["per_host"]) for p in report["pools"]]
+    assert rows == [("django", "default", 4, 12)], rows
+    assert report["servers"][0]["fits"] is True and mysql_user.password not in json.dumps(report)

@@ -199,6 +199,81 @@ def _build_or_refuse(config: Any, *, probe_sqlite: bool = True) -> None:
     db.close_pool()
 
 
+# -- password_file: a regular file of bounded size, never a FIFO or a device -------------------------
+
+#: Builds one pool with argv[1] as its password_file in a child process whose address space is capped
+#: (a regression reading /dev/zero ends in MemoryError there, not in the test machine's swap); prints
+#: the ConfigError text, or the password's length if the build succeeded.
+_BUILD_WITH_PASSWORD_FILE = """
+import json, resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+from gunicorn_pool import ConfigError, parse_config
+try:
+    config = parse_config("vault", {"host": "db.internal", "user": "app", "password_file": sys.argv[1]})
+except ConfigError as exc:
+    print(json.dumps({"error": str(exc)}))
+else:
+    print(json.dumps({"password_length": len(config.password)}))
+"""
+
+
+def _build_with_password_file(path: str) -> dict[str, Any]:
+    """What building a pool with *path* as password_file gives, within 20 s (the test cannot hang)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from support import ROOT
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    try:
+        done = subprocess.run([sys.executable, "-c", _BUILD_WITH_PASSWORD_FILE, path], env=env, timeout=20,
+                              capture_output=True, text=True, check=False)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"building a config with password_file={path} did not return within 20 s")
+    assert done.returncode == 0, f"the config build crashed (exit {done.returncode}): {done.stderr[-800:]}"
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def _hostile_password_file(kind: str, tmp_path: Any) -> str:
+    import os
+
+    if kind == "fifo":  # no writer: open() for reading waits for one forever
+        os.mkfifo(tmp_path / "pw.fifo")
+        return str(tmp_path / "pw.fifo")
+    if kind == "oversized":
+        (tmp_path / "pw.big").write_text(SECRET * (64 * 1024 // len(SECRET) + 1))
+        return str(tmp_path / "pw.big")
+    if kind == "directory":
+        return str(tmp_path)
+    return "/dev/zero"  # read until MemoryError
+
+
+@pytest.mark.parametrize("kind, why", [
+    ("fifo", "it is a FIFO, not a regular file"),
+    ("dev_zero", "it is a character device, not a regular file"),
+    ("directory", "it is a directory, not a regular file"),
+    ("oversized", "it holds more than 64 KiB, the limit for a password file"),
+])  # fmt: skip
+def test_a_password_file_must_be_a_regular_file_of_bounded_size(tmp_path, kind, why):
+    """A FIFO with no writer blocked the config build forever, /dev/zero was read until MemoryError,
+    a 64 KiB+ file became the password. Each is refused at once, naming the pool and the path,
+    never the content."""
+    path = _hostile_password_file(kind, tmp_path)
+    result = _build_with_password_file(path)
+    assert "error" in result, f"password_file {kind} was accepted: {result}"
+    assert result["error"] == f"pool 'vault': cannot read password_file {path!r}: {why}", result
+    assert SECRET not in result["error"]
+
+
+def test_a_password_file_of_the_largest_size_allowed_is_read(tmp_path):
+    path = tmp_path / "pw"
+    path.write_bytes(b"x" * (64 * 1024 - 1) + b"\n")
+    assert _build_with_password_file(str(path)) == {"password_length": 64 * 1024 - 1}
+
+
 # -- passwords that are not ASCII, against the real server -------------------------------------------
 
 

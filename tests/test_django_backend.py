@@ -108,6 +108,25 @@ def test_conn_max_age_and_unknown_options_are_refused(make_alias):
         assert conn.settings_dict["PASSWORD"] not in str(caught.value)
 
 
+@pytest.mark.parametrize("where", ["OPTIONS", "OPTIONS['ssl']"])
+def test_an_unknown_options_key_that_is_no_name_is_never_echoed(make_alias, where):
+    """A key of OPTIONS that is not a name (a secret pasted as a key, a mistyped URL) was echoed in
+    the ImproperlyConfigured text, which Django prints at start-up; it is masked as DatabasePool
+    masks an unknown option."""
+    from django.core.exceptions import ImproperlyConfigured
+
+    secret = secrets.token_hex(8)
+    pasted = f"mysql://app:{secret}@db/shop"
+    options = {pasted: 1} if where == "OPTIONS" else {"ssl": {pasted: 1}}
+    with pytest.raises(ImproperlyConfigured) as caught:
+        make_alias(OPTIONS=options).ensure_connection()
+    message = str(caught.value)
+    assert f"(not shown: {len(pasted)} characters that are not a name" in message, message
+    assert secret not in message and "mysql://" not in message
+    with pytest.raises(ImproperlyConfigured, match="unknown option 'colour'"):  # a name is still named
+        make_alias(OPTIONS={"colour": 1}).ensure_connection()
+
+
 def test_atomic_rollback_and_commit(make_alias, scratch_table):
     from django.db import transaction
 

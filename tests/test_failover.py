@@ -17,12 +17,30 @@ from typing import Any
 import pytest
 import servers
 from proxy import FaultProxy
-from support import MYSQL_PORT, PG_DB, PG_HOST, PG_PORT, figure, free_port, pool_conf, wait_until
+from support import (
+    MYSQL_PORT,
+    PG_DB,
+    PG_HOST,
+    PG_PORT,
+    QUERY_BOUND,
+    bound_psycopg_waits,
+    figure,
+    free_port,
+    pool_conf,
+    wait_until,
+)
 
 from gunicorn_pool import ConfigError, ConnectError, DatabasePool, parse_config
 from gunicorn_pool.connectors.mysql import HostOrder
 
 mariadb_pair = servers.mariadb_pair
+
+
+@pytest.fixture(autouse=True)
+def _bounded_queries(monkeypatch: Any) -> None:
+    """A PostgreSQL query of a test here fails after QUERY_BOUND if its answer never comes (MySQL
+    pools get read_timeout=QUERY_BOUND in their configs)."""
+    bound_psycopg_waits(monkeypatch)
 
 
 def one(conn: Any, sql: str) -> Any:
@@ -32,7 +50,8 @@ def one(conn: Any, sql: str) -> Any:
 
 
 def hosts_url(login: Any, *ports: int, **query: Any) -> str:
-    """*login*'s URL with one ``127.0.0.1:port`` host per port."""
+    """*login*'s URL with one ``127.0.0.1:port`` host per port (each read bounded by QUERY_BOUND)."""
+    query.setdefault("read_timeout", QUERY_BOUND)
     q = "&".join(f"{k}={v}" for k, v in query.items())
     hosts = ",".join(f"127.0.0.1:{port}" for port in ports)
     database = getattr(login, "database", "test")
@@ -97,7 +116,8 @@ def test_a_dead_first_host_is_skipped_and_costs_one_connect_timeout(mysql_user):
         proxy.blackhole()
         db = DatabasePool({"default": {**mysql_user.config(), "host": [f"127.0.0.1:{proxy.port}",
                                                                       f"127.0.0.1:{mysql_user.config()['port']}"],
-                                       "connect_timeout": timeout, "min_size": 0, "max_size": 4}},
+                                       "connect_timeout": timeout, "min_size": 0, "max_size": 4,
+                                       "read_timeout": QUERY_BOUND}},
                           name="failover")  # fmt: skip
         pool = db.pool()
         took = []

@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 import pytest
 import servers
-from support import WORKER_CLASSES, figure, pool_conf
+from support import WORKER_CLASSES, bound_psycopg_waits, figure, pool_conf
 
 from gunicorn_pool import DatabasePool
 
@@ -28,6 +28,13 @@ pytestmark = pytest.mark.postgresql
 pgbouncer = servers.pgbouncer
 
 APP = "pg_app:app"
+
+
+@pytest.fixture(autouse=True)
+def _bounded_queries(monkeypatch: Any) -> None:
+    """A query of a test here (a pool's, the admin console's) fails after support.QUERY_BOUND if
+    its answer never comes, instead of hanging until pytest-timeout."""
+    bound_psycopg_waits(monkeypatch)
 
 
 def bouncer_config(bouncer: servers.PgBouncer, **extra: Any) -> dict[str, Any]:

@@ -23,7 +23,17 @@ from urllib.parse import quote
 import psycopg
 import pytest
 import servers
-from support import PG_DB, PG_HOST, PG_PORT, ROOT, database_pools, pg_admin_connect, session_in_forked_child, wait_until
+from support import (
+    PG_DB,
+    PG_HOST,
+    PG_PORT,
+    ROOT,
+    bound_psycopg_waits,
+    database_pools,
+    pg_admin_connect,
+    session_in_forked_child,
+    wait_until,
+)
 
 from gunicorn_pool import ConnectError, DatabasePool, LeaseError, request_scope
 from gunicorn_pool.connectors.postgresql import PooledPGConnection
@@ -35,6 +45,14 @@ pg_scram = servers.pg_scram
 pgbouncer = servers.pgbouncer
 
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
+
+
+@pytest.fixture(autouse=True)
+def _bounded_queries(monkeypatch: Any) -> None:
+    """Every query a test here makes, through a pool or an admin connection, fails after
+    support.QUERY_BOUND (20 s) if its answer never comes: a stalled proxy or a hung server fails
+    the test in seconds with a message, not at pytest-timeout's 300 s."""
+    bound_psycopg_waits(monkeypatch)
 
 
 def backend(conn: Any) -> int:
@@ -554,6 +572,24 @@ def test_ping_of_a_connection_whose_server_stopped_answering_is_bounded(pg_user,
         assert backend(conn) != stalled
     assert time.monotonic() - start < 0.5 + 2.0
     assert pool.stats()["connections_lost"] == 1
+    db.close_pool()
+
+
+def test_a_query_of_a_test_whose_answer_never_comes_fails_in_seconds(pg_user, pg_proxy, monkeypatch):
+    """The bound above, shown: the test above once hung for pytest-timeout's 300 s on a loaded
+    machine (its own query had no time limit). A query on a stalled connection, with nothing of the
+    pool's to notice the stall (no ping, no probe), now fails after the bound, saying so."""
+    bound_psycopg_waits(monkeypatch, seconds=1.0)
+    db = DatabasePool({"default": pg_user.config(port=pg_proxy.port, min_size=1, max_size=1, check_interval=3600,
+                                                 probe_after="none")}, name="hung")  # fmt: skip
+    pool = db.pool()
+    with pool.connection() as conn:
+        backend(conn)
+        assert pg_proxy.stall() == 1
+        start = time.monotonic()
+        with pytest.raises(psycopg.OperationalError, match=r"no answer from the server within 1s: a test's query"):
+            backend(conn)
+        assert time.monotonic() - start < 1.0 + 2.0
     db.close_pool()
 
 

@@ -147,3 +147,129 @@ def test_entry_points_are_discovered(tmp_path, monkeypatch):
     assert isinstance(found["made"], PoolInterface)
     gunicorn_pool.configure(entry_points=False)
     assert "demo" not in dict(registry.discover())
+
+
+# -- the walk runs no app code ------------------------------------------------------------------------
+
+
+class Tripwire(Exception):
+    """Raised by app code the walk must never run (the walk swallows errors: the test checks ``ran``)."""
+
+
+ran: list[str] = []
+armed = [False]  # the traps fire only during the tests below (their classes outlive them)
+
+
+def trip(what):
+    if not armed[0]:
+        return False
+    ran.append(what)
+    raise Tripwire(what)
+
+
+class ItemsTrap(dict):
+    def items(self):
+        trip("dict.items override")
+        return super().items()
+
+    def __len__(self):
+        trip("dict.__len__ override")
+        return super().__len__()
+
+    def __iter__(self):
+        trip("dict.__iter__ override")
+        return super().__iter__()
+
+
+class SequenceTrap(list):
+    def __iter__(self):
+        trip("list.__iter__ override")
+        return super().__iter__()
+
+    def __len__(self):
+        trip("list.__len__ override")
+        return super().__len__()
+
+
+class SetTrap(frozenset):
+    def __iter__(self):
+        trip("frozenset.__iter__ override")
+        return super().__iter__()
+
+
+class DictPropertyTrap:
+    def __init__(self, **kw):
+        for key, value in kw.items():
+            setattr(self, key, value)  # plain attributes still land in the instance dict
+
+    @property
+    def __dict__(self):
+        trip("__dict__ property")
+        return {}
+
+
+class MetaTrap(type(PoolInterface)):
+    """A metaclass of the app's (on a PoolInterface subclass: ABCMeta's subclass checks reach it)."""
+
+    @property
+    def __mro__(cls):
+        trip("metaclass __mro__")
+        return type.__dict__["__mro__"].__get__(cls)
+
+    def __subclasscheck__(cls, sub):
+        trip("metaclass __subclasscheck__")
+        return super().__subclasscheck__(sub)
+
+
+class ServiceWithMetaTrap(Service, metaclass=MetaTrap):
+    pass
+
+
+class KeyTrap(str):
+    def __repr__(self):
+        trip("key __repr__")
+        return "KeyTrap"
+
+    def __format__(self, spec):
+        trip("key __format__")
+        return "KeyTrap"
+
+
+@pytest.fixture
+def no_app_code():
+    ran.clear()
+    armed[0] = True
+    try:
+        yield
+    finally:
+        armed[0] = False
+    assert ran == [], f"the walk ran app code: {ran}"
+
+
+def test_walk_reads_container_subclasses_from_their_storage_without_their_methods(no_app_code):
+    """A dict subclass holding a pool is still found: its C-level storage is read, its overridden
+    items() / __iter__ / __len__ never run (before: the walk called them)."""
+    a, b, c = Service("a"), Service("b"), Service("c")
+    app = Container(ext=ItemsTrap(db=a), seq=SequenceTrap([b]), frozen=SetTrap([c]))
+    found = dict(registry.walk(app))
+    assert set(map(id, found.values())) == {id(a), id(b), id(c)}
+    assert "app.ext['db']" in found and "app.seq[0]" in found
+
+
+def test_walk_never_resolves_a_dict_property_or_a_metaclass_attribute(no_app_code):
+    hidden, meta = Service("hidden"), ServiceWithMetaTrap("meta")
+    fresh = type("Fresh", (), {})()  # a type no subclass check saw yet: ABCMeta asks every subclass
+    app = Container(trap=DictPropertyTrap(db=hidden), meta=meta, fresh=fresh)
+    assert [s for _, s in registry.walk(app)] == [meta]  # the attributes behind a __dict__ property are not read
+
+
+def test_walk_never_calls_a_key_repr_or_a_mapping_proxy_s_mapping(no_app_code):
+    import types
+
+    a, b = Service("a"), Service("b")
+    attrs = Container()
+    attrs.__dict__[KeyTrap("odd")] = a  # a str subclass as an attribute name
+    app = Container(keys={KeyTrap("k"): attrs}, proxy=types.MappingProxyType(ItemsTrap(db=b)))
+    found = dict(registry.walk(app))
+    assert set(map(id, found.values())) == {id(a), id(b)}
+    assert "app.keys[...].?" in found and "app.proxy['db']" in found

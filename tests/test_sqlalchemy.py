@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import secrets
 import sqlite3
+import subprocess
 import threading
 import time
 from typing import Any, Iterator
@@ -288,6 +289,63 @@ def test_configs_checked_without_secrets() -> None:
     cfg = parse_engine_config("x", "postgresql://u:s3cr3t@h/db?max_size=3&application_name=a")
     assert cfg.max_size == 3 and cfg.url is not None and cfg.url.drivername == "postgresql+psycopg"
     assert "s3cr3t" not in cfg.dsn and "s3cr3t" not in repr(cfg) and "max_size" not in cfg.dsn
+
+
+@pytest.mark.parametrize("url", ["mysql://app:s3cr3t@db/shop", "postgresql://app:s3cr3t@db/shop",
+                                 "mariadb://app:s3cr3t@db/shop", "sqlite:////tmp/gp-typo.db"])  # fmt: skip
+@pytest.mark.parametrize("typo", ["max_sise", "echo_pol", "isolation_levle"])
+def test_engine_pool_key_typo_is_refused_when_the_config_is_built(url: str, typo: str) -> None:
+    """A misspelled key (a pool option or a create_engine() argument) went to create_engine() in
+    each worker: a TypeError logged per worker while gunicorn served. It is refused in the master."""
+    with pytest.raises(ConfigError) as info:
+        EnginePool({"default": {"url": url, typo: 4, "echo": False}}, name="orm")
+    message = str(info.value)
+    assert message.startswith(f"pool 'default': unknown option '{typo}' (known: "), message
+    known = message.split("(known: ")[1].rstrip(")").split(", ")
+    assert {"url", "max_size", "timeout", "echo", "echo_pool", "isolation_level", "pool_pre_ping",
+            "connect_args", "execution_options", "password_file"} <= set(known)  # fmt: skip
+    assert "s3cr3t" not in message and "pool_size" not in known
+
+
+def test_engine_pool_key_that_looks_like_a_secret_is_not_echoed() -> None:
+    with pytest.raises(ConfigError, match="unknown option .not shown") as info:
+        EnginePool({"default": {"url": "sqlite:////tmp/gp.db", "sk-live/Zq9s3cr3t==": 1}})
+    assert "Zq9s3cr3t" not in str(info.value)
+
+
+def test_engine_pool_accepts_every_create_engine_argument_it_lists(tmp_path: Any) -> None:
+    """Arguments SQLAlchemy takes (the dialect's, the pool's with their pool_ names, the Engine's)
+    pass the check, and SQLAlchemy builds the engine from them in this process."""
+    kwargs = {"echo": False, "echo_pool": False, "pool_pre_ping": True, "pool_reset_on_return": "rollback",
+              "pool_logging_name": "p", "logging_name": "e", "hide_parameters": True, "query_cache_size": 10,
+              "execution_options": {"stream_results": False}, "isolation_level": "SERIALIZABLE",
+              "json_serializer": None, "label_length": 30, "native_datetime": False, "connect_args": {},
+              "enable_from_linting": False, "future": True, "pool_timeout": 3, "pool_recycle": 60}  # fmt: skip
+    service = EnginePool({"default": {"url": f"sqlite:///{tmp_path / 'ok.db'}", **kwargs}}, name="orm")
+    try:
+        with service.engine().connect() as conn:
+            assert conn.execute(text("SELECT 1")).scalar() == 1
+    finally:
+        service.close_pool()
+
+
+@pytest.mark.mysql
+def test_engine_pool_typo_stops_gunicorn_at_start_up(mysql_user: Any, gunicorn: Any) -> None:
+    """The README's promise, for EnginePool too: gunicorn exits non-zero, naming the pool and the key
+    (before: it started, and every worker logged create_engine()'s TypeError)."""
+    pools = {"default": {"url": mysql_user.url(), "max_sise": 4}}
+    conf = f"import gunicorn_pool\nfrom gunicorn_pool.sqlalchemy import EnginePool\nPOOLS = {pools!r}\n" \
+           "gunicorn_pool.register(EnginePool(POOLS), name='orm')\nworkers = 2\n"  # fmt: skip
+    server = gunicorn(conf)
+    server.start(wait=False)
+    try:
+        code = server.proc.wait(20)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"gunicorn still running 20 s after start: the typo did not stop it\n{server.log()[-1500:]}")
+    assert code != 0
+    log = server.log()
+    assert "ConfigError: pool 'default': unknown option 'max_sise' (known: " in log, log[-2000:]
+    assert mysql_user.password not in log
 
 
 def test_sqlite_engine_pool_rolls_back(tmp_path: Any) -> None:

@@ -49,7 +49,7 @@ from pymysql.constants import CLIENT
 from pymysql.converters import escape_string
 
 from .. import base
-from ..config import DatabaseConfig, parse_config
+from ..config import DatabaseConfig, _shown, parse_config
 from ..connectors.mysql import MySQLConnector
 from ..errors import ConfigError, PoolClosed
 from ..pool import ConnectionPool
@@ -251,7 +251,9 @@ def config_for(alias: str, settings_dict: Mapping[str, Any]) -> tuple[DatabaseCo
             raise ImproperlyConfigured(f"{where}['OPTIONS']: {key!r} is not supported by {ENGINE}: {_REFUSED[key]}")
         else:
             known = sorted({"pool", "isolation_level", "sql_mode", "ssl", *_AS_CONFIG, *_PASS_THROUGH})
-            raise ImproperlyConfigured(f"{where}['OPTIONS']: unknown option {key!r} (known: {', '.join(known)})")
+            raise ImproperlyConfigured(
+                f"{where}['OPTIONS']: unknown option {_option_shown(key)} (known: {', '.join(known)})"
+            )
     raw.update(_pool_keys(where, pool_options, session))
     if sd.get("CONN_HEALTH_CHECKS") and "check_interval" not in raw:
         raw["check_interval"] = 0.0  # Django's health check: every reuse is checked
@@ -260,6 +262,12 @@ def config_for(alias: str, settings_dict: Mapping[str, Any]) -> tuple[DatabaseCo
     except ConfigError as exc:
         raise ImproperlyConfigured(f"{where}: {exc}") from None
     return config, driver_args, isolation or None
+
+
+def _option_shown(key: Any) -> str:
+    """An OPTIONS key for an error, masked as DatabasePool masks one: a key that is not a name (a
+    secret pasted one line too high, a mistyped URL) is described, never echoed."""
+    return _shown(key) if isinstance(key, str) else f"(a {type(key).__name__}, not a name)"
 
 
 def _pool_keys(where: str, value: Any, session: list[str]) -> dict[str, Any]:
@@ -293,7 +301,7 @@ def _ssl(where: str, value: Any) -> dict[str, Any]:
             out["ssl_verify"] = "identity" if val else out.get("ssl_verify")
         else:
             raise ImproperlyConfigured(
-                f"{where}['OPTIONS']['ssl']: unsupported key {key!r} (use ca, cert, key, check_hostname,"
+                f"{where}['OPTIONS']['ssl']: unsupported key {_option_shown(key)} (use ca, cert, key, check_hostname,"
                 " or the ssl_* keys of OPTIONS['pool'])"
             )
     if out.get("ssl_ca") and out.get("ssl_verify") is None:

@@ -19,6 +19,7 @@ core of a :class:`~gunicorn_pool.sqlalchemy.GunicornPool` set as the engine's
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import logging
 from typing import Any, Callable, Mapping, Optional, Union
 
@@ -29,7 +30,7 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import QueuePool
 
 from ..base import current_profile
-from ..config import DatabaseConfig, parse_config, password_from_source
+from ..config import DatabaseConfig, _shown, parse_config, password_from_source
 from ..errors import ConfigError
 from ..options import PoolOptions, coerce, pool_option_names, rule_of
 from ..pool import ConnectionPool
@@ -119,9 +120,56 @@ def parse_engine_config(pool_name: str, value: Union[str, URL, Mapping[str, Any]
             raw[option] = raw.pop(key)
     options = _pool_options(pool_name, {**in_query, **raw})
     kwargs = {k: v for k, v in raw.items() if k not in _OPTIONS}
+    _check_engine_arguments(pool_name, url, kwargs)
     config = EngineConfig(pool_name=pool_name, url=url, engine_kwargs=kwargs, **options)
     config.check(pool_name)
     return config
+
+
+#: create_engine()'s arguments read by the function itself, not by the dialect, pool or Engine it makes.
+_CREATE_ENGINE_OWN = frozenset({"connect_args", "creator", "module", "plugins", "future", "enable_from_linting",
+                                "_coerce_config", "_initialize", "_is_async"})  # fmt: skip
+#: Names create_engine() takes that are no option of a config (internal, or refused above).
+_NOT_LISTED = frozenset({"cls", "dbapi", "dialect", "url", "pool", "_dispatch", *_REFUSED})
+
+
+def _check_engine_arguments(pool_name: str, url: URL, kwargs: Mapping[str, Any]) -> None:
+    """Refuse, here in the master, a key ``create_engine()`` would refuse in every worker (a typo such
+    as ``max_sise``): ConfigError naming the pool and the key, listing the known ones."""
+    if not kwargs or "plugins" in kwargs or "plugin" in url.query:  # a plugin may take any key
+        return
+    accepted = _create_engine_arguments(url)
+    if accepted is None:
+        return
+    for key in kwargs:
+        if key not in accepted:
+            names = (accepted | set(_OPTIONS) | set(_TRANSLATED) | set(_SOURCES)) - _NOT_LISTED | {"url"}
+            known = sorted(n for n in names if not n.startswith("_"))
+            shown = _shown(key) if isinstance(key, str) else f"(a {type(key).__name__})"
+            raise ConfigError(f"pool {pool_name!r}: unknown option {shown} (known: {', '.join(known)})")
+
+
+def _create_engine_arguments(url: URL) -> Optional[set[str]]:
+    """The keyword arguments ``create_engine(url, ...)`` consumes, found as it finds them (the dialect's,
+    its DBAPI import's, its pool class's with their ``pool_`` names, the Engine's, its own); None when
+    unknown: a dialect SQLAlchemy does not ship (loading it could import its driver in the master,
+    before gevent patched), or a SQLAlchemy whose create_engine() reads them otherwise."""
+    from sqlalchemy import util
+    from sqlalchemy.engine import create
+
+    backend, _, driver = url.drivername.partition("+")
+    package = "mysql" if backend == "mariadb" else backend
+    translate = getattr(create, "_pool_translate_kwargs", None)
+    try:
+        if translate is None or importlib.util.find_spec(f"sqlalchemy.dialects.{package}.{driver or 'base'}") is None:
+            return None
+        dialect: Any = url._get_entrypoint().get_dialect_cls(url)  # a DefaultDialect: get_pool_class()
+        names = set(util.get_cls_kwargs(dialect)) | set(util.get_func_kwargs(dialect.import_dbapi))
+        for pool_class in {dialect.get_pool_class(url), QueuePool}:
+            names |= {translate.get(k, k) for k in util.get_cls_kwargs(pool_class)}
+        return names | set(util.get_cls_kwargs(Engine)) | _CREATE_ENGINE_OWN
+    except Exception:  # noqa: BLE001 - no such dialect: create_engine() says so in the worker, as before
+        return None
 
 
 def bound_connects(engine: Engine) -> None:
