@@ -51,7 +51,7 @@ from .options import DEFAULTS, PoolOptions
 from .slot import CLOSED, IDLE, LENT, Slot
 
 if TYPE_CHECKING:
-    from .connectors.base import Connector
+    from .connectors.base import ConnectorBase
 
 __all__ = [
     "DROP", "LEASE_SINK", "PING", "REPLACE", "RESET", "REUSE", "USE", "LeaseSink", "PoolCore", "PoolObserver",
@@ -127,7 +127,7 @@ class PoolCore:
     _waiter_class: type[cc.Waiter]
     _lock_free = False  #: may the front end pop and append without the lock (GIL-atomic deque ops)
 
-    def __init__(self, connector: Connector, *, name: str, options: PoolOptions = DEFAULTS,
+    def __init__(self, connector: ConnectorBase, *, name: str, options: PoolOptions = DEFAULTS,
                  default_sizes: tuple[int, int] = (1, 1), **overrides: Any) -> None:  # fmt: skip
         options = dataclasses.replace(options, **overrides) if overrides else options
         options.check(name)
@@ -200,8 +200,9 @@ class PoolCore:
         return self._leak_timeout
 
     @property
-    def connector(self) -> Connector:
-        """The connector this pool opens, checks and closes its connections with."""
+    def connector(self) -> Any:
+        """The connector this pool opens, checks and closes its connections with (a
+        :class:`~gunicorn_pool.connectors.base.Connector`, or an asyncio one)."""
         return self._connector
 
     @property

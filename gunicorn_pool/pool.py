@@ -95,12 +95,19 @@ class ConnectionPool(cc.ForkAware, PoolCore):
     global.
     """
 
+    _connector: Connector
+
     def __init__(self, connector: Connector, *, name: str, options: PoolOptions = DEFAULTS,
                  default_sizes: tuple[int, int] = (1, 1), **overrides: Any) -> None:  # fmt: skip
         PoolCore.__init__(self, connector, name=name, options=options, default_sizes=default_sizes, **overrides)
-        if type(connector).lend is not Connector.lend:
+        if connector.lends:
             self._lend = connector.lend
         self._track_forks()
+
+    @property
+    def connector(self) -> Connector:
+        """The connector this pool opens, checks and closes its connections with."""
+        return self._connector
 
     def _init_state(self) -> None:
         PoolCore._init_state(self)

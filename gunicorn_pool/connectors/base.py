@@ -51,18 +51,17 @@ import select
 from typing import Any, Callable, Optional
 
 from .._concurrency import get_ident, original_poll
+from ..core import DROP, RESET, REUSE
 from ..errors import LeaseError, describe
 
 __all__ = [
-    "CLOSED", "DROP", "IDLE", "RESET", "REUSE", "Connector", "LeaseGuard", "lease_error", "select_one", "socket_probe",
+    "CLOSED", "DROP", "IDLE", "RESET", "REUSE", "Connector", "ConnectorBase", "LeaseGuard", "lease_error", "select_one",
+    "socket_probe",
 ]  # fmt: skip
 
 _MASK = "***"
 
-#: Outcomes of :meth:`Connector.finish`.
-REUSE = "reuse"
-RESET = "reset"
-DROP = "drop"
+#: Outcomes of :meth:`Connector.finish` (REUSE, RESET, DROP) are the core's: see gunicorn_pool.core.
 
 #: Values of LeaseGuard._gp_holder besides None (anyone) and a thread/greenlet id.
 IDLE = -1
@@ -116,9 +115,10 @@ class LeaseGuard:
         return True
 
 
-class Connector:
-    """Base class of every connector; subclasses implement :meth:`connect`, :meth:`close`
-    and :meth:`discard` and override the rest where their driver allows better."""
+class ConnectorBase:
+    """What every connector has, synchronous (:class:`Connector`) or asyncio
+    (:class:`~gunicorn_pool.connectors.base_async.AsyncConnector`): its identity, and the calls
+    the pool core makes without a round trip (probe, lend, check_in, discard, messages)."""
 
     #: The adapter's name, as in a config's ``adapter`` key.
     adapter = ""
@@ -137,6 +137,44 @@ class Connector:
         self.dsn = dsn  #: the connection URL with the password masked, for logs
         self._password = password
 
+    @property
+    def lends(self) -> bool:
+        """True if this connector has per-lease work (:meth:`lend` overridden): the pool calls it."""
+        return type(self).lend is not ConnectorBase.lend
+
+    def discard(self, raw: Any) -> None:
+        """Drop *raw* without a word to the server (after fork, or mid-protocol). Never raises."""
+        raise NotImplementedError
+
+    def probe(self, raw: Any) -> Optional[Callable[[], Any]]:
+        """A check of idle *raw* without a round trip, prepared once per connection, or None.
+
+        The pool keeps it with the connection and calls it on checkout; a truthy
+        result means "ping before lending"."""
+        return None
+
+    def lend(self, raw: Any, holder: Optional[int], taken_at: str = "") -> None:
+        """A lease of *raw* starts, taken by *holder* (a thread, greenlet or task id; None:
+        anyone) at *taken_at* (``file:line``, may be empty). A connector with per-lease work
+        overrides this; the pool calls it only then (a :attr:`guarded` connector's guard is armed
+        by the pool)."""
+
+    def check_in(self, raw: Any) -> bool:
+        """The lease of *raw* ends: True if it is clean and goes straight back to the pool (its
+        guard then reads IDLE); False if ``finish()`` must run first (the guard then lets the
+        pool's own statements through). One call on the hot path, no round trip."""
+        return True
+
+    def describe_error(self, exc: BaseException) -> str:
+        """*exc* in one line, the server's message kept and the password masked."""
+        text = describe(exc)
+        return text.replace(self._password, _MASK) if self._password else text
+
+
+class Connector(ConnectorBase):
+    """Base class of every synchronous connector; subclasses implement :meth:`connect`,
+    :meth:`close` and :meth:`discard` and override the rest where their driver allows better."""
+
     # -- the physical connection ----------------------------------------------------------
 
     def connect(self) -> Any:
@@ -147,22 +185,11 @@ class Connector:
         """Close *raw* and tell the server (it ends the session now). Never raises."""
         raise NotImplementedError
 
-    def discard(self, raw: Any) -> None:
-        """Drop *raw* without a word to the server (after fork, or mid-protocol). Never raises."""
-        raise NotImplementedError
-
     # -- health ---------------------------------------------------------------------------
 
     def ping(self, raw: Any, timeout: float) -> None:
         """Raise if *raw* is dead; take at most *timeout* seconds."""
         select_one(raw)
-
-    def probe(self, raw: Any) -> Optional[Callable[[], Any]]:
-        """A check of idle *raw* without a round trip, prepared once per connection, or None.
-
-        The pool keeps it with the connection and calls it on checkout; a truthy
-        result means "ping before lending"."""
-        return None
 
     def warm(self, raw: Any, timeout: float) -> None:
         """Give *raw* its first use now, before traffic: a ping and one trivial query."""
@@ -176,22 +203,11 @@ class Connector:
 
     # -- leases ------------------------------------------------------------------------------
 
-    def lend(self, raw: Any, holder: Optional[int], taken_at: str = "") -> None:
-        """A lease of *raw* starts, taken by *holder* (a thread or greenlet id; None: anyone) at
-        *taken_at* (``file:line``, may be empty). A connector with per-lease work overrides this;
-        the pool calls it only then (a :attr:`guarded` connector's guard is armed by the pool)."""
-
     def begin(self, raw: Any) -> None:
         """Start a transaction on lent *raw* now, whatever the pool's ``autocommit``:
         ``request_connection()`` makes a whole request one transaction, committed or rolled back
         when it ends. The default does nothing: a DB-API connection is transactional unless its
         autocommit is on."""
-
-    def check_in(self, raw: Any) -> bool:
-        """The lease of *raw* ends: True if it is clean and goes straight back to the pool (its
-        guard then reads IDLE); False if :meth:`finish` must run first (the guard then lets the
-        pool's own statements through). One call on the hot path."""
-        return True
 
     def finish(self, raw: Any, *, commit: bool, failed: bool = False) -> str:
         """End what the user left open on *raw*: commit (*commit*) or roll back an open
@@ -202,13 +218,6 @@ class Connector:
         not be lent again: closed by the user, mid-result, or not resettable). Raises the
         driver's error if that fails (the pool then drops *raw*)."""
         return REUSE
-
-    # -- messages ---------------------------------------------------------------------------
-
-    def describe_error(self, exc: BaseException) -> str:
-        """*exc* in one line, the server's message kept and the password masked."""
-        text = describe(exc)
-        return text.replace(self._password, _MASK) if self._password else text
 
 
 def _suspect() -> bool:
