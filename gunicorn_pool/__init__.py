@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
-    "ConfigError", "ConnectError", "ConnectionPool", "DatabaseConfig", "DatabasePool",
+    "AsgiWorker", "ConfigError", "ConnectError", "ConnectionPool", "DatabaseConfig", "DatabasePool", "UvicornWorker",
     "GeventWorker", "LeaseError", "PoolClosed", "PoolError", "PoolInterface", "PoolOptions",
     "PoolStartupError", "PoolTimeout", "RedisPool", "ThreadWorker", "TooManyRequests", "Worker", "configure",
     "get", "mask_dsn", "parse_config", "register", "registered", "request_connection", "request_scope",
@@ -71,7 +71,7 @@ def request_connection(service: Any, name: str = "default") -> Any:
 
 def __getattr__(name: str) -> Any:
     # Worker classes import gunicorn (and gevent): load them only when asked.
-    if name in ("Worker", "ThreadWorker", "GeventWorker"):
+    if name in ("Worker", "ThreadWorker", "GeventWorker", "AsgiWorker", "UvicornWorker"):
         from . import workers
 
         return getattr(workers, name)

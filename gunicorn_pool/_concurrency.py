@@ -88,6 +88,9 @@ def original_poll() -> Optional[Callable[[], Any]]:
 
 #: Tests set this to False to run the pool as it runs on a free-threaded build.
 FORCE_LOCKED = False
+#: Set by an ASGI worker's boot: a synchronous lease taken on a thread whose event loop is running
+#: is refused (it would stall every request of the worker); read when a pool (re)initialises.
+REFUSE_ON_EVENT_LOOP = False
 
 
 def lock_free_ok() -> bool:

@@ -27,7 +27,7 @@ import abc
 import dataclasses
 from typing import Any, Optional
 
-__all__ = ["PoolInterface", "WorkerProfile", "current_profile", "set_profile", "worker_kind"]
+__all__ = ["AsyncPoolInterface", "PoolInterface", "WorkerProfile", "current_profile", "set_profile", "worker_kind"]
 
 
 class PoolInterface(abc.ABC):
@@ -64,12 +64,37 @@ class PoolInterface(abc.ABC):
         return {}
 
 
+class AsyncPoolInterface(PoolInterface):
+    """A service whose connections are asyncio ones: opened and closed in the worker's event loop.
+
+    An ASGI worker (``gunicorn_pool.AsgiWorker``, ``gunicorn_pool.UvicornWorker``, or the hooks
+    on gunicorn's ``asgi`` worker or uvicorn's) calls :meth:`ainit_pool` in the ASGI lifespan
+    startup, before the app's own, and :meth:`aclose_pool` after the app's lifespan shutdown.
+    No event loop runs while gunicorn loads the app, so :meth:`init_pool` opens nothing.
+    """
+
+    def init_pool(self) -> None:
+        """Nothing: asyncio connections open in the ASGI lifespan (:meth:`ainit_pool`)."""
+
+    def close_pool(self) -> None:
+        """Drop what is still open without a round trip (the event loop may be gone: gunicorn's
+        quick shutdown skips the lifespan shutdown)."""
+
+    @abc.abstractmethod
+    async def ainit_pool(self) -> None:
+        """Open the connections now, in the running event loop (see :meth:`PoolInterface.init_pool`)."""
+
+    @abc.abstractmethod
+    async def aclose_pool(self) -> None:
+        """Close the connections opened in this process, politely."""
+
+
 @dataclasses.dataclass(frozen=True)
 class WorkerProfile:
     """What kind of process the pools run in; sets their default sizes.
 
-    ``kind`` is "sync", "thread" or "gevent". Default sizes (explicit
-    ``min_size``/``max_size`` always win):
+    ``kind`` is "sync", "thread", "gevent" or "asyncio" (an ASGI worker). Default sizes
+    (explicit ``min_size``/``max_size`` always win):
 
     ======== ======== ==========
     kind     min_size max_size
@@ -77,7 +102,12 @@ class WorkerProfile:
     sync     1        1
     thread   1        threads
     gevent   1        10
+    asyncio  1        10
     ======== ======== ==========
+
+    In an asyncio worker, up to ``worker_connections`` requests run at once (tasks), and
+    synchronous pools serve ``def`` endpoints from the server's thread pool (Starlette: 40
+    threads): both are capped at 10 per pool, the rest queue fairly, as under gevent.
     """
 
     kind: str = "sync"
@@ -90,23 +120,29 @@ class WorkerProfile:
         """Seconds a query may wait for the server when the user set no bound: gunicorn's
         ``timeout`` in gthread and gevent workers (gunicorn kills a hung sync worker at
         ``timeout`` itself, but not those); None in sync workers."""
-        return self.timeout if self.kind in ("thread", "gevent") else None
+        return self.timeout if self.kind in ("thread", "gevent", "asyncio") else None
 
     def default_sizes(self) -> tuple[int, int]:
         """``(min_size, max_size)`` for a pool that does not set them."""
         if self.kind == "thread":
             return 1, max(1, self.threads)
-        if self.kind == "gevent":
+        if self.kind in ("gevent", "asyncio"):
             return 1, 10
         return 1, 1
 
 
+#: Modules of worker classes that run an asyncio event loop and serve ASGI apps.
+ASGI_WORKER_MODULES = frozenset({"gunicorn.workers.gasgi", "uvicorn_worker._workers", "uvicorn.workers"})
+
+
 def worker_kind(cls: type) -> str:
-    """ "gevent", "thread" or "sync": the concurrency model of a gunicorn worker class.
+    """ "asyncio", "gevent", "thread" or "sync": the concurrency model of a gunicorn worker class.
 
     Read off the class's bases by module name, so nothing is imported.
     """
     modules = {c.__module__ for c in getattr(cls, "__mro__", ())}
+    if modules & ASGI_WORKER_MODULES:
+        return "asyncio"
     if "gunicorn.workers.ggevent" in modules:
         return "gevent"
     if "gunicorn.workers.gthread" in modules:

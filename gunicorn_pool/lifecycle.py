@@ -11,10 +11,13 @@ stock workers (:mod:`gunicorn_pool.hooks`) call these two functions::
       -> app loaded (gunicorn: load_wsgi)
       -> boot(worker):      discover services, init_pool() each, warm the worker
                             (gunicorn_pool.warmup: first-request code paths), wrap the app
-                            so each request runs in a request scope (gunicorn_pool.wsgi),
-                            start metrics
+                            so each request runs in a request scope (gunicorn_pool.wsgi, or
+                            gunicorn_pool.asgi for an ASGI app), start metrics
       -> user's post_worker_init (gunicorn)
+      -> ASGI only, in the worker's event loop: the lifespan startup runs aboot():
+                            ainit_pool() of each asyncio service, before the app's startup
       -> serve requests
+      -> ASGI only: the lifespan shutdown runs ashutdown() after the app's: aclose_pool()
       -> shutdown():        close_pool() each, in the worker's own pid only
     (SIGTERM, SIGQUIT/SIGINT, max_requests, SIGHUP's old workers; nothing runs
     on SIGKILL: the kernel closes the sockets and the server drops the sessions.)
@@ -29,25 +32,27 @@ never times out a worker's boot.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
-from typing import Any
+from typing import Any, Optional
 
-from . import integrations, wsgi
+from . import _concurrency, integrations, wsgi
 from ._concurrency import run_all
-from .base import PoolInterface, WorkerProfile, set_profile, worker_kind
+from .base import AsyncPoolInterface, PoolInterface, WorkerProfile, set_profile, worker_kind
 from .errors import PoolStartupError
 from .metrics import start_reporter
 from .otel import instrument
 from .registry import registered, settings
+from .service import settle_boot
 from .warmup import warm_worker
 
-__all__ = ["boot", "profile_for", "shutdown"]
+__all__ = ["aboot", "ashutdown", "boot", "profile_for", "shutdown"]
 
 logger = logging.getLogger("gunicorn_pool")
 
-_booted: dict[str, Any] = {"pid": None, "services": [], "reporter": None, "otel": None}
+_booted: dict[str, Any] = {"pid": None, "services": [], "reporter": None, "otel": None, "profile": None}
 
 
 def prepare_master(worker_class: type) -> None:
@@ -76,34 +81,56 @@ def profile_for(worker: Any) -> WorkerProfile:
     )
 
 
+def _app_attribute(worker: Any) -> str:
+    """Where the worker keeps the loaded app: gunicorn's ``asgi`` worker in ``asgi``, every other
+    (uvicorn's included, whose ``wsgi`` is an ASGI app) in ``wsgi``."""
+    return "asgi" if getattr(worker, "asgi", None) is not None else "wsgi"
+
+
+def _opened(services: list[tuple[str, PoolInterface]], deadline: Optional[float]) -> None:
+    """init_pool() of every service at once (several unreachable servers cost one connect_timeout,
+    not one each), bounded by *deadline*; failures per the boot policy (service.settle_boot)."""
+    results = run_all([(name, service.init_pool) for name, service in services], deadline=deadline)
+    try:
+        settle_boot(results, lambda name: f"pool service {name}")
+    except PoolStartupError as exc:
+        logger.critical("%s", exc)
+        raise  # strict pool on first start: gunicorn halts the server, as asked
+
+
 def boot(worker: Any) -> list[tuple[str, PoolInterface]]:
-    """Open every pool service for this worker; return them as (name, service)."""
+    """Open every pool service for this worker; return them as (name, service).
+
+    In an ASGI worker (or with an ASGI app under the hooks) the synchronous services open here
+    (``def`` endpoints use them from the server's thread pool) and the asyncio ones
+    (:class:`~gunicorn_pool.base.AsyncPoolInterface`) in the lifespan startup (:func:`aboot`):
+    no event loop runs yet.
+    """
     _route_logs_to_gunicorn(worker)
     profile = profile_for(worker)
+    attribute = _app_attribute(worker)
+    app = getattr(worker, attribute, None)
+    asgi = profile.kind == "asyncio" or (app is not None and _is_asgi(app))
+    if asgi and profile.kind != "asyncio":
+        profile = dataclasses.replace(profile, kind="asyncio")
     set_profile(profile)
-    services = integrations.discover(getattr(worker, "wsgi", None))
+    # A synchronous lease on the event loop's own thread would stall every request of the worker.
+    _concurrency.REFUSE_ON_EVENT_LOOP = asgi
+    services = integrations.discover(app)
     start = time.monotonic()
-    # At once: several unreachable servers cost one connect_timeout, not one each.
-    results = run_all([(name, service.init_pool) for name, service in services], deadline=profile.deadline)
-    for name, exc in results.items():
-        if exc is None:
-            continue
-        if isinstance(exc, PoolStartupError):
-            logger.critical("%s", exc)
-            raise exc  # strict pool on first start: gunicorn halts the server, as asked
-        if isinstance(exc, TimeoutError):
-            logger.error("pool service %s: init_pool() still running at the warm-up deadline; serving without it", name)
-        elif isinstance(exc, Exception):  # never halt the server for a pool
-            logger.error("pool service %s: init_pool() failed, it will connect on demand: %s", name, exc)
-        else:
-            raise exc
+    _opened([(n, s) for n, s in services if not isinstance(s, AsyncPoolInterface)], profile.deadline)
     if settings.warm_up:
         assert profile.deadline is not None  # profile_for() sets it
-        warm_worker(worker, services, requests=settings.warm_requests, deadline=profile.deadline)
-    if settings.request_scope:
-        wsgi.wrap(worker)  # every request in a scope: leaks reclaimed, request_connection() given back
+        warm_worker(worker, services, requests=0 if asgi else settings.warm_requests, deadline=profile.deadline)
+    if settings.request_scope or asgi:
+        if asgi:  # every request in a scope, and the asyncio pools opened in the lifespan
+            from . import asgi as asgi_layer
+
+            setattr(worker, attribute, asgi_layer.RequestScopeASGI(app, startup=aboot, shutdown=ashutdown))  # type: ignore[arg-type]
+        else:
+            wsgi.wrap(worker)  # every request in a scope: leaks reclaimed, request_connection() given back
     _booted.update(pid=os.getpid(), services=services, reporter=_start_reporter(worker, services),
-                   otel=_start_otel(services))  # fmt: skip
+                   otel=_start_otel(services), profile=profile)  # fmt: skip
     logger.info(
         "gunicorn_pool: %d pool service(s) ready in %.1f ms (%s worker)",
         len(services), (time.monotonic() - start) * 1000, profile.kind,
@@ -111,8 +138,63 @@ def boot(worker: Any) -> list[tuple[str, PoolInterface]]:
     return services
 
 
+def _is_asgi(app: Any) -> bool:
+    from .asgi import is_asgi_app
+
+    return is_asgi_app(app)
+
+
+def _async_services() -> list[tuple[str, AsyncPoolInterface]]:
+    return [(n, s) for n, s in _booted["services"] if isinstance(s, AsyncPoolInterface)]
+
+
+async def aboot() -> None:
+    """In the worker's event loop (the ASGI lifespan startup): ``ainit_pool()`` of every asyncio
+    service at once, bounded by what is left of the warm-up deadline, under the boot policy.
+    Raises only for a ``strict`` pool on the first start (the lifespan startup then fails)."""
+    import asyncio
+
+    services = _async_services()
+    if not services:
+        return
+    start = time.monotonic()
+    profile: WorkerProfile = _booted["profile"] or WorkerProfile(kind="asyncio")
+    left = None if profile.deadline is None else max(0.0, profile.deadline - time.monotonic())
+    tasks = {name: asyncio.ensure_future(service.ainit_pool()) for name, service in services}
+    done, pending = await asyncio.wait(tasks.values(), timeout=left)
+    for task in pending:
+        task.cancel()
+    results: dict[str, Optional[BaseException]] = {}
+    for name, task in tasks.items():
+        if task in pending:
+            results[name] = TimeoutError(f"{name}: still opening at the deadline")
+        else:
+            results[name] = task.exception()
+    try:
+        settle_boot(results, lambda name: f"pool service {name}")
+    except PoolStartupError as exc:
+        logger.critical("%s", exc)
+        raise
+    logger.info("gunicorn_pool: %d asyncio pool service(s) ready in %.1f ms", len(services),
+                (time.monotonic() - start) * 1000)  # fmt: skip
+
+
+async def ashutdown() -> None:
+    """In the worker's event loop (the ASGI lifespan shutdown, after the app's): ``aclose_pool()``
+    of every asyncio service, in this process only."""
+    if _booted["pid"] != os.getpid():
+        return
+    for name, service in _async_services():
+        try:
+            await service.aclose_pool()
+        except Exception as exc:  # noqa: BLE001 - one failing close must not skip the others
+            logger.warning("pool service %s: aclose_pool() failed: %s", name, exc)
+
+
 def shutdown() -> None:
-    """Close the pools this process opened; do nothing in any other process."""
+    """Close the pools this process opened; do nothing in any other process. Asyncio services
+    still open here (gunicorn's quick shutdown skips the lifespan's) drop their connections
+    without a round trip: the event loop is gone."""
     if _booted["pid"] != os.getpid():
         return
     reporter = _booted["reporter"]
@@ -125,7 +207,7 @@ def shutdown() -> None:
             service.close_pool()
         except Exception as exc:  # noqa: BLE001 - one failing close must not skip the others
             logger.warning("pool service %s: close_pool() failed: %s", name, exc)
-    _booted.update(pid=None, services=[], reporter=None, otel=None)
+    _booted.update(pid=None, services=[], reporter=None, otel=None, profile=None)
 
 
 def _start_reporter(worker: Any, services: list[tuple[str, PoolInterface]]) -> Any:

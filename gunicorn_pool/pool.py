@@ -72,7 +72,7 @@ from typing import Any, Callable, Optional, TypeVar
 from . import _concurrency as cc
 from .connectors.base import Connector
 from .core import LEASE_SINK, PING, REPLACE, PoolCore, PoolObserver
-from .errors import ConnectError, PoolClosed
+from .errors import ConnectError, PoolClosed, PoolError
 from .options import DEFAULTS, PoolOptions
 from .slot import IDLE, LENT, Slot
 
@@ -114,11 +114,13 @@ class ConnectionPool(cc.ForkAware, PoolCore):
         self.inherited = False
         self._waiter_class = cc.waiter_class()  # looked up in each process: gevent may have patched
         self._lock_free = cc.lock_free_ok()
+        self._loop_check = cc.REFUSE_ON_EVENT_LOOP  # set by an ASGI worker's boot
         self._refresh_fast()
 
     def _refresh_fast(self) -> None:
-        # One flag for Lease's inline checkout and return: no fork to adopt, no observer, a GIL.
-        self._fast = self._lock_free and not self.inherited and self._observer is None
+        # One flag for Lease's inline checkout and return: no fork to adopt, no observer, a GIL,
+        # and no event loop thread to refuse (an ASGI worker).
+        self._fast = self._lock_free and not self.inherited and self._observer is None and not self._loop_check
 
     def _forked(self) -> None:
         super()._forked()
@@ -203,6 +205,8 @@ class ConnectionPool(cc.ForkAware, PoolCore):
         nobody queued, returned moments ago) takes no lock and reads the clock once."""
         if self.inherited:
             self._adopt_process()
+        if self._loop_check:
+            self._refuse_on_event_loop()
         observer = self._observer
         if observer is not None:
             asked = monotonic()
@@ -224,6 +228,18 @@ class ConnectionPool(cc.ForkAware, PoolCore):
         if observer is not None:
             observer.waited(monotonic() - asked)
         return slot
+
+    def _refuse_on_event_loop(self) -> None:
+        """In an ASGI worker: refuse a lease on a thread whose event loop is running (a lease, and
+        any query on it, would block every request of the worker while it waits)."""
+        import asyncio
+
+        if asyncio._get_running_loop() is not None:
+            raise PoolError(
+                f"pool {self.name!r}: a synchronous connection taken on the event loop's thread would block every"
+                " request of this worker while it waits: use gunicorn_pool.AsyncDatabasePool (async with"
+                " db.connection()) in async code, or take it in a def endpoint (run in a thread)"
+            )
 
     def _take_slow(self, timeout: Optional[float]) -> tuple[Slot, float]:
         """Check out when the fast path cannot: under the lock, open a connection, or queue."""

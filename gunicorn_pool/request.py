@@ -34,7 +34,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, TypeVar
 
 from . import _concurrency as cc
 from ._frames import INTERNAL
@@ -49,6 +49,8 @@ if TYPE_CHECKING:
 __all__ = ["RequestScope", "current", "request_connection", "request_scope"]
 
 logger = logging.getLogger("gunicorn_pool")
+
+S = TypeVar("S", bound="RequestScope")
 
 #: Packages whose frames are a thread's idle machinery, not application work.
 _IDLE = INTERNAL | {"threading", "queue", "selectors", "socketserver"}
@@ -73,7 +75,7 @@ class RequestScope:
         self.generation = cc._generation[0]  # forks so far: a scope forked mid-request owns nothing
         self._token: Any = None
 
-    def begin(self) -> RequestScope:
+    def begin(self: S) -> S:
         """Make this scope the current one (its request starts)."""
         self._token = LEASE_SINK.set(self)
         return self

@@ -14,14 +14,14 @@ import functools
 import logging
 import os
 import time
-from typing import Any, Generic, Mapping, Optional, Protocol, TypeVar
+from typing import Any, Callable, Generic, Mapping, Optional, Protocol, TypeVar
 
 from ._concurrency import run_all
 from .base import PoolInterface, WorkerProfile, current_profile
 from .errors import ConfigError, ConnectError, PoolClosed, PoolStartupError
 from .pool import ConnectionPool
 
-__all__ = ["NamedConfig", "NamedPools", "fit", "open_at_boot", "single_config"]
+__all__ = ["NamedConfig", "NamedPools", "fit", "open_at_boot", "settle_boot", "single_config"]
 
 logger = logging.getLogger("gunicorn_pool")
 
@@ -67,6 +67,24 @@ def open_at_boot(pool: ConnectionPool, name: str, config: NamedConfig, profile: 
         "pool %s (%s): opened %d connection(s) in %.1f ms [min=%d max=%d]",
         name, config.dsn, opened, (time.monotonic() - start) * 1000, pool.min_size, pool.max_size,
     )  # fmt: skip
+
+
+def settle_boot(results: Mapping[str, Optional[BaseException]], label: Callable[[str], str]) -> None:
+    """The boot-failure policy, written once: what each of several services or pools opened at
+    once raised (*results*; None: it opened). A ``strict`` pool on the first start
+    (PoolStartupError) and a BaseException propagate (gunicorn then halts the server, as asked);
+    anything else is logged under *label(name)* and the worker serves without it (the pool
+    connects on demand), because an exception at boot makes gunicorn halt the whole server, also
+    on a routine respawn."""
+    for name, exc in results.items():
+        if exc is None:
+            continue
+        if isinstance(exc, PoolStartupError) or not isinstance(exc, Exception):
+            raise exc
+        if isinstance(exc, TimeoutError):
+            logger.error("%s: still opening at the worker's warm-up deadline; serving without it", label(name))
+        else:
+            logger.error("%s: warm-up failed, will connect on demand: %s", label(name), exc)
 
 
 def fit(pool: ConnectionPool, config: NamedConfig, profile: WorkerProfile) -> None:
@@ -115,18 +133,7 @@ class NamedPools(PoolInterface, Generic[C]):
         self._closed_in = None
         profile = current_profile()
         tasks = [(key, functools.partial(self._open, key, cfg, profile)) for key, cfg in self.configs.items()]
-        for key, exc in run_all(tasks, deadline=profile.deadline).items():
-            if exc is None:
-                continue
-            if isinstance(exc, TimeoutError):
-                logger.error(
-                    "pool %s (%s): warm-up still connecting at the worker's warm-up deadline; serving without it",
-                    key, self.configs[key].dsn,
-                )  # fmt: skip
-            elif isinstance(exc, PoolStartupError) or not isinstance(exc, Exception):
-                raise exc
-            else:
-                logger.error("pool %s (%s): warm-up failed: %s", key, self.configs[key].dsn, exc)
+        settle_boot(run_all(tasks, deadline=profile.deadline), lambda key: f"pool {key} ({self.configs[key].dsn})")
 
     def _open(self, key: str, cfg: C, profile: WorkerProfile) -> None:
         pool = self.pool(key)

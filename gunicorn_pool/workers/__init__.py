@@ -7,7 +7,13 @@ from __future__ import annotations
 
 from typing import Any
 
-_CLASSES = {"Worker": ".sync", "ThreadWorker": ".gthread", "GeventWorker": ".ggevent"}
+_CLASSES = {
+    "Worker": ".sync",
+    "ThreadWorker": ".gthread",
+    "GeventWorker": ".ggevent",
+    "AsgiWorker": ".gasgi",
+    "UvicornWorker": ".uvicorn",
+}
 
 __all__ = list(_CLASSES)
 
