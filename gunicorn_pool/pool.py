@@ -192,13 +192,45 @@ class ConnectionPool(cc.ForkAware, PoolCore):
 
         Waits at most *timeout* seconds (the pool's ``timeout`` by default).
         """
-        slot = self._take(timeout)
+        slot = self._lend_fast() if self._fast else None
+        if slot is None:
+            slot = self._take(timeout)
         self._lent[slot.key] = slot  # putconn()'s dict.pop() ends this lease (invariant 1)
         return slot.raw
 
     def connection(self, timeout: Optional[float] = None) -> Lease:
         """Context manager lending a connection (see "Return" above)."""
         return Lease(self, timeout)
+
+    def _lend_fast(self) -> Optional[Slot]:
+        """The common checkout, or None (then :meth:`_take`): an idle connection not due for a look,
+        nobody waiting, no request sink or ``leak_timeout`` to record the taking line for (the
+        caller checked ``_fast``: no fork, no observer, a GIL). :meth:`_take` and
+        :meth:`PoolCore._begin_lease` written out, their twin (test_slots compares them)."""
+        if self._waiters or self._leak_timeout is not None or LEASE_SINK.get() is not None:
+            return None
+        try:
+            slot = self._idle.pop()  # invariant 1
+        except IndexError:
+            return None
+        now = monotonic()
+        if now >= slot.recheck_at:
+            slot = self._ready(slot, peek=True)
+            self._begin_lease(slot, now, threading.get_ident())
+            return slot
+        slot.state = LENT
+        slot.lent_at = now
+        slot.uses += 1
+        if slot.taken_at:
+            slot.taken_at = ""
+        slot.holder = taker = threading.get_ident()  # looked up per call: gevent patches it
+        raw = slot.raw
+        if self._guarded:
+            raw._gp_holder = taker if self._owner_check else None
+            raw._gp_taken_at = ""
+        if self._lend is not None:
+            self._lend(raw, taker if self._owner_check else None, "")
+        return slot
 
     def _take(self, timeout: Optional[float]) -> Slot:
         """Check out a slot (IDLE or OPENING -> LENT). The common case (an idle connection,
@@ -300,20 +332,43 @@ class ConnectionPool(cc.ForkAware, PoolCore):
         """
         if self.inherited:
             self._adopt_process()
-        slot = self._unlend(raw, threading.get_ident())
-        if slot is None:
-            return
+        slot = self._lent.get(id(raw))
+        if (
+            slot is not None
+            and slot.raw is raw
+            and (not self._owner_check or slot.holder == threading.get_ident())
+            and self._lent.pop(slot.key, None) is slot  # invariant 1: only one return wins
+        ):
+            pass  # PoolCore._unlend's common case, written out
+        else:
+            slot = self._unlend(raw, threading.get_ident())
+            if slot is None:
+                return
         if discard:
             self._drop(slot)
         else:
             self._give_back(slot, commit=commit)
 
     def _give_back(self, slot: Slot, *, commit: bool) -> None:
-        """End a lease: straight back if the connector says it is clean, else settle it first."""
-        if self._check_in(slot.raw):
-            self._retire(self._shelve(slot))
-        else:
+        """End a lease: straight back if the connector says it is clean, else settle it first.
+
+        The common return (clean, not expired, nobody waiting, no observer, a GIL) is
+        :meth:`PoolCore._end_lease` and :meth:`PoolCore._shelve` written out, their twin."""
+        if not self._check_in(slot.raw):
             self._settle(slot, commit=commit)
+            return
+        now = monotonic()
+        if self._fast and now < slot.expires:
+            slot.usage += now - slot.lent_at
+            slot.last_used = now
+            recheck = now + self._recheck_after
+            slot.recheck_at = recheck if recheck < slot.expires else slot.expires
+            slot.state = IDLE
+            self._idle.append(slot)  # invariant 4: look at the queue (and closed) again after
+            if self._waiters or self.closed or self._size > self.min_size:
+                self._retire(self._after_append(now))
+            return
+        self._retire(self._shelve(slot))
 
     def _settle(self, slot: Slot, *, commit: bool, failed: bool = False) -> None:
         """Return a connection the user left something open on, or whose user failed
@@ -432,15 +487,12 @@ class Lease:
     pool's lent map): the slot's lease number tells whether the pool took it back
     (a leak reclaimed at the end of a request) before the block ended.
 
-    The common checkout and return run inline here: an idle connection checked
-    less than ``probe_after`` ago, nobody waiting, no request scope and no
-    ``leak_timeout`` to record the taking line for, no observer, no fork to
-    adopt; and a return the connector finds clean, nobody waiting, the
-    connection not expired. They are :meth:`ConnectionPool._take` and
-    :meth:`ConnectionPool._give_back` with :meth:`PoolCore._begin_lease`,
-    :meth:`PoolCore._end_lease` and :meth:`PoolCore._shelve` written out (their
-    twins; ``tests/test_slots.py`` checks they agree). Anything else takes the
-    full paths.
+    The common checkout and return run inline here: they are
+    :meth:`ConnectionPool._lend_fast` and :meth:`ConnectionPool._give_back` (the
+    core's steps written out) written out once more, to spare the ``with``
+    statement, every plain app's lease, two calls. ``tests/test_slots.py``
+    checks that all these twins agree with the core's full paths. Anything else
+    takes the full paths.
     """
 
     __slots__ = ("_pool", "_timeout", "_slot", "_number")
@@ -460,8 +512,7 @@ class Lease:
                 pass
             else:
                 now = monotonic()
-                if now < slot.recheck_at:
-                    # PoolCore._begin_lease, written out (no sink, no leak_timeout: nothing to record)
+                if now < slot.recheck_at:  # ConnectionPool._lend_fast, written out (one call less)
                     slot.state = LENT
                     slot.lent_at = now
                     self._number = slot.uses = slot.uses + 1
@@ -491,23 +542,21 @@ class Lease:
         if slot is None or slot.uses != self._number or slot.state is not LENT:
             return  # the lease already ended (taken back by the pool)
         if exc_type is None:
-            if pool._check_in(slot.raw):
-                now = monotonic()
-                if pool._fast and now < slot.expires:
-                    # PoolCore._end_lease and _shelve's lock-free common case, written out
-                    slot.usage += now - slot.lent_at
-                    slot.last_used = now
-                    recheck = now + pool._recheck_after
-                    slot.recheck_at = recheck if recheck < slot.expires else slot.expires
-                    slot.state = IDLE
-                    pool._idle.append(slot)  # invariant 4: look at the queue (and closed) again after
-                    if not pool._waiters and not pool.closed and pool._size <= pool.min_size:
-                        return
-                    pool._retire(pool._after_append(now))
-                    return
-                pool._retire(pool._shelve(slot))
-            else:
+            if not pool._check_in(slot.raw):
                 pool._settle(slot, commit=True)
+                return
+            now = monotonic()
+            if pool._fast and now < slot.expires:  # ConnectionPool._give_back, written out
+                slot.usage += now - slot.lent_at
+                slot.last_used = now
+                recheck = now + pool._recheck_after
+                slot.recheck_at = recheck if recheck < slot.expires else slot.expires
+                slot.state = IDLE
+                pool._idle.append(slot)  # invariant 4: look at the queue (and closed) again after
+                if pool._waiters or pool.closed or pool._size > pool.min_size:
+                    pool._retire(pool._after_append(now))
+                return
+            pool._retire(pool._shelve(slot))
         elif issubclass(exc_type, Exception):
             # The block failed: whatever clean-up code it skipped may have left state behind.
             pool._settle(slot, commit=False, failed=True)
