@@ -7,10 +7,10 @@ worker, ``hooks.dirty_worker_init`` opened it before the first task.
 
 import os
 
+from _wsgi import json_app
 from gunicorn.dirty import DirtyApp, get_dirty_client
 
 import gunicorn_pool
-from _wsgi import json_app
 
 
 class QueryApp(DirtyApp):
