@@ -81,22 +81,24 @@ def test_statement_texts_the_tracking_reads_as_changing_the_session(sql, verdict
     assert _classify(sql.lower()) == verdict
 
 
-def test_the_verdict_cache_is_bounded_and_keeps_no_long_texts(monkeypatch):
+def test_the_verdict_cache_is_bounded_and_keeps_no_long_texts():
     from gunicorn_pool.connectors import postgresql
 
     class Conn:
         _gp_server = _gp_maybe = False
+        _gp_harmless = frozenset({"lower"})
+        _gp_grammar = postgresql._GRAMMAR
+        _gp_verdicts: dict = {}
 
     class Converted:
         query = b""
 
-    monkeypatch.setattr(postgresql, "_VERDICTS", {})
     conn = Conn()
-    long_text = "SELECT 1 AS a" + " " * postgresql._SCAN
+    long_text = "SELECT 1 AS a" + " " * postgresql._CACHED
     postgresql._scan(conn, long_text, Converted())  # type: ignore[arg-type]
-    assert long_text not in postgresql._VERDICTS  # ORM batches with inline values would fill it
+    assert long_text not in conn._gp_verdicts  # ORM batches with inline values would fill it
     for i in range(postgresql._VERDICTS_MAX + 10):
-        postgresql._scan(conn, f"SELECT {i}", Converted())  # type: ignore[arg-type]
-    assert len(postgresql._VERDICTS) <= postgresql._VERDICTS_MAX
+        postgresql._scan(conn, f"SELECT lower('{i}')", Converted())  # type: ignore[arg-type]
+    assert len(conn._gp_verdicts) <= postgresql._VERDICTS_MAX and not conn._gp_server
     postgresql._scan(conn, "SELECT pg_advisory_lock(1)", Converted())  # type: ignore[arg-type]
     assert conn._gp_server and not conn._gp_maybe
