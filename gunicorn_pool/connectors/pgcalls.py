@@ -88,16 +88,11 @@ UNSAFE_BUILTINS = frozenset(
     """.split()
 )
 
-# The next thing the lexer must look at: a quote, a dollar quote, a comment, a name followed by "(",
-# or a word that names a temporary object.
-_NEXT = re.compile(
-    r"(?P<q>')"
-    r'|(?P<i>")'
-    r"|(?<![\w$])(?P<d>\$(?:[^\W\d]\w*)?\$)"
-    r"|(?P<c>--|/\*)"
-    r"|(?<![\w$])(?P<n>[^\W\d][\w$]*)\s*\("
-    r"|(?<![\w$])(?P<t>(?i:temp|temporary)(?![\w$])|(?i:pg_temp))"
-)
+# The next character the lexer must look at: a quote, a dollar, the start of a comment, "(", or the
+# start of a word naming a temporary object (one character class first: the regex engine skips the
+# rest of the text in C).
+_NEXT = re.compile(r"[-'\"$(/]|[tT][eE][mM][pP]|[pP][gG]_[tT][eE][mM][pP]")
+_DOLLAR_QUOTE = re.compile(r"\$(?:[^\W\d]\w*)?\$")
 _STRING_END = re.compile(r"[^']*(?:''[^']*)*'")
 _ESCAPE_STRING_END = re.compile(r"[^'\\]*(?:(?:''|\\.)[^'\\]*)*'", re.S)
 _IDENT_END = re.compile(r'[^"]*(?:""[^"]*)*"')
@@ -116,48 +111,73 @@ def scan(text: str, harmless: AbstractSet[str], grammar: AbstractSet[str] = KEYW
         found = search(text, pos)
         if found is None:
             return verdict
-        kind = found.lastgroup
-        end = pos = found.end()
-        if kind == "n":
-            name = found.group("n").lower()
-            if _unknown_call(text, found.start(), name, False, harmless, grammar):
+        start, pos = found.span()
+        char = text[start]
+        if char == "(":
+            name_end = _back(text, start - 1)
+            if name_end < 0 or not _word_char(text[name_end]):  # no name (a quoted one was judged at its quote)
+                continue
+            name_start, name = _word_before(text, name_end)
+            if name in harmless or name in grammar:  # the common case, unless the name is qualified
+                before = _back(text, name_start - 1)
+                if before < 0 or text[before] != ".":
+                    continue
+            if name[0] not in _DIGITS_DOLLAR and _unknown_call(text, name_start, name, False, harmless, grammar):
                 return CALLS
-        elif kind == "t":
-            verdict = TEMP
-        elif kind == "q":
-            start = found.start()
+        elif char == "'":
             escapes = start > 0 and text[start - 1] in "eE" and (start < 2 or not _word_char(text[start - 2]))
-            closing = (_ESCAPE_STRING_END if escapes else _STRING_END).match(text, end)
+            closing = (_ESCAPE_STRING_END if escapes else _STRING_END).match(text, pos)
             if closing is None:
                 return CALLS
             pos = closing.end()
-        elif kind == "i":
-            closing = _IDENT_END.match(text, end)
+        elif char == '"':
+            closing = _IDENT_END.match(text, pos)
             if closing is None:
                 return CALLS
-            pos = closing.end()
-            if _PAREN.match(text, pos):
-                name = text[end : pos - 1].replace('""', '"')  # quoted: exact, not folded
-                if _unknown_call(text, found.start(), name, True, harmless, grammar):
+            name_end = closing.end()
+            if _PAREN.match(text, name_end):
+                name = text[pos : name_end - 1].replace('""', '"')  # quoted: exact, not folded
+                if _unknown_call(text, start, name, True, harmless, grammar):
                     return CALLS
-        elif kind == "d":
-            tag = found.group("d")
-            pos = text.find(tag, end)
-            if pos < 0:
-                return CALLS
-            pos += len(tag)
-        elif found.group("c") == "--":
-            pos = text.find("\n", end)
-            if pos < 0:
-                return verdict
-        else:
-            pos = _comment_end(text, end)
-            if pos < 0:
-                return CALLS
+            pos = name_end
+        elif char == "$":
+            quote = None if start and _word_char(text[start - 1]) else _DOLLAR_QUOTE.match(text, start)
+            if quote is not None:  # else a parameter ($1) or part of a name
+                tag = quote.group()
+                pos = text.find(tag, quote.end())
+                if pos < 0:
+                    return CALLS
+                pos += len(tag)
+        elif char == "-":
+            if text.startswith("-", pos):
+                pos = text.find("\n", pos)
+                if pos < 0:
+                    return verdict
+        elif char == "/":
+            if text.startswith("*", pos):
+                pos = _comment_end(text, pos + 1)
+                if pos < 0:
+                    return CALLS
+        elif not start or not _word_char(text[start - 1]):  # temp, temporary, pg_temp...
+            word_end = _word_end(text, start)
+            if char in "pP" or text[start:word_end].lower() in ("temp", "temporary"):
+                verdict = TEMP
+            pos = word_end
+
+
+def _word_end(text: str, i: int) -> int:
+    while i < len(text) and _word_char(text[i]):
+        i += 1
+    return i
+
+
+_WORD_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_$")
+_DIGITS_DOLLAR = frozenset("0123456789$")
+_SPACE = frozenset(" \t\n\r\f\v")
 
 
 def _word_char(char: str) -> bool:
-    return char.isalnum() or char == "_" or char == "$"
+    return char in _WORD_CHARS or (char > "\x7f" and char.isalnum())
 
 
 def _comment_end(text: str, pos: int) -> int:
@@ -174,7 +194,7 @@ def _comment_end(text: str, pos: int) -> int:
 
 def _back(text: str, i: int) -> int:
     """The index of the last non-space character at or before *i* (-1 if none)."""
-    while i >= 0 and text[i].isspace():
+    while i >= 0 and text[i] in _SPACE:
         i -= 1
     return i
 
@@ -188,7 +208,7 @@ def _word_before(text: str, i: int) -> tuple[int, str]:
             return i + 1, ""
         return start, text[start + 1 : i]
     start = i
-    while start >= 0 and _word_char(text[start]):
+    while start >= 0 and (text[start] in _WORD_CHARS or (text[start] > "\x7f" and text[start].isalnum())):
         start -= 1
     return start + 1, text[start + 1 : i + 1].lower()
 
