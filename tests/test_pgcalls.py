@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from gunicorn_pool.connectors.pgcalls import CALLS, GRAMMAR_WORDS, KEYWORDS, TEMP, scan
+from gunicorn_pool.connectors.pgcalls import CALLS, CLOSES, GRAMMAR_WORDS, KEYWORDS, TEMP, scan
 
 #: A few builtins, as a pool reads them from its server.
 HARMLESS = frozenset("lower upper count now coalesce nextval sum row_number generate_series date_trunc left".split())
@@ -85,9 +85,12 @@ def test_grammar_literals_comments_and_harmless_builtins_are_not_calls(sql):
         ("SELECT 'temporary', 1 -- temp", 0),  # a literal or a comment names nothing
         ("SELECT temperature, attempts FROM t", 0),
         ("CREATE TEMP TABLE t AS SELECT set_tenant('x')", CALLS),
+        ("SELECT set_tenant('x') FROM pg_temp.t", CALLS),
+        ("SELECT setseed(0.5)", CLOSES),  # DISCARD ALL keeps the seed of random(): only closing cures it
+        ("SELECT set_tenant('x'), pg_catalog.setseed(0.5)", CLOSES),
     ],
 )
-def test_only_code_names_a_temporary_object(sql, verdict):
+def test_only_code_names_a_temporary_object_and_setseed_closes(sql, verdict):
     assert scan(sql, HARMLESS, GRAMMAR) == verdict
 
 

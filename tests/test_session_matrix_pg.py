@@ -242,6 +242,16 @@ def _prepared_again(conn: Any) -> None:
     assert conn.execute("SELECT %s::int + 1", (2,), prepare=True).fetchone()[0] == 3
 
 
+def _random_not_seeded(conn: Any) -> None:
+    """random() does not follow the sequence the last user seeded."""
+    with conn.cursor(row_factory=tuple_row) as cur:
+        cur.execute("SELECT random()")
+        drawn = cur.fetchone()[0]
+        cur.execute("SELECT setseed(0.5)")  # this lease is closed at return, like the last one
+        cur.execute("SELECT random()")
+        assert drawn != cur.fetchone()[0]
+
+
 LONG_COMMENT = "/* " + "a note that pads the statement " * 160 + "*/ "  # 5 KiB before the call
 LONG_LITERAL = "'" + "x" * 5000 + "'"
 
@@ -327,6 +337,8 @@ CASES: dict[str, Case] = {
     "cursor_factory (its statements are not seen)": Case(_attribute("cursor_factory", psycopg.ClientCursor)),
     # what the pool must close
     "the user closed the connection": Case(lambda conn, m: conn.close(), outcome="drop", visible=False),
+    "setseed() (DISCARD ALL keeps the seed)": Case(run("SELECT setseed(0.5)"), outcome="drop", visible=False,
+                                                   after=_random_not_seeded),
     "COPY left in progress": Case(_copy_in_progress, outcome="drop", visible=False),
     # what needs no reset
     "ORM-like statements": Case(_orm_like, outcome="clean", visible=False),

@@ -41,10 +41,14 @@ from __future__ import annotations
 import re
 from typing import AbstractSet
 
-__all__ = ["CALLS", "GRAMMAR_WORDS", "KEYWORDS", "NAMING_WORDS", "TEMP", "UNSAFE_BUILTINS", "scan"]
+__all__ = [
+    "CALLS", "CLOSES", "CLOSING_BUILTINS", "GRAMMAR_WORDS", "KEYWORDS", "NAMING_WORDS", "TEMP", "UNSAFE_BUILTINS",
+    "scan",
+]  # fmt: skip
 
-#: Verdicts of :func:`scan`: the text calls a function not known harmless; it names a temporary object.
-CALLS, TEMP = 1, 2
+#: Verdicts of :func:`scan`: the text calls a function not known harmless; it names a temporary
+#: object; it calls a builtin whose effect no reset undoes.
+CALLS, TEMP, CLOSES = 1, 2, 3
 
 #: PostgreSQL 15's keywords that cannot name a user's function (``pg_get_keywords()`` with
 #: ``catcode`` R, C or T): followed by "(" they are grammar, or builtins.
@@ -87,6 +91,9 @@ UNSAFE_BUILTINS = frozenset(
     query_to_xml query_to_xmlschema query_to_xml_and_xmlschema ts_stat
     """.split()
 )
+#: Builtins whose effect ``DISCARD ALL`` does not undo: ``setseed()`` (the next user's ``random()``
+#: would follow a sequence the last one chose). Only closing the session cures it.
+CLOSING_BUILTINS = frozenset({"setseed"})
 
 # The next character the lexer must look at: a quote, a dollar, the start of a comment, "(", or the
 # start of a word naming a temporary object (one character class first: the regex engine skips the
@@ -101,9 +108,10 @@ _PAREN = re.compile(r"\s*\(")
 
 
 def scan(text: str, harmless: AbstractSet[str], grammar: AbstractSet[str] = KEYWORDS) -> int:
-    """:data:`CALLS` if *text* (one or more statements) calls a function whose name is not in
-    *harmless* (lower-case names of builtins that leave nothing in the session), or may do so;
-    else :data:`TEMP` if it names a temporary object; else 0."""
+    """:data:`CLOSES` if *text* (one or more statements) calls one of :data:`CLOSING_BUILTINS`;
+    else :data:`CALLS` if it calls a function whose name is not in *harmless* (lower-case names
+    of builtins that leave nothing in the session), or may do so; else :data:`TEMP` if it names
+    a temporary object; else 0."""
     verdict = 0
     pos = 0
     search = _NEXT.search
@@ -123,7 +131,9 @@ def scan(text: str, harmless: AbstractSet[str], grammar: AbstractSet[str] = KEYW
                 if before < 0 or text[before] != ".":
                     continue
             if name[0] not in _DIGITS_DOLLAR and _unknown_call(text, name_start, name, False, harmless, grammar):
-                return CALLS
+                if name in CLOSING_BUILTINS:
+                    return CLOSES
+                verdict = CALLS
         elif char == "'":
             escapes = start > 0 and text[start - 1] in "eE" and (start < 2 or not _word_char(text[start - 2]))
             closing = (_ESCAPE_STRING_END if escapes else _STRING_END).match(text, pos)
@@ -138,7 +148,9 @@ def scan(text: str, harmless: AbstractSet[str], grammar: AbstractSet[str] = KEYW
             if _PAREN.match(text, name_end):
                 name = text[pos : name_end - 1].replace('""', '"')  # quoted: exact, not folded
                 if _unknown_call(text, start, name, True, harmless, grammar):
-                    return CALLS
+                    if name in CLOSING_BUILTINS:
+                        return CLOSES
+                    verdict = CALLS
             pos = name_end
         elif char == "$":
             quote = None if start and _word_char(text[start - 1]) else _DOLLAR_QUOTE.match(text, start)
@@ -160,7 +172,7 @@ def scan(text: str, harmless: AbstractSet[str], grammar: AbstractSet[str] = KEYW
                     return CALLS
         elif not start or not _word_char(text[start - 1]):  # temp, temporary, pg_temp...
             word_end = _word_end(text, start)
-            if char in "pP" or text[start:word_end].lower() in ("temp", "temporary"):
+            if verdict != CALLS and (char in "pP" or text[start:word_end].lower() in ("temp", "temporary")):
                 verdict = TEMP
             pos = word_end
 

@@ -59,7 +59,7 @@ from psycopg.rows import tuple_row
 
 from .._concurrency import original_poll
 from .base import CLOSED, DROP, IDLE, RESET, REUSE, Connector, LeaseGuard, lease_error
-from .pgcalls import CALLS, GRAMMAR_WORDS, KEYWORDS, TEMP, UNSAFE_BUILTINS, scan
+from .pgcalls import CALLS, CLOSES, CLOSING_BUILTINS, GRAMMAR_WORDS, KEYWORDS, TEMP, UNSAFE_BUILTINS, scan
 
 if TYPE_CHECKING:
     from psycopg._queries import PostgresQuery
@@ -117,11 +117,12 @@ def _classify(text: str, harmless: AbstractSet[str] = frozenset(), grammar: Abst
     """What a statement's text says (:func:`.pgcalls.scan`): 1 (it calls a function not in
     *harmless*, the builtins that leave nothing in the session: any other function may change
     the session from inside a SELECT), 2 (it names a temporary object: its CREATE or SELECT tag
-    counts, for CREATE TABLE AS and SELECT INTO), or 0."""
+    counts, for CREATE TABLE AS and SELECT INTO), 3 (it calls ``setseed()``: no reset undoes
+    it, the connection is closed at return), or 0."""
     return scan(text, harmless, grammar)
 
 
-_CHANGES, _NAMES_TEMP = CALLS, TEMP
+_CHANGES, _NAMES_TEMP, _CLOSES = CALLS, TEMP, CLOSES
 #: Verdicts are kept for statements of at most this many characters (applications repeat theirs;
 #: longer ones, ORM batches, rarely are), at most _VERDICTS_MAX of them per pool (emptied when
 #: full), as psycopg's own query cache.
@@ -151,8 +152,10 @@ def _scan(conn: PooledPGConnection, query: Query, pgq: PostgresQuery) -> None:
     if verdict:
         if verdict == _CHANGES:
             conn._gp_server = True
-        else:
+        elif verdict == _NAMES_TEMP:
             conn._gp_maybe = True
+        else:
+            conn._gp_server = conn._gp_close = True
 
 
 class PooledPGCursor(psycopg.Cursor[Any]):
@@ -212,6 +215,7 @@ class PooledPGConnection(LeaseGuard, psycopg.Connection[Any]):
     _gp_pid = 0  # the process that connected
     _gp_server = False
     _gp_maybe = False  # a statement named a temporary object
+    _gp_close = False  # a statement changed what no reset undoes: close it at return
     _gp_client = False
     # The scan of statements (_scan): the builtins known harmless, the grammar words and the
     # verdicts cache of the pool. A connection opened by no pool knows no builtin: every call of a
@@ -395,7 +399,7 @@ class PostgreSQLConnector(Connector):
         result = _run(conn, _NAMES_SQL, self._own_timeout, "builtin function names")[-1]
         builtins, keywords = (bytes(result.get_value(0, i) or b"").decode() for i in (0, 1))
         self._grammar = _GRAMMAR | frozenset(keywords.split())
-        self._harmless = frozenset(builtins.split()) - UNSAFE_BUILTINS
+        self._harmless = frozenset(builtins.split()) - UNSAFE_BUILTINS - CLOSING_BUILTINS
 
     def close(self, raw: Any) -> None:
         if raw._gp_pid != os.getpid():
@@ -521,6 +525,8 @@ class PostgreSQLConnector(Connector):
         elif status != _TX_IDLE:
             with raw.lock:
                 _wait(raw, raw._rollback_gen(), self._own_timeout, "ROLLBACK")
+        if raw._gp_close:
+            return DROP  # settled above: what it changed outlives DISCARD ALL
         outcome = REUSE
         if self._reset_server and (failed or raw._gp_server or raw.cursor_factory is not self._cursor):
             # (a cursor factory of the user's own ran statements the pool did not look at;
