@@ -123,11 +123,19 @@ def _classify(text: str, harmless: AbstractSet[str] = frozenset(), grammar: Abst
 
 
 _CHANGES, _NAMES_TEMP, _CLOSES = CALLS, TEMP, CLOSES
-#: Verdicts are kept for statements of at most this many characters (applications repeat theirs;
-#: longer ones, ORM batches, rarely are), at most _VERDICTS_MAX of them per pool (emptied when
-#: full), as psycopg's own query cache.
+#: A pool's verdicts are kept per statement text (applications repeat theirs), at most
+#: _VERDICTS_MAX of them (emptied when full), as psycopg's own query cache; texts longer than
+#: _CACHED characters (ORM batches: INSERT ... VALUES (...), (...)) only while they add up to at
+#: most _LONG_BUDGET characters, each at most that long (emptied when over).
 _CACHED = 4096
 _VERDICTS_MAX = 1024
+_LONG_BUDGET = 1 << 20
+
+
+class _Verdicts(dict[Union[str, bytes], int]):
+    """The verdicts cache of one pool (see _scan); *long* counts the characters of long texts."""
+
+    long = 0
 
 
 def _scan(conn: PooledPGConnection, query: Query, pgq: PostgresQuery) -> None:
@@ -137,7 +145,7 @@ def _scan(conn: PooledPGConnection, query: Query, pgq: PostgresQuery) -> None:
     by the ``str`` statement, or else by the bytes sent (``sql.Composed``,
     templates, bytes), and computed from the whole text when it is not there.
     psycopg sends a statement's text unchanged (the values travel apart), so
-    an application's statements are scanned once each.
+    an application's statements are scanned once each (see _CACHED).
     """
     verdicts = conn._gp_verdicts
     key: Any = query if query.__class__ is str else pgq.query
@@ -145,10 +153,18 @@ def _scan(conn: PooledPGConnection, query: Query, pgq: PostgresQuery) -> None:
     if verdict is None:
         text = key if key.__class__ is str else bytes(key).decode("latin-1")
         verdict = _classify(text, conn._gp_harmless, conn._gp_grammar)
-        if len(key) <= _CACHED:
+        size = len(key)
+        if size <= _CACHED:
             if len(verdicts) >= _VERDICTS_MAX:
                 verdicts.clear()
+                verdicts.long = 0
             verdicts[key] = verdict
+        elif size <= _LONG_BUDGET:
+            if verdicts.long + size > _LONG_BUDGET or len(verdicts) >= _VERDICTS_MAX:
+                verdicts.clear()
+                verdicts.long = 0
+            verdicts[key] = verdict
+            verdicts.long += size
     if verdict:
         if verdict == _CHANGES:
             conn._gp_server = True
@@ -222,7 +238,7 @@ class PooledPGConnection(LeaseGuard, psycopg.Connection[Any]):
     # function counts.
     _gp_harmless: AbstractSet[str] = frozenset()
     _gp_grammar: AbstractSet[str] = _GRAMMAR
-    _gp_verdicts: dict[Union[str, bytes], int] = {}
+    _gp_verdicts = _Verdicts()
     _gp_waitfn: Optional[WaitFunc] = None  # set when psycopg's own wait would block gevent's hub
 
     def _check_connection_ok(self) -> None:
@@ -342,7 +358,7 @@ class PostgreSQLConnector(Connector):
         # The scan of statements (_scan): read from the server at the first connect (_NAMES_SQL).
         self._harmless: Optional[frozenset[str]] = None
         self._grammar: AbstractSet[str] = _GRAMMAR
-        self._verdicts: dict[Union[str, bytes], int] = {}
+        self._verdicts = _Verdicts()
         if not config.reset_session:
             self.check_in = self._check_in_transaction  # type: ignore[method-assign]
 
