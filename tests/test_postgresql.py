@@ -528,7 +528,7 @@ def test_the_builtins_are_read_once_per_pool_and_a_function_sharing_a_builtins_n
     pool = make_db(min_size=2, max_size=2).pool()
     with pool.connection() as conn:
         assert one(conn, "SELECT lower('A') || md5('x')") is not None  # md5(text): pg_catalog's, but...
-        assert not conn._gp_harmless & {"md5", "set_config", "pg_advisory_lock"}
+        assert not conn._gp_verdicts.harmless & {"md5", "set_config", "pg_advisory_lock"}
     assert reads == [1] and pool.stats()["pool_size"] == 2  # two connects, one read
     assert pool.stats()["connections_reset"] == 1  # ... the name is shared: counted as unknown
     with pool.connection() as conn:

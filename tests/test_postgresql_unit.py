@@ -86,9 +86,9 @@ def test_the_verdict_cache_is_bounded_and_keeps_long_texts_within_a_budget():
 
     class Conn:
         _gp_server = _gp_maybe = _gp_close = False
-        _gp_harmless = frozenset({"lower"})
-        _gp_grammar = postgresql._GRAMMAR
         _gp_verdicts = postgresql._Verdicts()
+
+    Conn._gp_verdicts.harmless = frozenset({"lower"})
 
     class Converted:
         query = b""

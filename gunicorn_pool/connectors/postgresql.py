@@ -133,9 +133,19 @@ _LONG_BUDGET = 1 << 20
 
 
 class _Verdicts(dict[Union[str, bytes], int]):
-    """The verdicts cache of one pool (see _scan); *long* counts the characters of long texts."""
+    """The verdicts of one pool's statement texts (see _scan), and what they are judged by: the
+    builtins known harmless and the grammar words (read from the server, once per pool). One
+    attribute of the connection: a psycopg connection has 28 already, and from 31 on CPython 3.11
+    keeps them in a dict of its own, which costs ~3,000 instructions per lease in attribute reads
+    (bench/instructions.py --part postgresql)."""
 
-    long = 0
+    __slots__ = ("grammar", "harmless", "long")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.long = 0  #: characters of the texts longer than _CACHED kept
+        self.harmless: AbstractSet[str] = frozenset()  # none known: every call of a function counts
+        self.grammar: AbstractSet[str] = _GRAMMAR
 
 
 def _scan(conn: PooledPGConnection, query: Query, pgq: PostgresQuery) -> None:
@@ -152,7 +162,7 @@ def _scan(conn: PooledPGConnection, query: Query, pgq: PostgresQuery) -> None:
     verdict = verdicts.get(key)
     if verdict is None:
         text = key if key.__class__ is str else bytes(key).decode("latin-1")
-        verdict = _classify(text, conn._gp_harmless, conn._gp_grammar)
+        verdict = _classify(text, verdicts.harmless, verdicts.grammar)
         size = len(key)
         if size <= _CACHED:
             if len(verdicts) >= _VERDICTS_MAX:
@@ -233,11 +243,8 @@ class PooledPGConnection(LeaseGuard, psycopg.Connection[Any]):
     _gp_maybe = False  # a statement named a temporary object
     _gp_close = False  # a statement changed what no reset undoes: close it at return
     _gp_client = False
-    # The scan of statements (_scan): the builtins known harmless, the grammar words and the
-    # verdicts cache of the pool. A connection opened by no pool knows no builtin: every call of a
-    # function counts.
-    _gp_harmless: AbstractSet[str] = frozenset()
-    _gp_grammar: AbstractSet[str] = _GRAMMAR
+    # The scan of statements (_scan): the pool's verdicts, and the builtins and grammar words they
+    # are judged by. A connection opened by no pool knows no builtin: every call of a function counts.
     _gp_verdicts = _Verdicts()
     _gp_waitfn: Optional[WaitFunc] = None  # set when psycopg's own wait would block gevent's hub
 
@@ -355,10 +362,9 @@ class PostgreSQLConnector(Connector):
         self._setup = ";\n".join(statements).encode("utf-8") if statements else b""
         #: Bound of the pool's own statements: ROLLBACK on return, the reset, the session setup.
         self._own_timeout = max(config.connect_timeout, config.check_timeout)
-        # The scan of statements (_scan): read from the server at the first connect (_NAMES_SQL).
-        self._harmless: Optional[frozenset[str]] = None
-        self._grammar: AbstractSet[str] = _GRAMMAR
+        # The scan of statements (_scan): names read from the server at the first connect (_NAMES_SQL).
         self._verdicts = _Verdicts()
+        self._names_read = False
         if not config.reset_session:
             self.check_in = self._check_in_transaction  # type: ignore[method-assign]
 
@@ -403,10 +409,8 @@ class PostgreSQLConnector(Connector):
         if self._setup:
             _run(conn, self._setup, self._own_timeout, "init_command/session")
         if self._reset_server:
-            if self._harmless is None:
+            if not self._names_read:
                 self._read_names(conn)
-            conn._gp_harmless = self._harmless  # type: ignore[assignment]  # set just above
-            conn._gp_grammar = self._grammar
             conn._gp_verdicts = self._verdicts
         conn._gp_server = conn._gp_maybe = conn._gp_client = False
 
@@ -414,8 +418,9 @@ class PostgreSQLConnector(Connector):
         """Read the server's builtin function names and keywords (one query, once per pool)."""
         result = _run(conn, _NAMES_SQL, self._own_timeout, "builtin function names")[-1]
         builtins, keywords = (bytes(result.get_value(0, i) or b"").decode() for i in (0, 1))
-        self._grammar = _GRAMMAR | frozenset(keywords.split())
-        self._harmless = frozenset(builtins.split()) - UNSAFE_BUILTINS - CLOSING_BUILTINS
+        self._verdicts.grammar = _GRAMMAR | frozenset(keywords.split())
+        self._verdicts.harmless = frozenset(builtins.split()) - UNSAFE_BUILTINS - CLOSING_BUILTINS
+        self._names_read = True
 
     def close(self, raw: Any) -> None:
         if raw._gp_pid != os.getpid():
