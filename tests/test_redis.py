@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import pytest
 import redis
-from support import REDIS_HOST, REDIS_PORT, ROOT, wait_until
+from support import REDIS_HOST, REDIS_PORT, ROOT, figure, wait_until
 
 import gunicorn_pool
 from gunicorn_pool import ConfigError, ConnectError, PoolClosed, PoolStartupError, PoolTimeout, TooManyRequests
@@ -221,6 +221,8 @@ def test_multi_through_execute_command_never_leaves_the_next_user_queuing(make_s
         with r.client() as single:
             assert single.execute_command("MULTI") == b"OK"
             assert single.get(key) == b"QUEUED"  # the server queues: the block never EXECs
+            start = time.perf_counter()
+        figure("redis return with RESET and the handshake", (time.perf_counter() - start) * 1000, "ms")
         assert r.get(key) == b"value" and r.get(key) == b"value"
         assert service.stats()["default"]["connections_reset"] == 1
     finally:
