@@ -395,6 +395,7 @@ class PooledRedis(redis.Redis):
     """
 
     def execute_command(self, *args: Any, **options: Any) -> Any:
+        """redis-py's, after refusing a session command on a per-command connection (see above)."""
         if self.connection is None and COMMAND_KINDS.get(args[0]) != 0:
             refuse_on_shared_client(self.connection_pool.config.pool_name, args)  # type: ignore[attr-defined]
         return self._execute_command(*args, **options)  # type: ignore[no-untyped-call]
