@@ -13,9 +13,11 @@ from .base import Connector
 
 if TYPE_CHECKING:
     from ..config import DatabaseConfig
+    from .base_async import AsyncConnector
 
 __all__ = [
-    "Connector", "DBAPIConnector", "MySQLConnector", "PostgreSQLConnector", "SQLiteConnector", "connector_class",
+    "AsyncPostgreSQLConnector", "AsyncSQLiteConnector", "Connector", "DBAPIConnector", "MySQLConnector",
+    "PostgreSQLConnector", "SQLiteConnector", "async_connector_class", "connector_class", "make_async_connector",
     "make_connector",
 ]  # fmt: skip
 
@@ -25,6 +27,14 @@ _BY_ADAPTER = {
     "postgresql": (".postgresql", "PostgreSQLConnector"),
     "sqlite": (".sqlite", "SQLiteConnector"),
     "dbapi": (".dbapi", "DBAPIConnector"),
+}
+
+
+#: adapter -> (module, class) of the asyncio connectors (AsyncDatabasePool): each module shares its
+#: database's rules with the synchronous connector's module.
+_ASYNC_BY_ADAPTER = {
+    "postgresql": (".postgresql_async", "AsyncPostgreSQLConnector"),
+    "sqlite": (".sqlite_async", "AsyncSQLiteConnector"),
 }
 
 
@@ -44,9 +54,22 @@ def make_connector(config: DatabaseConfig) -> Connector:
     return connector
 
 
+def async_connector_class(adapter: str) -> Any:
+    """The asyncio connector class of *adapter*, its module (and driver) imported now; KeyError
+    if the adapter has none."""
+    module, name = _ASYNC_BY_ADAPTER[adapter]
+    return getattr(importlib.import_module(module, __name__), name)
+
+
+def make_async_connector(config: DatabaseConfig) -> AsyncConnector:
+    """The asyncio connector for *config*'s adapter."""
+    connector: AsyncConnector = async_connector_class(config.adapter)(config)
+    return connector
+
+
 def __getattr__(name: str) -> Any:
     # MySQLConnector imports PyMySQL, PostgreSQLConnector psycopg: load a connector class only when asked for it.
-    for module, cls_name in _BY_ADAPTER.values():
+    for module, cls_name in (*_BY_ADAPTER.values(), *_ASYNC_BY_ADAPTER.values()):
         if cls_name == name:
             return getattr(importlib.import_module(module, __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
