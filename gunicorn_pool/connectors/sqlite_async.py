@@ -28,6 +28,7 @@ import sqlite3
 from typing import TYPE_CHECKING, Any, Optional
 
 import aiosqlite
+from aiosqlite.core import set_exception, set_result
 
 from .base import CLOSED, DROP, IDLE, REUSE
 from .base_async import AsyncConnector, TaskGuard
@@ -44,16 +45,29 @@ class PooledAioSQLiteConnection(TaskGuard, aiosqlite.Connection):
     ``commit``...) passes :meth:`_execute`, where the guard refuses a use by another request or
     after the connection went back, before the call is queued to the connection's thread."""
 
-    _gp_pending: Optional[asyncio.Future[Any]] = None  # the last call queued: busy until it is done
+    _gp_queued = 0  # calls handed to the connection's thread (written by the loop's thread only)
+    _gp_done = 0  # calls that thread finished (written by that thread only)
 
     async def _execute(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         if self._gp_holder is not None:
             self._gp_check()
         if not self._running or not self._connection:
             raise ValueError("Connection closed")
-        future = asyncio.get_running_loop().create_future()
-        self._tx.put_nowait((future, lambda: fn(*args, **kwargs)))
-        self._gp_pending = future
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+
+        def call() -> None:  # in the connection's thread; done before the task is told
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
+                self._gp_done += 1
+                _deliver(loop, set_exception, future, exc)
+            else:
+                self._gp_done += 1
+                _deliver(loop, set_result, future, result)
+
+        self._gp_queued += 1
+        self._tx.put_nowait((None, call))
         return await future
 
     async def close(self) -> None:
@@ -62,9 +76,9 @@ class PooledAioSQLiteConnection(TaskGuard, aiosqlite.Connection):
 
     @property
     def busy(self) -> bool:
-        """True while a call of this connection still runs in its thread (its task was cancelled)."""
-        pending = self._gp_pending
-        return pending is not None and not pending.done()
+        """True while a call of this connection is queued or runs in its thread (the task that
+        made it may have been cancelled: the call runs on)."""
+        return self._gp_queued != self._gp_done
 
 
 class AsyncSQLiteConnector(AsyncConnector):
@@ -145,6 +159,14 @@ class AsyncSQLiteConnector(AsyncConnector):
     async def warm(self, raw: Any, timeout: float) -> None:
         await self.ping(raw, timeout)
         raw._gp_holder = IDLE
+
+
+def _deliver(loop: asyncio.AbstractEventLoop, how: Any, future: Any, value: Any) -> None:
+    """Hand a call's outcome to its task; nobody waits any more once the loop is closed."""
+    try:
+        loop.call_soon_threadsafe(how, future, value)
+    except RuntimeError:  # the event loop is closed
+        pass
 
 
 def _stop() -> object:
