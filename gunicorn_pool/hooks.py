@@ -24,6 +24,15 @@ from them::
 as the worker classes' ``load_wsgi`` does. ``worker_exit`` acts only in the
 worker's own process: gunicorn may call it in the master (Arbiter.kill_worker
 on ESRCH), where closing would touch nothing of ours.
+
+ASGI apps are told apart (gunicorn's ``asgi`` worker, uvicorn's, or an app
+whose ``__call__`` is a coroutine): they get the ASGI request scope and their
+asyncio pools open in the lifespan, never the WSGI middleware.
+
+gunicorn's dirty workers (gunicorn >= 25, ``dirty_apps``) get their own pools
+with one more hook, sized for ``dirty_threads``::
+
+    dirty_worker_init = hooks.dirty_worker_init
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ from typing import Any
 
 from . import lifecycle
 
-__all__ = ["post_worker_init", "when_ready", "worker_exit"]
+__all__ = ["dirty_worker_exit", "dirty_worker_init", "post_worker_init", "when_ready", "worker_exit"]
 
 
 def when_ready(server: Any) -> None:
@@ -52,3 +61,14 @@ def worker_exit(server: Any, worker: Any) -> None:
     """Close this worker's pools (gunicorn ``worker_exit``), in its own pid only."""
     if getattr(worker, "pid", None) == os.getpid():
         lifecycle.shutdown()
+
+
+def dirty_worker_init(worker: Any) -> None:
+    """Open the pool services in a dirty worker (gunicorn ``dirty_worker_init``, >= 25), after its
+    apps loaded; they close when the worker closes its apps at exit."""
+    lifecycle.boot_dirty(worker)
+
+
+def dirty_worker_exit(arbiter: Any, worker: Any) -> None:
+    """Nothing to do: gunicorn calls this in the dirty arbiter once the worker is gone; the worker
+    closed its own pools when it closed its apps (``dirty_worker_init`` arranged it)."""

@@ -48,7 +48,7 @@ from .registry import registered, settings
 from .service import settle_boot
 from .warmup import warm_worker
 
-__all__ = ["aboot", "ashutdown", "boot", "profile_for", "shutdown"]
+__all__ = ["aboot", "ashutdown", "boot", "boot_dirty", "profile_for", "shutdown"]
 
 logger = logging.getLogger("gunicorn_pool")
 
@@ -136,6 +136,58 @@ def boot(worker: Any) -> list[tuple[str, PoolInterface]]:
         len(services), (time.monotonic() - start) * 1000, profile.kind,
     )  # fmt: skip
     return services
+
+
+def boot_dirty(worker: Any) -> list[tuple[str, PoolInterface]]:
+    """Open the pool services in one of gunicorn's dirty workers (gunicorn >= 25 ``dirty_apps``:
+    processes of their own for heavy tasks, whose app calls run in ``dirty_threads`` threads).
+
+    The services are the registered ones, the entry points and those reachable from the
+    loaded dirty apps (the app walk); synchronous ones open here, sized for ``dirty_threads``
+    (1 thread: one connection per pool, as a sync worker; N: up to N); asyncio services do not
+    apply (the apps run in threads). They close when the dirty worker closes its apps at exit
+    (gunicorn calls ``dirty_worker_exit`` in the dirty arbiter, not in the worker). Never raises
+    but for a ``strict`` pool on the first start."""
+    _route_logs_to_gunicorn(worker)
+    cfg = worker.cfg
+    threads = max(1, int(getattr(cfg, "dirty_threads", 1) or 1))
+    profile = WorkerProfile(
+        kind="thread" if threads > 1 else "sync",
+        threads=threads,
+        first_boot=int(getattr(worker, "age", 0)) <= int(getattr(cfg, "dirty_workers", 1) or 1),
+        deadline=time.monotonic() + settings.warmup_timeout,
+        timeout=float(getattr(cfg, "dirty_timeout", 0) or 0) or None,
+    )
+    set_profile(profile)
+    apps = getattr(worker, "apps", None)
+    found = integrations.discover(dict(apps) if isinstance(apps, dict) else None)
+    services = [(n, s) for n, s in found if not isinstance(s, AsyncPoolInterface)]
+    start = time.monotonic()
+    _opened(services, profile.deadline)
+    if settings.warm_up:
+        assert profile.deadline is not None
+        warm_worker(worker, services, requests=0, deadline=profile.deadline)
+    _booted.update(pid=os.getpid(), services=services, reporter=None, otel=None, profile=profile)
+    if isinstance(apps, dict):
+        # gunicorn closes every dirty app when the worker exits (its own _cleanup): so do we.
+        apps["gunicorn_pool:pools"] = _ClosePools()
+    logger.info("gunicorn_pool: %d pool service(s) ready in %.1f ms (dirty worker, %d thread(s))", len(services),
+                (time.monotonic() - start) * 1000, threads)  # fmt: skip
+    return services
+
+
+class _ClosePools:
+    """Sits among a dirty worker's apps so that gunicorn's close of every app at exit closes the
+    pools too; it answers no request."""
+
+    def init(self) -> None:
+        """Nothing: the pools opened in dirty_worker_init."""
+
+    def __call__(self, action: str, *args: Any, **kwargs: Any) -> Any:
+        raise LookupError("gunicorn_pool:pools is not an app: it closes the worker's pools at exit")
+
+    def close(self) -> None:
+        shutdown()
 
 
 def _is_asgi(app: Any) -> bool:
