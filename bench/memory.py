@@ -34,6 +34,7 @@ from _worker import ROWS, Logins, Variant, check_package, drive, package_at, pic
 
 CONFIG = APPS / "gunicorn_memory.conf.py"
 IMPORT_LINE = re.compile(r"^import time:\s+\d+ \|\s+\d+ \|( +)(\S+)\s*$", re.M)
+FORK = "GPB-FORK"
 
 
 class Reading(NamedTuple):
@@ -84,19 +85,26 @@ def measure(variant: Variant, env: dict[str, str], package: Optional[Path], requ
     return Reading(private, fields["Rss"], lines[2:]), log
 
 
-def import_chains(log: str) -> dict[str, list[str]]:
+class Chain(NamedTuple):
+    importers: list[str]  # innermost first
+    in_worker: bool  # imported after the fork: private to each worker
+
+
+def import_chains(log: str) -> dict[str, Chain]:
     """For each module in an ``-X importtime`` log, the modules that imported it, innermost first (a
     module's line follows those of the modules it imported; its importer is the next line indented less).
     ``importlib.import_module()`` is not logged: a chain ends there (gunicorn loading the worker class
     and the app, gunicorn_pool loading a connector or a worker class), and such a module has no line."""
-    entries = [((len(m.group(1)) - 1) // 2, m.group(2)) for m in IMPORT_LINE.finditer(log)]
+    fork = log.find(FORK)
+    found = list(IMPORT_LINE.finditer(log))
+    entries = [((len(m.group(1)) - 1) // 2, m.group(2)) for m in found]
     parent: dict[int, int] = {}
     waiting: list[int] = []  # lines whose importer is not seen yet, deepest last
     for i, (level, _) in enumerate(entries):
         while waiting and entries[waiting[-1]][0] > level:
             parent[waiting.pop()] = i
         waiting.append(i)
-    chains: dict[str, list[str]] = {}
+    chains: dict[str, Chain] = {}
     for i, (_, name) in enumerate(entries):
         if name in chains:
             continue
@@ -105,7 +113,7 @@ def import_chains(log: str) -> dict[str, list[str]]:
             if entries[j][1] not in (name, *chain):  # a package importing its own submodule: shown once
                 chain.append(entries[j][1])
             j = parent.get(j)
-        chains[name] = chain
+        chains[name] = Chain(chain, 0 <= fork < found[i].start())
     return chains
 
 
@@ -139,10 +147,11 @@ def compact(modules: list[str]) -> str:
     return ", ".join(out) or "none"
 
 
-def why_lines(extra: list[str], chains: dict[str, list[str]]) -> list[str]:
-    """One line per module: ``module ← importer ← ...``, up to the first module loaded by
+def why_lines(extra: list[str], chains: dict[str, Chain]) -> list[str]:
+    """One line per module: ``module (master|worker) ← importer ← ...``, up to the first module loaded by
     ``importlib.import_module()`` (which the log does not show: gunicorn_pool's package itself, gunicorn's
-    worker class and app, gunicorn_pool's connectors and worker classes)."""
+    worker class and app, gunicorn_pool's connectors and worker classes). *worker*: imported after the
+    fork, so its memory is private to every worker; *master*: shared with the master until written."""
     out = []
     for name in extra:
         chain = chains.get(name)
@@ -150,7 +159,8 @@ def why_lines(extra: list[str], chains: dict[str, list[str]]) -> list[str]:
             out.append(f"- `{name}`: loaded by `importlib.import_module()` (not in the import log)")
         else:
             top = "a module loaded by `importlib.import_module()`"
-            out.append(f"- `{name}` ← {' ← '.join([*(f'`{c}`' for c in chain), top])}")
+            where = "worker" if chain.in_worker else "master"
+            out.append(f"- `{name}` ({where}) ← {' ← '.join([*(f'`{c}`' for c in chain.importers), top])}")
     return out
 
 
@@ -165,7 +175,7 @@ def main() -> None:
     names = pick_rows(args.only)
     sides = ["stock", "ours"] + (["base"] if args.base else [])
     readings: dict[tuple[str, str], list[Reading]] = {(name, side): [] for name in names for side in sides}
-    chains: dict[str, dict[str, list[str]]] = {}
+    chains: dict[str, dict[str, Chain]] = {}
     with Logins() as logins, package_at(args.base) as base_root:
         for r in range(args.rounds):
             for name in names:

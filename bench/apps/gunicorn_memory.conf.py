@@ -1,6 +1,8 @@
 """gunicorn config of bench/memory.py: bench/apps/gunicorn.conf.py plus a post_request hook that writes
 the worker's imported modules to ``$GPB_MODULES_FILE.<pid>`` once it has served ``$GPB_MODULES_AT``
-requests (first line ``pid <pid>``, second ``gunicorn_pool <its __file__ or ->``, then one module a line)."""
+requests (first line ``pid <pid>``, second ``gunicorn_pool <its __file__ or ->``, then one module a line),
+and a ``GPB-FORK`` line to stderr in each new worker, which splits an ``-X importtime`` log into the
+master's imports and the worker's."""
 
 import os
 import runpy
@@ -12,6 +14,10 @@ globals().update({k: v for k, v in runpy.run_path(str(Path(__file__).with_name("
 
 _AT = int(os.environ.get("GPB_MODULES_AT", "0"))
 _OUT = os.environ.get("GPB_MODULES_FILE", "")
+
+
+def post_fork(server, worker):
+    print(f"GPB-FORK pid={worker.pid}", file=sys.stderr, flush=True)
 
 
 def post_request(worker, req, environ, resp):
