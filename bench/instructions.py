@@ -14,13 +14,19 @@ N1): start-up and warm-up cancel out. Rows:
   persistent PyMySQL connection and a raw connection of the class the pool
   lends (``PooledMySQLConnection``: the lease guard and session tracking, no
   pool), each loop on one connection class only (see docs/performance.md on
-  why mixing classes in one loop costs more).
+  why mixing classes in one loop costs more);
+- PostgreSQL (``--part postgresql``): checkout + an ORM-like ``SELECT`` with
+  ordinary builtins (``lower``, ``coalesce``, ``date_trunc``, ``now``) +
+  return, beside a raw persistent psycopg connection running the same
+  statement; and the same with a statement text never seen before on every
+  operation, so each one is scanned for session-changing calls (the first
+  execution of each of an application's statements).
 
 Instructions are not time: a Python process here runs ~2-9 instructions per
 ns depending on cache misses, and a round trip to the server is mostly
 waiting. They show what a change adds to each operation, reproducibly.
 
-    python bench/instructions.py [--n1 2000 --n2 10000] [--base REF]
+    python bench/instructions.py [--n1 2000 --n2 10000] [--base REF] [--part stand-in|mysql|postgresql]
 
 With ``--base REF`` (a git commit) the same rows run for that commit's
 package too (checked out into a temporary worktree), side by side.
@@ -38,7 +44,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-from _common import BenchUser, preamble, table
+from _common import BenchUser, PGBenchUser, preamble, table
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -73,6 +79,26 @@ elif row == "minimal FIFO pool":
     ref = MinimalFifoPool([StandInConnection()])
     for _ in range(n):
         ref.putconn(ref.getconn())
+elif row.startswith("PG"):
+    import psycopg
+    STATEMENT = ("SELECT t.id, lower(t.name), coalesce(t.qty, 0), date_trunc('day', now()) AS day"
+                 " FROM (VALUES (1, 'A', 2)) AS t(id, name, qty) WHERE t.id = %s")
+    def same(c, i):
+        c.execute(STATEMENT, (1,)).fetchall()
+    def new(c, i):
+        c.execute(STATEMENT + " AND t.qty > " + str(-i), (1,)).fetchall()
+    work = new if "new statement" in row else same
+    if row.startswith("PG raw"):
+        c = psycopg.connect(**{pg_kw!r})
+        for i in range(n):
+            work(c, i)
+    else:
+        from gunicorn_pool import DatabasePool
+        db = DatabasePool({{"default": dict({pg_config!r}, min_size=1, max_size=1)}}, name="i")
+        db.init_pool()
+        for i in range(n):
+            with db.connection() as c:
+                work(c, i)
 else:
     import pymysql
     def op(c):
@@ -95,8 +121,13 @@ else:
                 op(c)
 '''
 
-ROWS = ("stand-in with", "stand-in with, in a request scope", "stand-in getconn/putconn", "minimal FIFO pool",
-        "raw PyMySQL", "raw PooledMySQLConnection", "gunicorn_pool DatabasePool.connection()")  # fmt: skip
+PARTS = {
+    "stand-in": ("stand-in with", "stand-in with, in a request scope", "stand-in getconn/putconn",
+                 "minimal FIFO pool"),
+    "mysql": ("raw PyMySQL", "raw PooledMySQLConnection", "gunicorn_pool DatabasePool.connection()"),
+    "postgresql": ("PG raw psycopg", "PG DatabasePool.connection()", "PG raw psycopg, a new statement each op",
+                   "PG DatabasePool.connection(), a new statement each op"),
+}  # fmt: skip
 
 
 def count(python: str, script: Path, row: str, n: int, package_root: Path) -> int:
@@ -120,22 +151,24 @@ def main() -> None:
     parser.add_argument("--n1", type=int, default=2000)
     parser.add_argument("--n2", type=int, default=10000)
     parser.add_argument("--base", help="a git commit to count side by side (its package, this bench)")
+    parser.add_argument("--part", choices=("all", *PARTS), default="all", help="which rows (default: all)")
     args = parser.parse_args()
+    rows_wanted = [row for part, rows in PARTS.items() if args.part in ("all", part) for row in rows]
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is needed: apt-get install valgrind")
     python = os.path.realpath(sys.executable)  # the interpreter itself, not a shim script
     base_dir: Optional[Path] = None
-    with BenchUser() as user, tempfile.TemporaryDirectory() as tmp:
+    with BenchUser() as user, PGBenchUser() as pg_user, tempfile.TemporaryDirectory() as tmp:
         kw = dict(user.kwargs(), ssl_disabled=True)
         script = Path(tmp) / "loop.py"
-        script.write_text(LOOP.format(bench=str(HERE), kw=kw))
+        script.write_text(LOOP.format(bench=str(HERE), kw=kw, pg_kw=pg_user.kwargs(), pg_config=pg_user.config()))
         if args.base:
             base_dir = Path(tmp) / "base"
             subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(base_dir), args.base],
                            check=True)  # fmt: skip
         try:
             rows = []
-            for row in ROWS:
+            for row in rows_wanted:
                 now = per_op(python, script, row, args.n1, args.n2, ROOT)
                 cells = [row, f"{now:,.0f}"]
                 if base_dir is not None:
@@ -148,8 +181,9 @@ def main() -> None:
         finally:
             if base_dir is not None:
                 subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base_dir)], check=False)
-    print(preamble("Instructions per operation (callgrind)",
-                   f"{args.n2 - args.n1} operations per row, PYTHONHASHSEED=0"))  # fmt: skip
+    settings = f"{args.n2 - args.n1} operations per row, PYTHONHASHSEED=0"
+    print(preamble("Instructions per operation (callgrind)", settings,
+                   postgresql=args.part in ("all", "postgresql"), mysql=args.part != "postgresql"))  # fmt: skip
     headers = ["row", "instructions / op"] + ([f"at {args.base}", "now ÷ then"] if args.base else [])
     print(table(headers, rows))
 

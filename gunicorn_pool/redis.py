@@ -22,8 +22,9 @@ the first request) and closes them when it exits.
 
 How redis-py uses the pool
 --------------------------
-``client(name)`` is a ``redis.Redis`` (:class:`PooledRedis`, which only
-refuses ``select()``) whose ``connection_pool`` is a
+``client(name)`` is a ``redis.Redis`` (:class:`PooledRedis`, which refuses
+the commands whose effect would outlast the command: ``SELECT``, ``MULTI``,
+``SUBSCRIBE``...) whose ``connection_pool`` is a
 :class:`RedisConnectionPool`: a ``redis.ConnectionPool`` whose
 ``get_connection()`` and ``release()`` check connections out of, and back
 into, gunicorn_pool's :class:`~gunicorn_pool.pool.ConnectionPool` (bounded,
@@ -38,7 +39,10 @@ between those two calls, so it is never shared.
 Connections come back clean or not at all: redis-py disconnects a connection
 whose command failed or was interrupted, and ``PubSub.close()`` disconnects
 its connection before giving it back; such a connection is dropped and its
-capacity freed (:mod:`gunicorn_pool.connectors.redis`). redis-py's own retry
+capacity freed. A connection whose session a command changed (MULTI left
+open, SELECT, CLIENT SETNAME... through a single-connection client, a
+pipeline or the connection itself) is reset with ``RESET`` and the handshake,
+or closed (:mod:`gunicorn_pool.connectors.redis`). redis-py's own retry
 is off (no command is re-sent after a connection error: it may have run);
 the pool's checkout check replaces a connection the server closed before any
 command is sent.
@@ -64,7 +68,7 @@ import redis
 from redis.maint_notifications import MaintNotificationsConfig
 
 from .config import host_port, password_from_source, raw_config, split_url
-from .connectors.redis import RedisConnector, connection_class, handshake
+from .connectors.redis import COMMAND_KINDS, RedisConnector, connection_class, handshake, refuse_on_shared_client
 from .errors import ConfigError, LeaseError, PoolClosed
 from .options import PoolOptions, Rule, coerce, rule_of
 from .pool import ConnectionPool
@@ -373,19 +377,28 @@ class RedisConnectionPool(redis.ConnectionPool):
 
 
 class PooledRedis(redis.Redis):
-    """The ``redis.Redis`` of :meth:`RedisPool.client`: redis-py's client, minus ``select()``.
+    """The ``redis.Redis`` of :meth:`RedisPool.client`: redis-py's client, minus the commands
+    whose effect would outlast the command.
 
-    ``SELECT`` changes the database of the connection it runs on, and that
-    connection goes back to the pool for other requests (redis-py's own pool
-    has the same trap): choose the database with the pool's ``db`` key, one
-    named pool per database.
+    Each command of this client takes a connection and gives it back right
+    after, to other requests. A command that changes the session of its
+    connection (``SELECT``, ``MULTI``, ``WATCH``, ``SUBSCRIBE``, ``CLIENT
+    SETNAME``, ``AUTH``, ``HELLO``, ``CLIENT TRACKING``... : the hinted entries
+    of :data:`~gunicorn_pool.connectors.redis.SESSION_COMMANDS`) can do nothing
+    its caller wants there: the pool would reset the session at return, so the
+    caller's next command would run outside the transaction, in database 0, or
+    unsubscribed. They raise ``redis.RedisError`` naming what to use instead
+    (``db`` key for SELECT, ``pipeline()`` for MULTI/WATCH, ``pubsub()``...),
+    before anything is sent. A single-connection client (``with r.client() as
+    c:``) keeps its connection for the block: it may send them, and its
+    connection is reset (or closed) when it goes back.
     """
 
-    def select(self, index: Any, **kwargs: Any) -> Any:
-        raise redis.RedisError(
-            "SELECT on a pooled client would change the database of a connection other requests share;"
-            " configure one named pool per database (its db key)"
-        )
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        """redis-py's, after refusing a session command on a per-command connection (see above)."""
+        if self.connection is None and COMMAND_KINDS.get(args[0]) != 0:
+            refuse_on_shared_client(self.connection_pool.config.pool_name, args)  # type: ignore[attr-defined]
+        return self._execute_command(*args, **options)  # type: ignore[no-untyped-call]
 
 
 class RedisPool(NamedPools["RedisConfig"]):

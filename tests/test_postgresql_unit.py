@@ -81,22 +81,30 @@ def test_statement_texts_the_tracking_reads_as_changing_the_session(sql, verdict
     assert _classify(sql.lower()) == verdict
 
 
-def test_the_verdict_cache_is_bounded_and_keeps_no_long_texts(monkeypatch):
+def test_the_verdict_cache_is_bounded_and_keeps_long_texts_within_a_budget():
     from gunicorn_pool.connectors import postgresql
 
     class Conn:
-        _gp_server = _gp_maybe = False
+        _gp_server = _gp_maybe = _gp_close = False
+        _gp_verdicts = postgresql._Verdicts()
+
+    Conn._gp_verdicts.harmless = frozenset({"lower"})
 
     class Converted:
         query = b""
 
-    monkeypatch.setattr(postgresql, "_VERDICTS", {})
     conn = Conn()
-    long_text = "SELECT 1 AS a" + " " * postgresql._SCAN
-    postgresql._scan(conn, long_text, Converted())  # type: ignore[arg-type]
-    assert long_text not in postgresql._VERDICTS  # ORM batches with inline values would fill it
+    batch = "INSERT INTO t (a) VALUES " + ", ".join(["(%s)"] * 2000)  # an ORM batch: repeated, kept
+    postgresql._scan(conn, batch, Converted())  # type: ignore[arg-type]
+    assert conn._gp_verdicts[batch] == 0 and conn._gp_verdicts.long == len(batch)
+    huge = "SELECT 1 AS a" + " " * postgresql._LONG_BUDGET
+    postgresql._scan(conn, huge, Converted())  # type: ignore[arg-type]
+    assert huge not in conn._gp_verdicts
+    for i in range(postgresql._LONG_BUDGET // len(batch) + 1):  # over the budget: emptied, not grown
+        postgresql._scan(conn, batch + f" -- {i}", Converted())  # type: ignore[arg-type]
+    assert conn._gp_verdicts.long <= postgresql._LONG_BUDGET
     for i in range(postgresql._VERDICTS_MAX + 10):
-        postgresql._scan(conn, f"SELECT {i}", Converted())  # type: ignore[arg-type]
-    assert len(postgresql._VERDICTS) <= postgresql._VERDICTS_MAX
+        postgresql._scan(conn, f"SELECT lower('{i}')", Converted())  # type: ignore[arg-type]
+    assert len(conn._gp_verdicts) <= postgresql._VERDICTS_MAX and not conn._gp_server
     postgresql._scan(conn, "SELECT pg_advisory_lock(1)", Converted())  # type: ignore[arg-type]
     assert conn._gp_server and not conn._gp_maybe

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import pytest
 import redis
-from support import REDIS_HOST, REDIS_PORT, ROOT, wait_until
+from support import REDIS_HOST, REDIS_PORT, ROOT, figure, wait_until
 
 import gunicorn_pool
 from gunicorn_pool import ConfigError, ConnectError, PoolClosed, PoolStartupError, PoolTimeout, TooManyRequests
@@ -188,15 +188,45 @@ def test_commands_pipelines_and_transactions_run_on_pooled_connections(make_serv
 
 
 @pytest.mark.redis
-def test_select_is_refused_on_pooled_clients(make_service):
-    """SELECT would move a shared connection to another database for every later request."""
+def test_select_is_refused_on_the_pooled_client_and_reset_after_a_single_connection_client(make_service):
+    """On the pooled client SELECT would only move the connection of that one command (and the
+    next request's): refused, raw or not. A single-connection client keeps its connection for
+    the block: SELECT works there, and the connection is reset when it goes back."""
     service = make_service(max_size=1)
     r = service.client()
-    with pytest.raises(redis.RedisError, match="one named pool per database"):
-        r.select(5)
-    with r.client() as single, pytest.raises(redis.RedisError):
-        single.select(5)  # a single-connection client's connection goes back to the pool too
-    assert r.execute_command("CLIENT", "INFO").decode().count(" db=0 ") == 1
+    first = r.client_id()
+    for select in (r.select, lambda n: r.execute_command("SELECT", n), lambda n: r.execute_command(b"select", n)):
+        with pytest.raises(redis.RedisError, match="one named pool per database"):
+            select(5)
+    with r.client() as single:
+        assert single.select(5) is True and single.client_info()["db"] == 5
+    info = r.client_info()
+    assert (info["id"], info["db"]) == (first, 0)
+    assert service.stats()["default"]["connections_reset"] == 1
+
+
+@pytest.mark.redis
+def test_multi_through_execute_command_never_leaves_the_next_user_queuing(make_service, redis_clients):
+    """``execute_command("MULTI")`` left the connection queuing: every later user's GET returned
+    b'QUEUED'. Refused on the pooled client; through a single-connection client (or a pipeline,
+    or the connection itself) the connection is reset when it goes back."""
+    service = make_service(max_size=1)
+    r = service.client()
+    key = f"gunicorn_pool:test:{redis_clients.name}"
+    r.set(key, "value")
+    try:
+        with pytest.raises(redis.RedisError, match="MULTI on the pooled client"):
+            r.execute_command("MULTI")
+        assert r.get(key) == b"value"
+        with r.client() as single:
+            assert single.execute_command("MULTI") == b"OK"
+            assert single.get(key) == b"QUEUED"  # the server queues: the block never EXECs
+            start = time.perf_counter()
+        figure("redis return with RESET and the handshake", (time.perf_counter() - start) * 1000, "ms")
+        assert r.get(key) == b"value" and r.get(key) == b"value"
+        assert service.stats()["default"]["connections_reset"] == 1
+    finally:
+        r.delete(key)
 
 
 @pytest.mark.redis

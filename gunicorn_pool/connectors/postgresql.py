@@ -15,8 +15,11 @@
   transaction status comes from libpq (``pgconn.transaction_status``), the
   rest from client-side flags.
 - A session the user changed is reset on return with ``DISCARD ALL``, and
-  only then: command tags and a short scan of each statement's text tell
-  (:class:`PooledPGCursor`).
+  only then: command tags and a scan of each statement's text tell
+  (:class:`PooledPGCursor`). The scan is fail-safe: a call of any function
+  but a builtin known to leave nothing in the session (the server's own
+  names, read once per pool at its first connect) counts as a change
+  (:mod:`.pgcalls`); each statement text is scanned once per pool.
 - The checkout probe is a zero-timeout ``poll()`` of the socket; the ping is
   an empty query bounded by ``check_timeout``.
 - A connection inherited through ``fork()`` is dropped without a word to the
@@ -40,13 +43,12 @@ import contextlib
 import functools
 import logging
 import os
-import re
 import select
 import socket
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, AbstractSet, Any, Callable, Iterator, Optional, Union
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -57,6 +59,7 @@ from psycopg.rows import tuple_row
 
 from .._concurrency import original_poll
 from .base import CLOSED, DROP, IDLE, RESET, REUSE, Connector, LeaseGuard, lease_error
+from .pgcalls import CALLS, CLOSES, CLOSING_BUILTINS, GRAMMAR_WORDS, KEYWORDS, TEMP, UNSAFE_BUILTINS, scan
 
 if TYPE_CHECKING:
     from psycopg._queries import PostgresQuery
@@ -83,8 +86,6 @@ _WAIT_W = waiting.Wait.W
 _WAIT_INTERVAL = 0.1  # psycopg's: how often a blocking wait wakes up to notice signals
 _PREPARED_MAX = PrepareManager.prepared_max  # psycopg's default
 
-#: Leading bytes of a statement searched for session-changing function calls.
-_SCAN = 4096
 #: Command tags (first word) of statements that leave nothing behind in the session. Any other
 #: tag (SET, RESET, LISTEN, UNLISTEN, PREPARE, DEALLOCATE, DECLARE CURSOR, DISCARD, DO, CALL,
 #: LOAD, ...) marks the session for a reset. CREATE and SELECT (CREATE TABLE AS, SELECT INTO)
@@ -96,69 +97,108 @@ _PLAIN = (
     b"DROP", b"ALTER", b"SECURITY", b"IMPORT", b"CREATE",
 )  # fmt: skip
 _PLAIN_WITH_TEMP = tuple(tag for tag in _PLAIN if tag not in (b"SELECT", b"CREATE"))
-_TEMP = re.compile(r"\btemp(?:orary)?\b|pg_temp")
+#: Words followed by "(" that are grammar, not calls (the server's keywords are added per pool).
+_GRAMMAR = KEYWORDS | GRAMMAR_WORDS
+#: What a pool reads once from its server (at its first connect), for the scan of statements:
+#: the builtins' names, minus those a function of another schema shares (an overload or an
+#: extension's function of that name may be what a call reaches), and the keywords.
+_NAMES_SQL = b"""SELECT
+ (SELECT pg_catalog.string_agg(DISTINCT p.proname::pg_catalog.text, ' ') FROM pg_catalog.pg_proc p
+   WHERE p.pronamespace = 'pg_catalog'::pg_catalog.regnamespace
+     AND NOT EXISTS (SELECT FROM pg_catalog.pg_proc q
+                      WHERE q.proname = p.proname AND q.pronamespace <> 'pg_catalog'::pg_catalog.regnamespace)),
+ (SELECT pg_catalog.string_agg(word, ' ') FROM pg_catalog.pg_get_keywords() WHERE catcode <> 'U')"""
 
 # Connections inherited through fork: kept referenced, never finished in this process.
 _INHERITED: list[Any] = []
 
 
-def _classify(text: str) -> int:
-    """What the first 4 KiB of a statement (lowered) say: 1 (it changes the session from inside a
-    SELECT: a session-level advisory lock, ``set_config()``), 2 (it names a temporary object: its
-    CREATE or SELECT tag counts, for CREATE TABLE AS and SELECT INTO), or 0."""
-    if "advisory" in text or "set_config" in text:
-        return _CHANGES
-    if "temp" in text and _TEMP.search(text):
-        return _NAMES_TEMP
-    return 0
+def _classify(text: str, harmless: AbstractSet[str] = frozenset(), grammar: AbstractSet[str] = _GRAMMAR) -> int:
+    """What a statement's text says (:func:`.pgcalls.scan`): 1 (it calls a function not in
+    *harmless*, the builtins that leave nothing in the session: any other function may change
+    the session from inside a SELECT), 2 (it names a temporary object: its CREATE or SELECT tag
+    counts, for CREATE TABLE AS and SELECT INTO), 3 (it calls ``setseed()``: no reset undoes
+    it, the connection is closed at return), or 0."""
+    return scan(text, harmless, grammar)
 
 
-_CHANGES, _NAMES_TEMP = 1, 2
-#: _classify() of statements seen as ``str`` (applications repeat theirs): texts of at most _SCAN
-#: characters, at most _VERDICTS_MAX of them (emptied when full), as psycopg's own query cache.
-_VERDICTS: dict[str, int] = {}
+_CHANGES, _NAMES_TEMP, _CLOSES = CALLS, TEMP, CLOSES
+#: A pool's verdicts are kept per statement text (applications repeat theirs), at most
+#: _VERDICTS_MAX of them (emptied when full), as psycopg's own query cache; texts longer than
+#: _CACHED characters (ORM batches: INSERT ... VALUES (...), (...)) only while they add up to at
+#: most _LONG_BUDGET characters, each at most that long (emptied when over).
+_CACHED = 4096
 _VERDICTS_MAX = 1024
+_LONG_BUDGET = 1 << 20
+
+
+class _Verdicts(dict[Union[str, bytes], int]):
+    """The verdicts of one pool's statement texts (see _scan), and what they are judged by: the
+    builtins known harmless and the grammar words (read from the server, once per pool). One
+    attribute of the connection: a psycopg connection has 28 already, and from 31 on CPython 3.11
+    keeps them in a dict of its own, which costs ~3,000 instructions per lease in attribute reads
+    (bench/instructions.py --part postgresql)."""
+
+    __slots__ = ("grammar", "harmless", "long")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.long = 0  #: characters of the texts longer than _CACHED kept
+        self.harmless: AbstractSet[str] = frozenset()  # none known: every call of a function counts
+        self.grammar: AbstractSet[str] = _GRAMMAR
 
 
 def _scan(conn: PooledPGConnection, query: Query, pgq: PostgresQuery) -> None:
     """Note on *conn* what statement *query* (converted: *pgq*) does to the session (see _classify).
 
-    A ``str`` statement is looked up in _VERDICTS first; others (bytes,
-    ``sql.Composed``, templates) are scanned as the bytes sent, decoded as Latin-1
-    (``in`` on bytes costs several times ``in`` on str: CPython first tries the
-    needle as an integer).
+    The verdict is looked up first in the pool's cache (``conn._gp_verdicts``),
+    by the ``str`` statement, or else by the bytes sent (``sql.Composed``,
+    templates, bytes), and computed from the whole text when it is not there.
+    psycopg sends a statement's text unchanged (the values travel apart), so
+    an application's statements are scanned once each (see _CACHED).
     """
-    if query.__class__ is str:
-        verdict = _VERDICTS.get(query)
-        if verdict is None:
-            verdict = _classify(query[:_SCAN].lower())
-            if len(query) <= _SCAN:  # longer ones are rarely repeated (ORM batches): not kept
-                if len(_VERDICTS) >= _VERDICTS_MAX:
-                    _VERDICTS.clear()
-                _VERDICTS[query] = verdict
-    else:
-        verdict = _classify(pgq.query[:_SCAN].decode("latin-1").lower())
+    verdicts = conn._gp_verdicts
+    key: Any = query if query.__class__ is str else pgq.query
+    verdict = verdicts.get(key)
+    if verdict is None:
+        text = key if key.__class__ is str else bytes(key).decode("latin-1")
+        verdict = _classify(text, verdicts.harmless, verdicts.grammar)
+        size = len(key)
+        if size <= _CACHED:
+            if len(verdicts) >= _VERDICTS_MAX:
+                verdicts.clear()
+                verdicts.long = 0
+            verdicts[key] = verdict
+        elif size <= _LONG_BUDGET:
+            if verdicts.long + size > _LONG_BUDGET or len(verdicts) >= _VERDICTS_MAX:
+                verdicts.clear()
+                verdicts.long = 0
+            verdicts[key] = verdict
+            verdicts.long += size
     if verdict:
         if verdict == _CHANGES:
             conn._gp_server = True
-        else:
+        elif verdict == _NAMES_TEMP:
             conn._gp_maybe = True
+        else:
+            conn._gp_server = conn._gp_close = True
 
 
 class PooledPGCursor(psycopg.Cursor[Any]):
     """The cursor of a pooled connection: notes the statements that change the session.
 
     It reads the command tag of every result (``SET``, ``LISTEN``, ``PREPARE``...) and
-    scans each statement's first 4 KiB (see :func:`_scan`); the connection is then reset
-    with ``DISCARD ALL`` when it is returned. Statements whose whole batch failed are not
-    looked at: an error rolls back the implicit transaction they ran in.
+    scans each statement's text for calls of functions other than harmless builtins and
+    for temporary objects (see :func:`_scan`) before it is sent; the connection is then
+    reset with ``DISCARD ALL`` when it is returned.
     """
 
     def _convert_query(self, query: Query, params: Optional[Params] = None) -> PostgresQuery:
         pgq = psycopg.Cursor._convert_query(self, query, params)
         # _scan(), its common case inline: a str statement seen before that changes nothing.
-        if query.__class__ is not str or _VERDICTS.get(query) != 0:
-            _scan(self._conn, query, pgq)  # type: ignore[arg-type]  # always a PooledPGConnection
+        conn: PooledPGConnection = self._conn  # type: ignore[assignment]  # always a PooledPGConnection
+        if query.__class__ is not str or conn._gp_verdicts.get(query) != 0:
+            _scan(conn, query, pgq)
         return pgq
 
     def _check_results(self, results: list[PGresult]) -> None:
@@ -201,7 +241,11 @@ class PooledPGConnection(LeaseGuard, psycopg.Connection[Any]):
     _gp_pid = 0  # the process that connected
     _gp_server = False
     _gp_maybe = False  # a statement named a temporary object
+    _gp_close = False  # a statement changed what no reset undoes: close it at return
     _gp_client = False
+    # The scan of statements (_scan): the pool's verdicts, and the builtins and grammar words they
+    # are judged by. A connection opened by no pool knows no builtin: every call of a function counts.
+    _gp_verdicts = _Verdicts()
     _gp_waitfn: Optional[WaitFunc] = None  # set when psycopg's own wait would block gevent's hub
 
     def _check_connection_ok(self) -> None:
@@ -318,6 +362,9 @@ class PostgreSQLConnector(Connector):
         self._setup = ";\n".join(statements).encode("utf-8") if statements else b""
         #: Bound of the pool's own statements: ROLLBACK on return, the reset, the session setup.
         self._own_timeout = max(config.connect_timeout, config.check_timeout)
+        # The scan of statements (_scan): names read from the server at the first connect (_NAMES_SQL).
+        self._verdicts = _Verdicts()
+        self._names_read = False
         if not config.reset_session:
             self.check_in = self._check_in_transaction  # type: ignore[method-assign]
 
@@ -361,7 +408,19 @@ class PostgreSQLConnector(Connector):
         conn.prepare_threshold = self._prepare_threshold
         if self._setup:
             _run(conn, self._setup, self._own_timeout, "init_command/session")
+        if self._reset_server:
+            if not self._names_read:
+                self._read_names(conn)
+            conn._gp_verdicts = self._verdicts
         conn._gp_server = conn._gp_maybe = conn._gp_client = False
+
+    def _read_names(self, conn: PooledPGConnection) -> None:
+        """Read the server's builtin function names and keywords (one query, once per pool)."""
+        result = _run(conn, _NAMES_SQL, self._own_timeout, "builtin function names")[-1]
+        builtins, keywords = (bytes(result.get_value(0, i) or b"").decode() for i in (0, 1))
+        self._verdicts.grammar = _GRAMMAR | frozenset(keywords.split())
+        self._verdicts.harmless = frozenset(builtins.split()) - UNSAFE_BUILTINS - CLOSING_BUILTINS
+        self._names_read = True
 
     def close(self, raw: Any) -> None:
         if raw._gp_pid != os.getpid():
@@ -487,6 +546,8 @@ class PostgreSQLConnector(Connector):
         elif status != _TX_IDLE:
             with raw.lock:
                 _wait(raw, raw._rollback_gen(), self._own_timeout, "ROLLBACK")
+        if raw._gp_close:
+            return DROP  # settled above: what it changed outlives DISCARD ALL
         outcome = REUSE
         if self._reset_server and (failed or raw._gp_server or raw.cursor_factory is not self._cursor):
             # (a cursor factory of the user's own ran statements the pool did not look at;
@@ -627,18 +688,19 @@ def _wait(conn: PooledPGConnection, gen: PQGen[RV], timeout: float, what: str) -
         raise psycopg.OperationalError(f"{what}: no answer from the server within {timeout:g}s") from None
 
 
-def _run(conn: PooledPGConnection, sql: bytes, timeout: float, what: str) -> None:
+def _run(conn: PooledPGConnection, sql: bytes, timeout: float, what: str) -> list[PGresult]:
     """Send *sql* with the simple query protocol (several statements allowed) and read every
-    result within *timeout* seconds; raise the first error."""
+    result within *timeout* seconds; raise the first error, else return the results."""
     pgconn = conn.pgconn
     with conn.lock:
         if pgconn.status != _CONN_OK:
             raise psycopg.OperationalError("the connection is closed")
         pgconn.send_query(sql)
-        results = _wait(conn, generators.execute(pgconn), timeout, what)
+        results: list[PGresult] = _wait(conn, generators.execute(pgconn), timeout, what)
     for result in results:
         if result.status == _FATAL_ERROR:
             raise pg_errors.error_from_result(result, encoding=pgconn._encoding)
+    return results
 
 
 def ping(conn: Any, timeout: float) -> None:

@@ -18,11 +18,30 @@ subclass that refuses to reconnect once the pool dropped it (below).
 - *ping* (probe said so, or idle longer than ``check_interval``): refuses a
   connection with bytes waiting (a reply nobody read, or EOF), then PING
   with ``check_timeout`` as a hard bound.
+- *the session* a lease leaves: every command the pool's connections send
+  is packed by the connection's command packer (``send_command``,
+  ``pack_command``, ``pack_commands``: single commands, pipelines,
+  transactions, PubSub, Monitor, the handshake), a :class:`_TrackingPacker`
+  that notes the commands that leave state behind (:data:`SESSION_COMMANDS`):
+  MULTI without EXEC/DISCARD, WATCH without EXEC/DISCARD/UNWATCH, SELECT,
+  AUTH, HELLO, READONLY/READWRITE, ASKING, RESET, CLIENT SETNAME/CACHING;
+  and those only closing the connection cures: the server may send what
+  nobody asked for, or close it (SUBSCRIBE/PSUBSCRIBE/SSUBSCRIBE, MONITOR,
+  CLIENT TRACKING/REPLY/KILL, QUIT, SYNC/PSYNC), or RESET undoes it only
+  from Redis 7.2 (CLIENT NO-EVICT/NO-TOUCH). One dict lookup of the command
+  name per command; a name seen for the first time is classified once.
 - *check_in* (every return, no round trip): clean when the socket is the one
-  the pool opened and no connect callback is registered. A connection
-  redis-py disconnected (a failed command, a closed PubSub), reconnected by
-  itself during the lease, or still bound to a PubSub is dropped
-  (:meth:`RedisConnector.finish`), never lent again.
+  the pool opened, no connect callback is registered and no command left
+  state. Otherwise :meth:`RedisConnector.finish` runs: a session left with
+  state is reset with ``RESET`` (Redis >= 6.2: it discards MULTI, unwatches,
+  selects db 0, logs out, clears the name and READONLY) and redis-py's
+  handshake again (AUTH, SELECT of the pool's ``db``, CLIENT
+  SETNAME), each reply bounded; a server that does not know RESET, a reply
+  that is not ``RESET``, or the second kind of command (pushes, a closed
+  socket) close it instead (the pool opens another when needed). A
+  connection redis-py disconnected (a failed command, a closed PubSub),
+  reconnected by itself during the lease, or still bound to a PubSub is
+  dropped, never lent again.
 - *close* and *discard* close the socket; Redis needs no goodbye. In a
   forked child the inherited socket is only closed, never ``shutdown()``:
   a shutdown acts on the connection itself, which the parent still uses.
@@ -30,6 +49,7 @@ subclass that refuses to reconnect once the pool dropped it (below).
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from typing import TYPE_CHECKING, Any, Callable, Optional
@@ -38,12 +58,17 @@ import redis
 from redis.maint_notifications import MaintNotificationsConfig
 from redis.utils import str_if_bytes
 
-from .base import DROP, Connector, socket_probe
+from .base import DROP, RESET, Connector, socket_probe
 
 if TYPE_CHECKING:
     from ..redis import RedisConfig
 
-__all__ = ["PooledConnection", "PooledSSLConnection", "PooledUnixConnection", "RedisConnector"]
+__all__ = [
+    "COMMAND_KINDS", "SESSION_COMMANDS", "PooledConnection", "PooledSSLConnection", "PooledUnixConnection",
+    "RedisConnector", "refuse_on_shared_client",
+]  # fmt: skip
+
+logger = logging.getLogger("gunicorn_pool")
 
 _MASK = "***"
 #: Maintenance push notifications (RESP3, Redis Enterprise) would move and time out
@@ -57,6 +82,146 @@ def _refuse_if_dropped(conn: Any) -> None:
             f"pool {conn._gp_pool!r}: this connection was closed by its pool (returned, reclaimed at the end of"
             " its request, or the pool closed); it does not reconnect"
         )
+
+
+# -- what a lease leaves on its connection -------------------------------------------------------
+
+#: Bits of a connection's ``_command_packer.state``: what its lease left (0: nothing).
+_IN_MULTI = 1  # MULTI sent, no EXEC or DISCARD yet: the server queues every command
+_WATCHING = 2  # WATCH sent, no EXEC, DISCARD or UNWATCH yet: a later EXEC of anyone may abort
+_CHANGED = 4  # the session changed (SELECT, AUTH, CLIENT SETNAME...): RESET and the handshake again
+_UNSAFE = 8  # only closing cures it: the server may push what nobody asked for, or close it
+#: Kinds of command besides those bits.
+_ENDS = 16  # EXEC, DISCARD: end a MULTI, and the WATCHes with it
+_UNWATCHES = 32  # UNWATCH
+_BY_SUBCOMMAND = 64  # CLIENT: the kind is the subcommand's
+
+#: Commands that leave state on their connection: ``name: (kind, what to use on a pooled client
+#: instead)``. Without a hint the command is allowed on a pooled client (it leaves nothing there
+#: that a reset or a new connection does not cure, or it ends what another command started).
+SESSION_COMMANDS: dict[str, tuple[int, str]] = {
+    "MULTI": (_IN_MULTI, "r.pipeline() (MULTI/EXEC in one batch), or with r.client() as c: for a block"),
+    "WATCH": (_WATCHING, "r.pipeline() and its watch(), or r.transaction(func, *keys)"),
+    "EXEC": (_ENDS, ""),
+    "DISCARD": (_ENDS, ""),
+    "UNWATCH": (_UNWATCHES, ""),
+    "SELECT": (_CHANGED, "one named pool per database (its db key)"),
+    "AUTH": (_CHANGED, "the pool's username and password keys"),
+    "HELLO": (_CHANGED, "the pool's protocol, username and password keys"),
+    "READONLY": (_CHANGED, "with r.client() as c: (its connection is reset when it is given back)"),
+    "READWRITE": (_CHANGED, "with r.client() as c: (its connection is reset when it is given back)"),
+    "ASKING": (_CHANGED, "with r.client() as c: (its connection is reset when it is given back)"),
+    "RESET": (_CHANGED, "with r.client() as c: (its connection is reset when it is given back)"),
+    "CLIENT SETNAME": (_CHANGED, "the pool's client_name key"),
+    # RESET undoes these from Redis 7.2 only
+    "CLIENT NO-EVICT": (_UNSAFE, "with r.client() as c: (its connection is closed when it is given back)"),
+    "CLIENT NO-TOUCH": (_UNSAFE, "with r.client() as c: (its connection is closed when it is given back)"),
+    "CLIENT CACHING": (_CHANGED, "with r.client() as c: (its connection is reset when it is given back)"),
+    "SUBSCRIBE": (_UNSAFE, "r.pubsub()"),
+    "PSUBSCRIBE": (_UNSAFE, "r.pubsub()"),
+    "SSUBSCRIBE": (_UNSAFE, "r.pubsub()"),
+    "MONITOR": (_UNSAFE, "r.monitor()"),
+    "SYNC": (_UNSAFE, "a connection of your own"),
+    "PSYNC": (_UNSAFE, "a connection of your own"),
+    "CLIENT TRACKING": (_UNSAFE, "with r.client() as c: (its connection is closed when it is given back)"),
+    "CLIENT REPLY": (_UNSAFE, "with r.client() as c: (its connection is closed when it is given back)"),
+    "CLIENT KILL": (_UNSAFE, ""),  # allowed: it may have killed its own connection
+    "QUIT": (_UNSAFE, ""),
+}
+#: Kind of command, by its first argument exactly as redis-py got it (``"GET"``, ``b"get"``,
+#: ``"CLIENT SETNAME"``...): filled as names are seen; 0 for most.
+COMMAND_KINDS: dict[Any, int] = {}
+_KINDS = COMMAND_KINDS
+_KINDS_MAX = 1024
+
+
+def _name(word: Any) -> str:
+    return str_if_bytes(word).upper() if isinstance(word, (str, bytes)) else ""
+
+
+def _kind_of_name(first: Any) -> int:
+    """The kind of a command whose first argument is *first* (remembered in _KINDS; redis-py sends
+    names as str or bytes, always hashable)."""
+    words = _name(first).split()
+    name = " ".join(words[:2]) if words[:1] == ["CLIENT"] else words[0] if words else ""
+    kind = _BY_SUBCOMMAND if name == "CLIENT" else SESSION_COMMANDS.get(name, (0, ""))[0]
+    if len(_KINDS) >= _KINDS_MAX:
+        _KINDS.clear()
+    _KINDS[first] = kind
+    return kind
+
+
+def _command(args: tuple[Any, ...]) -> str:
+    """The command's name as SESSION_COMMANDS spells it ("CLIENT SETNAME" with its subcommand)."""
+    words = _name(args[0]).split()
+    if words == ["CLIENT"] and len(args) > 1:
+        words.append(_name(args[1]))
+    return " ".join(words[:2]) if words[:1] == ["CLIENT"] else words[0] if words else ""
+
+
+def _track(packer: _TrackingPacker, args: tuple[Any, ...]) -> None:
+    """Note on *packer* what command *args* leaves (the hot path has found its kind is not 0)."""
+    kind = _KINDS.get(args[0])
+    if kind is None:
+        kind = _kind_of_name(args[0])
+    if kind == _BY_SUBCOMMAND:
+        kind = SESSION_COMMANDS.get(_command(args), (0, ""))[0]
+    state = packer.state
+    if kind == _ENDS:
+        if state & _IN_MULTI:  # EXEC without MULTI is an error that leaves the WATCHes
+            state &= ~(_IN_MULTI | _WATCHING)
+    elif kind == _UNWATCHES:
+        if not state & _IN_MULTI:  # inside MULTI it is only queued
+            state &= ~_WATCHING
+    else:
+        state |= kind
+    packer.state = state
+
+
+def refuse_on_shared_client(pool_name: str, args: tuple[Any, ...]) -> None:
+    """Raise ``redis.RedisError`` if *args* is a command whose effect would outlast it on its
+    connection: on a pooled client's per-command connection it could only reach another request."""
+    name = _command(args)
+    hint = SESSION_COMMANDS.get(name, (0, ""))[1]
+    if hint:
+        raise redis.RedisError(
+            f"pool {pool_name!r}: {name} on the pooled client would change the connection it runs on, which"
+            f" goes back to the pool right after the command: use {hint}"
+        )
+
+
+class _TrackingPacker:
+    """redis-py's command packer of one connection, noting what each command leaves (_track) in
+    :attr:`state`.
+
+    Every command a connection sends is packed here: ``send_command`` (single
+    commands, the handshake's, PubSub's, Monitor's, a pipeline's WATCH),
+    ``pack_command`` and ``pack_commands`` (pipelines and transactions: MULTI
+    ... EXEC in one batch leaves nothing). A wrapper of the packer costs one
+    call per command; an override of ``send_command`` would cost two, and a
+    dict of keyword arguments (bench/redis_instructions.py).
+    """
+
+    __slots__ = ("inner", "state")
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner.pack
+        self.state = 0  #: bits of what the lease left: _IN_MULTI, _WATCHING, _CHANGED, _UNSAFE
+
+    def pack(self, *args: Any) -> Any:
+        if _KINDS.get(args[0]) != 0:  # None (a name not seen yet), or one that leaves state
+            _track(self, args)
+        return self.inner(*args)
+
+
+class _TracksSession:
+    """Mixed into each transport's connection class: its commands are packed by a
+    :class:`_TrackingPacker`."""
+
+    _command_packer: _TrackingPacker
+
+    def _construct_command_packer(self, packer: Any) -> _TrackingPacker:
+        return _TrackingPacker(super()._construct_command_packer(packer))  # type: ignore[misc]
 
 
 class _RefusesReconnect:
@@ -77,15 +242,16 @@ class _RefusesReconnect:
         super().connect_check_health(check_health, retry_socket_connect)  # type: ignore[misc]
 
 
-class PooledConnection(_RefusesReconnect, redis.Connection):
-    """A TCP ``redis.Connection`` that does not reconnect once its pool dropped it."""
+class PooledConnection(_RefusesReconnect, _TracksSession, redis.Connection):
+    """A TCP ``redis.Connection`` that notes the session state its commands leave, and does not
+    reconnect once its pool dropped it."""
 
 
-class PooledSSLConnection(_RefusesReconnect, redis.SSLConnection):
+class PooledSSLConnection(_RefusesReconnect, _TracksSession, redis.SSLConnection):
     """:class:`PooledConnection` over TLS (``rediss://``)."""
 
 
-class PooledUnixConnection(_RefusesReconnect, redis.UnixDomainSocketConnection):
+class PooledUnixConnection(_RefusesReconnect, _TracksSession, redis.UnixDomainSocketConnection):
     """:class:`PooledConnection` over a unix socket (``unix://``)."""
 
 
@@ -99,7 +265,8 @@ def connection_class(config: RedisConfig) -> type[redis.connection.AbstractConne
 def handshake(conn: Any, *, timeout: float) -> None:
     """redis-py's handshake (AUTH/HELLO, CLIENT SETNAME, SETINFO, SELECT) and a PING, every
     reply bounded by *timeout* (redis-py's ``redis_connect_func`` hook: it runs on every
-    connect of *conn*, also a reconnect of its own)."""
+    connect of *conn*, also a reconnect of its own, and after a reset). The session is then
+    the pool's: nothing left to reset."""
     sock = conn._sock
     sock.settimeout(timeout)
     try:
@@ -107,6 +274,7 @@ def handshake(conn: Any, *, timeout: float) -> None:
         conn.send_command("PING", check_health=False)
         if str_if_bytes(conn.read_response()) != "PONG":
             raise redis.ConnectionError("unexpected reply to PING after connecting")
+        conn._command_packer.state = 0
     finally:
         try:
             sock.settimeout(conn.socket_timeout)
@@ -130,6 +298,9 @@ class RedisConnector(Connector):
         self.kwargs = kwargs
         self._class = connection_class(config)
         self._secrets = tuple(s for s in (config.password, config.ssl_password) if s)
+        #: Bound of the reset's RESET (the handshake after it has socket_connect_timeout).
+        self._own_timeout = max(config.socket_connect_timeout, config.check_timeout)
+        self._resets = True  # False once the server said it does not know RESET (Redis < 6.2)
 
     def socket_timeout(self) -> Optional[float]:
         """The configured ``socket_timeout``; unset, :attr:`query_bound` (gunicorn's ``timeout`` in
@@ -143,6 +314,11 @@ class RedisConnector(Connector):
     def connect(self) -> Any:
         kwargs = dict(self.kwargs, socket_timeout=self.socket_timeout(), maint_notifications_config=_NO_MAINT)
         conn: Any = self._class(**kwargs)
+        if not isinstance(getattr(conn, "_command_packer", None), _TrackingPacker):  # pragma: no cover
+            raise redis.RedisError(
+                f"pool {self.pool_name!r}: this redis-py ({redis.__version__}) packs commands in a way"
+                " gunicorn_pool does not know: it could not see the commands that change a session"
+            )
         conn._gp_pool = self.pool_name
         try:
             conn.connect()
@@ -203,12 +379,50 @@ class RedisConnector(Connector):
     # -- leases ------------------------------------------------------------------------------
 
     def check_in(self, raw: Any) -> bool:
-        return raw._sock is raw._gp_sock and not raw._connect_callbacks
+        return raw._sock is raw._gp_sock and not raw._connect_callbacks and not raw._command_packer.state
 
     def finish(self, raw: Any, *, commit: bool, failed: bool = False) -> str:
-        # Disconnected, reconnected behind the pool's back, or bound to a PubSub: a new
-        # connection is the only clean state (Redis's RESET would also log it out).
-        return DROP
+        """RESET and the handshake again for a session a command changed; DROP for the rest:
+        disconnected, reconnected behind the pool's back, bound to a PubSub, or left in a state
+        where the server may send what nobody asked for (see the module docstring)."""
+        if (
+            raw._sock is None
+            or raw._sock is not raw._gp_sock
+            or raw._connect_callbacks
+            or raw._command_packer.state & _UNSAFE
+            or not self._resets
+        ):
+            return DROP
+        try:
+            if not self._reset(raw):
+                return DROP
+        except Exception as exc:  # noqa: BLE001 - a session not reset is never lent again
+            logger.warning("pool %s (%s): session reset failed, dropping the connection: %s",
+                           self.pool_name, self.dsn, self.describe_error(exc))  # fmt: skip
+            return DROP
+        return RESET
+
+    def _reset(self, raw: Any) -> bool:
+        """``RESET``, then redis-py's handshake (AUTH, SELECT, CLIENT SETNAME) and a PING, each
+        reply bounded. False if the server does not know RESET (it is not tried again); a reply
+        waiting before the RESET, or any reply but ``RESET``, raises."""
+        if raw._parser.can_read(0):
+            raise redis.ConnectionError("unread reply before the reset")
+        raw._sock.settimeout(self._own_timeout)
+        raw.send_command("RESET", check_health=False)
+        try:
+            reply = raw.read_response(disconnect_on_error=False)
+        except redis.ResponseError as exc:
+            if "unknown command" not in str(exc).lower():
+                raise
+            self._resets = False
+            logger.info("pool %s (%s): the server does not know RESET (Redis < 6.2): a connection whose session"
+                        " a command changed is closed instead", self.pool_name, self.dsn)  # fmt: skip
+            return False
+        if str_if_bytes(reply) != "RESET":
+            raise redis.ConnectionError("unexpected reply to RESET")
+        handshake(raw, timeout=self.config.socket_connect_timeout)
+        return True
 
     # -- messages ---------------------------------------------------------------------------
 

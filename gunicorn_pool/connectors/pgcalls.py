@@ -1,0 +1,260 @@
+"""What a PostgreSQL statement's text says about the session: the half of the session tracking of
+:mod:`gunicorn_pool.connectors.postgresql` that command tags cannot give.
+
+A function can change the session from inside a plain ``SELECT`` (the
+row-level-security tenant pattern ``SELECT set_tenant('acme')``, whose body
+runs ``set_config('app.tenant', ..., false)``; ``SELECT take_lock(42)`` taking
+a session-level advisory lock) and no command tag says so. So a statement
+that calls any function other than a known-harmless builtin marks the session
+for a reset (:data:`CALLS`). ``CREATE`` and ``SELECT`` tags change the
+session only for a temporary object (``CREATE TEMP TABLE``, ``CREATE TABLE
+... AS`` and ``SELECT ... INTO`` a temporary table): the text says whether it
+names one (:data:`TEMP`). :func:`scan` answers both from the text alone.
+
+The text is lexed just enough to be sure what is a call: string literals
+(``'...'``, ``E'...'`` with backslash escapes), dollar quotes (``$$...$$``,
+``$tag$...$tag$``), comments (``--``, nested ``/* */``) and quoted identifiers
+are skipped; every ``name (`` (or ``"name" (``, ``schema.name (``) left is a
+call, except where the grammar makes it something else:
+
+- SQL keywords that take parentheses (``VALUES (``, ``IN (``, ``EXISTS (``,
+  ``CAST (``, ``COALESCE (``, ``varchar(10)``, ``numeric(10,2)``, ``ON CONFLICT
+  (``, ``FILTER (``, ``OVER (``...): :data:`KEYWORDS` (PostgreSQL's reserved,
+  column-name and type/function-name keywords, from ``pg_get_keywords()``;
+  the server's own list is added when the pool reads its builtins) and
+  :data:`GRAMMAR_WORDS`;
+- a name after a word that names a relation, a column list, a type or a
+  routine rather than calling one (``INSERT INTO t (a, b)``, ``CREATE TABLE t
+  (``, ``COPY t (a)``, ``REFERENCES t (id)``, ``AS g(n)``, ``WITH cte (a) AS``,
+  ``DROP FUNCTION f(int)``, ``EXECUTE stmt(1)``...): :data:`NAMING_WORDS`;
+- a name right after ``)`` (a column alias list ``(VALUES (1)) v(a)``) or
+  after ``::`` (a type modifier ``x::varchar(10)``).
+
+The words ``temp``, ``temporary`` and ``pg_temp...`` count only where they are
+code, not in a literal or a comment. Anything the lexer cannot place (an
+unterminated quote or comment) counts as a call: the answer errs towards a
+reset, never towards a leak.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import AbstractSet
+
+__all__ = [
+    "CALLS", "CLOSES", "CLOSING_BUILTINS", "GRAMMAR_WORDS", "KEYWORDS", "NAMING_WORDS", "TEMP", "UNSAFE_BUILTINS",
+    "scan",
+]  # fmt: skip
+
+#: Verdicts of :func:`scan`: the text calls a function not known harmless; it names a temporary
+#: object; it calls a builtin whose effect no reset undoes.
+CALLS, TEMP, CLOSES = 1, 2, 3
+
+#: PostgreSQL 15's keywords that cannot name a user's function (``pg_get_keywords()`` with
+#: ``catcode`` R, C or T): followed by "(" they are grammar, or builtins.
+KEYWORDS = frozenset(
+    """
+    all analyse analyze and any array as asc asymmetric both case cast check collate column constraint create
+    current_catalog current_date current_role current_time current_timestamp current_user default deferrable desc
+    distinct do else end except false fetch for foreign from grant group having in initially intersect into lateral
+    leading limit localtime localtimestamp not null offset on only or order placing primary references returning
+    select session_user some symmetric table then to trailing true union unique user using variadic when where
+    window with
+    between bigint bit boolean char character coalesce dec decimal exists extract float greatest grouping inout int
+    integer interval least national nchar none normalize nullif numeric out overlay position precision real row
+    setof smallint substring time timestamp treat trim values varchar xmlattributes xmlconcat xmlelement xmlexists
+    xmlforest xmlnamespaces xmlparse xmlpi xmlroot xmlserialize xmltable
+    authorization binary collation concurrently cross current_schema freeze full ilike inner is isnull join left
+    like natural notnull outer overlaps right similar tablesample verbose
+    """.split()
+)
+#: Unreserved keywords that take parentheses in common statements (``ON CONFLICT (a)``, ``COPY
+#: (SELECT ...) TO``, ``UPDATE t SET (a, b) =``, ``PRIMARY KEY (a)``, ``count(*) FILTER (``,
+#: ``OVER (``, ``character varying(10)``, ``GROUP BY ROLLUP (``, ``EXPLAIN (ANALYZE)``...).
+GRAMMAR_WORDS = frozenset(
+    """
+    filter over conflict copy set key include inherits options range list hash varying second rollup cube sets
+    repeatable operator identity columns explain vacuum cluster reindex materialized
+    """.split()
+)
+#: Words after which ``name (`` names a relation, a column list, a type or a routine: not a call.
+NAMING_WORDS = frozenset(
+    """
+    into table copy references view exists as with recursive returns type function procedure aggregate routine
+    execute prepare
+    """.split()
+)
+#: Builtins that change the session, or run SQL handed to them as text: never harmless.
+UNSAFE_BUILTINS = frozenset(
+    """
+    set_config pg_advisory_lock pg_advisory_lock_shared pg_try_advisory_lock pg_try_advisory_lock_shared
+    query_to_xml query_to_xmlschema query_to_xml_and_xmlschema ts_stat
+    """.split()
+)
+#: Builtins whose effect ``DISCARD ALL`` does not undo: ``setseed()`` (the next user's ``random()``
+#: would follow a sequence the last one chose). Only closing the session cures it.
+CLOSING_BUILTINS = frozenset({"setseed"})
+
+# The next character the lexer must look at: a quote, a dollar, the start of a comment, "(" (one
+# character class: the regex engine skips the rest of the text in C, 3 times as fast as with any
+# alternative), or, in a text that has the letters at all, the start of a word naming a temporary object.
+_NEXT = re.compile(r"[-'\"$(/]")
+_NEXT_OR_TEMP = re.compile(r"[-'\"$(/]|[tT][eE][mM][pP]|[pP][gG]_[tT][eE][mM][pP]")
+_DOLLAR_QUOTE = re.compile(r"\$(?:[^\W\d]\w*)?\$")
+_STRING_END = re.compile(r"[^']*(?:''[^']*)*'")
+_ESCAPE_STRING_END = re.compile(r"[^'\\]*(?:(?:''|\\.)[^'\\]*)*'", re.S)
+_IDENT_END = re.compile(r'[^"]*(?:""[^"]*)*"')
+_COMMENT_MARK = re.compile(r"/\*|\*/")
+_PAREN = re.compile(r"\s*\(")
+
+
+def scan(text: str, harmless: AbstractSet[str], grammar: AbstractSet[str] = KEYWORDS) -> int:
+    """:data:`CLOSES` if *text* (one or more statements) calls one of :data:`CLOSING_BUILTINS`;
+    else :data:`CALLS` if it calls a function whose name is not in *harmless* (lower-case names
+    of builtins that leave nothing in the session), or may do so; else :data:`TEMP` if it names
+    a temporary object; else 0."""
+    verdict = 0
+    pos = 0
+    search = (_NEXT_OR_TEMP if "temp" in text.lower() else _NEXT).search
+    while True:
+        found = search(text, pos)
+        if found is None:
+            return verdict
+        start, pos = found.span()
+        char = text[start]
+        if char == "(":
+            name_end = start - 1
+            before = text[name_end] if start else ""
+            if before in _SPACE:
+                name_end = _back(text, name_end)
+                before = text[name_end] if name_end >= 0 else ""
+            if not (before in _WORD_CHARS or (before > "\x7f" and before.isalnum())):
+                continue  # no name: "((", ", (", "%(name)s"... (a quoted one was judged at its quote)
+            name_start, name = _word_before(text, name_end)
+            if name in harmless or name in grammar:  # the common case, unless the name is qualified
+                dot = _back(text, name_start - 1)
+                if dot < 0 or text[dot] != ".":
+                    continue
+            if name[0] not in _DIGITS_DOLLAR and _unknown_call(text, name_start, name, False, harmless, grammar):
+                if name in CLOSING_BUILTINS:
+                    return CLOSES
+                verdict = CALLS
+        elif char == "'":
+            escapes = start > 0 and text[start - 1] in "eE" and (start < 2 or not _word_char(text[start - 2]))
+            closing = (_ESCAPE_STRING_END if escapes else _STRING_END).match(text, pos)
+            if closing is None:
+                return CALLS
+            pos = closing.end()
+        elif char == '"':
+            closing = _IDENT_END.match(text, pos)
+            if closing is None:
+                return CALLS
+            name_end = closing.end()
+            if _PAREN.match(text, name_end):
+                name = text[pos : name_end - 1].replace('""', '"')  # quoted: exact, not folded
+                if _unknown_call(text, start, name, True, harmless, grammar):
+                    if name in CLOSING_BUILTINS:
+                        return CLOSES
+                    verdict = CALLS
+            pos = name_end
+        elif char == "$":
+            quote = None if start and _word_char(text[start - 1]) else _DOLLAR_QUOTE.match(text, start)
+            if quote is not None:  # else a parameter ($1) or part of a name
+                tag = quote.group()
+                pos = text.find(tag, quote.end())
+                if pos < 0:
+                    return CALLS
+                pos += len(tag)
+        elif char == "-":
+            if text.startswith("-", pos):
+                pos = text.find("\n", pos)
+                if pos < 0:
+                    return verdict
+        elif char == "/":
+            if text.startswith("*", pos):
+                pos = _comment_end(text, pos + 1)
+                if pos < 0:
+                    return CALLS
+        elif not start or not _word_char(text[start - 1]):  # temp, temporary, pg_temp...
+            word_end = _word_end(text, start)
+            if verdict != CALLS and (char in "pP" or text[start:word_end].lower() in ("temp", "temporary")):
+                verdict = TEMP
+            pos = word_end
+
+
+def _word_end(text: str, i: int) -> int:
+    while i < len(text) and _word_char(text[i]):
+        i += 1
+    return i
+
+
+_WORD_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_$")
+_DIGITS_DOLLAR = frozenset("0123456789$")
+_SPACE = frozenset(" \t\n\r\f\v")
+
+
+def _word_char(char: str) -> bool:
+    return char in _WORD_CHARS or (char > "\x7f" and char.isalnum())
+
+
+def _comment_end(text: str, pos: int) -> int:
+    """Where the ``/*`` comment opened before *pos* ends (they nest), or -1."""
+    depth = 1
+    while depth:
+        mark = _COMMENT_MARK.search(text, pos)
+        if mark is None:
+            return -1
+        depth += 1 if mark.group() == "/*" else -1
+        pos = mark.end()
+    return pos
+
+
+def _back(text: str, i: int) -> int:
+    """The index of the last non-space character at or before *i* (-1 if none)."""
+    while i >= 0 and text[i] in _SPACE:
+        i -= 1
+    return i
+
+
+def _word_before(text: str, i: int) -> tuple[int, str]:
+    """The identifier ending at index *i* (lower-cased unless quoted) and where it starts;
+    ("", i + 1) when none ends there."""
+    if i >= 0 and text[i] == '"':
+        start = text.rfind('"', 0, i)
+        if start < 0:
+            return i + 1, ""
+        return start, text[start + 1 : i]
+    start = i
+    while start >= 0 and (text[start] in _WORD_CHARS or (text[start] > "\x7f" and text[start].isalnum())):
+        start -= 1
+    return start + 1, text[start + 1 : i + 1].lower()
+
+
+def _unknown_call(text: str, start: int, name: str, quoted: bool, harmless: AbstractSet[str],
+                  grammar: AbstractSet[str]) -> bool:  # fmt: skip
+    """Whether *name* at *start*, followed by "(", is a call of a function not in *harmless* (see
+    the module docstring). A qualified name is a builtin's only in schema ``pg_catalog``."""
+    head = start
+    qualifier = None
+    while True:  # walk back over "schema." and "db.schema." to the start of the dotted name
+        dot = _back(text, head - 1)
+        if dot < 0 or text[dot] != ".":
+            break
+        begin, word = _word_before(text, _back(text, dot - 1))
+        if not word:
+            break
+        if qualifier is None:
+            qualifier = word
+        head = begin
+    prev = _back(text, head - 1)
+    if prev >= 0:
+        char = text[prev]
+        if char == ")" or (char == ":" and prev > 0 and text[prev - 1] == ":"):
+            return False  # an alias's column list, FILTER/OVER after a call, a type modifier
+        if _word_char(char) and _word_before(text, prev)[1] in NAMING_WORDS:
+            return False
+    if qualifier is not None:
+        return qualifier != "pg_catalog" or name not in harmless
+    if not quoted and name in grammar:
+        return False
+    return name not in harmless
