@@ -33,7 +33,7 @@ from typing import Any, Awaitable, Callable, MutableMapping, Optional
 from .pool_async import task_ident
 from .request import RequestScope
 
-__all__ = ["RequestScopeASGI", "is_asgi_app"]
+__all__ = ["RequestScopeASGI"]
 
 logger = logging.getLogger("gunicorn_pool")
 
@@ -43,14 +43,6 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 Hook = Callable[[], Awaitable[None]]
-
-
-def is_asgi_app(app: Any) -> bool:
-    """True if *app* is an ASGI callable (an ``async def`` function, or an object whose
-    ``__call__`` is one): what gunicorn's ``asgi`` worker and uvicorn's serve."""
-    if asyncio.iscoroutinefunction(app):
-        return True
-    return callable(app) and asyncio.iscoroutinefunction(type(app).__call__)
 
 
 class _Request(RequestScope):
