@@ -168,30 +168,34 @@ _QNAME = r"(?>" + _NAME + r"(?:\s*\.\s*" + _NAME + r")*)"
 _CALLS = re.compile(
     r"\(\s*(?:[(),=<>+\-*%|&^~!:]|\Z"
     r"|" + _QNAME + r"\s+(?:otni|tresni|ecalper|elbat|secnerefer|htiw|evisrucer|yek|xedni)(?![\w$\x80-\xff])"
-    r"|(" + _QNAME + r"|[^\s\w$`\x80-\xff]))"
+    r"|(" + _QNAME + r"|[^\s\w$`\x80-\xff]))",
+    re.ASCII,
 )
 # The precise pass: string literals, quoted names and comments become " q " (a name no built-in
 # has), and so does the opener of an executable comment (/*!50100 ... */, /*M! ... */: its text
 # runs). A literal or comment left open stays as code: read, never skipped.
-_STRIP = re.compile(
-    r"(?s)'(?:[^'\\]|\\.|'')*'|\"(?:[^\"\\]|\\.|\"\")*\"|`(?:[^`]|``)*`|/\*(?!!|m!).*?\*/|/\*m?!\d*"
-    r"|#[^\n]*|--[ \t\r\f\v\x01-\x09\x0b-\x1f][^\n]*"
+_STRIP = re.compile(  # loops unrolled: the engine runs [^'\\]* as one step, not one step a character
+    r"(?s)'[^'\\]*(?:(?:\\.|'')[^'\\]*)*'|\"[^\"\\]*(?:(?:\\.|\"\")[^\"\\]*)*\"|`[^`]*(?:``[^`]*)*`"
+    r"|/\*(?!!|m!)[^*]*\*+(?:[^/*][^*]*\*+)*/|/\*m?!\d*|#[^\n]*|--[ \t\r\f\v\x01-\x09\x0b-\x1f][^\n]*",
+    re.ASCII,
 )
 _STRIP_NO_BACKSLASH = re.compile(  # sql_mode NO_BACKSLASH_ESCAPES: '\' ends nothing
-    r"(?s)'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|`(?:[^`]|``)*`|/\*(?!!|m!).*?\*/|/\*m?!\d*"
-    r"|#[^\n]*|--[ \t\r\f\v\x01-\x09\x0b-\x1f][^\n]*"
+    r"(?s)'[^']*(?:''[^']*)*'|\"[^\"]*(?:\"\"[^\"]*)*\"|`[^`]*(?:``[^`]*)*`"
+    r"|/\*(?!!|m!)[^*]*\*+(?:[^/*][^*]*\*+)*/|/\*m?!\d*|#[^\n]*|--[ \t\r\f\v\x01-\x09\x0b-\x1f][^\n]*",
+    re.ASCII,
 )
 _LEADING = re.compile(
     r"(?:\s+|q(?![\w$\x80-\xff]))*(set|handler|xa|call|execute|prepare|deallocate|lock|flush|backup|use"
-    r"|begin\s+not|if|case|loop|repeat|while|for)(?![\w$\x80-\xff])"
+    r"|begin\s+not|if|case|loop|repeat|while|for)(?![\w$\x80-\xff])",
+    re.ASCII,
 )
-#: What assigns a user variable besides SET: ":=", SELECT ... INTO @v, LOAD DATA (@v), GET DIAGNOSTICS @v.
-_ASSIGNS = re.compile(
-    r":=|(?<![\w$\x80-\xff])into(?![\w$\x80-\xff])|^(?:\s+|q(?![\w$\x80-\xff]))*(?:load|get)(?![\w$\x80-\xff])"
-)
+#: What assigns a user variable besides SET and ":=": SELECT ... INTO @v, LOAD DATA (@v), GET DIAGNOSTICS @v.
+_INTO = re.compile(r"(?<![\w$\x80-\xff])into(?![\w$\x80-\xff])", re.ASCII)
+_LOAD_GET = re.compile(r"(?:\s+|q(?![\w$\x80-\xff]))*(?:load|get)(?![\w$\x80-\xff])", re.ASCII)
 _WORDS = re.compile(
     r"(?<![\w$\x80-\xff])(?:get_lock|lock(?!\s+in\s+share\s+mode)|temporary|nextval|setval"
-    r"|(?:next|previous)\s+value\s+for)(?![\w$\x80-\xff])"
+    r"|(?:next|previous)\s+value\s+for)(?![\w$\x80-\xff])",
+    re.ASCII,
 )
 
 
@@ -230,15 +234,20 @@ def statement_verdict(sql: bytes, no_backslash_escapes: bool = False) -> int:
     return verdict
 
 
+def _assigns(text: str) -> bool:
+    return ":=" in text or ("into" in text and _INTO.search(text) is not None) or _LOAD_GET.match(text) is not None
+
+
 def _precise_verdict(low: str, no_backslash_escapes: bool) -> int:
     text = (_STRIP_NO_BACKSLASH if no_backslash_escapes else _STRIP).sub(" q ", low).replace("*/", " ")
     lead = _LEADING.match(text)
     if lead is not None:
         return _RESET | _XA if lead.group(1) == "xa" else _RESET
     if (
-        ("@" in text.replace("@@", "") and _ASSIGNS.search(text) is not None)  # a user variable assigned
+        ("@" in text.replace("@@", "") and _assigns(text))  # a user variable assigned
         or ";" in text.rstrip(" \t\r\n\f\v;")  # several statements, or a compound one
-        or _WORDS.search(text) is not None
+        # _WORDS only where a substring search saw one of its words (the regex tries every position)
+        or (("lock" in text or "temporary" in text or "val" in text) and _WORDS.search(text) is not None)
         or not _HARMLESS_PRECISE.issuperset(_CALLS.findall(text[::-1]))
     ):
         return _RESET
@@ -467,10 +476,12 @@ def _setup_session(conn: Any, *, track: bool, read_only: bool = False) -> Option
         return None
     results = _pipeline(conn, commands)
     if role_at >= 0:
-        role = results[role_at].rows[0][0]
-        conn._gp_role = (
-            b"SET ROLE NONE" if role is None else b"SET ROLE `" + role.replace("`", "``").encode("utf-8") + b"`"
-        )
+        role = results[role_at].rows[0][0]  # str, or bytes with a `conv` that decodes no text
+        if role is None:
+            conn._gp_role = b"SET ROLE NONE"
+        else:
+            name = role if isinstance(role, bytes) else str(role).encode("utf-8")
+            conn._gp_role = b"SET ROLE `" + name.replace(b"`", b"``") + b"`"
     conn._result = None
     if read_only_at < 0:
         return None
