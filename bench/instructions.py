@@ -18,8 +18,9 @@ N1): start-up and warm-up cancel out. Rows:
 - the same three with an ORM-like ``SELECT`` instead (built-ins, an ``IN``
   list, a derived table, an e-mail address as a parameter that differs on
   every query, so no verdict is reused), and the statement scan alone
-  (``statement_verdict``) on those texts: what reading each statement for
-  session changes costs (``--part mysql``);
+  (``statement_verdict``) on those texts and on an ``INSERT INTO ... VALUES``
+  with such an address (which takes the scan's second, precise pass): what
+  reading each statement for session changes costs (``--part mysql``);
 - PostgreSQL (``--part postgresql``): checkout + an ORM-like ``SELECT`` with
   ordinary builtins (``lower``, ``coalesce``, ``date_trunc``, ``now``) +
   return, beside a raw persistent psycopg connection running the same
@@ -62,6 +63,7 @@ kw = {kw!r}
 ORM = ("SELECT u.id, u.name, LOWER(u.email) AS email, COALESCE(u.score, 0) AS score FROM"
        " (SELECT 1 AS id, 'bob' AS name, %s AS email, NULL AS score) AS u"
        " WHERE u.email = %s AND u.id IN (1, 2, 3) ORDER BY u.id LIMIT 21")
+ORM_INSERT = "INSERT INTO users (name, email, login, created) VALUES ('bob', %s, LOWER(%s), NOW())"
 if row.startswith("stand-in"):
     from cpu import StandInConnection, StandInConnector
     from gunicorn_pool import ConnectionPool
@@ -107,11 +109,12 @@ elif row.startswith("PG"):
         for i in range(n):
             with db.connection() as c:
                 work(c, i)
-elif row == "statement_verdict, ORM-like SELECT":
+elif row.startswith("statement_verdict"):
     from gunicorn_pool.connectors.mysql import statement_verdict
+    text = ORM if row.endswith("SELECT") else ORM_INSERT
     for i in range(n):
         mail = "'user%d@example.com'" % i
-        statement_verdict((ORM % (mail, mail)).encode())
+        statement_verdict((text % (mail, mail)).encode())
 else:
     import pymysql
     orm = row.endswith(", ORM-like SELECT")
@@ -148,7 +151,8 @@ PARTS = {
                  "minimal FIFO pool"),
     "mysql": ("raw PyMySQL", "raw PooledMySQLConnection", "gunicorn_pool DatabasePool.connection()",
               "raw PyMySQL, ORM-like SELECT", "raw PooledMySQLConnection, ORM-like SELECT",
-              "gunicorn_pool DatabasePool.connection(), ORM-like SELECT", "statement_verdict, ORM-like SELECT"),
+              "gunicorn_pool DatabasePool.connection(), ORM-like SELECT", "statement_verdict, ORM-like SELECT",
+              "statement_verdict, ORM-like INSERT"),
     "postgresql": ("PG raw psycopg", "PG DatabasePool.connection()", "PG raw psycopg, a new statement each op",
                    "PG DatabasePool.connection(), a new statement each op"),
 }  # fmt: skip

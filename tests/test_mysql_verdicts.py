@@ -46,6 +46,7 @@ CLEAN = [
     "SELECT 'it''s (fine)', 'a\\' f(1) '",
     "SELECT @x, @y = 5",  # user variables read, not assigned
     "SELECT * FROM t WHERE a = @x",
+    "UPDATE users SET email = 'new@example.com' WHERE email = 'old@example.com'",
     "SELECT * FROM t PARTITION (p0) WHERE id IN (SELECT id FROM u)",
     "CREATE TABLE t (a INT, b DECIMAL(10, 2), KEY k (a))",
 ]
@@ -56,6 +57,7 @@ RESET = [
     "SELECT 1 INTO @z",
     "SELECT 1, 2 INTO @a, @b",
     "SELECT 1 INTO /* c */ @x",
+    "SELECT@x:=1",
     "UPDATE t SET a = (@x := a)",
     "LOAD DATA INFILE 'f' INTO TABLE t (@a) SET b = @a",
     "GET DIAGNOSTICS @n = NUMBER",

@@ -206,17 +206,20 @@ def statement_verdict(sql: bytes, no_backslash_escapes: bool = False) -> int:
     A first pass reads the whole statement, lowered (as Latin-1 text: ``str`` searches cost a
     fraction of ``bytes`` ones), with a few substring searches and one regex over its
     parentheses: a plain SELECT/INSERT/UPDATE/DELETE calling built-ins only ends there. What it
-    cannot clear (a ``@``, a ``;``, ``lock``, ``temporary``, ``next``/``previous``, a name before
-    ``(`` that is no harmless built-in, a leading ``SET``, ``CALL``, ``XA``, ``HANDLER``, comment,
-    compound statement...) goes to a precise pass that first blanks out string literals, quoted
-    names and comments, so an e-mail address or a parenthesis in a parameter costs CPU, not a
-    reset. A wrong "may" costs one reset; neither pass clears what it does not understand.
+    cannot clear (a ``@`` with ``:=`` or ``INTO``, a ``;``, ``lock``, ``temporary``,
+    ``next``/``previous``, a name before ``(`` that is no harmless built-in, a leading ``SET``,
+    ``CALL``, ``XA``, ``HANDLER``, comment, compound statement...) goes to a precise pass that
+    first blanks out string literals, quoted names and comments, so an e-mail address or a
+    parenthesis in a parameter costs CPU, not a reset. A wrong "may" costs one reset; neither
+    pass clears what it does not understand.
     Verdicts of texts up to 4 KiB are kept (:data:`_VERDICTS`).
     """
     low = sql.decode("latin-1").lower()
+    head = low.lstrip()
     if (
-        low.lstrip().startswith(_LEAD)
-        or "@" in low  # user variables (and e-mail addresses: cleared by the precise pass)
+        head.startswith(_LEAD)
+        # a user variable assigned (read, it changes nothing; an e-mail address in a WHERE costs no pass)
+        or ("@" in low and (":=" in low or "into" in low or head.startswith(("load", "get"))))
         or ";" in low  # several statements, or a compound one
         or "lock" in low
         or "temporary" in low
