@@ -81,16 +81,11 @@ _NOTHING: tuple[Slot, ...] = ()
 
 
 class LeaseSink(Protocol):
-    """Where leases taken during one request are recorded (the request layer's scope is one).
+    """Where leases taken during one request are recorded (the request layer's scope is one):
+    ``append((pool, slot, lease number))`` for each lease that starts while the sink is current
+    (a list: the request scope is one)."""
 
-    ``leases`` gets ``(pool, slot, lease number)`` for each lease that starts
-    while the sink is current; ``owner`` is the thread, greenlet or task that
-    runs the request (a lease taken by another one was handed off, see
-    :mod:`gunicorn_pool.request`).
-    """
-
-    owner: int
-    leases: list[tuple[Any, Slot, int]]
+    def append(self, lease: tuple[Any, Slot, int], /) -> None: ...
 
 
 #: The sink of the request running in this thread, greenlet or task (None: no request).
@@ -343,7 +338,7 @@ class PoolCore:
         if sink is not None or self._leak_timeout is not None:
             slot.taken_at = caller()
             if sink is not None:
-                sink.leases.append((self, slot, slot.uses))  # reclaimed if still out when the request ends
+                sink.append((self, slot, slot.uses))  # reclaimed if still out when the request ends
             if self._leak_timeout is not None and not self._watched:
                 self._watched = True
                 leaks.watch(self)

@@ -33,6 +33,7 @@ never times out a worker's boot.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import os
 import time
@@ -191,9 +192,10 @@ class _ClosePools:
 
 
 def _is_asgi(app: Any) -> bool:
-    from .asgi import is_asgi_app
-
-    return is_asgi_app(app)
+    """Is *app* an ASGI callable (an ``async def`` function, or an object whose ``__call__`` is
+    one)? Asked with ``inspect``: importing asyncio for the question would cost every WSGI
+    worker ~40 modules (bench/memory.py)."""
+    return inspect.iscoroutinefunction(app) or (callable(app) and inspect.iscoroutinefunction(type(app).__call__))
 
 
 def _async_services() -> list[tuple[str, AsyncPoolInterface]]:
