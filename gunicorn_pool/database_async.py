@@ -57,7 +57,7 @@ __all__ = ["ASYNC_ADAPTERS", "AsyncDatabasePool"]
 logger = logging.getLogger("gunicorn_pool")
 
 #: Adapters with an asyncio driver, and the driver.
-ASYNC_ADAPTERS = {"postgresql": "psycopg (AsyncConnection)", "sqlite": "aiosqlite"}
+ASYNC_ADAPTERS = {"mysql": "aiomysql", "postgresql": "psycopg (AsyncConnection)", "sqlite": "aiosqlite"}
 
 
 class AsyncDatabasePool(AsyncNamedPools[DatabaseConfig]):

@@ -18,7 +18,10 @@ from support import concurrent_with_peak, figure, http_get, poll_until_ok, wait_
 APP = "fastapi_async_app:app"
 WORKERS = {"AsgiWorker": "gunicorn_pool.AsgiWorker", "UvicornWorker": "gunicorn_pool.UvicornWorker"}
 #: The servers AsyncDatabasePool is tested on here: (id, login fixture, proxy fixture, marker).
-DATABASES = {"postgresql": ("pg_user", "pg_proxy", pytest.mark.postgresql)}
+DATABASES = {
+    "postgresql": ("pg_user", "pg_proxy", pytest.mark.postgresql),
+    "mysql": ("mysql_user", "tcp_proxy", pytest.mark.mysql),
+}
 
 CONF = """
 import gunicorn_pool
@@ -105,7 +108,7 @@ def test_each_worker_opens_its_own_sessions_before_the_first_request_and_none_is
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("worker", list(WORKERS))
-def test_200_concurrent_requests_never_exceed_max_size_and_time_out_on_time(login, gunicorn, worker):
+def test_200_concurrent_requests_never_exceed_max_size_and_time_out_on_time(login, database, gunicorn, worker):
     """max_size 5, 200 requests at once, each holding a connection 0.3 s, timeout 1 s: at most 5
     sessions at any time, the requests that could not get a connection in time answer 503 after
     about 1 s, none hangs."""
@@ -122,8 +125,8 @@ def test_200_concurrent_requests_never_exceed_max_size_and_time_out_on_time(logi
     assert len(results) == 200 and set(statuses) <= {200, 503}, sorted(set(statuses))
     assert statuses.count(200) >= 5 and statuses.count(503) > 0
     slowest_503 = max(took for status, took in results if status == 503)
-    figure(f"{worker}: 200 requests, max_size 5, peak sessions", peak, "")
-    figure(f"{worker}: slowest 503 (timeout 1 s)", slowest_503)
+    figure(f"{database} {worker}: 200 requests, max_size 5, peak sessions", peak, "")
+    figure(f"{database} {worker}: slowest 503 (timeout 1 s)", slowest_503)
     assert peak <= 5, peak
     assert slowest_503 < 6.0, slowest_503  # 1 s of wait, plus the queueing of 200 clients on 2 cores
     assert busy(server) == 0 and server.get("/conn")[0] == 200
@@ -137,16 +140,24 @@ def _hang_up_after(port: int, path: str, seconds: float) -> None:
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("worker", list(WORKERS))
-def test_clients_gone_mid_query_leave_no_connection_out_and_no_protocol_error(login, gunicorn, worker):
+def test_clients_gone_mid_query_leave_no_connection_out_and_no_protocol_error(login, database, gunicorn, worker):
     """40 clients send a request whose query sleeps 1 s on the server and hang up after 0.1 s; the
     endpoint sees the disconnect and cancels its query task. Then 20 requests under
     asyncio.wait_for(0.1). Every cancelled lease is dropped; nothing stays out, the next requests
-    get answers on sessions in a clean state."""
+    get answers on sessions in a clean state.
+
+    PostgreSQL: psycopg asks the server to cancel the query, so the server's sessions never
+    exceed max_size. MariaDB: aiomysql only closes its socket; the server ends the session when
+    the statement ends (SLEEP's second here), so for that long the server counts a dropped
+    session beside its replacement: the count goes back to at most max_size once they end."""
     conf = async_conf({"default": login.config(max_size=5, timeout=5)}, worker=WORKERS[worker], workers=1)
     server = started(gunicorn(conf, app=APP), 1)
     results, peak = concurrent_with_peak([lambda: _hang_up_after(server.port, "/sleep-watch?s=1", 0.1)] * 40,
                                          login.count)  # fmt: skip
-    assert peak <= 5, peak
+    figure(f"{database} {worker}: most server sessions during 40 hang-ups (max_size 5)", peak, "")
+    if database == "postgresql":
+        assert peak <= 5, peak
+    wait_until(lambda: login.count() <= 5, 10, what="the dropped sessions ended on the server")
     for _ in range(20):
         status, body = server.get("/sleep-timeout?s=1&limit=0.1")
         assert status == 504, body
@@ -158,7 +169,7 @@ def test_clients_gone_mid_query_leave_no_connection_out_and_no_protocol_error(lo
     assert "Traceback" not in log and "protocol" not in log.lower(), log[-3000:]
     status, body = server.get("/stats")
     dropped = body["adb"]["default"]["connections_num"]
-    figure(f"{worker}: connections opened over 40 hang-ups and 20 timeouts", dropped, "")
+    figure(f"{database} {worker}: connections opened over 40 hang-ups and 20 timeouts", dropped, "")
     assert dropped > 5  # the cancelled leases were dropped, not kept
 
 
@@ -181,7 +192,7 @@ def test_a_leaked_getconn_is_reclaimed_when_its_request_ends(login, gunicorn, wo
 
 
 @pytest.mark.timeout(120)
-def test_server_down_during_respawns_never_halts_the_master(login, proxy, gunicorn):
+def test_server_down_during_respawns_never_halts_the_master(login, proxy, database, gunicorn):
     """Workers recycled by max_requests while the server refuses every connect: each boots anyway
     (the lifespan startup logs and serves), requests answer 503 or 500, the master lives; the
     server back, requests succeed. (UvicornWorker: gunicorn 27's asgi worker logs "Autorestarting
@@ -195,7 +206,10 @@ def test_server_down_during_respawns_never_halts_the_master(login, proxy, gunico
     boots = server.log().count("Booting worker")
     deadline = time.monotonic() + 40
     while True:  # bounded: 40 s
-        status, body = server.get("/conn", timeout=15)
+        try:
+            status, body = server.get("/conn", timeout=15)
+        except ConnectionResetError:  # a worker recycled by max_requests closed its listening socket
+            status, body = 503, {}
         assert server.alive(), server.log()[-3000:]
         assert status in (500, 503), body
         log = server.log()
@@ -204,7 +218,8 @@ def test_server_down_during_respawns_never_halts_the_master(login, proxy, gunico
         assert time.monotonic() < deadline, log[-3000:]
         time.sleep(0.1)
     proxy.forward()
-    figure("asgi: 5 straight 200s after the DB returned", poll_until_ok(server, "/conn", 10.0, streak=5))
+    healed = poll_until_ok(server, "/conn", 10.0, streak=5)
+    figure(f"{database} uvicorn: 5 straight 200s after the DB returned", healed)
     assert login.password not in server.log()
 
 
@@ -222,7 +237,7 @@ def test_every_session_killed_is_replaced_before_the_next_request_uses_it(login,
 
 
 @pytest.mark.timeout(90)
-def test_a_server_blackholed_at_boot_bounds_the_boot_and_the_requests(login, proxy, gunicorn):
+def test_a_server_blackholed_at_boot_bounds_the_boot_and_the_requests(login, proxy, database, gunicorn):
     proxy.blackhole()
     conf = async_conf({"default": login.config(port=proxy.port, connect_timeout=1, timeout=1)},
                       worker=WORKERS["AsgiWorker"], workers=1)  # fmt: skip
@@ -230,7 +245,7 @@ def test_a_server_blackholed_at_boot_bounds_the_boot_and_the_requests(login, pro
     start = time.monotonic()
     started(server, 1)
     booted = time.monotonic() - start
-    figure("asgi: boot with the server blackholed (connect_timeout 1)", booted)
+    figure(f"{database} asgi: boot with the server blackholed (connect_timeout 1)", booted)
     assert booted < 8.0, booted
     assert "warm-up failed, will connect on demand" in server.log()
     for _ in range(3):
@@ -239,7 +254,8 @@ def test_a_server_blackholed_at_boot_bounds_the_boot_and_the_requests(login, pro
         took = time.monotonic() - start
         assert status == 503 and took < 3.0, (status, took, body)
     proxy.forward()
-    figure("asgi: 5 straight 200s after the blackhole lifted", poll_until_ok(server, "/conn", 10.0, streak=5))
+    healed = poll_until_ok(server, "/conn", 10.0, streak=5)
+    figure(f"{database} asgi: 5 straight 200s after the blackhole lifted", healed)
 
 
 @pytest.mark.timeout(90)

@@ -1,9 +1,11 @@
 """The asyncio pools on real servers, pool level (no gunicorn): AsyncDatabasePool on PostgreSQL
-(psycopg's AsyncConnection) and SQLite (aiosqlite), AsyncRedisPool (redis.asyncio).
+(psycopg's AsyncConnection), MariaDB (aiomysql) and SQLite (aiosqlite), AsyncRedisPool
+(redis.asyncio).
 
 The rules are the synchronous connectors' (shared code), so the session matrices run here on
-a subset of their own case lists (the statement cases of tests/test_session_matrix_pg.py, the
-command cases of tests/test_session_matrix_redis.py), awaited. Then what only asyncio has: a task
+a subset of their own case lists (the statement cases of tests/test_session_matrix_pg.py and
+tests/test_session_matrix_mysql.py, the command cases of tests/test_session_matrix_redis.py),
+awaited. Then what only asyncio has: a task
 cancelled mid-query or mid-command, a stream left mid-result and given back, the lease guard's
 tasks (a task started inside the request may use its connection, another request may not), a
 connect bounded to a fraction of a second, a pool dropped with no event loop left.
@@ -20,9 +22,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiomysql
 import psycopg
+import pymysql
 import pytest
 import redis
+import test_session_matrix_mysql as mysql_matrix
 import test_session_matrix_pg as pg_matrix
 import test_session_matrix_redis as redis_matrix
 from psycopg.rows import tuple_row
@@ -54,11 +59,20 @@ async def backend(conn: Any) -> int:
     return int((await cur.fetchone())[0])
 
 
+class TaskScope(RequestScope):
+    """A request scope owned by a task, as asgi.RequestScopeASGI opens one."""
+
+    __slots__ = ()
+
+    def owner(self) -> int:
+        return task_ident()
+
+
 class Request:
-    """A request scope owned by the current task, as asgi.RequestScopeASGI opens one."""
+    """A request of the current task."""
 
     def __enter__(self) -> RequestScope:
-        self.scope = RequestScope("test", owner=task_ident()).begin()
+        self.scope = TaskScope("test").begin()
         return self.scope
 
     def __exit__(self, *exc: Any) -> None:
@@ -302,6 +316,155 @@ def test_postgresql_close_pool_with_no_event_loop_drops_every_session(pg_user):
     db.close_pool()
     wait_until(lambda: pg_user.count() == 0, 5, what="sessions gone")
     assert db.stats() == {}
+
+
+# -- MariaDB (aiomysql) ----------------------------------------------------------------------------
+
+objects = mysql_matrix.objects
+mysql_login = mysql_matrix.login
+MYSQL_CASES = {name: case for name, case in mysql_matrix.CASES.items() if not callable(case)}
+
+
+async def _arun(cur: Any, sql: str) -> Any:
+    try:
+        await cur.execute(sql)
+        return await cur.fetchall()
+    except pymysql.err.MySQLError as exc:
+        return ("error", exc.args[0])
+
+
+async def aprobe(conn: Any) -> dict[str, Any]:
+    """tests/test_session_matrix_mysql.py's probe (its PROBE steps), awaited."""
+    out: dict[str, Any] = {"row writable": mysql_matrix._other(mysql_matrix.OTHER_WRITES)}
+    async with conn.cursor() as cur:
+        for key, step in mysql_matrix.PROBE:
+            if isinstance(step, tuple):
+                out[key] = [mysql_matrix._other(mysql_matrix.OTHER_WRITES) if sql is mysql_matrix.OTHER
+                            else await _arun(cur, sql) for sql in step]  # fmt: skip
+            else:
+                out[key] = await _arun(cur, step)
+    return out
+
+
+async def connection_id(conn: Any) -> int:
+    async with conn.cursor() as cur:
+        await cur.execute("SELECT CONNECTION_ID()")
+        return int((await cur.fetchone())[0])
+
+
+def mysql_pool(login: Any, **options: Any) -> AsyncDatabasePool:
+    return AsyncDatabasePool({"default": login.config(**{"min_size": 1, "max_size": 1, "timeout": 5, **options})},
+                             name="async-mysql")  # fmt: skip
+
+
+@pytest.mark.mysql
+@pytest.mark.parametrize("raises", [False, True], ids=["clean", "raises"])
+@pytest.mark.parametrize("case", list(MYSQL_CASES))
+def test_mysql_the_next_user_gets_the_session_as_a_fresh_connection(mysql_login, case, raises):
+    async def main() -> None:
+        fresh_db = mysql_pool(mysql_login)
+        db = mysql_pool(mysql_login)
+        await fresh_db.ainit_pool()
+        await db.ainit_pool()
+        try:
+            async with fresh_db.connection() as conn:
+                fresh = await aprobe(conn)
+            assert fresh["who"][0][1] == mysql_matrix.ROLE_DEFAULT
+            with pytest.raises(RuntimeError) if raises else _nothing():
+                async with db.connection() as conn:
+                    session = await connection_id(conn)
+                    action = MYSQL_CASES[case]
+                    async with conn.cursor() as cur:
+                        for statement in (action,) if isinstance(action, str) else action:
+                            await cur.execute(mysql_matrix._fill(statement))
+                            await cur.fetchall()
+                    if raises:
+                        raise RuntimeError("the block failed")
+            async with db.connection() as conn:
+                seen = await aprobe(conn)
+                assert await connection_id(conn) == session, "replaced instead of reset"
+                assert seen == fresh, f"{case!r} reached the next user"
+        finally:
+            await db.aclose_pool()
+            await fresh_db.aclose_pool()
+
+    arun(main())
+
+
+@pytest.mark.mysql
+def test_mysql_a_task_cancelled_mid_query_is_dropped_and_an_unbuffered_result_given_back_too(mysql_user):
+    """``SELECT SLEEP(2)`` cancelled: aiomysql closes the connection (a read cut short), the pool
+    drops it. An unbuffered result (SSCursor) given back mid-rows: ``check_in`` sees the unsure
+    status, ``finish`` the result still active: dropped, the next user gets a clean session."""
+
+    async def main() -> None:
+        db = mysql_pool(mysql_user, timeout=2)
+        await db.ainit_pool()
+
+        async def view() -> None:
+            async with db.connection() as conn, conn.cursor() as cur:
+                await cur.execute("SELECT SLEEP(2)")
+
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(view(), 0.3)
+        assert db.stats()["default"]["pool_size"] == 0
+        conn = await db.getconn()
+        first = await connection_id(conn)
+        cur = await conn.cursor(aiomysql.SSCursor)
+        await cur.execute("SELECT seq FROM seq_1_to_100000")
+        assert await cur.fetchone() == (1,)
+        await db.putconn(conn)
+        assert db.stats()["default"]["pool_size"] == 0
+        async with db.connection() as conn:
+            assert await connection_id(conn) != first
+            async with conn.cursor() as cur:
+                await cur.execute("SELECT 7")
+                assert await cur.fetchone() == (7,)
+        await db.aclose_pool()
+
+    arun(main())
+    wait_until(lambda: mysql_user.count() == 0, 10, what="no session left")
+
+
+@pytest.mark.mysql
+def test_mysql_kept_reference_refused_and_a_killed_idle_session_replaced(mysql_user):
+    async def main() -> None:
+        db = mysql_pool(mysql_user)
+        await db.ainit_pool()
+        with Request():
+            async with db.connection() as conn:
+                kept = conn
+                async with conn.cursor() as cur:
+                    await asyncio.wait_for(cur.execute("SELECT 1"), 5)  # a task of the request: allowed
+        with pytest.raises(LeaseError, match="returned to the pool"):
+            async with kept.cursor() as cur:
+                await cur.execute("SELECT 1")
+        await asyncio.to_thread(mysql_user.kill_all)
+        await asyncio.sleep(0.2)
+        async with db.connection() as conn, conn.cursor() as cur:
+            await cur.execute("SELECT 2")
+            assert await cur.fetchone() == (2,)
+        assert db.stats()["default"]["connections_lost"] == 1
+        await db.aclose_pool()
+
+    arun(main())
+
+
+@pytest.mark.mysql
+def test_mysql_connect_timeout_fractions_are_honoured_against_a_blackhole(tcp_proxy, mysql_user, caplog):
+    tcp_proxy.blackhole()
+
+    async def main() -> float:
+        db = AsyncDatabasePool({"default": mysql_user.config(port=tcp_proxy.port, connect_timeout=0.5)})
+        started = time.monotonic()
+        await db.ainit_pool()
+        took = time.monotonic() - started
+        await db.aclose_pool()
+        return took
+
+    took = arun(main())
+    assert 0.45 < took < 1.5, took
+    assert "timed out after 0.5s" in caplog.text and mysql_user.password not in caplog.text
 
 
 # -- SQLite (aiosqlite) ----------------------------------------------------------------------------

@@ -16,9 +16,9 @@ if TYPE_CHECKING:
     from .base_async import AsyncConnector
 
 __all__ = [
-    "AsyncPostgreSQLConnector", "AsyncSQLiteConnector", "Connector", "DBAPIConnector", "MySQLConnector",
-    "PostgreSQLConnector", "SQLiteConnector", "async_connector_class", "connector_class", "make_async_connector",
-    "make_connector",
+    "AsyncMySQLConnector", "AsyncPostgreSQLConnector", "AsyncSQLiteConnector", "Connector", "DBAPIConnector",
+    "MySQLConnector", "PostgreSQLConnector", "SQLiteConnector", "async_connector_class", "connector_class",
+    "make_async_connector", "make_connector",
 ]  # fmt: skip
 
 #: adapter -> (module, class)
@@ -33,6 +33,7 @@ _BY_ADAPTER = {
 #: adapter -> (module, class) of the asyncio connectors (AsyncDatabasePool): each module shares its
 #: database's rules with the synchronous connector's module.
 _ASYNC_BY_ADAPTER = {
+    "mysql": (".mysql_async", "AsyncMySQLConnector"),
     "postgresql": (".postgresql_async", "AsyncPostgreSQLConnector"),
     "sqlite": (".sqlite_async", "AsyncSQLiteConnector"),
 }

@@ -20,18 +20,33 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from ..core import LEASE_SINK, REUSE
 from .base import CLOSED, IDLE, ConnectorBase, LeaseGuard, lease_error
 
-__all__ = ["AsyncConnector", "TaskGuard", "task_ident"]
+__all__ = ["AsyncConnector", "TaskGuard", "stream_probe", "task_ident"]
 
 
 def task_ident() -> int:
     """Who is running: the current asyncio task (its id), or the thread outside a task."""
-    task = asyncio.current_task()
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no event loop runs in this thread (a finaliser, a close at exit)
+        task = None
     return id(task) if task is not None else threading.get_ident()
+
+
+def stream_probe(reader: asyncio.StreamReader) -> Callable[[], bool]:
+    """The checkout probe of a connection over an asyncio stream (aiomysql, ``redis.asyncio``):
+    anything in its buffer, EOF, or an error. The loop reads the socket whenever it runs, so
+    what the server sent while the connection sat idle (a KILL's error and EOF, a restart) is
+    there by the next checkout: no system call."""
+
+    def probe() -> bool:
+        return bool(reader._buffer) or reader.at_eof() or reader.exception() is not None  # type: ignore[attr-defined]
+
+    return probe
 
 
 class TaskGuard(LeaseGuard):

@@ -30,7 +30,7 @@ from redis.maint_notifications import MaintNotificationsConfig
 from redis.utils import str_if_bytes
 
 from .base import DROP, RESET
-from .base_async import AsyncConnector
+from .base_async import AsyncConnector, stream_probe
 from .redis import RedisRules, SessionState, _refuse_if_dropped, track
 
 if TYPE_CHECKING:
@@ -105,16 +105,6 @@ def connection_kwargs(config: RedisConfig) -> dict[str, Any]:
     )
 
 
-def _idle_probe(reader: Any) -> Callable[[], Any]:
-    """The checkout probe of an asyncio stream: anything in its buffer, EOF, or an error, read
-    by the loop while the connection sat idle (no system call)."""
-
-    def probe() -> bool:
-        return bool(reader._buffer) or reader.at_eof() or reader.exception() is not None
-
-    return probe
-
-
 def _suspect() -> bool:
     return True
 
@@ -161,12 +151,12 @@ class AsyncRedisConnector(RedisRules, AsyncConnector):
 
     def probe(self, raw: Any) -> Optional[Callable[[], Any]]:
         reader = raw._reader
-        return _suspect if reader is None else _idle_probe(reader)
+        return _suspect if reader is None else stream_probe(reader)
 
     async def ping(self, raw: Any, timeout: float) -> None:
         if raw._writer is None or raw._writer is not raw._gp_sock:
             raise redis.ConnectionError("connection closed")
-        if _idle_probe(raw._reader)():
+        if stream_probe(raw._reader)():
             raise redis.ConnectionError("unread reply or EOF on an idle connection")
 
         async def run() -> Any:
@@ -195,7 +185,7 @@ class AsyncRedisConnector(RedisRules, AsyncConnector):
 
     async def _reset(self, raw: Any) -> bool:
         """``RESET`` (its reply bounded by the pool's own bound), then the handshake and a PING."""
-        if _idle_probe(raw._reader)():
+        if stream_probe(raw._reader)():
             raise redis.ConnectionError("unread reply before the reset")
 
         async def run() -> Any:
