@@ -273,3 +273,34 @@ def test_sigkill_of_a_worker_its_sessions_end_and_its_replacement_opens_its_own(
                what="the killed worker's session gone, its replacement's open")  # fmt: skip
     for _ in range(10):
         assert server.get("/conn")[0] == 200
+
+
+# -- gunicorn-pool check -----------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(90)
+def test_check_budgets_the_async_pools_of_an_asgi_worker(login, database, redis_clients, tmp_path):
+    """``gunicorn-pool check`` lists an AsyncDatabasePool's pools with the asyncio worker's sizes
+    (1/10: ``worker_connections`` tasks share them) and probes their server; before, it said
+    "is not a DatabasePool: not checked" and budgeted nothing."""
+    import subprocess
+    import sys
+
+    from support import ROOT
+
+    conf = tmp_path / "gunicorn.conf.py"
+    conf.write_text(async_conf({"default": login.config(), "capped": login.config(max_size=3)},
+                               worker="gunicorn_pool.AsgiWorker", workers=3,
+                               redis={"default": redis_clients.url()}))  # fmt: skip
+    proc = subprocess.run([sys.executable, "-m", "gunicorn_pool", "check", "-c", str(conf), "--json"], cwd=tmp_path,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HOME": str(tmp_path)},
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    import json
+
+    report = json.loads(proc.stdout)
+    pools = {row["pool"]: row for row in report["pools"]}
+    assert (pools["default"]["min_size"], pools["default"]["max_size"]) == (1, 10)
+    assert pools["default"]["per_host"] == 30 and pools["capped"]["per_host"] == 9
+    assert report["ok"] and all(server["fits"] and server["max_connections"] for server in report["servers"])
+    assert login.password not in proc.stdout + proc.stderr
