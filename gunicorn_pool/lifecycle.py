@@ -217,6 +217,8 @@ async def aboot() -> None:
     except PoolStartupError as exc:
         logger.critical("%s", exc)
         raise
+    if _booted["otel"] is not None:  # the asyncio pools exist from now on: their histograms too
+        _booted["otel"].attach(services)
     logger.info("gunicorn_pool: %d asyncio pool service(s) ready in %.1f ms", len(services),
                 (time.monotonic() - start) * 1000)  # fmt: skip
 

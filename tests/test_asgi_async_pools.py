@@ -304,3 +304,34 @@ def test_check_budgets_the_async_pools_of_an_asgi_worker(login, database, redis_
     assert pools["default"]["per_host"] == 30 and pools["capped"]["per_host"] == 9
     assert report["ok"] and all(server["fits"] and server["max_connections"] for server in report["servers"])
     assert login.password not in proc.stdout + proc.stderr
+
+
+# -- figures: statsd and OpenTelemetry ---------------------------------------------------------------
+
+
+@pytest.mark.timeout(90)
+def test_asyncio_pools_report_to_statsd_and_opentelemetry(login, database, gunicorn):
+    """The reporters read every service's figures, the asyncio ones included; OpenTelemetry's
+    histograms are fed by the pools' observer, attached once the lifespan opened the asyncio
+    pools (before, they were attached at boot, when those pools did not exist yet: no histogram)."""
+    from test_metrics import StatsdListener
+
+    statsd = StatsdListener()
+    try:
+        conf = async_conf({"default": login.config(max_size=3)}, worker=WORKERS["AsgiWorker"], workers=1,
+                          extra="gunicorn_pool.configure(stats_interval=0.2)")  # fmt: skip
+        server = started(gunicorn(conf, "--statsd-host", f"127.0.0.1:{statsd.port}", "--statsd-prefix", "shop",
+                                  app="fastapi_otel_app:app"), 1)  # fmt: skip
+        for _ in range(5):
+            assert server.get("/conn")[0] == 200
+        base = "shop.gunicorn_pool.adb.default."
+        wait_until(lambda: statsd.counter_sum(base + "requests_num") == 5, 15, what="requests_num == 5 by statsd")
+        assert 3 in statsd.gauges(base + "pool_max")
+        status, seen = server.get("/otel")
+        assert status == 200, seen
+        pool = {"db.client.connection.pool.name": "adb.default"}
+        uses = [count for attributes, count in seen.get("db.client.connection.use_time", []) if attributes == pool]
+        assert uses and uses[0] >= 5, seen.get("db.client.connection.use_time")
+        assert [pool, 3] in seen["db.client.connection.max"], seen["db.client.connection.max"]
+    finally:
+        statsd.close()
