@@ -66,7 +66,7 @@ import MySQLdb.connections
 from MySQLdb import _mysql
 from MySQLdb.constants import CLIENT
 
-from .._concurrency import original_poll
+from .._concurrency import gevent_patched, original_poll
 from .base import CLOSED, DROP, IDLE, RESET, REUSE, Connector, LeaseGuard, lease_error, select_one, socket_probe
 from .mysql import (
     _RESET,
@@ -312,6 +312,10 @@ class MySQLdbConnector(Connector):
         return self.query_bound
 
     def connect(self) -> Any:
+        if gevent_patched():
+            raise MySQLdb.OperationalError(
+                2003, "mysqlclient blocks gevent's hub while it waits for the server: use driver pymysql under gevent"
+            )
         return first_host(self.hosts, self._create_on, (MySQLdb.MySQLError, OSError), self.describe_error,
                           lambda text: MySQLdb.OperationalError(2003, text))  # fmt: skip
 
@@ -505,11 +509,14 @@ def _bounded(conn: Any, statement: bytes, timeout: float) -> Any:
     """*statement*'s rows (None without a result set), its answer awaited at most *timeout*
     seconds whatever the connection's read timeout; OperationalError 2013 after that (the
     connection is then mid-command: drop it)."""
+    conn._gp_unsure = True  # until the answer is read: a connection that failed here is dropped
     _C.send_query(conn, statement)
     if not _poll_readable(conn, timeout):
         raise MySQLdb.OperationalError(2013, f"no answer from the server within {timeout:g}s")
     _C.read_query_result(conn)
-    return _stored(conn)
+    rows = _stored(conn)
+    conn._gp_unsure = False
+    return rows
 
 
 def bounded_ping(conn: Any, timeout: float) -> None:
