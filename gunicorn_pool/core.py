@@ -326,17 +326,18 @@ class PoolCore:
         self._counts[keys.REQUESTS_ERRORS] += 1
         self._release_capacity()
 
-    def _begin_lease(self, slot: Slot, now: float, taker: int) -> None:
+    def _begin_lease(self, slot: Slot, now: float, taker: int, where: str = "") -> None:
         """-> LENT: *slot*'s lease starts at *now*, taken by *taker* (a thread, greenlet or task
         id); the slot is the taker's alone from here (invariant 5). Recorded in the current
-        request's sink, with the ``file:line`` that took it (also for ``leak_timeout``), and the
-        connection's lease guard armed."""
+        request's sink, with the ``file:line`` that took it (*where*, if the front end knows it
+        already; else the frame walk), also for ``leak_timeout``, and the connection's lease
+        guard armed."""
         slot.state = LENT
         slot.lent_at = now
         slot.uses += 1
         sink = LEASE_SINK.get()
         if sink is not None or self._leak_timeout is not None:
-            slot.taken_at = caller()
+            slot.taken_at = where or caller()
             if sink is not None:
                 sink.append((self, slot, slot.uses))  # reclaimed if still out when the request ends
             if self._leak_timeout is not None and not self._watched:
