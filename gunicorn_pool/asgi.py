@@ -50,8 +50,11 @@ class _Request(RequestScope):
 
     __slots__ = ("failed", "_send")
 
+    def owner(self) -> int:
+        return task_ident()  # the request's task (asked in it, at its end)
+
     def __init__(self, label: str, send: Send) -> None:
-        RequestScope.__init__(self, label, owner=task_ident())
+        RequestScope.__init__(self, label)
         self.failed = False
         self._send = send
 

@@ -81,16 +81,11 @@ _NOTHING: tuple[Slot, ...] = ()
 
 
 class LeaseSink(Protocol):
-    """Where leases taken during one request are recorded (the request layer's scope is one).
+    """Where leases taken during one request are recorded (the request layer's scope is one):
+    ``append((pool, slot, lease number))`` for each lease that starts while the sink is current
+    (a list: the request scope is one)."""
 
-    ``leases`` gets ``(pool, slot, lease number)`` for each lease that starts
-    while the sink is current; ``owner`` is the thread, greenlet or task that
-    runs the request (a lease taken by another one was handed off, see
-    :mod:`gunicorn_pool.request`).
-    """
-
-    owner: int
-    leases: list[tuple[Any, Slot, int]]
+    def append(self, lease: tuple[Any, Slot, int], /) -> None: ...
 
 
 #: The sink of the request running in this thread, greenlet or task (None: no request).
@@ -331,19 +326,20 @@ class PoolCore:
         self._counts[keys.REQUESTS_ERRORS] += 1
         self._release_capacity()
 
-    def _begin_lease(self, slot: Slot, now: float, taker: int) -> None:
+    def _begin_lease(self, slot: Slot, now: float, taker: int, where: str = "") -> None:
         """-> LENT: *slot*'s lease starts at *now*, taken by *taker* (a thread, greenlet or task
         id); the slot is the taker's alone from here (invariant 5). Recorded in the current
-        request's sink, with the ``file:line`` that took it (also for ``leak_timeout``), and the
-        connection's lease guard armed."""
+        request's sink, with the ``file:line`` that took it (*where*, if the front end knows it
+        already; else the frame walk), also for ``leak_timeout``, and the connection's lease
+        guard armed."""
         slot.state = LENT
         slot.lent_at = now
         slot.uses += 1
         sink = LEASE_SINK.get()
         if sink is not None or self._leak_timeout is not None:
-            slot.taken_at = caller()
+            slot.taken_at = where or caller()
             if sink is not None:
-                sink.leases.append((self, slot, slot.uses))  # reclaimed if still out when the request ends
+                sink.append((self, slot, slot.uses))  # reclaimed if still out when the request ends
             if self._leak_timeout is not None and not self._watched:
                 self._watched = True
                 leaks.watch(self)

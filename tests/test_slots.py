@@ -320,8 +320,9 @@ def _script(pool: ConnectionPool, c: StandIn) -> list[Any]:
     return [seen, c.calls, stats, slots, [s.raw.n for s in pool._idle]]
 
 
+@pytest.mark.parametrize("in_request", [False, True])
 @pytest.mark.parametrize("probe_after", [None, 0.0])
-def test_the_inline_lease_agrees_with_the_full_paths(probe_after):
+def test_the_inline_lease_agrees_with_the_full_paths(probe_after, in_request):
     """Lease runs the common checkout and return inline (twins of _take, _begin_lease, _shelve):
     the same script leaves the same connections, calls, figures and idle order either way, also
     when every checkout must look at its connection again (probe_after=0)."""
@@ -331,4 +332,14 @@ def test_the_inline_lease_agrees_with_the_full_paths(probe_after):
     assert inline._fast and not full._fast
     inline.open()
     full.open()
-    assert _script(inline, c1) == _script(full, c2)  # type: ignore[arg-type]
+    if in_request:  # leases recorded in the request's sink, with the line that took them
+        with request_scope():
+            first = _script(inline, c1)
+            inline.getconn()  # a leak: reclaimed when the request ends
+        with request_scope():
+            second = _script(full, c2)  # type: ignore[arg-type]
+            full.getconn()
+        assert inline.stats()["connections_leaked"] == full.stats()["connections_leaked"] == 1
+    else:
+        first, second = _script(inline, c1), _script(full, c2)  # type: ignore[arg-type]
+    assert first == second
