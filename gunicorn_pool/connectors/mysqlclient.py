@@ -13,8 +13,14 @@ shares (:func:`~.mysql.statement_verdict`, :class:`~.mysql.HostOrder`,
   the login exchange after the greeting is bounded by ``read_timeout``.
 - The lease guard: a connection is a :class:`PooledMySQLdbConnection`, a
   subclass of ``MySQLdb.connections.Connection`` whose ``query()`` (the one
-  chokepoint of every cursor's ``execute()``) and other commands refuse a use by
-  anyone but the holder before anything is sent.
+  chokepoint of every cursor's ``execute()``) and every other method that
+  sends a command (``send_query``, ``commit``, ``rollback``, ``autocommit``,
+  ``ping``, ``select_db``, ``change_user``, ``set_character_set``,
+  ``set_server_option``, ``kill``, ``close``) refuse a use by anyone but the
+  holder before anything is sent. Reads are not guarded (``next_result()``,
+  which a cursor's ``execute()`` calls first and which reads nothing unless
+  the last answer announced more result sets; rows of an unbuffered result):
+  a stale reference fails at its next command, as on PyMySQL.
 - Fork safety: a connection inherited through ``fork()`` is never closed in the
   child with a word to the server: its descriptor is pointed at ``/dev/null``
   first, so the COM_QUIT of the library's close goes nowhere (:meth:`discard`).
@@ -30,12 +36,16 @@ shares (:func:`~.mysql.statement_verdict`, :class:`~.mysql.HostOrder`,
     ``set_server_option()`` called by the user;
   * a transaction: none is open while autocommit is on (the status flag of the
     last answer, which mysqlclient does read) and no statement since the last
-    clean point was ``BEGIN``, ``START``, ``XA``, ``... AND CHAIN`` or led by a
-    comment; with autocommit off any statement may have opened one, and only a
-    plain ``COMMIT`` or ``ROLLBACK`` (statement or method) that succeeded closes
-    it;
-  * unsure: a command that failed or was interrupted, until the next one
-    succeeds.
+    clean point may have opened one (:func:`statement_flags`: ``BEGIN``,
+    ``START``, ``XA``, ``... AND CHAIN``, a statement not led by a word, or one
+    the verdict could not clear, such as a ``CALL`` or several statements);
+    with autocommit off any statement may have opened one; only a plain
+    ``COMMIT`` or ``ROLLBACK`` (statement or method) that succeeded, or
+    ``autocommit(True)``, closes it;
+  * unsure: a command that failed or was interrupted (the pool's own bounded
+    ping included), until the next one succeeds;
+  * an unbuffered result (an SSCursor's) taken during the lease: its rest is
+    read at return.
 
   A clean lease returns with no round trip. Otherwise :meth:`MySQLdbConnector.finish`
   commits or rolls back what may be open, and a session that may have changed
