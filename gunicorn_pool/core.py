@@ -444,8 +444,13 @@ class PoolCore:
 
     def has_lent(self, raw: Any) -> bool:
         """True if *raw* is out on a lease of this pool now."""
+        return self.lent_slot(raw) is not None
+
+    def lent_slot(self, raw: Any) -> Optional[Slot]:
+        """The slot of *raw* while it is out on a ``getconn()`` lease of this pool, else None: for
+        its holder, who alone may read and write it (invariant 5 of :mod:`gunicorn_pool.slot`)."""
         slot = self._lent.get(id(raw))
-        return slot is not None and slot.raw is raw
+        return slot if slot is not None and slot.raw is raw else None
 
     def _settled(self, slot: Slot, outcome: str) -> tuple[Slot, ...]:
         """What a return does after the connector's ``finish()`` said *outcome*: drop the
