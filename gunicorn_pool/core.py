@@ -173,6 +173,9 @@ class PoolCore:
         self._options = options
         # Read on every return: a connection is looked at again on checkout only this long after.
         self._recheck_after = options.check_interval if options.probe_after is None else options.probe_after
+        # _check_of's common case, read by the front ends' inline checkouts: probe a connection idle
+        # past probe_after but not past check_interval (None: the probe is off).
+        self._probe_window = None if options.probe_after is None else options.check_interval
         self._owner_check = options.owner_check
         self._leak_timeout = options.leak_timeout
 
@@ -290,6 +293,18 @@ class PoolCore:
         if self._idle:  # invariant 4: a lock-free return raced this queueing
             self._hand_over_idle()
         return None, waiter
+
+    def _quiet(self, slot: Slot, now: float) -> bool:
+        """:meth:`_check_of` is USE for a connection an inline checkout found due for a look: not
+        expired, idle no longer than ``check_interval``, and its probe (no round trip) quiet. The
+        common case of a worker whose requests come more than ``probe_after`` apart; the front
+        ends write it out (a twin of _check_of's USE with *peek*)."""
+        window = self._probe_window
+        probe = slot.probe
+        return (
+            window is not None and probe is not None and now < slot.expires and now - slot.last_used <= window
+            and not probe()
+        )  # fmt: skip
 
     def _check_of(self, slot: Slot, now: float, *, peek: bool) -> int:
         """:data:`USE`, :data:`PING` or :data:`REPLACE` for an idle *slot* a checkout took.

@@ -222,7 +222,7 @@ class ConnectionPool(cc.ForkAware, PoolCore):
         except IndexError:
             return None
         now = monotonic()
-        if now >= slot.recheck_at:
+        if now >= slot.recheck_at and not self._quiet(slot, now):
             slot = self._ready(slot, peek=True)
             self._begin_lease(slot, now, threading.get_ident(), where)
             return slot
@@ -527,7 +527,13 @@ class Lease:
                 pass
             else:
                 now = monotonic()
-                if now < slot.recheck_at:  # ConnectionPool._lend_fast, written out (one call less)
+                if now < slot.recheck_at or (  # PoolCore._quiet, written out
+                    (window := pool._probe_window) is not None
+                    and (probe := slot.probe) is not None
+                    and now < slot.expires
+                    and now - slot.last_used <= window
+                    and not probe()
+                ):  # ConnectionPool._lend_fast, written out (one call less)
                     slot.state = LENT
                     slot.lent_at = now
                     self._number = slot.uses = slot.uses + 1
