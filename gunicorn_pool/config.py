@@ -16,10 +16,13 @@ A pool is configured per *name*, as a dict or as a URL string::
     })
 
 Adapters, with the spellings other frameworks use: ``mysql`` (also ``mariadb``;
-URL schemes ``mysql://``, ``mysql+pymysql://``, ``mariadb://``),
+URL schemes ``mysql://``, ``mysql+pymysql://``, ``mariadb://``, ``mysql+mysqldb://``),
 ``postgresql`` (also ``postgres``, ``pgsql``; ``postgresql://``,
 ``postgres://``, ``postgresql+psycopg://``), ``sqlite`` (``sqlite:///path``)
-and ``dbapi`` (any DB-API driver through a ``creator``). :data:`KEYS` lists
+and ``dbapi`` (any DB-API driver through a ``creator``). A MySQL pool's
+``driver`` is ``pymysql`` (the default) or ``mysqlclient`` (``MySQLdb``): the
+key, the URL option ``?driver=`` or the scheme's ``+pymysql``/``+mysqldb``
+say which. :data:`KEYS` lists
 every key with its default, its rule and the adapters it applies to; a key
 that does not apply to the pool's adapter is refused, like a typo.
 
@@ -43,7 +46,7 @@ from urllib.parse import parse_qsl, quote, unquote
 from .errors import ConfigError
 from .options import PoolOptions, Rule, coerce, rule_of
 
-__all__ = ["ADAPTERS", "KEYS", "DatabaseConfig", "mask_dsn", "parse_config"]
+__all__ = ["ADAPTERS", "KEYS", "MYSQL_DRIVERS", "DatabaseConfig", "mask_dsn", "parse_config"]
 
 _MASK = "***"
 
@@ -65,7 +68,11 @@ class Adapter:
 #: The adapters, by canonical name.
 ADAPTERS = {
     "mysql": Adapter(
-        "mysql", ("mysql", "mysql+pymysql", "mariadb", "mariadb+pymysql"), ("mysql", "mariadb"), port=3306, user="root"
+        "mysql",
+        ("mysql", "mysql+pymysql", "mariadb", "mariadb+pymysql", "mysql+mysqldb", "mariadb+mysqldb"),
+        ("mysql", "mariadb"),
+        port=3306,
+        user="root",
     ),  # fmt: skip
     "postgresql": Adapter(
         "postgresql",
@@ -87,6 +94,9 @@ _SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"
 _TARGETS = ("any", "read-write", "read-only", "primary", "standby", "prefer-standby")
 _MYSQL_TARGETS = ("any", "read-write", "read-only")
 _BALANCE = ("disable", "random")
+#: The MySQL/MariaDB drivers, the default first; and the driver a URL scheme's ``+name`` means.
+MYSQL_DRIVERS = ("pymysql", "mysqlclient")
+_MYSQL_SCHEME_DRIVERS = {"pymysql": "pymysql", "mysqldb": "mysqlclient"}
 #: PyMySQL arguments a mysql config may not give, and why.
 _REFUSED = {
     "defer_connect": "the pool opens every connection itself, its handshake bounded by connect_timeout",
@@ -152,7 +162,7 @@ class DatabaseConfig(PoolOptions):
                                                                    "no", "on", "off")), ("mysql",))  # fmt: skip
     ssl_disabled: bool = _key(False, Rule(bool, meaning="no TLS at all"), ("mysql",))
     # PyMySQL's own arguments (a session reset keeps them: they belong to the connection, not the session)
-    cursorclass: Any = _key(None, Rule(object, optional=True, meaning="PyMySQL cursor class of conn.cursor():"
+    cursorclass: Any = _key(None, Rule(object, optional=True, meaning="cursor class of conn.cursor() (the driver's):"
                                                                       " a class, or its dotted name"),
                             ("mysql",))  # fmt: skip
     conv: Any = _key(None, Rule(object, optional=True, meaning="PyMySQL conversions (field type -> decoder, Python"
@@ -162,6 +172,8 @@ class DatabaseConfig(PoolOptions):
                                                                         " pool's: a number, or CLIENT names"
                                                                         " joined by |"), ("mysql",))  # fmt: skip
     local_infile: bool = _key(False, Rule(bool, meaning="allow LOAD DATA LOCAL INFILE"), ("mysql",))
+    driver: Optional[str] = _key(None, _text("mysql: pymysql (default) or mysqlclient", choices=MYSQL_DRIVERS),
+                                 ("mysql",))  # fmt: skip
     # PostgreSQL (libpq keywords, passed through)
     sslmode: Optional[str] = _key(None, _text("libpq sslmode", choices=_SSLMODES), ("postgresql",))
     sslrootcert: Optional[str] = _key(None, _text("libpq sslrootcert"), ("postgresql",))
@@ -344,6 +356,9 @@ def _from_url(pool_name: str, url: str) -> dict[str, Any]:
         return _dbapi_url(pool_name, rest)
     user, password, hostport, tail = split_url(pool_name, rest)
     raw: dict[str, Any] = {"adapter": adapter}
+    named = scheme.lower().partition("+")[2]
+    if adapter == "mysql" and named:
+        raw["driver"] = _MYSQL_SCHEME_DRIVERS[named]  # mysql+mysqldb://
     if user:
         raw["user"] = user
     if password is not None:
@@ -487,6 +502,9 @@ def _normalise(pool_name: str, raw: dict[str, Any]) -> dict[str, Any]:
         if adapter == "mysql" and out.get("target_session_attrs") not in (None, *_MYSQL_TARGETS):
             raise ConfigError(f"pool {pool_name!r}: target_session_attrs must be one of"
                               f" {', '.join(_MYSQL_TARGETS)} for MySQL/MariaDB")  # fmt: skip
+    if adapter == "mysql":
+        out["driver"] = out.get("driver") or MYSQL_DRIVERS[0]
+        _check_cursorclass(pool_name, out["driver"], out.get("cursorclass"))
     if adapter == "sqlite" and not out.get("database"):
         raise ConfigError(f"pool {pool_name!r}: sqlite needs a database path (or ':memory:')")
     if adapter == "dbapi":
@@ -583,12 +601,23 @@ _DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:[.:][A-Za-z_][A-Za-z0-9_]*)+")
 def _cursorclass(pool_name: str, value: Any) -> Any:
     if isinstance(value, str):
         value = _imported(pool_name, "cursorclass", value.strip())
-    from pymysql.cursors import Cursor
-
-    if not (isinstance(value, type) and issubclass(value, Cursor)):
-        raise ConfigError(f"pool {pool_name!r}: cursorclass must be a PyMySQL cursor class (a subclass of"
-                          f" pymysql.cursors.Cursor), got a {type(value).__name__}")  # fmt: skip
     return value
+
+
+def _check_cursorclass(pool_name: str, driver: str, value: Any) -> None:
+    """A ``cursorclass`` must be a cursor class of the pool's driver."""
+    if value is None:
+        return
+    if driver == "mysqlclient":
+        from MySQLdb.cursors import BaseCursor as Cursor
+
+        name = "a mysqlclient cursor class (a subclass of MySQLdb.cursors.BaseCursor)"
+    else:
+        from pymysql.cursors import Cursor
+
+        name = "a PyMySQL cursor class (a subclass of pymysql.cursors.Cursor)"
+    if not (isinstance(value, type) and issubclass(value, Cursor)):
+        raise ConfigError(f"pool {pool_name!r}: cursorclass must be {name}, got a {type(value).__name__}")
 
 
 def _conv(pool_name: str, value: Any) -> Any:

@@ -118,6 +118,8 @@ def boot(worker: Any) -> list[tuple[str, PoolInterface]]:
     # A synchronous lease on the event loop's own thread would stall every request of the worker.
     _concurrency.REFUSE_ON_EVENT_LOOP = asgi
     services = integrations.discover(app)
+    if profile.kind == "gevent":
+        _refuse_blocking_drivers(services, profile)
     start = time.monotonic()
     _opened([(n, s) for n, s in services if not isinstance(s, AsyncPoolInterface)], profile.deadline)
     if settings.warm_up:
@@ -137,6 +139,39 @@ def boot(worker: Any) -> list[tuple[str, PoolInterface]]:
         len(services), (time.monotonic() - start) * 1000, profile.kind,
     )  # fmt: skip
     return services
+
+
+#: Drivers whose calls block the whole process while they wait for the server (C libraries).
+BLOCKING_DRIVERS = ("mysqlclient",)
+
+
+def _refuse_blocking_drivers(services: list[tuple[str, PoolInterface]], profile: WorkerProfile) -> None:
+    """In a gevent worker: a pool on a driver that blocks the hub (mysqlclient) is a configuration
+    error on the server's first start (PoolStartupError: gunicorn halts, the message says why),
+    and on a respawn an error logged while the worker boots (halting then would stop a running
+    server; the pool's connects are refused by its connector under gevent all the same)."""
+    found = []
+    for name, service in services:
+        configs = getattr(service, "configs", None)
+        try:
+            if not isinstance(configs, dict) and callable(getattr(service, "pool_configs", None)):
+                configs = service.pool_configs()  # type: ignore[attr-defined]  # Django aliases
+        except Exception:  # noqa: BLE001 - a service that cannot list them reports it when it opens
+            continue
+        for key, cfg in (configs or {}).items():
+            if getattr(cfg, "driver", None) in BLOCKING_DRIVERS:
+                found.append(f"{name}/{key} ({cfg.driver})")
+    if not found:
+        return
+    message = (
+        f"pool(s) {', '.join(found)}: mysqlclient is a C library that blocks gevent's hub while it waits for"
+        " the server (every request of the worker would wait with it): use driver pymysql in gevent workers,"
+        " or a sync or gthread worker"
+    )
+    if profile.first_boot:
+        logger.critical("%s (configuration error, first start)", message)
+        raise PoolStartupError(f"{message} (configuration error, first start)")
+    logger.error("%s; this respawned worker serves without them", message)
 
 
 def boot_dirty(worker: Any) -> list[tuple[str, PoolInterface]]:

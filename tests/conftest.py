@@ -26,6 +26,7 @@ from support import (
     PG_HOST,
     PG_PORT,
     Gunicorn,
+    MySQLdbUser,
     MySQLUser,
     PGUser,
     RedisClients,
@@ -67,14 +68,19 @@ def redis_server() -> None:
     _require("Redis", redis_reachable(), "GP_REDIS_*")
 
 
-@pytest.fixture
-def pg_user(postgresql_server: None) -> Iterator[PGUser]:
-    """A fresh PostgreSQL login with a random password; its sessions terminated and the role dropped after."""
-    user = PGUser(f"gp_{secrets.token_hex(4)}", "pw-" + secrets.token_hex(8))
+def _fresh_login(cls: Any) -> Iterator[Any]:
+    """A new login of *cls* (MySQLUser, PGUser...) with a random name and password, dropped after."""
+    user = cls(f"gp_{secrets.token_hex(4)}", "pw-" + secrets.token_hex(8))
     try:
         yield user
     finally:
         user.drop()
+
+
+@pytest.fixture
+def pg_user(postgresql_server: None) -> Iterator[PGUser]:
+    """A fresh PostgreSQL login with a random password; its sessions terminated and the role dropped after."""
+    yield from _fresh_login(PGUser)
 
 
 @pytest.fixture
@@ -90,37 +96,43 @@ def redis_clients(redis_server: None) -> Iterator[RedisClients]:
 @pytest.fixture
 def mysql_user(mysql_server: None) -> Iterator[MySQLUser]:
     """A fresh login with a random password; dropped (and its sessions killed) after."""
-    user = MySQLUser(f"gp_{secrets.token_hex(4)}", "pw-" + secrets.token_hex(8))
-    try:
-        yield user
-    finally:
-        user.drop()
+    yield from _fresh_login(MySQLUser)
 
 
-@pytest.fixture(params=[pytest.param(name, marks=getattr(pytest.mark, name)) for name in BACKENDS])
+@pytest.fixture
+def mysqlclient_user(mysql_server: None) -> Iterator[MySQLUser]:
+    """``mysql_user`` whose ``config()`` and ``url()`` name the mysqlclient driver."""
+    yield from _fresh_login(MySQLdbUser)
+
+
+@pytest.fixture(params=[pytest.param(b.name, marks=getattr(pytest.mark, b.adapter)) for b in BACKENDS.values()])
 def backend(request: Any) -> Backend:
-    """Each database server in turn (tests/backends.py): the test id and the marker name it."""
+    """Each database server and driver in turn (tests/backends.py): the test id names it, the marker
+    is its server's."""
     return BACKENDS[request.param]
+
+
+_LOGINS = {"mysql": "mysql_user", "mysqlclient": "mysqlclient_user", "postgresql": "pg_user"}
 
 
 @pytest.fixture
 def db_user(backend: Backend, request: Any) -> Any:
-    """A fresh login of the *backend* server (``mysql_user`` or ``pg_user``)."""
-    return request.getfixturevalue({"mysql": "mysql_user", "postgresql": "pg_user"}[backend.name])
+    """A fresh login of the *backend* server (``mysql_user``, ``mysqlclient_user`` or ``pg_user``)."""
+    return request.getfixturevalue(_LOGINS[backend.name])
 
 
 @pytest.fixture
 def db_proxy(backend: Backend, request: Any) -> FaultProxy:
     """A fault proxy in front of the *backend* server (``tcp_proxy`` or ``pg_proxy``)."""
-    return request.getfixturevalue({"mysql": "tcp_proxy", "postgresql": "pg_proxy"}[backend.name])
+    return request.getfixturevalue({"mysql": "tcp_proxy", "postgresql": "pg_proxy"}[backend.adapter])
 
 
 @pytest.fixture
 def checked_login(backend: Backend, request: Any) -> Any:
     """A login of the *backend* server on a server that checks passwords: the machine's MariaDB
     does; the machine's PostgreSQL trusts every login, so the throwaway ``pg_scram`` server."""
-    if backend.name == "mysql":
-        return request.getfixturevalue("mysql_user")
+    if backend.adapter == "mysql":
+        return request.getfixturevalue(_LOGINS[backend.name])
     return request.getfixturevalue("pg_scram").create_user(f"gp_{secrets.token_hex(4)}", "pw-" + secrets.token_hex(8))
 
 

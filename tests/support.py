@@ -185,6 +185,13 @@ class MySQLUser(DBLogin):
     connection_ids = DBLogin.session_ids
 
 
+class MySQLdbUser(MySQLUser):
+    """A :class:`MySQLUser` whose pools use the mysqlclient driver (``config()``, ``url()``)."""
+
+    scheme = "mysql+mysqldb"
+    adapter = {"driver": "mysqlclient"}
+
+
 def pg_admin_connect(**kw: Any) -> Any:
     """An autocommit psycopg connection to the test PostgreSQL server as its admin user; every
     statement is bounded by :data:`QUERY_BOUND` on the server (``statement_timeout``, lock waits

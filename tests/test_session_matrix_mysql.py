@@ -17,15 +17,20 @@ need a write.
 
 The matrix runs through ``DatabasePool.connection()`` and through Django's
 ``gunicorn_pool.django.mysql`` backend (owner check off, connections given
-back by ``close()``; the raising variant is an ``atomic()`` block that raises).
+back by ``close()``; the raising variant is an ``atomic()`` block that raises),
+each on both drivers (``driver``: PyMySQL, which reads the server's status
+flags, and mysqlclient, which reads only the statements: see
+gunicorn_pool/connectors/mysqlclient.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import secrets
 from typing import Any, Callable, Iterator, Union
 
+import MySQLdb
 import pymysql
 import pytest
 from support import admin_connect, database_pools
@@ -168,9 +173,9 @@ def _run(cur: Any, sql: str) -> Any:
     try:
         cur.execute(sql)
         rows = cur.fetchall()
-    except pymysql.err.MySQLError as exc:
+    except (pymysql.err.MySQLError, MySQLdb.MySQLError) as exc:
         return ("error", exc.args[0])
-    return rows
+    return [list(row) for row in rows]  # PyMySQL and mysqlclient rows compare alike
 
 
 def _other(sql: str) -> Any:
@@ -255,9 +260,15 @@ def _act(raw: Any, cursor: Any, action: Action) -> None:
         cursor.fetchall()
 
 
+@pytest.fixture(params=["pymysql", "mysqlclient"])
+def driver(request: Any) -> str:
+    """Each MySQL driver in turn (the test id names it)."""
+    return str(request.param)
+
+
 @pytest.fixture
-def make_db(login: Any) -> Iterator[Callable[..., Any]]:
-    yield from database_pools(login.config, name="matrix")
+def make_db(login: Any, driver: str) -> Iterator[Callable[..., Any]]:
+    yield from database_pools(functools.partial(login.config, driver=driver), name="matrix")
 
 
 @pytest.mark.parametrize("raises", [False, True], ids=["clean", "raises"])
@@ -280,10 +291,10 @@ def test_through_database_pool(make_db, case, raises):
 
 
 @pytest.fixture
-def django_pair(login: Any, make_alias: Any) -> tuple[Any, Any]:  # noqa: F811
+def django_pair(login: Any, make_alias: Any, driver: str) -> tuple[Any, Any]:  # noqa: F811
     """Two Django aliases on the pooled backend of the test's login, one connection each: the
     first gives the fresh session to compare with."""
-    options = {"pool": {"max_size": 1, "read_timeout": 10}}
+    options = {"pool": {"max_size": 1, "read_timeout": 10, "driver": driver}}
     return make_alias(OPTIONS=options), make_alias(OPTIONS=options)
 
 

@@ -65,9 +65,10 @@ if TYPE_CHECKING:
     from ..config import DatabaseConfig
 
 __all__ = [
-    "HostOrder", "MySQLConnector", "MySQLRules", "PooledMySQLConnection", "StatusExactConnection", "eof_status",
-    "note_command", "note_result", "ping", "pipeline_bytes", "reset_commands", "reset_done", "reset_session",
-    "session_changed", "setup_commands", "setup_done", "statement_verdict", "status_exact", "transaction_open",
+    "READ_ONLY_SQL", "HostOrder", "MySQLConnector", "MySQLRules", "PooledMySQLConnection", "StatusExactConnection",
+    "eof_status", "first_host", "merged_driver_args", "note_command", "note_result", "ping", "pipeline_bytes",
+    "reset_commands", "reset_done", "reset_session", "session_changed", "setup_commands", "setup_done",
+    "statement_verdict", "status_exact", "transaction_open", "wrong_role",
 ]  # fmt: skip
 
 logger = logging.getLogger("gunicorn_pool")
@@ -507,7 +508,7 @@ def setup_commands(conn: Any, *, track: bool, read_only: bool) -> tuple[list[tup
             conn._gp_role = b"SET ROLE DEFAULT"  # MySQL 8: the account's default roles
     if read_only:
         read_only_at = len(commands)
-        commands.append((_COM_QUERY, b"SELECT @@global.read_only, @@global.innodb_read_only"))
+        commands.append((_COM_QUERY, READ_ONLY_SQL))
     return commands, role_at, read_only_at
 
 
@@ -587,6 +588,55 @@ def reset_done(conn: Any, results: list[Any], plan: tuple[list[tuple[int, bytes]
         return False
     conn._gp_seen = conn._gp_dirty = 0
     return True
+
+
+#: What the connect of a pool with ``target_session_attrs`` reads: is the server read-only?
+READ_ONLY_SQL = b"SELECT @@global.read_only, @@global.innodb_read_only"
+
+
+def wrong_role(read_only: Optional[bool], want_writable: Optional[bool], cfg: DatabaseConfig) -> str:
+    """Why a server whose read-only flags say *read_only* (None: not read) is not the one
+    ``target_session_attrs`` asks for (*want_writable*); empty if it is."""
+    if read_only is None or read_only != want_writable:
+        return ""
+    return f"the server is {'read-only' if read_only else 'writable'} (target_session_attrs={cfg.target_session_attrs})"
+
+
+def merged_driver_args(config: DatabaseConfig, driver_args: Optional[Mapping[str, Any]],
+                       own_args: frozenset[str]) -> tuple[int, dict[str, Any]]:  # fmt: skip
+    """``(client_flag, keyword arguments)`` of every connection of a MySQL connector: the config's
+    driver keys (:meth:`~gunicorn_pool.config.DatabaseConfig.driver_kwargs`) and a framework's
+    *driver_args*, whose ``client_flag`` is OR-ed with the config's. A key of *own_args* (set by
+    the connector) or of the config in *driver_args* raises ValueError."""
+    own = config.driver_kwargs()
+    extra = dict(driver_args or {})
+    clash = sorted(set(extra) & (own_args | set(own)))
+    if clash:
+        raise ValueError(f"pool {config.pool_name!r}: driver_args may not set {', '.join(clash)} (config keys)")
+    return int(extra.pop("client_flag", 0)) | config.client_flag, {**own, **extra}
+
+
+def first_host(hosts: HostOrder, create_on: Callable[[str, int], Any], errors: tuple[type[BaseException], ...],
+               describe: Callable[[BaseException], str], fail: Callable[[str], BaseException]) -> Any:  # fmt: skip
+    """One connection to the first of *hosts* (in their order) that accepts it: ``create_on(host,
+    port)`` opens one, raising one of *errors* for a host that refuses (or has the wrong role). A
+    single host's error is raised as it is; with several, ``fail(text)`` naming every host tried
+    (each error through *describe*, the password masked). Shared by the MySQL connectors."""
+    failures: list[tuple[str, BaseException]] = []
+    order = hosts.order()
+    for host, port in order:
+        try:
+            conn = create_on(host, port)
+        except errors as exc:
+            hosts.failed((host, port))
+            if len(order) == 1:
+                raise
+            failures.append((f"{host}:{port}", exc))
+            continue
+        hosts.worked((host, port))
+        return conn
+    tried = "; ".join(f"{where}: {describe(exc)}" for where, exc in failures)
+    raise fail(f"no host accepted the connection ({len(failures)} tried: {tried})")
 
 
 class HostOrder:
@@ -673,14 +723,25 @@ class MySQLRules(ConnectorBase):
 
     def _wrong_role(self, read_only: Optional[bool]) -> Optional[BaseException]:
         """The error for a server whose writability is not what ``target_session_attrs`` asks."""
-        if read_only is None or read_only != self._want_writable:
-            return None
-        return _WrongRole(
-            f"the server is {'read-only' if read_only else 'writable'}"
-            f" (target_session_attrs={self.config.target_session_attrs})"
-        )
+        wrong = wrong_role(read_only, self._want_writable, self.config)
+        return _WrongRole(wrong) if wrong else None
+
+    def is_clean(self, raw: Any) -> bool:
+        """True if the lease of *raw* left nothing for :meth:`finish` to do: :meth:`check_in`'s
+        test, without ending the lease (a framework that keeps a connection across its requests
+        asks it between them). No round trip."""
+        if (
+            raw._gp_unsure
+            or (raw.server_status & (_IN_TRANS | _AUTOCOMMIT)) != self._clean
+            or raw._sock is None
+            or (self._reset and (raw._gp_seen & _STATE_CHANGED or raw._gp_dirty))
+        ):
+            return False
+        result = raw._result
+        return result is None or not (result.unbuffered_active or result.has_next)
 
     def check_in(self, raw: Any) -> bool:
+        # is_clean() written out: one call on the hot path of every return
         if (
             raw._gp_unsure
             or (raw.server_status & (_IN_TRANS | _AUTOCOMMIT)) != self._clean
@@ -746,13 +807,7 @@ class MySQLConnector(MySQLRules, Connector):
         :attr:`OWN_ARGS`, or one the config sets (``cursorclass``, ``conv``, ``local_infile``),
         is refused."""
         super().__init__(config)
-        own = config.driver_kwargs()
-        extra = dict(driver_args or {})
-        clash = sorted(set(extra) & (self.OWN_ARGS | set(own)))
-        if clash:
-            raise ValueError(f"pool {config.pool_name!r}: driver_args may not set {', '.join(clash)} (config keys)")
-        self._client_flag = int(extra.pop("client_flag", 0)) | config.client_flag
-        self._driver_args = {**own, **extra}
+        self._client_flag, self._driver_args = merged_driver_args(config, driver_args, self.OWN_ARGS)
         self._tls: Optional[tuple[bool, ssl.SSLContext]] = None
         self._tls_for: Any = None  # (pid, ssl.SSLContext class) the context was built for
         self._owners: dict[int, SteadyDBConnection] = {}
@@ -772,21 +827,8 @@ class MySQLConnector(MySQLRules, Connector):
     def _create(self) -> Any:
         """One connection to the first host (in :class:`HostOrder`'s order) that accepts it and
         has the role ``target_session_attrs`` asks for; an error naming every host tried."""
-        failures: list[tuple[str, BaseException]] = []
-        order = self.hosts.order()
-        for host, port in order:
-            try:
-                conn = self._create_on(host, port)
-            except (pymysql.err.MySQLError, OSError) as exc:
-                self.hosts.failed((host, port))
-                if len(order) == 1:
-                    raise
-                failures.append((f"{host}:{port}", exc))
-                continue
-            self.hosts.worked((host, port))
-            return conn
-        tried = "; ".join(f"{where}: {self.describe_error(exc)}" for where, exc in failures)
-        raise pymysql.err.OperationalError(2003, f"no host accepted the connection ({len(failures)} tried: {tried})")
+        return first_host(self.hosts, self._create_on, (pymysql.err.MySQLError, OSError), self.describe_error,
+                          lambda text: pymysql.err.OperationalError(2003, text))  # fmt: skip
 
     def _create_on(self, host: str, port: int) -> Any:
         cfg = self.config

@@ -24,10 +24,16 @@ How ``DATABASES[alias]`` becomes a :class:`~gunicorn_pool.config.DatabaseConfig`
   arguments that change no session state; anything else is refused by name;
 - ``CONN_HEALTH_CHECKS=True``: ``check_interval=0`` (a ping before every
   checkout) unless ``OPTIONS["pool"]`` sets it;
-- ``CONN_MAX_AGE`` other than 0: refused, as Django's PostgreSQL pool does.
+- ``CONN_MAX_AGE`` other than 0: refused, as Django's PostgreSQL pool does;
+- ``OPTIONS["pool"]["driver"]``: ``pymysql`` (the default) or ``mysqlclient``
+  (Django's own driver; refused by gevent workers, whose hub it would block).
 
 The isolation level is one of the pool's ``session`` statements: it is set
 when a connection opens and again after a session reset, never per request.
+
+In a booted sync worker (:func:`sticky`) Django keeps the connection across
+requests, as ``CONN_MAX_AGE=None`` would, while it is clean: see
+:meth:`gunicorn_pool.django.mysql.base.DatabaseWrapper.close_if_unusable_or_obsolete`.
 
 Sizes: explicit ``min_size``/``max_size`` win. Otherwise the worker's profile
 sets them once :class:`~gunicorn_pool.django.service.DjangoPools` has booted
@@ -50,13 +56,13 @@ from pymysql.converters import escape_string
 
 from .. import base
 from ..config import DatabaseConfig, _shown, parse_config
-from ..connectors.mysql import MySQLConnector
+from ..connectors import Connector, connector_class
 from ..errors import ConfigError, PoolClosed
 from ..pool import ConnectionPool
 from ..service import fit
-from ._driver import django_conversions
+from ._driver import django_conversions, driver_module
 
-__all__ = ["ENGINE", "PoolTarget", "close_all", "config_for", "managed", "targets", "target"]
+__all__ = ["ENGINE", "PoolTarget", "close_all", "config_for", "driver_of", "managed", "sticky", "targets", "target"]
 
 logger = logging.getLogger("gunicorn_pool")
 
@@ -75,16 +81,21 @@ _FROM_DATABASES = {
 #: Django OPTIONS that become config keys.
 _AS_CONFIG = {"init_command": "init_command", "charset": "charset", "connect_timeout": "connect_timeout",
               "read_timeout": "read_timeout", "write_timeout": "write_timeout"}  # fmt: skip
-#: Django OPTIONS passed to PyMySQL as they are: connection-level, no session state a reset would undo.
-_PASS_THROUGH = ("unix_socket", "local_infile", "max_allowed_packet", "bind_address", "program_name",
-                 "server_public_key", "auth_plugin_map", "binary_prefix", "client_flag")  # fmt: skip
+#: Django OPTIONS passed to the driver as they are, by driver: connection-level, no session state a
+#: reset would undo.
+_PASS_THROUGH = {
+    "pymysql": ("unix_socket", "local_infile", "max_allowed_packet", "bind_address", "program_name",
+                "server_public_key", "auth_plugin_map", "binary_prefix", "client_flag"),
+    "mysqlclient": ("unix_socket", "local_infile", "local_infile_dir", "binary_prefix", "client_flag", "compress",
+                    "auth_plugin", "server_public_key_path"),
+}  # fmt: skip
 #: Django OPTIONS refused, and why.
 _REFUSED = {
     "autocommit": "set DATABASES[...]['AUTOCOMMIT'] instead",
     "read_default_file": "put the settings in DATABASES, where the pool can check them and mask the password",
     "read_default_group": "put the settings in DATABASES, where the pool can check them and mask the password",
     "conv": "the backend sets Django's converters",
-    "cursorclass": "Django needs PyMySQL's default cursor",
+    "cursorclass": "Django needs the driver's default cursor",
     "use_unicode": "Django needs text as str",
     "user": "set DATABASES[...]['USER']", "passwd": "set DATABASES[...]['PASSWORD']",
     "password": "set DATABASES[...]['PASSWORD']", "db": "set DATABASES[...]['NAME']",
@@ -103,7 +114,7 @@ class PoolTarget:
     __slots__ = ("alias", "key", "options", "config", "connector", "pool", "isolation_level", "server_data")
 
     def __init__(self, alias: str, key: tuple[Any, ...], options: Any, config: DatabaseConfig,
-                 connector: MySQLConnector, pool: Optional[ConnectionPool],
+                 connector: Connector, pool: Optional[ConnectionPool],
                  isolation_level: Optional[str]) -> None:  # fmt: skip
         self.alias = alias
         self.key = key
@@ -145,7 +156,7 @@ def target(alias: str, settings_dict: Mapping[str, Any]) -> PoolTarget:
 def direct(alias: str, settings_dict: Mapping[str, Any]) -> PoolTarget:
     """A target without a pool, for Django's connections to no database (``NAME=None``)."""
     config, driver_args, isolation = config_for(alias, settings_dict)
-    connector = MySQLConnector(config, driver_args=driver_args)
+    connector = _connector(config, driver_args)
     connector.query_bound = base.current_profile().query_bound()
     return PoolTarget(alias, _key(settings_dict), settings_dict["OPTIONS"], config, connector, None, isolation)
 
@@ -160,7 +171,7 @@ def _build(alias: str, settings_dict: Mapping[str, Any]) -> PoolTarget:
         found = _targets.get(alias)
         if found is not None and found.key == key and found.options == options and not found.pool.closed:  # type: ignore[union-attr]
             return found  # built by another thread meanwhile
-        connector = MySQLConnector(config, driver_args=driver_args)
+        connector = _connector(config, driver_args)
         pool = ConnectionPool(connector, name=alias, options=config)
         fit(pool, config, base.current_profile() if managed() else UNMANAGED)
         built = PoolTarget(alias, key, options, config, connector, pool, isolation)
@@ -169,6 +180,28 @@ def _build(alias: str, settings_dict: Mapping[str, Any]) -> PoolTarget:
         old.pool.close()  # its lent connections are closed when they come back
         logger.info("pool %s (%s): DATABASES changed, new pool %s", alias, old.config.dsn, config.dsn)
     return built
+
+
+def _connector(config: DatabaseConfig, driver_args: dict[str, Any]) -> Connector:
+    """The connector of *config*'s driver, with Django's driver arguments."""
+    connector: Connector = connector_class(config.adapter, config.driver)(config, driver_args=driver_args)
+    return connector
+
+
+def driver_of(settings_dict: Mapping[str, Any]) -> str:
+    """The driver an alias's settings name (``OPTIONS["pool"]["driver"]``; default ``pymysql``),
+    read without validating the rest (:func:`config_for` does)."""
+    pool = (settings_dict.get("OPTIONS") or {}).get("pool")
+    driver = pool.get("driver") if isinstance(pool, Mapping) else None
+    return "mysqlclient" if driver == "mysqlclient" else "pymysql"
+
+
+def sticky() -> bool:
+    """True in a booted sync worker: one request at a time on one thread, so Django keeps its
+    connection across requests while it is clean, as with ``CONN_MAX_AGE=None``. gthread and
+    gevent workers keep one lease per request (their connections are shared by more requests
+    than threads)."""
+    return managed() and base.current_profile().kind == "sync"
 
 
 def targets() -> dict[str, PoolTarget]:
@@ -198,7 +231,7 @@ def close_all() -> None:
 
 
 def config_for(alias: str, settings_dict: Mapping[str, Any]) -> tuple[DatabaseConfig, dict[str, Any], Optional[str]]:
-    """``(config, PyMySQL arguments, isolation level)`` for *alias*; ImproperlyConfigured names the key."""
+    """``(config, driver arguments, isolation level)`` for *alias*; ImproperlyConfigured names the key."""
     sd = settings_dict
     where = f"DATABASES[{alias!r}]"
     max_age = sd.get("CONN_MAX_AGE", 0)
@@ -209,8 +242,10 @@ def config_for(alias: str, settings_dict: Mapping[str, Any]) -> tuple[DatabaseCo
         )
     options = dict(sd.get("OPTIONS") or {})
     pool_options = options.pop("pool", True)
+    driver = driver_of(sd)
+    driver_module(driver)  # ImproperlyConfigured if it cannot be used here
     raw: dict[str, Any] = {"adapter": "mysql", "autocommit": bool(sd.get("AUTOCOMMIT", True)), "owner_check": False}
-    driver_args: dict[str, Any] = {"conv": django_conversions(), "client_flag": CLIENT.FOUND_ROWS}
+    driver_args: dict[str, Any] = {"conv": django_conversions(driver), "client_flag": CLIENT.FOUND_ROWS}
     host = sd.get("HOST") or ""
     if host.startswith("/"):
         driver_args["unix_socket"] = host
@@ -245,12 +280,12 @@ def config_for(alias: str, settings_dict: Mapping[str, Any]) -> tuple[DatabaseCo
             raw.update(_ssl(where, value))
         elif key == "client_flag":
             driver_args["client_flag"] |= int(value)
-        elif key in _PASS_THROUGH:
+        elif key in _PASS_THROUGH[driver]:
             driver_args[key] = value
         elif key in _REFUSED:
             raise ImproperlyConfigured(f"{where}['OPTIONS']: {key!r} is not supported by {ENGINE}: {_REFUSED[key]}")
         else:
-            known = sorted({"pool", "isolation_level", "sql_mode", "ssl", *_AS_CONFIG, *_PASS_THROUGH})
+            known = sorted({"pool", "isolation_level", "sql_mode", "ssl", *_AS_CONFIG, *_PASS_THROUGH[driver]})
             raise ImproperlyConfigured(
                 f"{where}['OPTIONS']: unknown option {_option_shown(key)} (known: {', '.join(known)})"
             )
