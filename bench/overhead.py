@@ -32,7 +32,7 @@ import time
 from typing import Any, Callable, Optional
 
 import pymysql
-from _common import BenchUser, PGBenchUser, bracketed, fmt, preamble, spread, table
+from _common import BenchUser, PGBenchUser, bracketed, bracketed_rows, preamble, spread, table
 from _variants import MinimalFifoPool
 
 from gunicorn_pool import DatabasePool
@@ -403,12 +403,7 @@ def run_part(title: str, base_name: str, paired_names: tuple[str, ...], target: 
     finally:
         for close in closers:
             close()
-    med, lo, hi = spread(base_values)
-    rows = [[base_name, fmt(med), fmt(lo), fmt(hi), "**1.00**"]]
-    for name in values:
-        med, lo, hi = spread(values[name])
-        rmed, rlo, rhi = spread(rel[name])
-        rows.append([name, fmt(med), fmt(lo), fmt(hi), f"**{rmed:.2f}** ({rlo:.2f}–{rhi:.2f})"])
+    rows = bracketed_rows(base_name, base_values, values, rel)
     print(preamble(title, f"{args.rounds} rounds, {args.ops} operations per block{note}; every block runs between"
                           " two raw blocks; ratio = block µs/op ÷ mean of the raw blocks around it, median (min–max)",
                    **(servers or {})))  # fmt: skip

@@ -236,10 +236,13 @@ def _plan(cfg: Any) -> Plan:
 def _pools(services: list[tuple[str, Any]], plan: Plan, hosts: int) -> tuple[list[dict[str, Any]], list[str]]:
     from .base import current_profile
     from .database import DatabasePool
+    from .database_async import AsyncDatabasePool
 
     pools, others = [], []
     for service_name, service in services:
-        if isinstance(service, DatabasePool):
+        # An AsyncDatabasePool's configs are DatabasePool's: its servers are probed the same way
+        # (with the synchronous driver: one connect, a few bounded reads).
+        if isinstance(service, (DatabasePool, AsyncDatabasePool)):
             configs = service.configs
         elif callable(getattr(service, "pool_configs", None)):  # Django aliases, SQLAlchemy engines
             configs = service.pool_configs()

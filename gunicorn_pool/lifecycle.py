@@ -40,7 +40,7 @@ import time
 from typing import Any, Optional
 
 from . import _concurrency, integrations, wsgi
-from ._concurrency import run_all
+from ._concurrency import arun_all, run_all
 from .base import AsyncPoolInterface, PoolInterface, WorkerProfile, set_profile, worker_kind
 from .errors import PoolStartupError
 from .metrics import start_reporter
@@ -241,29 +241,19 @@ async def aboot() -> None:
     """In the worker's event loop (the ASGI lifespan startup): ``ainit_pool()`` of every asyncio
     service at once, bounded by what is left of the warm-up deadline, under the boot policy.
     Raises only for a ``strict`` pool on the first start (the lifespan startup then fails)."""
-    import asyncio
-
     services = _async_services()
     if not services:
         return
     start = time.monotonic()
     profile: WorkerProfile = _booted["profile"] or WorkerProfile(kind="asyncio")
-    left = None if profile.deadline is None else max(0.0, profile.deadline - time.monotonic())
-    tasks = {name: asyncio.ensure_future(service.ainit_pool()) for name, service in services}
-    done, pending = await asyncio.wait(tasks.values(), timeout=left)
-    for task in pending:
-        task.cancel()
-    results: dict[str, Optional[BaseException]] = {}
-    for name, task in tasks.items():
-        if task in pending:
-            results[name] = TimeoutError(f"{name}: still opening at the deadline")
-        else:
-            results[name] = task.exception()
+    results = await arun_all({name: service.ainit_pool() for name, service in services}, deadline=profile.deadline)
     try:
         settle_boot(results, lambda name: f"pool service {name}")
     except PoolStartupError as exc:
         logger.critical("%s", exc)
         raise
+    if _booted["otel"] is not None:  # the asyncio pools exist from now on: their histograms too
+        _booted["otel"].attach(services)
     logger.info("gunicorn_pool: %d asyncio pool service(s) ready in %.1f ms", len(services),
                 (time.monotonic() - start) * 1000)  # fmt: skip
 

@@ -194,6 +194,39 @@ OTHER_WRITES = (
 )
 
 
+#: Stands for the other session's write (OTHER_WRITES) among a probe step's statements.
+OTHER = object()
+
+#: What :func:`probe` reads, in order: ``(key, statement)`` or ``(key, (statements...))``.
+PROBE: tuple[tuple[str, Any], ...] = (
+    ("transaction", (
+        "START TRANSACTION",
+        f"SELECT 1 FROM {TABLE} WHERE id = 1",
+        OTHER,  # waits for the read's lock under SERIALIZABLE
+        f"UPDATE {TABLE} SET v = v WHERE id = 1",  # refused in a READ ONLY transaction
+        "ROLLBACK",
+    )),
+    ("lock held", f"SELECT IS_USED_LOCK('{LOCK}') = CONNECTION_ID()"),
+    ("variables", (
+        "SELECT @@session.sql_mode, @@session.time_zone, @@session.character_set_client,"
+        " @@session.character_set_connection, @@session.character_set_results,"
+        " @@session.collation_connection, @@session.autocommit, @@session.wait_timeout,"
+        " @@session.max_statement_time, @@session.foreign_key_checks, @@session.unique_checks,"
+        " @@session.sql_select_limit, @@session.group_concat_max_len, @@session.tx_isolation,"
+        " @@session.tx_read_only, @@session.div_precision_increment"
+    )),
+    ("who", "SELECT DATABASE(), CURRENT_ROLE(), LAST_INSERT_ID(), @gp_v, @gp_w"),
+    ("sequence", f"SELECT LASTVAL({SEQ})"),
+    ("temporary table", "SELECT COUNT(*) FROM gp_tmp"),
+    ("temporary sequence", "SELECT LASTVAL(gp_tseq)"),
+    ("prepared", "EXECUTE gp_stmt"),
+    ("handler", f"HANDLER {TABLE} READ FIRST"),
+    ("handler as", "HANDLER gp_h READ FIRST"),
+    ("savepoint", "ROLLBACK TO SAVEPOINT gp_sp"),
+    ("xa", tuple(f"XA {step} 'gp_probe'" for step in ("START", "END", "ROLLBACK"))),
+)  # fmt: skip
+
+
 def probe(conn: Any) -> dict[str, Any]:
     """The session of *conn* as its user sees it (errors as ``("error", code)``), in an order that
     lets nothing hide a leftover: first whether another session can write the row (a table lock,
@@ -204,31 +237,11 @@ def probe(conn: Any) -> dict[str, Any]:
     read_timeout, the other session's write by the lock wait timeouts (1 s)."""
     out: dict[str, Any] = {"row writable": _other(OTHER_WRITES)}
     with conn.cursor() as cur:
-        out["transaction"] = [
-            _run(cur, "START TRANSACTION"),
-            _run(cur, f"SELECT 1 FROM {TABLE} WHERE id = 1"),
-            _other(OTHER_WRITES),  # waits for the read's lock under SERIALIZABLE
-            _run(cur, f"UPDATE {TABLE} SET v = v WHERE id = 1"),  # refused in a READ ONLY transaction
-            _run(cur, "ROLLBACK"),
-        ]
-        out["lock held"] = _run(cur, f"SELECT IS_USED_LOCK('{LOCK}') = CONNECTION_ID()")
-        out["variables"] = _run(cur, (
-            "SELECT @@session.sql_mode, @@session.time_zone, @@session.character_set_client,"
-            " @@session.character_set_connection, @@session.character_set_results,"
-            " @@session.collation_connection, @@session.autocommit, @@session.wait_timeout,"
-            " @@session.max_statement_time, @@session.foreign_key_checks, @@session.unique_checks,"
-            " @@session.sql_select_limit, @@session.group_concat_max_len, @@session.tx_isolation,"
-            " @@session.tx_read_only, @@session.div_precision_increment"
-        ))  # fmt: skip
-        out["who"] = _run(cur, "SELECT DATABASE(), CURRENT_ROLE(), LAST_INSERT_ID(), @gp_v, @gp_w")
-        out["sequence"] = _run(cur, f"SELECT LASTVAL({SEQ})")
-        out["temporary table"] = _run(cur, "SELECT COUNT(*) FROM gp_tmp")
-        out["temporary sequence"] = _run(cur, "SELECT LASTVAL(gp_tseq)")
-        out["prepared"] = _run(cur, "EXECUTE gp_stmt")
-        out["handler"] = _run(cur, f"HANDLER {TABLE} READ FIRST")
-        out["handler as"] = _run(cur, "HANDLER gp_h READ FIRST")
-        out["savepoint"] = _run(cur, "ROLLBACK TO SAVEPOINT gp_sp")
-        out["xa"] = [_run(cur, f"XA {step} 'gp_probe'") for step in ("START", "END", "ROLLBACK")]
+        for key, step in PROBE:
+            if isinstance(step, tuple):
+                out[key] = [_other(OTHER_WRITES) if sql is OTHER else _run(cur, sql) for sql in step]
+            else:
+                out[key] = _run(cur, step)
     return out
 
 

@@ -135,10 +135,21 @@ def snapshot(conn: Any, m: Matrix) -> dict[str, Any]:
         server = cur.fetchone()[0]
         cur.execute("SELECT pg_backend_pid()")
         pid = cur.fetchone()[0]
+    server["advisory locks"] = advisory_locks(m, pid)
+    server["client"] = client_side(conn)
+    return server
+
+
+def advisory_locks(m: Matrix, pid: int) -> int:
+    """Advisory locks backend *pid* holds, seen from the admin connection."""
     with m.login.admin.cursor() as cur:
         cur.execute("SELECT count(*) FROM pg_locks WHERE pid = %s AND locktype = 'advisory'", (pid,))
-        server["advisory locks"] = cur.fetchone()[0]
-    server["client"] = {
+        return int(cur.fetchone()[0])
+
+
+def client_side(conn: Any) -> dict[str, Any]:
+    """The psycopg connection object's own settings (sync or asyncio: the same attributes)."""
+    return {
         "autocommit": conn.autocommit, "isolation_level": conn.isolation_level, "read_only": conn.read_only,
         "deferrable": conn.deferrable, "prepare_threshold": conn.prepare_threshold,
         "row_factory": conn.row_factory, "cursor_factory": conn.cursor_factory,
@@ -146,7 +157,6 @@ def snapshot(conn: Any, m: Matrix) -> dict[str, Any]:
         "transaction": conn.info.transaction_status.name,
         "handlers": (len(conn._notice_handlers), len(conn._notify_handlers)),
     }  # fmt: skip
-    return server
 
 
 def backend(conn: Any) -> int:
@@ -181,6 +191,7 @@ def run(*statements: str) -> Callable[[Any, Matrix], None]:
         for sql in statements:
             conn.execute(sql.format(s=m.schema, role=m.role, login=m.login.name, key=m.key))
 
+    change.statements = statements  # type: ignore[attr-defined]  # read by the asyncio subset
     return change
 
 

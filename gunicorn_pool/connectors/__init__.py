@@ -14,10 +14,12 @@ from .base import Connector
 
 if TYPE_CHECKING:
     from ..config import DatabaseConfig
+    from .base_async import AsyncConnector
 
 __all__ = [
-    "Connector", "DBAPIConnector", "MySQLConnector", "MySQLdbConnector", "PostgreSQLConnector", "SQLiteConnector",
-    "connector_class", "make_connector",
+    "AsyncMySQLConnector", "AsyncPostgreSQLConnector", "AsyncSQLiteConnector", "Connector", "DBAPIConnector",
+    "MySQLConnector", "MySQLdbConnector", "PostgreSQLConnector", "SQLiteConnector", "async_connector_class",
+    "connector_class", "make_async_connector", "make_connector",
 ]  # fmt: skip
 
 #: adapter -> (module, class)
@@ -31,6 +33,15 @@ _BY_ADAPTER = {
 #: listed (None, or the adapter's first) is the adapter's own module above.
 _BY_DRIVER: dict[tuple[str, Optional[str]], tuple[str, str]] = {
     ("mysql", "mysqlclient"): (".mysqlclient", "MySQLdbConnector"),
+}
+
+
+#: adapter -> (module, class) of the asyncio connectors (AsyncDatabasePool): each module shares its
+#: database's rules with the synchronous connector's module.
+_ASYNC_BY_ADAPTER = {
+    "mysql": (".mysql_async", "AsyncMySQLConnector"),
+    "postgresql": (".postgresql_async", "AsyncPostgreSQLConnector"),
+    "sqlite": (".sqlite_async", "AsyncSQLiteConnector"),
 }
 
 
@@ -51,9 +62,22 @@ def make_connector(config: DatabaseConfig) -> Connector:
     return connector
 
 
+def async_connector_class(adapter: str) -> Any:
+    """The asyncio connector class of *adapter*, its module (and driver) imported now; KeyError
+    if the adapter has none."""
+    module, name = _ASYNC_BY_ADAPTER[adapter]
+    return getattr(importlib.import_module(module, __name__), name)
+
+
+def make_async_connector(config: DatabaseConfig) -> AsyncConnector:
+    """The asyncio connector for *config*'s adapter."""
+    connector: AsyncConnector = async_connector_class(config.adapter)(config)
+    return connector
+
+
 def __getattr__(name: str) -> Any:
     # MySQLConnector imports PyMySQL, PostgreSQLConnector psycopg: load a connector class only when asked for it.
-    for module, cls_name in (*_BY_ADAPTER.values(), *_BY_DRIVER.values()):
+    for module, cls_name in (*_BY_ADAPTER.values(), *_BY_DRIVER.values(), *_ASYNC_BY_ADAPTER.values()):
         if cls_name == name:
             return getattr(importlib.import_module(module, __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

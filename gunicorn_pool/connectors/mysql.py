@@ -59,15 +59,16 @@ from pymysql.connections import MAX_PACKET_LEN, MySQLResult
 from pymysql.constants import CLIENT
 from pymysql.protocol import EOFPacketWrapper
 
-from .base import CLOSED, DROP, IDLE, RESET, REUSE, Connector, LeaseGuard, lease_error, socket_probe
+from .base import CLOSED, DROP, IDLE, RESET, REUSE, Connector, ConnectorBase, LeaseGuard, lease_error, socket_probe
 
 if TYPE_CHECKING:
     from ..config import DatabaseConfig
 
 __all__ = [
-    "READ_ONLY_SQL", "HostOrder", "MySQLConnector", "PooledMySQLConnection", "StatusExactConnection", "first_host",
-    "merged_driver_args", "ping", "reset_session", "session_changed", "statement_verdict", "status_exact",
-    "transaction_open", "wrong_role",
+    "READ_ONLY_SQL", "HostOrder", "MySQLConnector", "MySQLRules", "PooledMySQLConnection", "StatusExactConnection",
+    "eof_status", "first_host", "merged_driver_args", "note_command", "note_result", "ping", "pipeline_bytes",
+    "reset_commands", "reset_done", "reset_session", "session_changed", "setup_commands", "setup_done",
+    "statement_verdict", "status_exact", "transaction_open", "wrong_role",
 ]  # fmt: skip
 
 logger = logging.getLogger("gunicorn_pool")
@@ -268,18 +269,24 @@ class _PooledResult(MySQLResult):  # type: ignore[misc]
     """
 
     def _check_packet_is_eof(self, packet: Any) -> bool:
-        if not packet.is_eof_packet():
-            return False
-        wp = EOFPacketWrapper(packet)
-        self.warning_count = wp.warning_count
-        self.has_next = wp.has_next
-        self.server_status = wp.server_status
-        conn = self.connection
-        if self.unbuffered_active and conn is not None:  # an unbuffered result just ended
-            conn.server_status = wp.server_status
-            conn._gp_seen |= wp.server_status
-            conn._gp_unsure = bool(wp.has_next)
-        return True
+        return eof_status(self, packet)
+
+
+def eof_status(result: Any, packet: Any) -> bool:
+    """A result's ``_check_packet_is_eof`` that keeps the EOF packet's server status (PyMySQL's
+    result and aiomysql's, which reads PyMySQL's packets, alike)."""
+    if not packet.is_eof_packet():
+        return False
+    wp = EOFPacketWrapper(packet)
+    result.warning_count = wp.warning_count
+    result.has_next = wp.has_next
+    result.server_status = wp.server_status
+    conn = result.connection
+    if result.unbuffered_active and conn is not None:  # an unbuffered result just ended
+        conn.server_status = wp.server_status
+        conn._gp_seen |= wp.server_status
+        conn._gp_unsure = bool(wp.has_next)
+    return True
 
 
 class StatusExactConnection(pymysql.connections.Connection):  # type: ignore[misc]
@@ -310,16 +317,7 @@ class StatusExactConnection(pymysql.connections.Connection):  # type: ignore[mis
     _gp_role: Optional[bytes] = None  #: the statement that gives the session back its first role
 
     def _execute_command(self, command: int, sql: Any) -> Any:
-        self._gp_unsure = True
-        if command == _COM_QUERY:
-            if type(sql) is bytes:  # str: PyMySQL's own (BEGIN, COMMIT, SET AUTOCOMMIT, SET NAMES)
-                verdict = _VERDICTS.get(sql)
-                if verdict is None:
-                    verdict = statement_verdict(sql, bool(self.server_status & _NO_BACKSLASH_ESCAPES))
-                if verdict:
-                    self._gp_dirty |= verdict
-        elif command not in _QUIET:
-            self._gp_dirty |= _RESET
+        note_command(self, command, sql)
         return _Connection._execute_command(self, command, sql)
 
     def _read_ok_packet(self) -> Any:
@@ -345,12 +343,33 @@ class StatusExactConnection(pymysql.connections.Connection):  # type: ignore[mis
         else:
             result.read()
         self._result = result
-        status = result.server_status
-        if status is not None:
-            self.server_status = status
-            self._gp_seen |= status
-            self._gp_unsure = bool(result.has_next)  # more result sets: their status is still to come
+        note_result(self, result)
         return result.affected_rows
+
+
+def note_command(conn: Any, command: int, sql: Any) -> None:
+    """A command is about to be sent on *conn* (PyMySQL's or aiomysql's): the status is unsure
+    until its answer ends well; what the statement may leave in the session is noted
+    (:func:`statement_verdict`), as any command but COM_QUERY, COM_PING and COM_QUIT."""
+    conn._gp_unsure = True
+    if command == _COM_QUERY:
+        if type(sql) is bytes:  # str: the driver's own (BEGIN, COMMIT, SET AUTOCOMMIT, SET NAMES)
+            verdict = _VERDICTS.get(sql)
+            if verdict is None:
+                verdict = statement_verdict(sql, bool(conn.server_status & _NO_BACKSLASH_ESCAPES))
+            if verdict:
+                conn._gp_dirty |= verdict
+    elif command not in _QUIET:
+        conn._gp_dirty |= _RESET
+
+
+def note_result(conn: Any, result: Any) -> None:
+    """A command's answer was read into *result*: its status word is the connection's now."""
+    status = result.server_status
+    if status is not None:
+        conn.server_status = status
+        conn._gp_seen |= status
+        conn._gp_unsure = bool(result.has_next)  # more result sets: their status is still to come
 
 
 class PooledMySQLConnection(LeaseGuard, StatusExactConnection):
@@ -431,19 +450,24 @@ def _pipeline(conn: Any, commands: Sequence[tuple[int, bytes]]) -> list[Any]:
     with any client), so the answers come in order. The first error is raised, the answers
     after it unread: the caller then drops the connection."""
     _drain(conn)
+    conn._write_bytes(pipeline_bytes(commands))
+    results = []
+    for _ in commands:
+        conn._next_seq_id = 1  # each answer numbers its packets from 1
+        conn._read_query_result()
+        results.append(conn._result)
+    return results
+
+
+def pipeline_bytes(commands: Sequence[tuple[int, bytes]]) -> bytes:
+    """*commands* packed for one write (each its own packet, numbered 0)."""
     packets = []
     for command, argument in commands:
         size = len(argument) + 1
         if size >= MAX_PACKET_LEN:
             raise ValueError("a statement of 16 MiB or more cannot be pipelined")
         packets.append(struct.pack("<iB", size, command) + argument)
-    conn._write_bytes(b"".join(packets))
-    results = []
-    for _ in packets:
-        conn._next_seq_id = 1  # each answer numbers its packets from 1
-        conn._read_query_result()
-        results.append(conn._result)
-    return results
+    return b"".join(packets)
 
 
 def _drain(conn: Any) -> None:
@@ -463,6 +487,15 @@ def _setup_session(conn: Any, *, track: bool, read_only: bool = False) -> Option
     tracking (*track*), learn the role :func:`reset_session` gives the session back (with
     *track*: a reset follows only then), and with *read_only* read whether the server is
     read-only (returned; else None)."""
+    commands, role_at, read_only_at = setup_commands(conn, track=track, read_only=read_only)
+    if not commands:
+        return None
+    return setup_done(conn, _pipeline(conn, commands), role_at, read_only_at)
+
+
+def setup_commands(conn: Any, *, track: bool, read_only: bool) -> tuple[list[tuple[int, bytes]], int, int]:
+    """What :func:`_setup_session` sends (commands, where the role's answer is, where the
+    read-only answer is; -1: not asked)."""
     commands: list[tuple[int, bytes]] = []
     role_at = read_only_at = -1
     if track:
@@ -476,9 +509,11 @@ def _setup_session(conn: Any, *, track: bool, read_only: bool = False) -> Option
     if read_only:
         read_only_at = len(commands)
         commands.append((_COM_QUERY, READ_ONLY_SQL))
-    if not commands:
-        return None
-    results = _pipeline(conn, commands)
+    return commands, role_at, read_only_at
+
+
+def setup_done(conn: Any, results: list[Any], role_at: int, read_only_at: int) -> Optional[bool]:
+    """What :func:`_setup_session`'s answers say: the role to restore, whether read-only."""
     if role_at >= 0:
         role = results[role_at].rows[0][0]  # str, or bytes with a `conv` that decodes no text
         if role is None:
@@ -511,8 +546,19 @@ def reset_session(conn: Any, *, charset: str, autocommit: bool, database: Option
     can be un-selected): close the connection then. Raises the driver's error if a command fails
     (close it then too). Clears :func:`session_changed`.
     """
+    plan = reset_commands(conn, charset=charset, autocommit=autocommit, database=database, statements=statements)
+    if plan is None:
+        return False
+    return reset_done(conn, _pipeline(conn, plan[0]), plan, charset=charset, autocommit=autocommit,
+                      database=database)  # fmt: skip
+
+
+def reset_commands(conn: Any, *, charset: str, autocommit: bool, database: Optional[str],
+                   statements: Sequence[str]) -> Optional[tuple[list[tuple[int, bytes]], int, str]]:  # fmt: skip
+    """What :func:`reset_session` sends: (commands, where the database's answer is, the
+    charset's encoding); None on a server that cannot reset a session."""
     if not conn.server_capabilities & CLIENT.SESSION_TRACK:
-        return False  # an old server: a new connection is the reset
+        return None  # an old server: a new connection is the reset
     encoding = charset_by_name(charset).encoding
     commands = [(_COM_RESET_CONNECTION, b"")]
     if conn._gp_role is not None:
@@ -524,8 +570,18 @@ def reset_session(conn: Any, *, charset: str, autocommit: bool, database: Option
     database_at = len(commands)
     commands.append((_COM_INIT_DB, database.encode(encoding)) if database else (_COM_QUERY, b"SELECT DATABASE()"))
     commands += [(_COM_QUERY, statement.encode(encoding)) for statement in statements]
-    results = _pipeline(conn, commands)
-    conn.charset, conn.encoding, conn.collation = charset, encoding, None
+    return commands, database_at, encoding
+
+
+def reset_done(conn: Any, results: list[Any], plan: tuple[list[tuple[int, bytes]], int, str], *, charset: str,
+               autocommit: bool, database: Optional[str]) -> bool:  # fmt: skip
+    """What :func:`reset_session`'s answers leave: the connection object's charset and autocommit
+    are the pool's; False if another database stayed selected (none can be un-selected)."""
+    _, database_at, encoding = plan
+    if isinstance(conn, _Connection):
+        conn.charset, conn.encoding, conn.collation = charset, encoding, None
+    else:  # aiomysql keeps them behind read-only properties
+        conn._charset, conn._encoding = charset, encoding
     conn.autocommit_mode = autocommit
     conn._result = None
     if not database and results[database_at].rows[0][0] is not None:
@@ -622,11 +678,120 @@ class HostOrder:
             del self._down[host]
 
 
-class MySQLConnector(Connector):
-    """Opens PyMySQL connections for one pool."""
+class MySQLRules(ConnectorBase):
+    """MySQL's rules, written once for the PyMySQL connector and the aiomysql one
+    (:mod:`.mysql_async`, whose connections read the same packets through the same functions):
+    the hosts and their order, the statement bound, what a return finds without a round trip
+    (``check_in``: the exact status, the session flags, a result left unread), when a returned
+    connection is dropped, and when its session is reset. A connection of either driver offers
+    ``_sock`` (None once closed), ``server_status``, ``_result`` and the ``_gp_*`` notes of
+    :class:`StatusExactConnection`."""
 
     adapter = "mysql"
     guarded = True
+
+    def __init__(self, config: DatabaseConfig) -> None:
+        super().__init__(pool_name=config.pool_name, address=config.address, dsn=config.dsn,
+                         password=config.password)  # fmt: skip
+        self.config = config
+        self._reset = config.reset_session
+        # IN_TRANS and AUTOCOMMIT of a clean session: no transaction, the pool's autocommit.
+        self._clean = _AUTOCOMMIT if config.autocommit else 0
+        self._untracked_warned = False
+        self.hosts = HostOrder(config.hosts or ((str(config.host), int(config.port or 3306)),),
+                               shuffle=config.load_balance_hosts == "random")  # fmt: skip
+        self._want_writable = {"read-write": True, "read-only": False}.get(config.target_session_attrs or "any")
+
+    def read_timeout(self) -> Optional[float]:
+        """The configured ``read_timeout``; unset, :attr:`query_bound` (gunicorn's ``timeout`` in a
+        gthread or gevent worker: gunicorn kills a hung sync worker at ``timeout`` itself, but not
+        those, and a query that hangs mid-flight would otherwise hang its request until
+        ``graceful_timeout``)."""
+        if self.config.read_timeout is not None:
+            return self.config.read_timeout
+        return self.query_bound
+
+    def _warn_untracked(self) -> None:
+        if not self._untracked_warned:
+            self._untracked_warned = True
+            logger.warning(
+                "pool %s (%s): the server does not report session state changes nor reset a session"
+                " (COM_RESET_CONNECTION): a connection whose session a user may have changed is closed"
+                " and replaced at return instead",
+                self.pool_name, self.dsn,
+            )  # fmt: skip
+
+    def _wrong_role(self, read_only: Optional[bool]) -> Optional[BaseException]:
+        """The error for a server whose writability is not what ``target_session_attrs`` asks."""
+        wrong = wrong_role(read_only, self._want_writable, self.config)
+        return _WrongRole(wrong) if wrong else None
+
+    def is_clean(self, raw: Any) -> bool:
+        """True if the lease of *raw* left nothing for :meth:`finish` to do: :meth:`check_in`'s
+        test, without ending the lease (a framework that keeps a connection across its requests
+        asks it between them). No round trip."""
+        if (
+            raw._gp_unsure
+            or (raw.server_status & (_IN_TRANS | _AUTOCOMMIT)) != self._clean
+            or raw._sock is None
+            or (self._reset and (raw._gp_seen & _STATE_CHANGED or raw._gp_dirty))
+        ):
+            return False
+        result = raw._result
+        return result is None or not (result.unbuffered_active or result.has_next)
+
+    def check_in(self, raw: Any) -> bool:
+        # is_clean() written out: one call on the hot path of every return
+        if (
+            raw._gp_unsure
+            or (raw.server_status & (_IN_TRANS | _AUTOCOMMIT)) != self._clean
+            or raw._sock is None
+            or (self._reset and (raw._gp_seen & _STATE_CHANGED or raw._gp_dirty))
+        ):
+            raw._gp_holder = None  # finish() runs the pool's own statements
+            return False
+        result = raw._result
+        if result is not None:
+            if result.unbuffered_active or result.has_next:
+                raw._gp_holder = None
+                return False
+            raw._result = None  # a large result would stay alive until the next use
+        raw._gp_holder = IDLE
+        return True
+
+    @staticmethod
+    def _unusable(raw: Any) -> bool:
+        """finish()'s first test: closed (by its user, or by a cancelled read), or mid-result."""
+        result = raw._result
+        return bool(raw._sock is None or raw._gp_closed_by_user or (result is not None and result.unbuffered_active))
+
+    def _needs_reset(self, raw: Any, failed: bool) -> bool:
+        """*failed*, a change the server reported, or a statement :func:`statement_verdict` could
+        not clear: the session is reset (one round trip)."""
+        return bool(self._reset and (failed or raw._gp_seen & _STATE_CHANGED or raw._gp_dirty))
+
+    def _commit_before_reset(self, raw: Any, commit: bool) -> bool:
+        """Commit what is open before the reset (which would roll it back)? Not an XA transaction."""
+        return bool(raw.server_status & _IN_TRANS and commit and not raw._gp_dirty & _XA)
+
+    def _autocommit_changed(self, raw: Any) -> bool:
+        """The user switched autocommit (with ``reset_session`` off): set it back."""
+        return bool((raw.server_status & _AUTOCOMMIT) != (self._clean & _AUTOCOMMIT))
+
+    def _reset_plan(self, raw: Any) -> Optional[tuple[list[tuple[int, bytes]], int, str]]:
+        """:func:`reset_commands` with the pool's settings (None: drop *raw*)."""
+        cfg = self.config
+        statements = ((cfg.init_command,) if cfg.init_command else ()) + cfg.session
+        return reset_commands(raw, charset=cfg.charset, autocommit=cfg.autocommit, database=cfg.database,
+                              statements=statements)  # fmt: skip
+
+    def _reset_applied(self, raw: Any, results: list[Any], plan: tuple[list[tuple[int, bytes]], int, str]) -> bool:
+        cfg = self.config
+        return reset_done(raw, results, plan, charset=cfg.charset, autocommit=cfg.autocommit, database=cfg.database)
+
+
+class MySQLConnector(MySQLRules, Connector):
+    """Opens PyMySQL connections for one pool (see :class:`MySQLRules`)."""
 
     #: Keyword arguments of every connection that the connector sets itself: *driver_args* may not.
     OWN_ARGS = frozenset({
@@ -641,20 +806,11 @@ class MySQLConnector(Connector):
         ``client_flag`` is OR-ed with the config's and the connector's own; a key of
         :attr:`OWN_ARGS`, or one the config sets (``cursorclass``, ``conv``, ``local_infile``),
         is refused."""
-        super().__init__(pool_name=config.pool_name, address=config.address, dsn=config.dsn,
-                         password=config.password)  # fmt: skip
-        self.config = config
+        super().__init__(config)
         self._client_flag, self._driver_args = merged_driver_args(config, driver_args, self.OWN_ARGS)
         self._tls: Optional[tuple[bool, ssl.SSLContext]] = None
         self._tls_for: Any = None  # (pid, ssl.SSLContext class) the context was built for
         self._owners: dict[int, SteadyDBConnection] = {}
-        self._reset = config.reset_session
-        # IN_TRANS and AUTOCOMMIT of a clean session: no transaction, the pool's autocommit.
-        self._clean = _AUTOCOMMIT if config.autocommit else 0
-        self._untracked_warned = False
-        self.hosts = HostOrder(config.hosts or ((str(config.host), int(config.port or 3306)),),
-                               shuffle=config.load_balance_hosts == "random")  # fmt: skip
-        self._want_writable = {"read-write": True, "read-only": False}.get(config.target_session_attrs or "any")
 
     def _tls_context(self) -> Optional[tuple[bool, ssl.SSLContext]]:
         """The pool's one TLS context, built in this process after any gevent patching.
@@ -716,32 +872,13 @@ class MySQLConnector(Connector):
         except BaseException:
             conn._force_close()
             raise
-        wrong = wrong_role(read_only, self._want_writable, self.config)
-        if wrong:
+        wrong = self._wrong_role(read_only)
+        if wrong is not None:
             conn.close()
-            raise _WrongRole(wrong)
+            raise wrong
         conn._read_timeout = self.read_timeout()
         conn._write_timeout = cfg.write_timeout
         return conn
-
-    def read_timeout(self) -> Optional[float]:
-        """The configured ``read_timeout``; unset, :attr:`query_bound` (gunicorn's ``timeout`` in a
-        gthread or gevent worker: gunicorn kills a hung sync worker at ``timeout`` itself, but not
-        those, and a query that hangs mid-flight would otherwise hang its request until
-        ``graceful_timeout``)."""
-        if self.config.read_timeout is not None:
-            return self.config.read_timeout
-        return self.query_bound
-
-    def _warn_untracked(self) -> None:
-        if not self._untracked_warned:
-            self._untracked_warned = True
-            logger.warning(
-                "pool %s (%s): the server does not report session state changes nor reset a session"
-                " (COM_RESET_CONNECTION): a connection whose session a user may have changed is closed"
-                " and replaced at return instead",
-                self.pool_name, self.dsn,
-            )  # fmt: skip
 
     def connect(self) -> Any:
         steady = SteadyDBConnection(
@@ -778,39 +915,6 @@ class MySQLConnector(Connector):
     def probe(self, raw: Any) -> Optional[Callable[[], Any]]:
         return socket_probe(raw._sock)
 
-    def is_clean(self, raw: Any) -> bool:
-        """True if the lease of *raw* left nothing for :meth:`finish` to do: :meth:`check_in`'s
-        test, without ending the lease (a framework that keeps a connection across its requests
-        asks it between them). No round trip."""
-        if (
-            raw._gp_unsure
-            or (raw.server_status & (_IN_TRANS | _AUTOCOMMIT)) != self._clean
-            or raw._sock is None
-            or (self._reset and (raw._gp_seen & _STATE_CHANGED or raw._gp_dirty))
-        ):
-            return False
-        result = raw._result
-        return result is None or not (result.unbuffered_active or result.has_next)
-
-    def check_in(self, raw: Any) -> bool:
-        # is_clean() written out: one call on the hot path of every return
-        if (
-            raw._gp_unsure
-            or (raw.server_status & (_IN_TRANS | _AUTOCOMMIT)) != self._clean
-            or raw._sock is None
-            or (self._reset and (raw._gp_seen & _STATE_CHANGED or raw._gp_dirty))
-        ):
-            raw._gp_holder = None  # finish() runs the pool's own statements
-            return False
-        result = raw._result
-        if result is not None:
-            if result.unbuffered_active or result.has_next:
-                raw._gp_holder = None
-                return False
-            raw._result = None  # a large result would stay alive until the next use
-        raw._gp_holder = IDLE
-        return True
-
     def finish(self, raw: Any, *, commit: bool, failed: bool = False) -> str:
         """See :meth:`Connector.finish`. A transaction left open is committed (*commit*) or rolled
         back; with an unsure status (the last command failed or was cut short) it is rolled back,
@@ -819,37 +923,28 @@ class MySQLConnector(Connector):
         clear) is reset in one round trip, whose COM_RESET_CONNECTION also rolls back what is
         open (an XA transaction too, which COMMIT and ROLLBACK refuse with 1399)."""
         raw._gp_holder = None
-        result = raw._result
-        if raw._sock is None or raw._gp_closed_by_user or (result is not None and result.unbuffered_active):
+        if self._unusable(raw):
             return DROP  # closed by the user, or mid-result
         _drain(raw)  # result sets a CALL left unread
-        dirty = raw._gp_dirty
-        in_trans = raw.server_status & _IN_TRANS
-        if self._reset and (failed or raw._gp_seen & _STATE_CHANGED or dirty):
-            if in_trans and commit and not dirty & _XA:
+        if self._needs_reset(raw, failed):
+            if self._commit_before_reset(raw, commit):
                 raw.commit()
-            if not self._reset_session(raw):
+            plan = self._reset_plan(raw)
+            if plan is None or not self._reset_applied(raw, _pipeline(raw, plan[0]), plan):
                 return DROP  # rolled back by the server when the connection closes
             outcome = RESET
         else:
-            if in_trans:
+            if raw.server_status & _IN_TRANS:
                 raw.commit() if commit else raw.rollback()
             elif raw._gp_unsure:
                 raw.rollback()  # an error packet carries no status: a failed statement may have opened one
             outcome = REUSE
-            if (raw.server_status & _AUTOCOMMIT) != (self._clean & _AUTOCOMMIT):
+            if self._autocommit_changed(raw):
                 raw.autocommit(self.config.autocommit)  # switched by the user (reset_session off)
                 outcome = RESET
             raw._gp_seen = raw._gp_dirty = 0
         raw._gp_holder = IDLE
         return outcome
-
-    def _reset_session(self, raw: Any) -> bool:
-        """:func:`reset_session` with the pool's settings (False: drop *raw*)."""
-        cfg = self.config
-        statements = ((cfg.init_command,) if cfg.init_command else ()) + cfg.session
-        return reset_session(raw, charset=cfg.charset, autocommit=cfg.autocommit, database=cfg.database,
-                             statements=statements)  # fmt: skip
 
     def warm(self, raw: Any, timeout: float) -> None:
         super().warm(raw, timeout)

@@ -53,12 +53,13 @@ from typing import TYPE_CHECKING, AbstractSet, Any, Callable, Iterator, Optional
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg import generators, pq, waiting
+from psycopg._cursor_base import BaseCursor
 from psycopg._preparing import PrepareManager
 from psycopg.conninfo import conninfo_attempts, make_conninfo
 from psycopg.rows import tuple_row
 
 from .._concurrency import original_poll
-from .base import CLOSED, DROP, IDLE, RESET, REUSE, Connector, LeaseGuard, lease_error
+from .base import CLOSED, DROP, IDLE, RESET, REUSE, Connector, ConnectorBase, LeaseGuard, lease_error
 from .pgcalls import CALLS, CLOSES, CLOSING_BUILTINS, GRAMMAR_WORDS, KEYWORDS, TEMP, UNSAFE_BUILTINS, scan
 
 if TYPE_CHECKING:
@@ -69,8 +70,8 @@ if TYPE_CHECKING:
     from ..config import DatabaseConfig
 
 __all__ = [
-    "PooledPGConnection", "PooledPGCursor", "PooledPGServerCursor", "PostgreSQLConnector", "drop_inherited", "fetch",
-    "ping",
+    "PGRules", "PGSession", "PooledPGConnection", "PooledPGCursor", "PooledPGServerCursor", "PostgreSQLConnector",
+    "drop_inherited", "fetch", "ping",
 ]  # fmt: skip
 
 logger = logging.getLogger("gunicorn_pool")
@@ -184,8 +185,9 @@ def _scan(conn: PooledPGConnection, query: Query, pgq: PostgresQuery) -> None:
             conn._gp_server = conn._gp_close = True
 
 
-class PooledPGCursor(psycopg.Cursor[Any]):
-    """The cursor of a pooled connection: notes the statements that change the session.
+class _ScansStatements:
+    """The statement scan of a pooled connection's cursors, sync or asyncio (psycopg's
+    ``Cursor`` and ``AsyncCursor`` share ``BaseCursor``'s query conversion and result check).
 
     It reads the command tag of every result (``SET``, ``LISTEN``, ``PREPARE``...) and
     scans each statement's text for calls of functions other than harmless builtins and
@@ -193,51 +195,64 @@ class PooledPGCursor(psycopg.Cursor[Any]):
     reset with ``DISCARD ALL`` when it is returned.
     """
 
+    _conn: Any
+
     def _convert_query(self, query: Query, params: Optional[Params] = None) -> PostgresQuery:
-        pgq = psycopg.Cursor._convert_query(self, query, params)
+        pgq = BaseCursor._convert_query(self, query, params)  # type: ignore[arg-type]
         # _scan(), its common case inline: a str statement seen before that changes nothing.
-        conn: PooledPGConnection = self._conn  # type: ignore[assignment]  # always a PooledPGConnection
+        conn: PooledPGConnection = self._conn  # always a pooled connection
         if query.__class__ is not str or conn._gp_verdicts.get(query) != 0:
             _scan(conn, query, pgq)
         return pgq
 
     def _check_results(self, results: list[PGresult]) -> None:
-        conn: PooledPGConnection = self._conn  # type: ignore[assignment]
+        conn: PooledPGConnection = self._conn
         plain = _PLAIN_WITH_TEMP if conn._gp_maybe else _PLAIN
         for result in results:
             tag = result.command_status
             if tag and not tag.startswith(plain):
                 conn._gp_server = True
-        psycopg.Cursor._check_results(self, results)
+        BaseCursor._check_results(self, results)  # type: ignore[arg-type]
 
 
-class PooledPGServerCursor(psycopg.ServerCursor[Any]):
-    """The server-side cursor of a pooled connection: a cursor ``WITH HOLD`` outlives its
-    transaction, so it marks the session for a reset."""
+class _ScansServerStatements:
+    """The scan of a pooled connection's server-side cursors: a cursor ``WITH HOLD`` outlives
+    its transaction, so it marks the session for a reset."""
+
+    _conn: Any
+    _withhold: bool
 
     def _convert_query(self, query: Query, params: Optional[Params] = None) -> PostgresQuery:
-        pgq = psycopg.ServerCursor._convert_query(self, query, params)
-        conn: PooledPGConnection = self._conn  # type: ignore[assignment]
+        pgq = BaseCursor._convert_query(self, query, params)  # type: ignore[arg-type]
+        conn: PooledPGConnection = self._conn
         if self._withhold:
             conn._gp_server = True
         _scan(conn, query, pgq)
         return pgq
 
 
-class PooledPGConnection(LeaseGuard, psycopg.Connection[Any]):
-    """A ``psycopg.Connection`` that knows its lease and what its user changed.
+class PooledPGCursor(_ScansStatements, psycopg.Cursor[Any]):
+    """The cursor of a pooled connection: notes the statements that change the session (see
+    :class:`_ScansStatements`)."""
 
-    - :meth:`wait` runs every command generator psycopg makes: the lease guard
-      refuses a use by anyone but the holder there (see :mod:`.base`).
-      ``cancel()`` may come from any thread during a lease (that is what it is
+
+class PooledPGServerCursor(_ScansServerStatements, psycopg.ServerCursor[Any]):
+    """The server-side cursor of a pooled connection (see :class:`_ScansServerStatements`)."""
+
+
+class PGSession(LeaseGuard):
+    """What a pooled psycopg connection, sync or asyncio, knows of its lease and of what its user
+    changed: mixed in before psycopg's ``Connection`` or ``AsyncConnection``.
+
+    - ``_gp_server``: a statement changed the server-side session (set by the cursors);
+      ``_gp_client``: the user changed a setting of this object (autocommit, isolation
+      level, read-only, deferrable, prepare threshold, notice or notify handlers).
+    - ``cancel()`` may come from any thread or task during a lease (that is what it is
       for), never while the connection is idle in the pool or closed.
-    - ``_gp_server``: a statement changed the server-side session (set by
-      :class:`PooledPGCursor`); ``_gp_client``: the user changed a setting of
-      this object (autocommit, isolation level, read-only, deferrable, prepare
-      threshold, notice or notify handlers).
-    - ``close()`` by the holder closes it at once; the pool drops it at return.
     """
 
+    pgconn: Any
+    _prepared: PrepareManager
     _gp_pid = 0  # the process that connected
     _gp_server = False
     _gp_maybe = False  # a statement named a temporary object
@@ -246,14 +261,62 @@ class PooledPGConnection(LeaseGuard, psycopg.Connection[Any]):
     # The scan of statements (_scan): the pool's verdicts, and the builtins and grammar words they
     # are judged by. A connection opened by no pool knows no builtin: every call of a function counts.
     _gp_verdicts = _Verdicts()
-    _gp_waitfn: Optional[WaitFunc] = None  # set when psycopg's own wait would block gevent's hub
 
     def _check_connection_ok(self) -> None:
         if self.pgconn.status == _CONN_OK:  # psycopg's own fast path, unchanged
             return
         if self._gp_holder == CLOSED:  # closed by the pool: a reclaimed lease, not just a closed connection
             raise lease_error(self._gp_pool, CLOSED, self._gp_taken_at)
-        psycopg.Connection._check_connection_ok(self)
+        super()._check_connection_ok()  # type: ignore[misc]
+
+    def cancel(self) -> None:
+        self._gp_refuse_idle()
+        super().cancel()  # type: ignore[misc]
+
+    def _gp_refuse_idle(self) -> None:
+        holder = self._gp_holder
+        if holder == IDLE or holder == CLOSED:
+            raise lease_error(self._gp_pool, holder, self._gp_taken_at)
+
+    # Settings of this object the next user must not inherit (no round trip in either world).
+
+    @property
+    def prepare_threshold(self) -> Optional[int]:
+        return self._prepared.prepare_threshold
+
+    @prepare_threshold.setter
+    def prepare_threshold(self, value: Optional[int]) -> None:
+        self._prepared.prepare_threshold = value
+        self._gp_client = True
+
+    @property
+    def prepared_max(self) -> Optional[int]:
+        value = self._prepared.prepared_max
+        return None if value == sys.maxsize else value
+
+    @prepared_max.setter
+    def prepared_max(self, value: Optional[int]) -> None:
+        self._prepared.prepared_max = sys.maxsize if value is None else value
+        self._gp_client = True
+
+    def add_notice_handler(self, callback: Callable[[pg_errors.Diagnostic], None]) -> None:
+        super().add_notice_handler(callback)  # type: ignore[misc]
+        self._gp_client = True
+
+    def add_notify_handler(self, callback: Callable[[psycopg.Notify], None]) -> None:
+        super().add_notify_handler(callback)  # type: ignore[misc]
+        self._gp_client = True
+
+
+class PooledPGConnection(PGSession, psycopg.Connection[Any]):
+    """A ``psycopg.Connection`` that knows its lease and what its user changed (:class:`PGSession`).
+
+    - :meth:`wait` runs every command generator psycopg makes: the lease guard
+      refuses a use by anyone but the holder there (see :mod:`.base`).
+    - ``close()`` by the holder closes it at once; the pool drops it at return.
+    """
+
+    _gp_waitfn: Optional[WaitFunc] = None  # set when psycopg's own wait would block gevent's hub
 
     def wait(self, gen: PQGen[RV], interval: float = _WAIT_INTERVAL, timeout: Optional[float] = None) -> RV:
         """psycopg's chokepoint: every operation's generator runs here (guarded)."""
@@ -279,18 +342,9 @@ class PooledPGConnection(LeaseGuard, psycopg.Connection[Any]):
         with psycopg.Connection.pipeline(self) as pipeline:
             yield pipeline
 
-    def cancel(self) -> None:
-        self._gp_refuse_idle()
-        psycopg.Connection.cancel(self)
-
     def cancel_safe(self, *, timeout: float = 30.0) -> None:
         self._gp_refuse_idle()
         psycopg.Connection.cancel_safe(self, timeout=timeout)
-
-    def _gp_refuse_idle(self) -> None:
-        holder = self._gp_holder
-        if holder == IDLE or holder == CLOSED:
-            raise lease_error(self._gp_pool, holder, self._gp_taken_at)
 
     # Settings of this object the next user must not inherit.
 
@@ -310,40 +364,22 @@ class PooledPGConnection(LeaseGuard, psycopg.Connection[Any]):
         psycopg.Connection.set_deferrable(self, value)
         self._gp_client = True
 
-    @property
-    def prepare_threshold(self) -> Optional[int]:
-        return self._prepared.prepare_threshold
 
-    @prepare_threshold.setter
-    def prepare_threshold(self, value: Optional[int]) -> None:
-        self._prepared.prepare_threshold = value
-        self._gp_client = True
+class PGRules(ConnectorBase):
+    """PostgreSQL's rules, written once for the synchronous connector and the asyncio one
+    (:mod:`.postgresql_async`): the config read into libpq keywords and the pool's session
+    settings, the probe, the lease, what a return finds without a round trip (``check_in``),
+    when a connection is dropped, reset or given its settings back. A subclass adds the round
+    trips (connect, ping, ROLLBACK, ``DISCARD ALL``), blocking or awaited.
 
-    @property
-    def prepared_max(self) -> Optional[int]:
-        value = self._prepared.prepared_max
-        return None if value == sys.maxsize else value
-
-    @prepared_max.setter
-    def prepared_max(self, value: Optional[int]) -> None:
-        self._prepared.prepared_max = sys.maxsize if value is None else value
-        self._gp_client = True
-
-    def add_notice_handler(self, callback: Callable[[pg_errors.Diagnostic], None]) -> None:
-        psycopg.Connection.add_notice_handler(self, callback)
-        self._gp_client = True
-
-    def add_notify_handler(self, callback: Callable[[psycopg.Notify], None]) -> None:
-        psycopg.Connection.add_notify_handler(self, callback)
-        self._gp_client = True
-
-
-class PostgreSQLConnector(Connector):
-    """Opens psycopg connections for one pool (see the module docstring)."""
+    *cursor* and *server_cursor* are the connection's cursor classes when the pool resets
+    sessions (they scan statements), *plain_cursor* and *plain_server_cursor* when it does not.
+    """
 
     adapter = "postgresql"
 
-    def __init__(self, config: DatabaseConfig) -> None:
+    def __init__(self, config: DatabaseConfig, *, cursor: type[Any], server_cursor: type[Any],
+                 plain_cursor: type[Any], plain_server_cursor: type[Any]) -> None:  # fmt: skip
         super().__init__(pool_name=config.pool_name, address=config.address, dsn=config.dsn,
                          password=config.password)  # fmt: skip
         self.config = config
@@ -351,10 +387,8 @@ class PostgreSQLConnector(Connector):
         self._poll = original_poll()
         self._reset_server = config.reset_session and not config.pgbouncer
         self._reset_client = config.reset_session
-        self._cursor: type[psycopg.Cursor[Any]] = PooledPGCursor if self._reset_server else psycopg.Cursor
-        self._server_cursor: type[psycopg.ServerCursor[Any]] = (
-            PooledPGServerCursor if self._reset_server else psycopg.ServerCursor
-        )
+        self._cursor: type[Any] = cursor if self._reset_server else plain_cursor
+        self._server_cursor: type[Any] = server_cursor if self._reset_server else plain_server_cursor
         # PgBouncer in transaction mode: a statement prepared on one server connection is unknown
         # to the next one.
         self._prepare_threshold = None if config.pgbouncer else config.prepare_threshold
@@ -368,6 +402,154 @@ class PostgreSQLConnector(Connector):
         if not config.reset_session:
             self.check_in = self._check_in_transaction  # type: ignore[method-assign]
 
+    def _configure(self, conn: Any) -> None:
+        """A new connection's client-side settings (no round trip): pool name, process, cursors,
+        prepare threshold; autocommit is the subclass's (psycopg's async setter is a coroutine)."""
+        conn._gp_pool = self.config.pool_name
+        conn._gp_pid = os.getpid()
+        conn.cursor_factory = self._cursor
+        conn.server_cursor_factory = self._server_cursor
+        conn.prepare_threshold = self._prepare_threshold
+
+    def _names_from(self, result: PGresult) -> None:
+        """Keep the server's builtin function names and keywords (the result of _NAMES_SQL)."""
+        builtins, keywords = (bytes(result.get_value(0, i) or b"").decode() for i in (0, 1))
+        self._verdicts.grammar = _GRAMMAR | frozenset(keywords.split())
+        self._verdicts.harmless = frozenset(builtins.split()) - UNSAFE_BUILTINS - CLOSING_BUILTINS
+        self._names_read = True
+
+    def _configured(self, conn: Any) -> None:
+        """After the session setup: the pool's verdicts, and nothing changed yet."""
+        if self._reset_server:
+            conn._gp_verdicts = self._verdicts
+        conn._gp_server = conn._gp_maybe = conn._gp_client = False
+
+    # -- health ---------------------------------------------------------------------------
+
+    def probe(self, raw: Any) -> Optional[Callable[[], Any]]:
+        # An idle session's socket has nothing to read. A terminated backend (FATAL, then EOF),
+        # a server restart or a reset show up in a zero-timeout poll() without a round trip;
+        # the poller is built and the socket registered once per connection.
+        if self._poll is None:
+            return None
+        poller = self._poll()
+        poller.register(raw.pgconn.socket, select.POLLIN)  # POLLHUP and POLLERR are always reported
+        return functools.partial(poller.poll, 0)
+
+    # -- leases ------------------------------------------------------------------------------
+
+    def lend(self, raw: Any, holder: Optional[int], taken_at: str = "") -> None:
+        raw._gp_holder = holder
+        raw._gp_taken_at = taken_at
+        raw._gp_closed_by_user = False
+
+    def check_in(self, raw: Any) -> bool:
+        if (
+            raw.pgconn.transaction_status != _TX_IDLE  # a transaction, a query or COPY running, or closed
+            or raw._gp_server
+            or raw._gp_client
+            or raw.cursor_factory is not self._cursor
+            or raw.row_factory is not tuple_row
+            or raw.server_cursor_factory is not self._server_cursor
+            or raw._pipeline is not None
+        ):
+            raw._gp_holder = None  # finish() runs the pool's own statements
+            return False
+        raw._gp_maybe = False
+        raw._gp_holder = IDLE
+        return True
+
+    def _check_in_transaction(self, raw: Any) -> bool:
+        """check_in() with ``reset_session`` off: only transactions and the pool's own settings."""
+        if raw.pgconn.transaction_status != _TX_IDLE or raw._gp_client or raw._pipeline is not None:
+            raw._gp_holder = None
+            return False
+        raw._gp_holder = IDLE
+        return True
+
+    @staticmethod
+    def _unusable(raw: Any) -> bool:
+        """finish()'s first test: True if *raw* must be dropped whatever else (closed by its
+        user, mid-protocol, in a transaction block or pipeline it cannot leave)."""
+        status = raw.pgconn.transaction_status
+        return bool(
+            raw._gp_closed_by_user
+            or status == _TX_ACTIVE  # mid-query, mid-COPY or mid-stream: as psycopg_pool, never reused
+            or status == _TX_UNKNOWN  # closed or broken
+            or raw._pipeline is not None
+            or raw._num_transactions  # a transaction() block still open
+            or raw._tpc is not None  # a two-phase transaction
+        )
+
+    def _wants_reset(self, raw: Any, failed: bool) -> bool:
+        """After the transaction is settled: does the session need ``DISCARD ALL``? (a cursor
+        factory of the user's own ran statements the pool did not look at; a failed with-block
+        may have skipped the user's own clean-up)."""
+        return self._reset_server and (failed or raw._gp_server or raw.cursor_factory is not self._cursor)
+
+    def _reset_failed(self, exc: Exception) -> str:
+        logger.warning("pool %s (%s): session reset failed, dropping the connection: %s",
+                       self.pool_name, self.dsn, self.describe_error(exc))  # fmt: skip
+        return DROP
+
+    @staticmethod
+    def _discarded(raw: Any) -> None:
+        """After ``DISCARD ALL``: what the connection object still remembers of the session."""
+        prepared = PrepareManager()
+        prepared.prepare_threshold = raw._prepared.prepare_threshold
+        prepared.prepared_max = raw._prepared.prepared_max
+        raw._prepared = prepared  # the server forgot every prepared statement
+        backlog = raw._notifies_backlog
+        if backlog:
+            backlog.clear()  # notifications of channels the next user never listened to
+
+    def _restore_settings(self, raw: Any, assign: Callable[[Any, str, Any], None] = setattr) -> bool:
+        """Give the connection object back the pool's settings (no round trip: psycopg applies
+        them to the next transaction it starts), each through *assign(raw, name, value)*. True
+        if anything was restored."""
+        if not (
+            raw._gp_client
+            or raw.cursor_factory is not self._cursor
+            or raw.row_factory is not tuple_row
+            or raw.server_cursor_factory is not self._server_cursor
+        ):
+            return False
+        changed = False
+        wanted: list[tuple[str, Any]] = [("autocommit", self.config.autocommit),
+                                         ("prepare_threshold", self._prepare_threshold)]  # fmt: skip
+        if self._reset_client:
+            wanted += [("isolation_level", None), ("read_only", None), ("deferrable", None),
+                       ("prepared_max", _PREPARED_MAX)]  # fmt: skip
+        for name, value in wanted:
+            if getattr(raw, name) != value:
+                assign(raw, name, value)
+                changed = True
+        if self._reset_client:
+            for name, value in (("row_factory", tuple_row), ("cursor_factory", self._cursor),
+                                ("server_cursor_factory", self._server_cursor)):  # fmt: skip
+                if getattr(raw, name) is not value:
+                    setattr(raw, name, value)
+                    changed = True
+            if raw._notice_handlers or raw._notify_handlers:
+                raw._notice_handlers.clear()
+                raw._notify_handlers.clear()
+                changed = True
+        return changed
+
+    @staticmethod
+    def _settled(raw: Any) -> None:
+        """The return is done: nothing changed any more, and the guard reads IDLE."""
+        raw._gp_server = raw._gp_maybe = raw._gp_client = False
+        raw._gp_holder = IDLE
+
+
+class PostgreSQLConnector(PGRules, Connector):
+    """Opens psycopg connections for one pool (see the module docstring and :class:`PGRules`)."""
+
+    def __init__(self, config: DatabaseConfig) -> None:
+        super().__init__(config, cursor=PooledPGCursor, server_cursor=PooledPGServerCursor,
+                         plain_cursor=psycopg.Cursor, plain_server_cursor=psycopg.ServerCursor)  # fmt: skip
+
     # -- the physical connection ----------------------------------------------------------
 
     def connect(self) -> PooledPGConnection:
@@ -376,7 +558,7 @@ class PostgreSQLConnector(Connector):
         failures: list[tuple[str, psycopg.OperationalError]] = []
         for attempt in conninfo_attempts(self._params):  # resolves host names (cooperative under gevent)
             attempt.pop("load_balance_hosts", None)  # done (shuffled); a libpq before 16 would refuse it
-            host = f"{attempt.get('host') or attempt.get('hostaddr') or ''}:{attempt.get('port', '')}"
+            host = _attempt_host(attempt)
             try:
                 pgconn = _wait_conn(generators.connect(make_conninfo("", **attempt)), self.config.connect_timeout,
                                     host)  # fmt: skip
@@ -384,10 +566,7 @@ class PostgreSQLConnector(Connector):
             except psycopg.OperationalError as exc:
                 failures.append((host, exc))
         else:
-            if len(failures) == 1:
-                raise failures[0][1].with_traceback(None)
-            tried = "; ".join(f"{host}: {_first_line(exc)}" for host, exc in failures)
-            raise psycopg.OperationalError(f"no host accepted the connection ({len(failures)} tried: {tried})")
+            raise _no_host(failures)
         conn = PooledPGConnection(pgconn)
         try:
             self._set_up(conn)
@@ -397,30 +576,19 @@ class PostgreSQLConnector(Connector):
         return conn
 
     def _set_up(self, conn: PooledPGConnection) -> None:
-        cfg = self.config
-        conn._gp_pool = cfg.pool_name
-        conn._gp_pid = os.getpid()
+        self._configure(conn)
         conn.lock = threading.Lock()  # the current threading's: gevent's once patched
         conn._gp_waitfn = _cooperative_wait()
-        conn.cursor_factory = self._cursor
-        conn.server_cursor_factory = self._server_cursor
-        conn.autocommit = cfg.autocommit  # no round trip: psycopg sends BEGIN itself when off
-        conn.prepare_threshold = self._prepare_threshold
+        conn.autocommit = self.config.autocommit  # no round trip: psycopg sends BEGIN itself when off
         if self._setup:
             _run(conn, self._setup, self._own_timeout, "init_command/session")
-        if self._reset_server:
-            if not self._names_read:
-                self._read_names(conn)
-            conn._gp_verdicts = self._verdicts
-        conn._gp_server = conn._gp_maybe = conn._gp_client = False
+        if self._reset_server and not self._names_read:
+            self._read_names(conn)
+        self._configured(conn)
 
     def _read_names(self, conn: PooledPGConnection) -> None:
         """Read the server's builtin function names and keywords (one query, once per pool)."""
-        result = _run(conn, _NAMES_SQL, self._own_timeout, "builtin function names")[-1]
-        builtins, keywords = (bytes(result.get_value(0, i) or b"").decode() for i in (0, 1))
-        self._verdicts.grammar = _GRAMMAR | frozenset(keywords.split())
-        self._verdicts.harmless = frozenset(builtins.split()) - UNSAFE_BUILTINS - CLOSING_BUILTINS
-        self._names_read = True
+        self._names_from(_run(conn, _NAMES_SQL, self._own_timeout, "builtin function names")[-1])
 
     def close(self, raw: Any) -> None:
         if raw._gp_pid != os.getpid():
@@ -460,16 +628,6 @@ class PostgreSQLConnector(Connector):
         raw._gp_holder = None  # the pool's own use
         ping(raw, timeout)
 
-    def probe(self, raw: Any) -> Optional[Callable[[], Any]]:
-        # An idle session's socket has nothing to read. A terminated backend (FATAL, then EOF),
-        # a server restart or a reset show up in a zero-timeout poll() without a round trip;
-        # the poller is built and the socket registered once per connection.
-        if self._poll is None:
-            return None
-        poller = self._poll()
-        poller.register(raw.pgconn.socket, select.POLLIN)  # POLLHUP and POLLERR are always reported
-        return functools.partial(poller.poll, 0)
-
     def warm(self, raw: Any, timeout: float) -> None:
         """A ping, then ``SELECT 1`` through a cursor (psycopg's query and result code), both
         bounded by *timeout*; the guard is left IDLE."""
@@ -500,47 +658,11 @@ class PostgreSQLConnector(Connector):
         if raw.autocommit and raw.pgconn.transaction_status == _TX_IDLE:
             raw.execute("BEGIN")
 
-    def lend(self, raw: Any, holder: Optional[int], taken_at: str = "") -> None:
-        raw._gp_holder = holder
-        raw._gp_taken_at = taken_at
-        raw._gp_closed_by_user = False
-
-    def check_in(self, raw: Any) -> bool:
-        if (
-            raw.pgconn.transaction_status != _TX_IDLE  # a transaction, a query or COPY running, or closed
-            or raw._gp_server
-            or raw._gp_client
-            or raw.cursor_factory is not self._cursor
-            or raw.row_factory is not tuple_row
-            or raw.server_cursor_factory is not self._server_cursor
-            or raw._pipeline is not None
-        ):
-            raw._gp_holder = None  # finish() runs the pool's own statements
-            return False
-        raw._gp_maybe = False
-        raw._gp_holder = IDLE
-        return True
-
-    def _check_in_transaction(self, raw: Any) -> bool:
-        """check_in() with ``reset_session`` off: only transactions and the pool's own settings."""
-        if raw.pgconn.transaction_status != _TX_IDLE or raw._gp_client or raw._pipeline is not None:
-            raw._gp_holder = None
-            return False
-        raw._gp_holder = IDLE
-        return True
-
     def finish(self, raw: Any, *, commit: bool, failed: bool = False) -> str:
         raw._gp_holder = None
-        status = raw.pgconn.transaction_status
-        if (
-            raw._gp_closed_by_user
-            or status == _TX_ACTIVE  # mid-query, mid-COPY or mid-stream: as psycopg_pool, never reused
-            or status == _TX_UNKNOWN  # closed or broken
-            or raw._pipeline is not None
-            or raw._num_transactions  # a transaction() block still open
-            or raw._tpc is not None  # a two-phase transaction
-        ):
+        if self._unusable(raw):
             return DROP
+        status = raw.pgconn.transaction_status
         if status == _TX_INTRANS and commit:
             raw.commit()  # the user's commit: unbounded, as any statement of theirs
         elif status != _TX_IDLE:
@@ -549,20 +671,15 @@ class PostgreSQLConnector(Connector):
         if raw._gp_close:
             return DROP  # settled above: what it changed outlives DISCARD ALL
         outcome = REUSE
-        if self._reset_server and (failed or raw._gp_server or raw.cursor_factory is not self._cursor):
-            # (a cursor factory of the user's own ran statements the pool did not look at;
-            # a failed with-block may have skipped the user's own clean-up)
+        if self._wants_reset(raw, failed):
             try:
                 self._reset_session(raw)
             except Exception as exc:  # noqa: BLE001 - a session not reset is never lent again
-                logger.warning("pool %s (%s): session reset failed, dropping the connection: %s",
-                               self.pool_name, self.dsn, self.describe_error(exc))  # fmt: skip
-                return DROP
+                return self._reset_failed(exc)
             outcome = RESET
         if self._restore_settings(raw):
             outcome = RESET
-        raw._gp_server = raw._gp_maybe = raw._gp_client = False
-        raw._gp_holder = IDLE
+        self._settled(raw)
         return outcome
 
     def _reset_session(self, raw: PooledPGConnection) -> None:
@@ -575,47 +692,9 @@ class PostgreSQLConnector(Connector):
         objects, cached plans and sequence state.
         """
         _run(raw, b"DISCARD ALL", self._own_timeout, "DISCARD ALL")
-        prepared = PrepareManager()
-        prepared.prepare_threshold = raw._prepared.prepare_threshold
-        prepared.prepared_max = raw._prepared.prepared_max
-        raw._prepared = prepared  # the server forgot every prepared statement
-        backlog = raw._notifies_backlog
-        if backlog:
-            backlog.clear()  # notifications of channels the next user never listened to
+        self._discarded(raw)
         if self._setup:
             _run(raw, self._setup, self._own_timeout, "init_command/session")
-
-    def _restore_settings(self, raw: PooledPGConnection) -> bool:
-        """Give the connection object back the pool's settings (no round trip: psycopg applies
-        them to the next transaction it starts). True if anything was restored."""
-        if not (
-            raw._gp_client
-            or raw.cursor_factory is not self._cursor
-            or raw.row_factory is not tuple_row
-            or raw.server_cursor_factory is not self._server_cursor
-        ):
-            return False
-        changed = False
-        wanted: list[tuple[str, Any]] = [("autocommit", self.config.autocommit),
-                                         ("prepare_threshold", self._prepare_threshold)]  # fmt: skip
-        if self._reset_client:
-            wanted += [("isolation_level", None), ("read_only", None), ("deferrable", None),
-                       ("prepared_max", _PREPARED_MAX)]  # fmt: skip
-        for name, value in wanted:
-            if getattr(raw, name) != value:
-                setattr(raw, name, value)
-                changed = True
-        if self._reset_client:
-            for name, value in (("row_factory", tuple_row), ("cursor_factory", self._cursor),
-                                ("server_cursor_factory", self._server_cursor)):  # fmt: skip
-                if getattr(raw, name) is not value:
-                    setattr(raw, name, value)
-                    changed = True
-            if raw._notice_handlers or raw._notify_handlers:
-                raw._notice_handlers.clear()
-                raw._notify_handlers.clear()
-                changed = True
-        return changed
 
 
 #: Connections the server still accepts from an ordinary login (superusers may use the reserved ones).
@@ -697,10 +776,15 @@ def _run(conn: PooledPGConnection, sql: bytes, timeout: float, what: str) -> lis
             raise psycopg.OperationalError("the connection is closed")
         pgconn.send_query(sql)
         results: list[PGresult] = _wait(conn, generators.execute(pgconn), timeout, what)
+    _raise_first_error(pgconn, results)
+    return results
+
+
+def _raise_first_error(pgconn: Any, results: list[PGresult]) -> None:
+    """Raise the error of the first failed result of a simple-query round trip, if any."""
     for result in results:
         if result.status == _FATAL_ERROR:
             raise pg_errors.error_from_result(result, encoding=pgconn._encoding)
-    return results
 
 
 def ping(conn: Any, timeout: float) -> None:
@@ -765,6 +849,19 @@ def _shutdown(raw: Any) -> None:
         pass
     finally:
         sock.close()
+
+
+def _attempt_host(attempt: dict[str, Any]) -> str:
+    """``host:port`` of one connection attempt (libpq keywords), for messages."""
+    return f"{attempt.get('host') or attempt.get('hostaddr') or ''}:{attempt.get('port', '')}"
+
+
+def _no_host(failures: list[tuple[str, psycopg.OperationalError]]) -> psycopg.OperationalError:
+    """The error of a connect that no host accepted: the one host's own, or every host's in one line."""
+    if len(failures) == 1:
+        return failures[0][1].with_traceback(None)
+    tried = "; ".join(f"{host}: {_first_line(exc)}" for host, exc in failures)
+    return psycopg.OperationalError(f"no host accepted the connection ({len(failures)} tried: {tried})")
 
 
 def _first_line(exc: BaseException) -> str:
