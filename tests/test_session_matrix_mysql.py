@@ -198,6 +198,8 @@ OTHER_WRITES = (
 OTHER = object()
 
 #: What :func:`probe` reads, in order: ``(key, statement)`` or ``(key, (statements...))``.
+#: The probe's own XA transaction id: one per test process (a fixed one met another run's on a shared server).
+PROBE_XID = f"gp_probe_{secrets.token_hex(4)}"
 PROBE: tuple[tuple[str, Any], ...] = (
     ("transaction", (
         "START TRANSACTION",
@@ -223,7 +225,7 @@ PROBE: tuple[tuple[str, Any], ...] = (
     ("handler", f"HANDLER {TABLE} READ FIRST"),
     ("handler as", "HANDLER gp_h READ FIRST"),
     ("savepoint", "ROLLBACK TO SAVEPOINT gp_sp"),
-    ("xa", tuple(f"XA {step} 'gp_probe'" for step in ("START", "END", "ROLLBACK"))),
+    ("xa", tuple(f"XA {step} '{PROBE_XID}'" for step in ("START", "END", "ROLLBACK"))),
 )  # fmt: skip
 
 
