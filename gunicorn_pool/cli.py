@@ -69,6 +69,7 @@ import traceback
 from typing import Any, Optional, Sequence
 
 from .config import mask_dsn
+from .connectors.pgcalls import CLIENT_BACKENDS_SQL  # no driver import: plain SQL text
 
 __all__ = ["main"]
 
@@ -373,12 +374,12 @@ def _probe_postgresql(connector: Any, raw: Any, cfg: Any, ms: float) -> dict[str
     }  # fmt: skip
 
 
-_PG_LIMITS = """
+_PG_LIMITS = f"""
 SELECT current_setting('server_version'),
        current_setting('max_connections')::int,
        current_setting('superuser_reserved_connections')::int,
        coalesce(current_setting('reserved_connections', true), '0')::int,
-       (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'),
+       {CLIENT_BACKENDS_SQL},
        (SELECT rolconnlimit FROM pg_roles WHERE rolname = current_user),
        (SELECT rolsuper FROM pg_roles WHERE rolname = current_user),
        (SELECT datconnlimit FROM pg_database WHERE datname = current_database())

@@ -42,6 +42,7 @@ import re
 from typing import AbstractSet
 
 __all__ = [
+    "CLIENT_BACKENDS_SQL",
     "CALLS", "CLOSES", "CLOSING_BUILTINS", "GRAMMAR_WORDS", "KEYWORDS", "NAMING_WORDS", "TEMP", "UNSAFE_BUILTINS",
     "scan",
 ]  # fmt: skip
@@ -258,3 +259,13 @@ def _unknown_call(text: str, start: int, name: str, quoted: bool, harmless: Abst
     if not quoted and name in grammar:
         return False
     return name not in harmless
+
+
+#: The client backends connected now, as any login can count them: pg_stat_activity shows a login
+#: without pg_read_all_stats other roles' sessions with backend_type NULL (their datid stays set;
+#: the server's own processes have none). Counting 'client backend' alone, an ordinary login saw
+#: only its own sessions and read the server as nearly empty.
+CLIENT_BACKENDS_SQL = (
+    "(SELECT count(*) FROM pg_stat_activity"
+    " WHERE backend_type = 'client backend' OR (backend_type IS NULL AND datid IS NOT NULL))"
+)

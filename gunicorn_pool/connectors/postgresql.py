@@ -60,7 +60,17 @@ from psycopg.rows import tuple_row
 
 from .._concurrency import original_poll
 from .base import CLOSED, DROP, IDLE, RESET, REUSE, Connector, ConnectorBase, LeaseGuard, lease_error
-from .pgcalls import CALLS, CLOSES, CLOSING_BUILTINS, GRAMMAR_WORDS, KEYWORDS, TEMP, UNSAFE_BUILTINS, scan
+from .pgcalls import (
+    CALLS,
+    CLIENT_BACKENDS_SQL,
+    CLOSES,
+    CLOSING_BUILTINS,
+    GRAMMAR_WORDS,
+    KEYWORDS,
+    TEMP,
+    UNSAFE_BUILTINS,
+    scan,
+)
 
 if TYPE_CHECKING:
     from psycopg._queries import PostgresQuery
@@ -698,11 +708,11 @@ class PostgreSQLConnector(PGRules, Connector):
 
 
 #: Connections the server still accepts from an ordinary login (superusers may use the reserved ones).
-_FREE_SQL = """
+_FREE_SQL = f"""
 SELECT current_setting('max_connections')::int
        - current_setting('superuser_reserved_connections')::int
        - coalesce(current_setting('reserved_connections', true), '0')::int
-       - (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')
+       - {CLIENT_BACKENDS_SQL}
 """
 
 # -- helpers -------------------------------------------------------------------------------------
