@@ -527,7 +527,10 @@ def poll_until_ok(server: Any, path: str, limit: float, streak: int = 1) -> floa
     start = time.monotonic()
     ok = 0
     while ok < streak:
-        status, _ = server.get(path, timeout=limit)
+        try:
+            status, _ = server.get(path, timeout=limit)
+        except ConnectionResetError:  # a worker recycled by max_requests closed its socket under us
+            status = 0
         ok = ok + 1 if status == 200 else 0
         elapsed = time.monotonic() - start
         if ok < streak:
