@@ -48,7 +48,7 @@ import socket
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, AbstractSet, Any, Callable, Iterator, Optional, Union
+from typing import TYPE_CHECKING, AbstractSet, Any, Callable, Iterator, Optional
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -59,7 +59,22 @@ from psycopg.rows import tuple_row
 
 from .._concurrency import original_poll
 from .base import CLOSED, DROP, IDLE, RESET, REUSE, Connector, LeaseGuard, lease_error
-from .pgcalls import CALLS, CLOSES, CLOSING_BUILTINS, GRAMMAR_WORDS, KEYWORDS, TEMP, UNSAFE_BUILTINS, scan
+from .pgcalls import (
+    CACHED,
+    FREE_SQL,
+    GRAMMAR,
+    LONG_BUDGET,
+    NAMES_SQL,
+    PLAIN_TAGS,
+    PLAIN_TAGS_WITH_TEMP,
+    VERDICTS_MAX,
+    Verdicts,
+    conninfo_params,
+    drop_inherited_socket,
+    note,
+    remember,
+    scan,
+)  # fmt: skip
 
 if TYPE_CHECKING:
     from psycopg._queries import PostgresQuery
@@ -86,31 +101,13 @@ _WAIT_W = waiting.Wait.W
 _WAIT_INTERVAL = 0.1  # psycopg's: how often a blocking wait wakes up to notice signals
 _PREPARED_MAX = PrepareManager.prepared_max  # psycopg's default
 
-#: Command tags (first word) of statements that leave nothing behind in the session. Any other
-#: tag (SET, RESET, LISTEN, UNLISTEN, PREPARE, DEALLOCATE, DECLARE CURSOR, DISCARD, DO, CALL,
-#: LOAD, ...) marks the session for a reset. CREATE and SELECT (CREATE TABLE AS, SELECT INTO)
-#: do only when the statement's text names a temporary object (see _scan).
-_PLAIN = (
-    b"SELECT", b"INSERT", b"UPDATE", b"DELETE", b"BEGIN", b"COMMIT", b"ROLLBACK", b"MERGE", b"COPY", b"FETCH",
-    b"MOVE", b"START", b"SAVEPOINT", b"RELEASE", b"SHOW", b"EXPLAIN", b"CLOSE", b"TRUNCATE", b"NOTIFY", b"LOCK",
-    b"VACUUM", b"ANALYZE", b"CHECKPOINT", b"REFRESH", b"REINDEX", b"CLUSTER", b"COMMENT", b"GRANT", b"REVOKE",
-    b"DROP", b"ALTER", b"SECURITY", b"IMPORT", b"CREATE",
-)  # fmt: skip
-_PLAIN_WITH_TEMP = tuple(tag for tag in _PLAIN if tag not in (b"SELECT", b"CREATE"))
-#: Words followed by "(" that are grammar, not calls (the server's keywords are added per pool).
-_GRAMMAR = KEYWORDS | GRAMMAR_WORDS
-#: What a pool reads once from its server (at its first connect), for the scan of statements:
-#: the builtins' names, minus those a function of another schema shares (an overload or an
-#: extension's function of that name may be what a call reaches), and the keywords.
-_NAMES_SQL = b"""SELECT
- (SELECT pg_catalog.string_agg(DISTINCT p.proname::pg_catalog.text, ' ') FROM pg_catalog.pg_proc p
-   WHERE p.pronamespace = 'pg_catalog'::pg_catalog.regnamespace
-     AND NOT EXISTS (SELECT FROM pg_catalog.pg_proc q
-                      WHERE q.proname = p.proname AND q.pronamespace <> 'pg_catalog'::pg_catalog.regnamespace)),
- (SELECT pg_catalog.string_agg(word, ' ') FROM pg_catalog.pg_get_keywords() WHERE catcode <> 'U')"""
-
-# Connections inherited through fork: kept referenced, never finished in this process.
-_INHERITED: list[Any] = []
+#: Command tags of statements that leave nothing behind in the session (:data:`.pgcalls.PLAIN_TAGS`).
+_PLAIN = tuple(tag.encode() for tag in PLAIN_TAGS)
+_PLAIN_WITH_TEMP = tuple(tag.encode() for tag in PLAIN_TAGS_WITH_TEMP)
+_GRAMMAR = GRAMMAR
+_NAMES_SQL = NAMES_SQL.encode()
+# The pool's verdict cache and its bounds are :mod:`.pgcalls`' (shared with the psycopg2 connector).
+_Verdicts, _CACHED, _VERDICTS_MAX, _LONG_BUDGET = Verdicts, CACHED, VERDICTS_MAX, LONG_BUDGET
 
 
 def _classify(text: str, harmless: AbstractSet[str] = frozenset(), grammar: AbstractSet[str] = _GRAMMAR) -> int:
@@ -122,32 +119,6 @@ def _classify(text: str, harmless: AbstractSet[str] = frozenset(), grammar: Abst
     return scan(text, harmless, grammar)
 
 
-_CHANGES, _NAMES_TEMP, _CLOSES = CALLS, TEMP, CLOSES
-#: A pool's verdicts are kept per statement text (applications repeat theirs), at most
-#: _VERDICTS_MAX of them (emptied when full), as psycopg's own query cache; texts longer than
-#: _CACHED characters (ORM batches: INSERT ... VALUES (...), (...)) only while they add up to at
-#: most _LONG_BUDGET characters, each at most that long (emptied when over).
-_CACHED = 4096
-_VERDICTS_MAX = 1024
-_LONG_BUDGET = 1 << 20
-
-
-class _Verdicts(dict[Union[str, bytes], int]):
-    """The verdicts of one pool's statement texts (see _scan), and what they are judged by: the
-    builtins known harmless and the grammar words (read from the server, once per pool). One
-    attribute of the connection: a psycopg connection has 28 already, and from 31 on CPython 3.11
-    keeps them in a dict of its own, which costs ~3,000 instructions per lease in attribute reads
-    (bench/instructions.py --part postgresql)."""
-
-    __slots__ = ("grammar", "harmless", "long")
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.long = 0  #: characters of the texts longer than _CACHED kept
-        self.harmless: AbstractSet[str] = frozenset()  # none known: every call of a function counts
-        self.grammar: AbstractSet[str] = _GRAMMAR
-
-
 def _scan(conn: PooledPGConnection, query: Query, pgq: PostgresQuery) -> None:
     """Note on *conn* what statement *query* (converted: *pgq*) does to the session (see _classify).
 
@@ -155,33 +126,16 @@ def _scan(conn: PooledPGConnection, query: Query, pgq: PostgresQuery) -> None:
     by the ``str`` statement, or else by the bytes sent (``sql.Composed``,
     templates, bytes), and computed from the whole text when it is not there.
     psycopg sends a statement's text unchanged (the values travel apart), so
-    an application's statements are scanned once each (see _CACHED).
+    an application's statements are scanned once each (see :func:`.pgcalls.remember`).
     """
     verdicts = conn._gp_verdicts
     key: Any = query if query.__class__ is str else pgq.query
     verdict = verdicts.get(key)
     if verdict is None:
         text = key if key.__class__ is str else bytes(key).decode("latin-1")
-        verdict = _classify(text, verdicts.harmless, verdicts.grammar)
-        size = len(key)
-        if size <= _CACHED:
-            if len(verdicts) >= _VERDICTS_MAX:
-                verdicts.clear()
-                verdicts.long = 0
-            verdicts[key] = verdict
-        elif size <= _LONG_BUDGET:
-            if verdicts.long + size > _LONG_BUDGET or len(verdicts) >= _VERDICTS_MAX:
-                verdicts.clear()
-                verdicts.long = 0
-            verdicts[key] = verdict
-            verdicts.long += size
+        verdict = remember(verdicts, key, _classify(text, verdicts.harmless, verdicts.grammar))
     if verdict:
-        if verdict == _CHANGES:
-            conn._gp_server = True
-        elif verdict == _NAMES_TEMP:
-            conn._gp_maybe = True
-        else:
-            conn._gp_server = conn._gp_close = True
+        note(conn, verdict)
 
 
 class PooledPGCursor(psycopg.Cursor[Any]):
@@ -347,7 +301,7 @@ class PostgreSQLConnector(Connector):
         super().__init__(pool_name=config.pool_name, address=config.address, dsn=config.dsn,
                          password=config.password)  # fmt: skip
         self.config = config
-        self._params = _conninfo_params(config)
+        self._params = conninfo_params(config)
         self._poll = original_poll()
         self._reset_server = config.reset_session and not config.pgbouncer
         self._reset_client = config.reset_session
@@ -418,8 +372,7 @@ class PostgreSQLConnector(Connector):
         """Read the server's builtin function names and keywords (one query, once per pool)."""
         result = _run(conn, _NAMES_SQL, self._own_timeout, "builtin function names")[-1]
         builtins, keywords = (bytes(result.get_value(0, i) or b"").decode() for i in (0, 1))
-        self._verdicts.grammar = _GRAMMAR | frozenset(keywords.split())
-        self._verdicts.harmless = frozenset(builtins.split()) - UNSAFE_BUILTINS - CLOSING_BUILTINS
+        self._verdicts.learn(builtins, keywords)
         self._names_read = True
 
     def close(self, raw: Any) -> None:
@@ -483,7 +436,7 @@ class PostgreSQLConnector(Connector):
         bounded by *timeout* (a transaction it opened, autocommit off, is rolled back)."""
         raw._gp_holder = None  # the pool's own use
         try:
-            rows = fetch(raw, _FREE_SQL, timeout)
+            rows = fetch(raw, FREE_SQL, timeout)
             if raw.pgconn.transaction_status != _TX_IDLE:
                 with raw.lock:
                     _wait(raw, raw._rollback_gen(), timeout, "ROLLBACK")
@@ -618,32 +571,7 @@ class PostgreSQLConnector(Connector):
         return changed
 
 
-#: Connections the server still accepts from an ordinary login (superusers may use the reserved ones).
-_FREE_SQL = """
-SELECT current_setting('max_connections')::int
-       - current_setting('superuser_reserved_connections')::int
-       - coalesce(current_setting('reserved_connections', true), '0')::int
-       - (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')
-"""
-
 # -- helpers -------------------------------------------------------------------------------------
-
-
-def _conninfo_params(cfg: DatabaseConfig) -> dict[str, Any]:
-    """libpq keywords from the config; keys left unset fall to libpq's defaults (PG* variables,
-    ~/.pgpass, the OS user). ``connect_timeout`` is not passed: the connector enforces it."""
-    host: Any = cfg.host
-    port: Any = cfg.port
-    if len(cfg.hosts) > 1:  # libpq's multi-host form: a port per host
-        host, port = ",".join(h for h, _ in cfg.hosts), ",".join(str(p) for _, p in cfg.hosts)
-    params = {
-        "host": host, "port": port, "user": cfg.user, "password": cfg.password or None,
-        "load_balance_hosts": cfg.load_balance_hosts,
-        "dbname": cfg.database, "sslmode": cfg.sslmode, "sslrootcert": cfg.sslrootcert, "sslcert": cfg.sslcert,
-        "sslkey": cfg.sslkey, "application_name": cfg.application_name, "options": cfg.options,
-        "target_session_attrs": cfg.target_session_attrs,
-    }  # fmt: skip
-    return {key: value for key, value in params.items() if value is not None}
 
 
 def _wait_conn(gen: PQGenConn[PGconn], timeout: float, where: str) -> PGconn:
@@ -734,23 +662,13 @@ def _cooperative_wait() -> Optional[WaitFunc]:
 
 def drop_inherited(raw: Any) -> None:
     """A connection opened by another process (inherited through fork): never finished here, kept
-    referenced, and this process's copy of its socket pointed at /dev/null (the fd number stays
-    taken, so nothing can ever write the parent's protocol into a new socket)."""
-    _INHERITED.append(raw)
+    referenced, and this process's copy of its socket pointed at /dev/null
+    (:func:`.pgcalls.drop_inherited_socket`)."""
     try:
-        fd = raw.pgconn.socket
+        fd: Optional[int] = raw.pgconn.socket
     except Exception:  # noqa: BLE001 - no socket (closed, or never connected)
-        return
-    try:
-        null = os.open(os.devnull, os.O_RDWR)
-    except OSError:
-        return
-    try:
-        os.dup2(null, fd)
-    except OSError:
-        pass
-    finally:
-        os.close(null)
+        fd = None
+    drop_inherited_socket(raw, fd)
 
 
 def _shutdown(raw: Any) -> None:
