@@ -18,8 +18,12 @@ A pool is configured per *name*, as a dict or as a URL string::
 Adapters, with the spellings other frameworks use: ``mysql`` (also ``mariadb``;
 URL schemes ``mysql://``, ``mysql+pymysql://``, ``mariadb://``),
 ``postgresql`` (also ``postgres``, ``pgsql``; ``postgresql://``,
-``postgres://``, ``postgresql+psycopg://``), ``sqlite`` (``sqlite:///path``)
-and ``dbapi`` (any DB-API driver through a ``creator``). :data:`KEYS` lists
+``postgres://``, ``postgresql+psycopg://``, ``postgresql+psycopg2://``),
+``sqlite`` (``sqlite:///path``) and ``dbapi`` (any DB-API driver through a
+``creator``). A PostgreSQL pool's ``driver`` is ``psycopg`` (3) or
+``psycopg2``: the key, the URL option ``?driver=`` or the scheme's ``+driver``
+say which; unset, psycopg when it is installed, else psycopg2
+(:func:`default_pg_driver`). :data:`KEYS` lists
 every key with its default, its rule and the adapters it applies to; a key
 that does not apply to the pool's adapter is refused, like a typo.
 
@@ -34,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.util
 import os
 import re
 import stat
@@ -43,7 +48,7 @@ from urllib.parse import parse_qsl, quote, unquote
 from .errors import ConfigError
 from .options import PoolOptions, Rule, coerce, rule_of
 
-__all__ = ["ADAPTERS", "KEYS", "DatabaseConfig", "mask_dsn", "parse_config"]
+__all__ = ["ADAPTERS", "KEYS", "PG_DRIVERS", "DatabaseConfig", "default_pg_driver", "mask_dsn", "parse_config"]
 
 _MASK = "***"
 
@@ -69,7 +74,7 @@ ADAPTERS = {
     ),  # fmt: skip
     "postgresql": Adapter(
         "postgresql",
-        ("postgresql", "postgres", "postgresql+psycopg", "pgsql"),
+        ("postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2", "postgres+psycopg2", "pgsql"),
         ("postgresql", "postgres", "pgsql"),
         port=5432,
     ),  # fmt: skip
@@ -87,6 +92,8 @@ _SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"
 _TARGETS = ("any", "read-write", "read-only", "primary", "standby", "prefer-standby")
 _MYSQL_TARGETS = ("any", "read-write", "read-only")
 _BALANCE = ("disable", "random")
+#: The PostgreSQL drivers, in the order a pool that names none prefers them.
+PG_DRIVERS = ("psycopg", "psycopg2")
 
 
 def _key(default: Any, rule: Rule, adapters: tuple[str, ...] = _ALL) -> Any:
@@ -157,6 +164,8 @@ class DatabaseConfig(PoolOptions):
                                             ("postgresql",))  # fmt: skip
     pgbouncer: bool = _key(False, Rule(bool, meaning="behind PgBouncer in transaction pooling mode"),
                            ("postgresql",))  # fmt: skip
+    driver: Optional[str] = _key(None, _text("psycopg (3) or psycopg2; unset: psycopg if installed, else psycopg2",
+                                             choices=PG_DRIVERS), ("postgresql",))  # fmt: skip
     # Any DB-API driver
     creator: Any = _key(None, Rule(object, optional=True, meaning="callable returning a DB-API connection, or"
                                                                    " 'module:callable'"), ("dbapi",))  # fmt: skip
@@ -310,6 +319,9 @@ def _from_url(pool_name: str, url: str) -> dict[str, Any]:
         return _dbapi_url(pool_name, rest)
     user, password, hostport, tail = split_url(pool_name, rest)
     raw: dict[str, Any] = {"adapter": adapter}
+    named = scheme.lower().partition("+")[2]
+    if adapter == "postgresql" and named:
+        raw["driver"] = named  # postgresql+psycopg2://
     if user:
         raw["user"] = user
     if password is not None:
@@ -444,11 +456,29 @@ def _normalise(pool_name: str, raw: dict[str, Any]) -> dict[str, Any]:
         if adapter == "mysql" and out.get("target_session_attrs") not in (None, *_MYSQL_TARGETS):
             raise ConfigError(f"pool {pool_name!r}: target_session_attrs must be one of"
                               f" {', '.join(_MYSQL_TARGETS)} for MySQL/MariaDB")  # fmt: skip
+    if adapter == "postgresql":
+        out["driver"] = out.get("driver") or default_pg_driver()
+        if out["driver"] == "psycopg2" and "prepare_threshold" in out:
+            raise ConfigError(f"pool {pool_name!r}: prepare_threshold is psycopg 3's; psycopg2 never prepares"
+                              " a statement (leave it out, or use driver=psycopg)")  # fmt: skip
     if adapter == "sqlite" and not out.get("database"):
         raise ConfigError(f"pool {pool_name!r}: sqlite needs a database path (or ':memory:')")
     if adapter == "dbapi":
         out["creator"] = _creator(pool_name, out.get("creator"))
     return out
+
+
+def default_pg_driver() -> str:
+    """The driver of a PostgreSQL pool that names none: ``psycopg`` (3) when it can be imported,
+    else ``psycopg2`` when that can, else ``psycopg`` (whose import then says what is missing).
+    Nothing is imported here."""
+    for name in PG_DRIVERS:
+        try:
+            if importlib.util.find_spec(name) is not None:
+                return name
+        except (ImportError, ValueError):  # a broken or hidden module: not installed, as far as we go
+            continue
+    return PG_DRIVERS[0]
 
 
 def _host_list(pool_name: str, value: Any) -> str:

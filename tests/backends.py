@@ -34,6 +34,12 @@ class Backend:
     # each new worker imports psycopg itself (0.35 s on this machine; never imported in the master).
     heal_limit: float
     figure: str  # prefix of the FIGURE lines
+    server: str = ""  # the server's marker and fixtures (mysql, postgresql); the name if empty
+    driver: str = ""  # the pool's ``driver`` key, if the server has several (PostgreSQL)
+
+    def __post_init__(self) -> None:
+        if not self.server:
+            object.__setattr__(self, "server", self.name)
 
     def __str__(self) -> str:
         return self.name
@@ -45,7 +51,35 @@ MYSQL = Backend(name="mysql", app="faults_app:app", preload_app="preload_app:app
 POSTGRESQL = Backend(name="postgresql", app="pg_app:app", preload_app="pg_preload_app:app", session="backend_pid",
                      kill="pg_terminate_backend()", auth_error="password authentication failed",
                      timed_out="timed out after {timeout:g}s", heal_limit=10.0, figure="pg ")  # fmt: skip
-BACKENDS = {b.name: b for b in (MYSQL, POSTGRESQL)}
+# The same server through psycopg2 (``driver: psycopg2``): imported in the master even for gevent
+# workers (it picks no wait function at import), so a respawn heals as fast as MySQL's.
+PSYCOPG2 = Backend(name="psycopg2", app="pg2_app:app", preload_app="pg2_preload_app:app", session="backend_pid",
+                   kill="pg_terminate_backend()", auth_error="password authentication failed",
+                   timed_out="timed out after {timeout:g}s", heal_limit=10.0, figure="pg2 ", server="postgresql",
+                   driver="psycopg2")  # fmt: skip
+BACKENDS = {b.name: b for b in (MYSQL, POSTGRESQL, PSYCOPG2)}
+
+
+class _WithDriver:
+    """A login (tests/servers.py) whose configs and URLs name the pool's driver."""
+
+    def __init__(self, login: Any, driver: str) -> None:
+        self._login = login
+        self._driver = driver
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._login, name)
+
+    def config(self, **extra: Any) -> Any:
+        return self._login.config(driver=self._driver, **extra)
+
+    def url(self, **query: Any) -> Any:
+        return self._login.url(driver=self._driver, **query)
+
+
+def with_driver(login: Any, driver: str) -> Any:
+    """*login* as it is, or with ``driver`` in its configs and URLs when *driver* is set."""
+    return _WithDriver(login, driver) if driver else login
 
 
 def check_one_session_per_worker(server: Any, login: Any, backend: Backend, workers: int) -> None:
@@ -71,4 +105,4 @@ def check_one_session_per_worker(server: Any, login: Any, backend: Backend, work
     log = server.log()
     assert login.password not in log
     assert log.count("opened 1 connection(s)") == workers
-    assert f"{backend.name}://{login.name}:***@" in log
+    assert f"{backend.server}://{login.name}:***@" in log

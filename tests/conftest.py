@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import pytest
-from backends import BACKENDS, Backend
+from backends import BACKENDS, Backend, with_driver
 from proxy import FaultProxy
 from servers import _mariadb_pair_session, mariadb_pair, mariadb_tls, pg_scram, pgbouncer  # noqa: F401
 from support import (
@@ -27,6 +27,7 @@ from support import (
     PG_PORT,
     Gunicorn,
     MySQLUser,
+    PG2User,
     PGUser,
     RedisClients,
     admin_connect,
@@ -67,14 +68,24 @@ def redis_server() -> None:
     _require("Redis", redis_reachable(), "GP_REDIS_*")
 
 
-@pytest.fixture
-def pg_user(postgresql_server: None) -> Iterator[PGUser]:
-    """A fresh PostgreSQL login with a random password; its sessions terminated and the role dropped after."""
-    user = PGUser(f"gp_{secrets.token_hex(4)}", "pw-" + secrets.token_hex(8))
+def _fresh_login(cls: Any) -> Iterator[Any]:
+    user = cls(f"gp_{secrets.token_hex(4)}", "pw-" + secrets.token_hex(8))
     try:
         yield user
     finally:
         user.drop()
+
+
+@pytest.fixture
+def pg_user(postgresql_server: None) -> Iterator[PGUser]:
+    """A fresh PostgreSQL login with a random password; its sessions terminated and the role dropped after."""
+    yield from _fresh_login(PGUser)
+
+
+@pytest.fixture
+def pg2_user(postgresql_server: None) -> Iterator[PG2User]:
+    """A fresh PostgreSQL login whose pool configs and URLs use the psycopg2 driver (as ``pg_user``)."""
+    yield from _fresh_login(PG2User)
 
 
 @pytest.fixture
@@ -97,22 +108,24 @@ def mysql_user(mysql_server: None) -> Iterator[MySQLUser]:
         user.drop()
 
 
-@pytest.fixture(params=[pytest.param(name, marks=getattr(pytest.mark, name)) for name in BACKENDS])
+@pytest.fixture(params=[pytest.param(b.name, marks=getattr(pytest.mark, b.server)) for b in BACKENDS.values()])
 def backend(request: Any) -> Backend:
-    """Each database server in turn (tests/backends.py): the test id and the marker name it."""
+    """Each database server (and PostgreSQL driver) in turn (tests/backends.py): the test id names it,
+    the server's marker is set."""
     return BACKENDS[request.param]
 
 
 @pytest.fixture
 def db_user(backend: Backend, request: Any) -> Any:
-    """A fresh login of the *backend* server (``mysql_user`` or ``pg_user``)."""
-    return request.getfixturevalue({"mysql": "mysql_user", "postgresql": "pg_user"}[backend.name])
+    """A fresh login of the *backend* server (``mysql_user``, ``pg_user`` or ``pg2_user``)."""
+    logins = {"mysql": "mysql_user", "postgresql": "pg_user", "psycopg2": "pg2_user"}
+    return request.getfixturevalue(logins[backend.name])
 
 
 @pytest.fixture
 def db_proxy(backend: Backend, request: Any) -> FaultProxy:
     """A fault proxy in front of the *backend* server (``tcp_proxy`` or ``pg_proxy``)."""
-    return request.getfixturevalue({"mysql": "tcp_proxy", "postgresql": "pg_proxy"}[backend.name])
+    return request.getfixturevalue({"mysql": "tcp_proxy", "postgresql": "pg_proxy"}[backend.server])
 
 
 @pytest.fixture
@@ -121,7 +134,8 @@ def checked_login(backend: Backend, request: Any) -> Any:
     does; the machine's PostgreSQL trusts every login, so the throwaway ``pg_scram`` server."""
     if backend.name == "mysql":
         return request.getfixturevalue("mysql_user")
-    return request.getfixturevalue("pg_scram").create_user(f"gp_{secrets.token_hex(4)}", "pw-" + secrets.token_hex(8))
+    login = request.getfixturevalue("pg_scram").create_user(f"gp_{secrets.token_hex(4)}", "pw-" + secrets.token_hex(8))
+    return with_driver(login, backend.driver)
 
 
 @pytest.fixture

@@ -171,7 +171,7 @@ def test_wrong_password_beside_healthy_pool(backend, checked_login, gunicorn):
     assert server.alive()
     log = server.log()
     assert "pool bad (" in log and backend.auth_error in log
-    assert f"{backend.name}://{login.name}:***@" in log
+    assert f"{backend.server}://{login.name}:***@" in log
     assert_no_secret(server, login.password, wrong)
 
 

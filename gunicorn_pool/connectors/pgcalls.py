@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from typing import TYPE_CHECKING, AbstractSet, Any, Optional, Union
 
 if TYPE_CHECKING:
@@ -60,8 +61,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CALLS", "CLOSES", "CLOSING_BUILTINS", "FREE_SQL", "GRAMMAR", "GRAMMAR_WORDS", "KEYWORDS", "NAMES_SQL",
-    "NAMING_WORDS", "PLAIN_TAGS", "PLAIN_TAGS_WITH_TEMP", "TEMP", "UNSAFE_BUILTINS", "Verdicts", "conninfo_params",
-    "drop_inherited_socket", "note", "remember", "scan",
+    "NAMING_WORDS", "PLAIN_TAGS", "PLAIN_TAGS_WITH_TEMP", "TEMP", "UNSAFE_BUILTINS", "SessionRules", "Verdicts",
+    "conninfo_params", "drop_inherited_socket", "note", "remember", "scan", "shutdown_socket",
 ]  # fmt: skip
 
 #: Verdicts of :func:`scan`: the text calls a function not known harmless; it names a temporary
@@ -442,6 +443,46 @@ def conninfo_params(cfg: DatabaseConfig) -> dict[str, Any]:
         "target_session_attrs": cfg.target_session_attrs,
     }  # fmt: skip
     return {key: value for key, value in params.items() if value is not None}
+
+
+class SessionRules:
+    """What both PostgreSQL connectors take from a config the same way: whether they reset the
+    server-side session (not behind PgBouncer) and the connection object's settings, the pool's
+    session statements, the bound of the pool's own statements, and the pool's verdicts."""
+
+    def _take_rules(self, config: DatabaseConfig) -> None:
+        self.config = config
+        self._reset_server = config.reset_session and not config.pgbouncer
+        self._reset_client = config.reset_session
+        #: init_command, then session: run on every new connection and after each reset.
+        self._setup_sql = ";\n".join(((config.init_command,) if config.init_command else ()) + config.session)
+        #: Bound of the pool's own statements: ROLLBACK on return, the reset, the session setup.
+        self._own_timeout = max(config.connect_timeout, config.check_timeout)
+        # The scan of statements: names read from the server at the first connect (NAMES_SQL).
+        self._verdicts = Verdicts()
+        self._names_read = False
+
+    def _learn_names(self, builtins: Optional[str], keywords: Optional[str]) -> None:
+        """The two columns :data:`NAMES_SQL` read: the pool's verdicts judge by them from now on."""
+        self._verdicts.learn(builtins or "", keywords or "")
+        self._names_read = True
+
+
+def shutdown_socket(fd: Optional[int]) -> None:
+    """Shut the socket *fd* down both ways (the fd stays its owner's): a call blocked on it in
+    another thread returns at once. Never raises."""
+    if fd is None or fd < 0:
+        return
+    try:
+        sock = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        sock.close()
 
 
 # Connections inherited through fork: kept referenced, never finished in this process.

@@ -44,7 +44,6 @@ import functools
 import logging
 import os
 import select
-import socket
 import sys
 import threading
 import time
@@ -68,12 +67,14 @@ from .pgcalls import (
     PLAIN_TAGS,
     PLAIN_TAGS_WITH_TEMP,
     VERDICTS_MAX,
+    SessionRules,
     Verdicts,
     conninfo_params,
     drop_inherited_socket,
     note,
     remember,
     scan,
+    shutdown_socket,
 )  # fmt: skip
 
 if TYPE_CHECKING:
@@ -292,7 +293,7 @@ class PooledPGConnection(LeaseGuard, psycopg.Connection[Any]):
         self._gp_client = True
 
 
-class PostgreSQLConnector(Connector):
+class PostgreSQLConnector(SessionRules, Connector):
     """Opens psycopg connections for one pool (see the module docstring)."""
 
     adapter = "postgresql"
@@ -300,11 +301,9 @@ class PostgreSQLConnector(Connector):
     def __init__(self, config: DatabaseConfig) -> None:
         super().__init__(pool_name=config.pool_name, address=config.address, dsn=config.dsn,
                          password=config.password)  # fmt: skip
-        self.config = config
+        self._take_rules(config)
         self._params = conninfo_params(config)
         self._poll = original_poll()
-        self._reset_server = config.reset_session and not config.pgbouncer
-        self._reset_client = config.reset_session
         self._cursor: type[psycopg.Cursor[Any]] = PooledPGCursor if self._reset_server else psycopg.Cursor
         self._server_cursor: type[psycopg.ServerCursor[Any]] = (
             PooledPGServerCursor if self._reset_server else psycopg.ServerCursor
@@ -312,13 +311,7 @@ class PostgreSQLConnector(Connector):
         # PgBouncer in transaction mode: a statement prepared on one server connection is unknown
         # to the next one.
         self._prepare_threshold = None if config.pgbouncer else config.prepare_threshold
-        statements = ((config.init_command,) if config.init_command else ()) + config.session
-        self._setup = ";\n".join(statements).encode("utf-8") if statements else b""
-        #: Bound of the pool's own statements: ROLLBACK on return, the reset, the session setup.
-        self._own_timeout = max(config.connect_timeout, config.check_timeout)
-        # The scan of statements (_scan): names read from the server at the first connect (_NAMES_SQL).
-        self._verdicts = _Verdicts()
-        self._names_read = False
+        self._setup = self._setup_sql.encode("utf-8")
         if not config.reset_session:
             self.check_in = self._check_in_transaction  # type: ignore[method-assign]
 
@@ -372,8 +365,7 @@ class PostgreSQLConnector(Connector):
         """Read the server's builtin function names and keywords (one query, once per pool)."""
         result = _run(conn, _NAMES_SQL, self._own_timeout, "builtin function names")[-1]
         builtins, keywords = (bytes(result.get_value(0, i) or b"").decode() for i in (0, 1))
-        self._verdicts.learn(builtins, keywords)
-        self._names_read = True
+        self._learn_names(builtins, keywords)
 
     def close(self, raw: Any) -> None:
         if raw._gp_pid != os.getpid():
@@ -404,7 +396,7 @@ class PostgreSQLConnector(Connector):
             # a suspended stream() generator. Finishing would free libpq's connection under it:
             # shut the socket down instead (the server ends the session at EOF, the operation
             # fails); psycopg's finaliser finishes the object once its user lets go of it.
-            _shutdown(raw)
+            shutdown_socket(_socket_of(raw))
 
     # -- health ---------------------------------------------------------------------------
 
@@ -664,25 +656,15 @@ def drop_inherited(raw: Any) -> None:
     """A connection opened by another process (inherited through fork): never finished here, kept
     referenced, and this process's copy of its socket pointed at /dev/null
     (:func:`.pgcalls.drop_inherited_socket`)."""
-    try:
-        fd: Optional[int] = raw.pgconn.socket
-    except Exception:  # noqa: BLE001 - no socket (closed, or never connected)
-        fd = None
-    drop_inherited_socket(raw, fd)
+    drop_inherited_socket(raw, _socket_of(raw))
 
 
-def _shutdown(raw: Any) -> None:
-    """Shut the connection's socket down both ways (its fd stays libpq's)."""
+def _socket_of(raw: Any) -> Optional[int]:
+    """The socket of psycopg connection *raw*, None if it has none (closed, or never connected)."""
     try:
-        sock = socket.socket(fileno=os.dup(raw.pgconn.socket))
-    except Exception:  # noqa: BLE001 - no socket (closed, or never connected)
-        return
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    finally:
-        sock.close()
+        return int(raw.pgconn.socket)
+    except Exception:  # noqa: BLE001 - libpq raises for a closed connection
+        return None
 
 
 def _first_line(exc: BaseException) -> str:
