@@ -568,15 +568,36 @@ def _own(conn: Any, sql: str, timeout: float, what: str, *, rows: bool = False) 
         if switch:
             _AUTOCOMMIT.__set__(conn, True)
         try:
+            if not rows:
+                _command(conn, sql)
+                return None
             cursor = _CURSOR(conn)
             try:
                 cursor.execute(sql)
-                return cursor.fetchall() if rows else None
+                return cursor.fetchall()
             finally:
                 cursor.close()
         finally:
             if switch and not conn.closed:
                 _AUTOCOMMIT.__set__(conn, False)
+
+
+def _forget_messages(conn: Any) -> None:
+    """Empty the connection's NOTICEs and notifications: the last user's are not the next one's."""
+    notices, notifies = conn.notices, conn.notifies
+    if notices:
+        notices.clear()
+    if notifies:
+        notifies.clear()
+
+
+def _command(conn: Any, sql: str) -> None:
+    """Send *sql* through psycopg2's plain cursor (no guard, no tracking)."""
+    cursor = _CURSOR(conn)
+    try:
+        cursor.execute(sql)
+    finally:
+        cursor.close()
 
 
 def ping(conn: Any, timeout: float) -> None:
@@ -787,11 +808,7 @@ class Psycopg2Connector(SessionRules, Connector):
             raw._gp_begun = True
 
     def check_in(self, raw: Any) -> bool:
-        notices, notifies = raw.notices, raw.notifies
-        if notices:
-            notices.clear()  # the last user's NOTICEs are not the next one's
-        if notifies:
-            notifies.clear()
+        _forget_messages(raw)
         if (
             raw.get_transaction_status() != _TX_IDLE  # a transaction open or failed, or closed
             or raw._gp_server
@@ -815,6 +832,7 @@ class Psycopg2Connector(SessionRules, Connector):
 
     def finish(self, raw: Any, *, commit: bool, failed: bool = False) -> str:
         raw._gp_holder = None
+        _forget_messages(raw)
         status = raw.get_transaction_status()
         if (
             raw._gp_closed_by_user
@@ -825,11 +843,15 @@ class Psycopg2Connector(SessionRules, Connector):
             or raw.status == ext.STATUS_PREPARED
         ):
             return DROP
-        if status == _TX_INTRANS and commit:
-            _BASE.commit(raw)  # the user's commit: unbounded, as any statement of theirs
-        elif status != _TX_IDLE:
-            with _bounded(raw, self._own_timeout, "ROLLBACK"):
-                _BASE.rollback(raw)
+        if status != _TX_IDLE:
+            # psycopg2's commit() and rollback() do nothing unless psycopg2 began the transaction
+            # itself (autocommit off): one the user began with a BEGIN statement ends with a statement.
+            began = raw.status == ext.STATUS_BEGIN
+            if status == _TX_INTRANS and commit:
+                _BASE.commit(raw) if began else _command(raw, "COMMIT")  # the user's: unbounded, as theirs
+            else:
+                with _bounded(raw, self._own_timeout, "ROLLBACK"):
+                    _BASE.rollback(raw) if began else _command(raw, "ROLLBACK")
         if raw._gp_close:
             return DROP  # settled above: what it changed outlives DISCARD ALL
         if raw._gp_begun:
@@ -856,7 +878,7 @@ class Psycopg2Connector(SessionRules, Connector):
         the session authorization, prepared statements, LISTEN, session advisory locks, temporary
         objects, cached plans and sequence state."""
         _own(raw, "DISCARD ALL", self._own_timeout, "DISCARD ALL")
-        raw.notifies.clear()  # notifications of channels the next user never listened to
+        _forget_messages(raw)  # notifications of channels the next user never listened to
         if self._setup_sql:
             _own(raw, self._setup_sql, self._own_timeout, "init_command/session")
 
