@@ -286,8 +286,8 @@ def _probe_pgbouncer(cfg: Any) -> dict[str, Any]:
         return {"ok": False, "error": mask_dsn(connector.describe_error(exc), cfg.password)}
     raw._gp_holder = None  # the pool's own use
     try:
-        databases = _named_rows(raw, "SHOW DATABASES", cfg.connect_timeout)
-        config = {r["key"]: r["value"] for r in _named_rows(raw, "SHOW CONFIG", cfg.connect_timeout)}
+        databases = _named_rows(raw, "SHOW DATABASES", cfg.connect_timeout, cfg.driver)
+        config = {r["key"]: r["value"] for r in _named_rows(raw, "SHOW CONFIG", cfg.connect_timeout, cfg.driver)}
     except Exception as exc:
         return {"ok": False, "error": mask_dsn(connector.describe_error(exc), cfg.password)}
     finally:
@@ -301,8 +301,12 @@ def _probe_pgbouncer(cfg: Any) -> dict[str, Any]:
             "pool_mode": (mine or {}).get("pool_mode") or config.get("pool_mode")}  # fmt: skip
 
 
-def _named_rows(raw: Any, sql: str, timeout: float) -> list[dict[str, Any]]:
+def _named_rows(raw: Any, sql: str, timeout: float, driver: Optional[str] = None) -> list[dict[str, Any]]:
     """*sql*'s rows as dicts (column name to value), bounded by *timeout*."""
+    if driver == "psycopg2":
+        from .connectors.psycopg2 import fetch as fetch2
+
+        return fetch2(raw, sql, timeout, names=True)
     from .connectors.postgresql import _wait
 
     cursor = raw.cursor()
@@ -350,7 +354,10 @@ def _probe_server(row: dict[str, Any]) -> dict[str, Any]:
 
 def _probe_postgresql(connector: Any, raw: Any, cfg: Any, ms: float) -> dict[str, Any]:
     """What the budget needs from a PostgreSQL server, in one query bounded by ``connect_timeout``."""
-    from .connectors.postgresql import fetch
+    if cfg.driver == "psycopg2":
+        from .connectors.psycopg2 import fetch
+    else:
+        from .connectors.postgresql import fetch  # type: ignore[assignment]
 
     raw._gp_holder = None  # the pool's own use
     try:

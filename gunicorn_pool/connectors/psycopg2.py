@@ -93,8 +93,8 @@ if TYPE_CHECKING:
     from ..config import DatabaseConfig
 
 __all__ = [
-    "PooledPG2Connection", "Psycopg2Connector", "drop_inherited", "install_wait_callback", "ping", "socket_of",
-    "transaction_open", "wait_callback",
+    "PooledPG2Connection", "Psycopg2Connector", "drop_inherited", "fetch", "install_wait_callback", "ping",
+    "socket_of", "transaction_open", "wait_callback",
 ]  # fmt: skip
 
 logger = logging.getLogger("gunicorn_pool")
@@ -559,10 +559,11 @@ def _foreign_green_timeout(timeout: float, message: str) -> Iterator[None]:
         yield
 
 
-def _own(conn: Any, sql: str, timeout: float, what: str, *, rows: bool = False) -> Any:
+def _own(conn: Any, sql: str, timeout: float, what: str, *, rows: bool = False, names: bool = False) -> Any:
     """Run *sql* (the pool's own statement: outside any transaction, one or more statements) on
     idle *conn* within *timeout*, through psycopg2's plain cursor (no guard, no tracking), in
-    autocommit for its duration (no BEGIN, no round trip to switch); its rows if *rows*."""
+    autocommit for its duration (no BEGIN, no round trip to switch); its rows if *rows* (as dicts
+    of column name to value with *names*)."""
     switch = not _AUTOCOMMIT.__get__(conn)
     with _bounded(conn, timeout, what):
         if switch:
@@ -574,7 +575,11 @@ def _own(conn: Any, sql: str, timeout: float, what: str, *, rows: bool = False) 
             cursor = _CURSOR(conn)
             try:
                 cursor.execute(sql)
-                return cursor.fetchall()
+                found = cursor.fetchall()
+                if names:
+                    columns = [d.name for d in cursor.description or ()]
+                    return [dict(zip(columns, row)) for row in found]
+                return found
             finally:
                 cursor.close()
         finally:
@@ -604,6 +609,14 @@ def ping(conn: Any, timeout: float) -> None:
     """``SELECT 1`` on any idle psycopg2 connection, read within *timeout* seconds, opening no
     transaction; raises if the connection is dead (also for gunicorn_pool.sqlalchemy)."""
     _own(conn, "SELECT 1", timeout, "ping")
+
+
+def fetch(conn: Any, sql: str, timeout: float, *, names: bool = False) -> list[Any]:
+    """The rows of *sql* on idle *conn* within *timeout* seconds (dicts with *names*), opening no
+    transaction: the pool's own queries (``gunicorn-pool check``)."""
+    conn._gp_holder = None  # the pool's own use
+    rows: list[Any] = _own(conn, sql, timeout, "query", rows=True, names=names)
+    return rows
 
 
 def transaction_open(conn: Any) -> bool:
