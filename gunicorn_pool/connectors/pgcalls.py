@@ -54,7 +54,7 @@ from __future__ import annotations
 import os
 import re
 import socket
-from typing import TYPE_CHECKING, AbstractSet, Any, Optional, Union
+from typing import TYPE_CHECKING, AbstractSet, Any, Mapping, Optional, Union
 
 if TYPE_CHECKING:
     from ..config import DatabaseConfig
@@ -62,7 +62,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CALLS", "CLOSES", "CLOSING_BUILTINS", "FREE_SQL", "GRAMMAR", "GRAMMAR_WORDS", "KEYWORDS", "NAMES_SQL",
     "NAMING_WORDS", "PLAIN_TAGS", "PLAIN_TAGS_WITH_TEMP", "TEMP", "UNSAFE_BUILTINS", "SessionRules", "Verdicts",
-    "conninfo_params", "drop_inherited_socket", "note", "remember", "scan", "shutdown_socket",
+    "conninfo_params", "drop_inherited_socket", "extra_libpq", "note", "remember", "scan", "shutdown_socket",
 ]  # fmt: skip
 
 #: Verdicts of :func:`scan`: the text calls a function not known harmless; it names a temporary
@@ -483,6 +483,16 @@ def shutdown_socket(fd: Optional[int]) -> None:
         pass
     finally:
         sock.close()
+
+
+def extra_libpq(cfg: DatabaseConfig, extra: Optional[Mapping[str, str]]) -> dict[str, str]:
+    """More libpq keywords a framework gives a connector (Django's ``client_encoding``); one the
+    config sets already, or ``connect_timeout`` (the connectors' own), is refused."""
+    out = dict(extra or {})
+    clash = sorted(set(out) & ({"connect_timeout", "password", "passfile"} | set(conninfo_params(cfg))))
+    if clash:
+        raise ValueError(f"pool {cfg.pool_name!r}: libpq keywords given twice: {', '.join(clash)}")
+    return out
 
 
 # Connections inherited through fork: kept referenced, never finished in this process.

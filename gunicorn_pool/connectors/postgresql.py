@@ -47,12 +47,13 @@ import select
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, AbstractSet, Any, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, AbstractSet, Any, Callable, Iterator, Mapping, Optional
 
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg import generators, pq, waiting
 from psycopg._preparing import PrepareManager
+from psycopg.adapt import AdaptersMap
 from psycopg.conninfo import conninfo_attempts, make_conninfo
 from psycopg.rows import tuple_row
 
@@ -71,6 +72,7 @@ from .pgcalls import (
     Verdicts,
     conninfo_params,
     drop_inherited_socket,
+    extra_libpq,
     note,
     remember,
     scan,
@@ -139,31 +141,43 @@ def _scan(conn: PooledPGConnection, query: Query, pgq: PostgresQuery) -> None:
         note(conn, verdict)
 
 
-class PooledPGCursor(psycopg.Cursor[Any]):
-    """The cursor of a pooled connection: notes the statements that change the session.
+def tracked_cursor(base: Any, name: str = "") -> Any:
+    """*base* (``psycopg.Cursor``, ``psycopg.ClientCursor`` or a subclass: Django's) with the
+    tracking of statements mixed in: the cursor class of a pooled connection (see
+    :class:`PooledPGCursor`)."""
+    convert, check = base._convert_query, base._check_results
+
+    class Tracked(base):  # type: ignore[misc]  # a class built per base
+        def _convert_query(self, query: Query, params: Optional[Params] = None) -> PostgresQuery:
+            pgq = convert(self, query, params)
+            # _scan(), its common case inline: a str statement seen before that changes nothing.
+            conn: PooledPGConnection = self._conn  # always a PooledPGConnection
+            if query.__class__ is not str or conn._gp_verdicts.get(query) != 0:
+                _scan(conn, query, pgq)
+            return pgq  # type: ignore[no-any-return]
+
+        def _check_results(self, results: list[PGresult]) -> None:
+            conn: PooledPGConnection = self._conn
+            plain = _PLAIN_WITH_TEMP if conn._gp_maybe else _PLAIN
+            for result in results:
+                tag = result.command_status
+                if tag and not tag.startswith(plain):
+                    conn._gp_server = True
+            check(self, results)
+
+    Tracked.__name__ = Tracked.__qualname__ = name or f"Pooled{base.__name__}"
+    Tracked.__module__ = __name__
+    Tracked.__doc__ = f"""{base.__name__} of a pooled connection: notes the statements that change the session.
 
     It reads the command tag of every result (``SET``, ``LISTEN``, ``PREPARE``...) and
     scans each statement's text for calls of functions other than harmless builtins and
     for temporary objects (see :func:`_scan`) before it is sent; the connection is then
-    reset with ``DISCARD ALL`` when it is returned.
-    """
+    reset with ``DISCARD ALL`` when it is returned."""
+    return Tracked
 
-    def _convert_query(self, query: Query, params: Optional[Params] = None) -> PostgresQuery:
-        pgq = psycopg.Cursor._convert_query(self, query, params)
-        # _scan(), its common case inline: a str statement seen before that changes nothing.
-        conn: PooledPGConnection = self._conn  # type: ignore[assignment]  # always a PooledPGConnection
-        if query.__class__ is not str or conn._gp_verdicts.get(query) != 0:
-            _scan(conn, query, pgq)
-        return pgq
 
-    def _check_results(self, results: list[PGresult]) -> None:
-        conn: PooledPGConnection = self._conn  # type: ignore[assignment]
-        plain = _PLAIN_WITH_TEMP if conn._gp_maybe else _PLAIN
-        for result in results:
-            tag = result.command_status
-            if tag and not tag.startswith(plain):
-                conn._gp_server = True
-        psycopg.Cursor._check_results(self, results)
+#: The cursor of a pooled connection (``psycopg.Cursor`` with the tracking of statements).
+PooledPGCursor = tracked_cursor(psycopg.Cursor, "PooledPGCursor")
 
 
 class PooledPGServerCursor(psycopg.ServerCursor[Any]):
@@ -250,8 +264,10 @@ class PooledPGConnection(LeaseGuard, psycopg.Connection[Any]):
     # Settings of this object the next user must not inherit.
 
     def set_autocommit(self, value: bool) -> None:
+        changed = bool(value) != self._autocommit
         psycopg.Connection.set_autocommit(self, value)
-        self._gp_client = True
+        if changed:  # Django sets it on every connect: the same value changes nothing
+            self._gp_client = True
 
     def set_isolation_level(self, value: Optional[psycopg.IsolationLevel]) -> None:
         psycopg.Connection.set_isolation_level(self, value)
@@ -298,13 +314,22 @@ class PostgreSQLConnector(SessionRules, Connector):
 
     adapter = "postgresql"
 
-    def __init__(self, config: DatabaseConfig) -> None:
+    def __init__(self, config: DatabaseConfig, *, libpq: Optional[Mapping[str, str]] = None,
+                 cursor_base: Any = None, adapters: Any = None) -> None:  # fmt: skip
+        """For a framework with needs of its own (Django's backend): *libpq*, more libpq keywords
+        (``client_encoding``); *cursor_base*, the cursor class of every connection (tracked when
+        the pool resets sessions); *adapters*, the adapters template of every connection (psycopg's
+        ``context``)."""
         super().__init__(pool_name=config.pool_name, address=config.address, dsn=config.dsn,
                          password=config.password)  # fmt: skip
         self._take_rules(config)
-        self._params = conninfo_params(config)
+        self._params = {**conninfo_params(config), **extra_libpq(config, libpq)}
         self._poll = original_poll()
-        self._cursor: type[psycopg.Cursor[Any]] = PooledPGCursor if self._reset_server else psycopg.Cursor
+        self._adapters = adapters
+        base = cursor_base or psycopg.Cursor
+        self._cursor: type[psycopg.Cursor[Any]] = (
+            (PooledPGCursor if base is psycopg.Cursor else tracked_cursor(base)) if self._reset_server else base
+        )
         self._server_cursor: type[psycopg.ServerCursor[Any]] = (
             PooledPGServerCursor if self._reset_server else psycopg.ServerCursor
         )
@@ -349,6 +374,8 @@ class PostgreSQLConnector(SessionRules, Connector):
         conn._gp_pid = os.getpid()
         conn.lock = threading.Lock()  # the current threading's: gevent's once patched
         conn._gp_waitfn = _cooperative_wait()
+        if self._adapters is not None:
+            conn._adapters = AdaptersMap(self._adapters)  # what psycopg.connect(context=...) does
         conn.cursor_factory = self._cursor
         conn.server_cursor_factory = self._server_cursor
         conn.autocommit = cfg.autocommit  # no round trip: psycopg sends BEGIN itself when off

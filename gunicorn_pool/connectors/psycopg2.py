@@ -66,7 +66,7 @@ import select
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Optional
 
 import psycopg2
 import psycopg2.extensions as ext
@@ -83,6 +83,7 @@ from .pgcalls import (
     Verdicts,
     conninfo_params,
     drop_inherited_socket,
+    extra_libpq,
     note,
     remember,
     scan,
@@ -277,9 +278,11 @@ def cursor_class(factory: Any, named: bool = False) -> Any:
 # -- the connection ------------------------------------------------------------------------------
 
 
-def _setting(descriptor: Any) -> Any:
+def _setting(descriptor: Any, mark: bool = True) -> Any:
     """A setting of psycopg2's connection (its C descriptor), read as psycopg2 reads it and set
-    only by the holder, marking the connection so the pool restores it at return."""
+    only by the holder, marking the connection (with *mark*) so the pool restores it at return.
+    ``autocommit`` marks nothing: the pool compares it with its own at return (Django switches it
+    off and on again around every ``atomic()`` block, and sets it on every connect)."""
 
     def get(conn: Any) -> Any:
         return descriptor.__get__(conn)
@@ -287,7 +290,8 @@ def _setting(descriptor: Any) -> Any:
     def set_(conn: Any, value: Any) -> None:
         _refuse(conn)
         descriptor.__set__(conn, value)
-        conn._gp_client = True
+        if mark:
+            conn._gp_client = True
 
     return property(get, set_, doc=f"psycopg2's ``{descriptor.__name__}`` (restored when the lease ends).")
 
@@ -409,7 +413,7 @@ class PooledPG2Connection(LeaseGuard, ext.connection):  # type: ignore[misc]  # 
         _BASE.set_client_encoding(self, encoding)
         self._gp_client = True
 
-    autocommit = _setting(_AUTOCOMMIT)
+    autocommit = _setting(_AUTOCOMMIT, mark=False)
     isolation_level = _setting(_ISOLATION_LEVEL)
     readonly = _setting(_READONLY)
     deferrable = _setting(_DEFERRABLE)
@@ -705,13 +709,17 @@ class Psycopg2Connector(SessionRules, Connector):
     adapter = "postgresql"
     guarded = True
 
-    def __init__(self, config: DatabaseConfig) -> None:
+    def __init__(self, config: DatabaseConfig, *, libpq: Optional[Mapping[str, str]] = None,
+                 cursor_base: Any = None) -> None:  # fmt: skip
+        """For a framework with needs of its own (Django's backend): *libpq*, more libpq keywords
+        (``client_encoding``); *cursor_base*, the cursor factory of every connection (guarded)."""
         super().__init__(pool_name=config.pool_name, address=config.address, dsn=config.dsn,
                          password=config.password)  # fmt: skip
         self._take_rules(config)
-        self._dsn = ext.make_dsn(**conninfo_params(config))
+        self._dsn = ext.make_dsn(**conninfo_params(config), **extra_libpq(config, libpq))
         self._hosts = max(1, len(config.hosts))
-        self._cursor = cursor_class(_CURSOR)
+        self._cursor = cursor_class(cursor_base or _CURSOR)
+        self._autocommit = bool(config.autocommit)
         if not config.reset_session:
             self.check_in = self._check_in_transaction  # type: ignore[method-assign]
 
@@ -826,7 +834,7 @@ class Psycopg2Connector(SessionRules, Connector):
             raw.get_transaction_status() != _TX_IDLE  # a transaction open or failed, or closed
             or raw._gp_server
             or raw._gp_client
-            or raw._gp_begun
+            or _AUTOCOMMIT.__get__(raw) is not self._autocommit
             or raw.cursor_factory is not self._cursor
         ):
             raw._gp_holder = None  # finish() runs the pool's own statements
@@ -837,7 +845,11 @@ class Psycopg2Connector(SessionRules, Connector):
 
     def _check_in_transaction(self, raw: Any) -> bool:
         """check_in() with ``reset_session`` off: only transactions and autocommit."""
-        if raw.get_transaction_status() != _TX_IDLE or raw._gp_client or raw._gp_begun:
+        if (
+            raw.get_transaction_status() != _TX_IDLE
+            or raw._gp_client
+            or _AUTOCOMMIT.__get__(raw) is not self._autocommit
+        ):
             raw._gp_holder = None
             return False
         raw._gp_holder = IDLE
@@ -900,7 +912,9 @@ class Psycopg2Connector(SessionRules, Connector):
         psycopg2 applies isolation level, read-only and deferrable to the next BEGIN, or, in
         autocommit, with ``SET default_transaction_*``: switching back reverts those (its own
         rule), so the round trips happen only for a setting the user changed in autocommit."""
-        if not (raw._gp_client or raw.cursor_factory is not self._cursor):
+        if not (
+            raw._gp_client or raw.cursor_factory is not self._cursor or _AUTOCOMMIT.__get__(raw) is not self._autocommit
+        ):
             return False
         changed = False
         wanted = self.config.autocommit
