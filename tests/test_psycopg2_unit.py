@@ -143,3 +143,15 @@ def test_any_cursor_factory_gets_the_guard_once_and_a_guarded_class_is_kept():
     named = cursor_class(real_dict, True)
     assert issubclass(named, psycopg2.extras.RealDictCursor) and cursor_class(named, True) is named
     assert named.fetchone is not psycopg2.extras.RealDictCursor.fetchone
+
+
+def test_the_django_extra_installs_no_postgresql_driver_and_psycopg2_has_its_own():
+    """Django prefers psycopg 3 whenever it can import it: an extra that installed psycopg switched a
+    psycopg2 project's driver behind its back (and its pool: psycopg_pool then loaded)."""
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    extras = {name: value.split() for name, value in cfg["options.extras_require"].items()}
+    assert extras["django"] == ["Django>=5.1"]
+    assert extras["psycopg2"] == ["psycopg2-binary>=2.9"] and extras["postgresql"] == ["psycopg[binary]>=3.1.14"]
