@@ -331,6 +331,10 @@ class PooledPG2Connection(LeaseGuard, ext.connection):  # type: ignore[misc]  # 
         holder = self._gp_holder
         if holder is not None and holder != threading.get_ident():
             raise lease_error(self._gp_pool, holder, self._gp_taken_at)
+        if name is None and cursor_factory is None and not withhold and scrollable is None:
+            factory = self.cursor_factory
+            if factory is not None and "_gp_base" in factory.__dict__:
+                return _BASE.cursor(self)  # the common case: the pool's own guarded class
         factory = cursor_factory or self.cursor_factory or _CURSOR
         if name is not None:
             factory = cursor_class(factory, True)
@@ -829,7 +833,11 @@ class Psycopg2Connector(SessionRules, Connector):
             raw._gp_begun = True
 
     def check_in(self, raw: Any) -> bool:
-        _forget_messages(raw)
+        notices, notifies = raw.notices, raw.notifies  # _forget_messages(), inline: every return passes here
+        if notices:
+            notices.clear()
+        if notifies:
+            notifies.clear()
         if (
             raw.get_transaction_status() != _TX_IDLE  # a transaction open or failed, or closed
             or raw._gp_server
