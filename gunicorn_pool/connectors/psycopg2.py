@@ -116,6 +116,7 @@ _AUTOCOMMIT = ext.connection.__dict__["autocommit"]
 _ISOLATION_LEVEL = ext.connection.__dict__["isolation_level"]
 _READONLY = ext.connection.__dict__["readonly"]
 _DEFERRABLE = ext.connection.__dict__["deferrable"]
+_CURSOR_FACTORY = ext.connection.__dict__["cursor_factory"]
 
 
 class _WaitTimeout(psycopg2.OperationalError):  # type: ignore[misc]  # psycopg2 is untyped
@@ -167,22 +168,7 @@ class _GuardedCursor(_CursorBase):  # type: ignore[misc]  # a mixin over psycopg
     when the pool resets sessions (``conn._gp_verdicts`` is then the pool's verdicts)."""
 
     _gp_base: Any = _CURSOR  # the factory this class guards
-
-    def execute(self, query: Any, vars: Any = None) -> Any:
-        conn = self.connection
-        holder = conn._gp_holder
-        if holder is not None and holder != threading.get_ident():
-            raise lease_error(conn._gp_pool, holder, conn._gp_taken_at)
-        verdicts = conn._gp_verdicts
-        if verdicts is None:
-            return super().execute(query, vars)
-        if query.__class__ is not str or verdicts.get(query) != 0:
-            _scan(conn, query, self)
-        result = super().execute(query, vars)
-        tag = self.statusmessage  # _tag(), inline: every statement passes here
-        if tag and not tag.startswith(_PLAIN_WITH_TEMP if conn._gp_maybe else _PLAIN):
-            conn._gp_server = True
-        return result
+    # execute(): built per factory by _execute_of(), calling the factory's own without super().
 
     def executemany(self, query: Any, vars_list: Any) -> Any:
         conn = self.connection
@@ -258,6 +244,29 @@ class _GuardedNamedCursor(_GuardedCursor):
         return super().__iter__()
 
 
+def _execute_of(parent: Callable[..., Any]) -> Callable[..., Any]:
+    """The guarded and tracked ``execute()`` over a factory's own *parent* (every statement passes
+    here: the factory's method is called directly, not through ``super()``)."""
+
+    def execute(self: Any, query: Any, vars: Any = None) -> Any:
+        conn = self.connection
+        holder = conn._gp_holder
+        if holder is not None and holder != threading.get_ident():
+            raise lease_error(conn._gp_pool, holder, conn._gp_taken_at)
+        verdicts = conn._gp_verdicts
+        if verdicts is None:
+            return parent(self, query, vars)
+        if query.__class__ is not str or verdicts.get(query) != 0:
+            _scan(conn, query, self)
+        result = parent(self, query, vars)
+        tag = self.statusmessage  # _tag(), inline
+        if tag and not tag.startswith(_PLAIN_WITH_TEMP if conn._gp_maybe else _PLAIN):
+            conn._gp_server = True
+        return result
+
+    return execute
+
+
 _CURSORS: dict[tuple[Any, bool], Any] = {}
 
 
@@ -271,7 +280,10 @@ def cursor_class(factory: Any, named: bool = False) -> Any:
     if cls is None:
         mixin = _GuardedNamedCursor if named else _GuardedCursor
         name = f"Pooled{'Named' if named else ''}{base.__name__}"
-        cls = _CURSORS[(base, named)] = type(name, (mixin, base), {"__module__": __name__, "_gp_base": base})
+        namespace = {"__module__": __name__, "_gp_base": base}
+        if not named:
+            namespace["execute"] = _execute_of(base.execute)
+        cls = _CURSORS[(base, named)] = type(name, (mixin, base), namespace)
     return cls
 
 
@@ -332,15 +344,18 @@ class PooledPG2Connection(LeaseGuard, ext.connection):  # type: ignore[misc]  # 
         if holder is not None and holder != threading.get_ident():
             raise lease_error(self._gp_pool, holder, self._gp_taken_at)
         if name is None and cursor_factory is None and not withhold and scrollable is None:
-            factory = self.cursor_factory
-            if factory is not None and "_gp_base" in factory.__dict__:
-                return _BASE.cursor(self)  # the common case: the pool's own guarded class
-        factory = cursor_factory or self.cursor_factory or _CURSOR
-        if name is not None:
-            factory = cursor_class(factory, True)
-        elif "_gp_base" not in factory.__dict__:
-            factory = cursor_class(factory)
+            return _BASE.cursor(self)  # the common case: the connection's factory, guarded when set
+        factory = cursor_class(cursor_factory or _CURSOR_FACTORY.__get__(self) or _CURSOR, name is not None)
         return _BASE.cursor(self, name, cursor_factory=factory, withhold=withhold, scrollable=scrollable)
+
+    @property
+    def cursor_factory(self) -> Any:
+        """psycopg2's ``cursor_factory``: a factory set here gets the guard mixed in."""
+        return _CURSOR_FACTORY.__get__(self)
+
+    @cursor_factory.setter
+    def cursor_factory(self, factory: Any) -> None:
+        _CURSOR_FACTORY.__set__(self, cursor_class(factory or _CURSOR))
 
     def commit(self) -> None:
         _refuse(self)
@@ -843,7 +858,7 @@ class Psycopg2Connector(SessionRules, Connector):
             or raw._gp_server
             or raw._gp_client
             or _AUTOCOMMIT.__get__(raw) is not self._autocommit
-            or raw.cursor_factory is not self._cursor
+            or _CURSOR_FACTORY.__get__(raw) is not self._cursor
         ):
             raw._gp_holder = None  # finish() runs the pool's own statements
             return False
