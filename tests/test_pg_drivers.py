@@ -253,7 +253,7 @@ def test_every_host_is_tried_and_target_session_attrs_is_passed_to_libpq(login):
     standby.close_pool()
 
 
-@pytest.mark.timeout(30)  # psycopg2 has no client-side bound of its own: without the watchdog this would hang
+@pytest.mark.timeout(30, method="thread")  # psycopg2 blocks in C: no signal can end it, this thread can
 def test_ping_of_a_connection_whose_server_stopped_answering_is_bounded(driver, login, pg_proxy):
     """psycopg's wait takes a timeout; psycopg2's calls have none: a watchdog shuts its socket down."""
     db = DatabasePool({"default": login.config(port=pg_proxy.port, min_size=1, max_size=1, check_interval=0,

@@ -463,7 +463,7 @@ def test_a_whole_second_connect_timeout_is_libpqs_own_bound(pg2_user, pg_proxy):
     db.close_pool()
 
 
-@pytest.mark.timeout(30)  # psycopg2 has no client-side bound of its own: without the watchdog this would hang
+@pytest.mark.timeout(30, method="thread")  # psycopg2 blocks in C: no signal can end it, this thread can
 def test_a_reset_on_a_stalled_connection_is_bounded_and_drops_it(pg2_user, pg_proxy):
     db = DatabasePool({"default": pg2_user.config(port=pg_proxy.port, min_size=1, max_size=1, connect_timeout=1,
                                                   check_timeout=0.5)}, name="stall-reset")  # fmt: skip
