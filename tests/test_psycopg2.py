@@ -260,11 +260,6 @@ def test_next_user_gets_the_session_as_the_pool_configured_it(pg2_user, make_db,
     assert pool.stats()["connections_reset"] == 1
 
 
-def _notices(conn: Any) -> None:
-    run(conn, "DO $$ BEGIN RAISE NOTICE 'gp-notice'; END $$")  # DO: its tag resets the session too
-    assert conn.notices
-
-
 # The psycopg2 connection object's settings (restored at return: the next user gets the pool's).
 CLIENT_SIDE: dict[str, tuple[Callable[[Any], Any], Callable[[Any], bool]]] = {
     "autocommit switched off": (lambda c: setattr(c, "autocommit", False), lambda c: c.autocommit is True),
@@ -278,7 +273,6 @@ CLIENT_SIDE: dict[str, tuple[Callable[[Any], Any], Callable[[Any], bool]]] = {
                             lambda c: c.encoding == "UTF8" and one(c, "SHOW client_encoding") == "UTF8"),
     "cursor_factory": (lambda c: setattr(c, "cursor_factory", psycopg2.extras.RealDictCursor),
                        lambda c: one(c, "SELECT 1 AS a") == 1),
-    "notices": (_notices, lambda c: not c.notices),
 }  # fmt: skip
 
 
@@ -293,6 +287,21 @@ def test_settings_of_the_connection_object_are_restored(pg2_user, make_db, case)
         assert backend(conn) == session
         assert clean(conn), f"{case} reached the next user"
     assert pool.stats()["connections_reset"] == 1
+
+
+def test_the_notices_of_a_lease_never_reach_the_next_one_and_cost_no_reset(make_db):
+    pool = make_db().pool()
+    with pool.connection() as conn:
+        run(conn, "DROP TABLE IF EXISTS gp_never_there")  # NOTICE: ... does not exist, skipping
+        assert conn.notices
+    with pool.connection() as conn:
+        assert not conn.notices
+    with pytest.raises(RuntimeError), pool.connection() as conn:  # a lease that raised too
+        run(conn, "DROP TABLE IF EXISTS gp_never_there")
+        raise RuntimeError("view failed")
+    with pool.connection() as conn:
+        assert not conn.notices
+    assert pool.stats()["connections_reset"] == 1  # the failed lease's
 
 
 def test_a_session_nobody_changed_is_never_reset_and_costs_no_round_trip(pg2_user, make_db):
@@ -423,6 +432,10 @@ def test_request_connection_makes_the_request_one_transaction_on_an_autocommit_p
         conn = request_connection(db)
         run(conn, f"INSERT INTO {table} VALUES (1)")
         assert pg2_user.rows(table) == 0  # not committed yet
+        conn.commit()  # code written for psycopg2.connect() commits itself: the request's transaction
+        assert pg2_user.rows(table) == 1
+        run(conn, f"INSERT INTO {table} VALUES (1)")
+        conn.rollback()
     assert pg2_user.rows(table) == 1
     with pytest.raises(RuntimeError), request_scope("GET /fail"):
         run(request_connection(db), f"INSERT INTO {table} VALUES (2)")
