@@ -198,6 +198,18 @@ def bracketed(base: Callable[[], float], variants: dict[str, Callable[[], float]
     return base_values, values, rel
 
 
+def bracketed_rows(base_name: str, base_values: Sequence[float], values: dict[str, list[float]],
+                   rel: dict[str, list[float]]) -> list[list[str]]:  # fmt: skip
+    """Table rows of a :func:`bracketed` run: µs/op median, min, max and the ratio to the base."""
+    med, lo, hi = spread(base_values)
+    rows = [[base_name, fmt(med), fmt(lo), fmt(hi), "**1.00**"]]
+    for name in values:
+        med, lo, hi = spread(values[name])
+        rmed, rlo, rhi = spread(rel[name])
+        rows.append([name, fmt(med), fmt(lo), fmt(hi), f"**{rmed:.2f}** ({rlo:.2f}–{rhi:.2f})"])
+    return rows
+
+
 def spread(values: Sequence[float]) -> tuple[float, float, float]:
     """(median, min, max)."""
     return statistics.median(values), min(values), max(values)

@@ -4,8 +4,12 @@ bench/e2e.py's req/s move with whatever else the machine runs; the CPU time a
 worker process spends per request (``time.process_time()``, the server's time
 excluded) does not. Each row runs in its own process: Django's WSGI handler
 (bench/apps/djbench, one ORM query) is called in a loop with gunicorn's
-request signals, as a sync worker would; the gunicorn_pool row runs inside
-gunicorn_pool's request scope (RequestScopeMiddleware), as in its worker.
+request signals, as a sync worker would; the gunicorn_pool rows run inside
+gunicorn_pool's request scope (RequestScopeMiddleware) with the Django pool
+service booted, as in its sync worker (where Django keeps its connection
+across requests while it is clean); the "one lease per request" row turns
+that off (the rule of gthread and gevent workers, and of this backend before
+it kept connections).
 Rows run in turn, forward then reverse, ``--rounds`` times.
 
 ``--instructions N1 N2`` counts instructions per request under valgrind's
@@ -31,8 +35,14 @@ from _common import BENCH, ROOT, BenchUser, admin_connect, fmt_spread, preamble,
 ROWS = {
     "Django mysql backend, CONN_MAX_AGE=0": {"GPB_DJ_ENGINE": "stock", "GPB_DJ_MAX_AGE": "0"},
     "Django mysql backend, CONN_MAX_AGE=None": {"GPB_DJ_ENGINE": "stock", "GPB_DJ_MAX_AGE": "none"},
+    "Django mysql backend on mysqlclient, CONN_MAX_AGE=None": {"GPB_DJ_ENGINE": "stock_mysqlclient",
+                                                               "GPB_DJ_MAX_AGE": "none"},
     "gunicorn_pool.django.mysql": {"GPB_DJ_ENGINE": "ours", "GPB_SIZE": "1"},
     "gunicorn_pool.django.mysql, no request scope": {"GPB_DJ_ENGINE": "ours", "GPB_SIZE": "1", "GPB_SCOPE": "0"},
+    "gunicorn_pool.django.mysql, one lease per request": {"GPB_DJ_ENGINE": "ours", "GPB_SIZE": "1",
+                                                          "GPB_STICKY": "0"},
+    "gunicorn_pool.django.mysql, driver mysqlclient": {"GPB_DJ_ENGINE": "ours", "GPB_SIZE": "1",
+                                                       "GPB_DJ_DRIVER": "mysqlclient"},
 }
 
 CHILD = r"""
@@ -41,9 +51,15 @@ sys.path.insert(0, os.environ["GPB_APPS"])
 os.environ["DJANGO_SETTINGS_MODULE"] = "djbench.settings"
 from django.core.wsgi import get_wsgi_application
 app = get_wsgi_application()
-if os.environ["GPB_DJ_ENGINE"] == "ours" and os.environ.get("GPB_SCOPE") != "0":
-    from gunicorn_pool.wsgi import RequestScopeMiddleware
-    app = RequestScopeMiddleware(app)
+if os.environ["GPB_DJ_ENGINE"] == "ours":
+    from gunicorn_pool.django import pools
+    from gunicorn_pool.django.service import configured_service
+    if os.environ.get("GPB_STICKY") == "0":
+        pools.sticky = lambda: False
+    configured_service().init_pool()  # as gunicorn_pool's sync worker boots it
+    if os.environ.get("GPB_SCOPE") != "0":
+        from gunicorn_pool.wsgi import RequestScopeMiddleware
+        app = RequestScopeMiddleware(app)
 environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "80",
            "wsgi.url_scheme": "http", "wsgi.input": __import__("io").BytesIO(), "SERVER_PROTOCOL": "HTTP/1.1",
            "wsgi.errors": sys.stderr}

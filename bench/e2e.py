@@ -21,6 +21,9 @@ wrk runs interleaved over rounds (forward, then reverse order):
           the stock engine (QueuePool), the same app with ``adopt(db)``, and an
           ``EnginePool`` engine; ``-w 2``, wrk ``-c 4`` (sync) and ``-c 16``
           (gevent, pools of 10 per worker). Ratios to the stock engine.
+- mysqlclient-sync: ``-w 2`` sync workers, wrk ``-c 4``: gunicorn_pool on
+          mysqlclient (``driver: mysqlclient``) against gunicorn_pool on PyMySQL,
+          with a module-global connection of each driver per worker beside them.
 - pg-sync, pg-gevent: the same on PostgreSQL through psycopg 3, with a
           psycopg_pool ``ConnectionPool`` row; baselines: a module-global
           psycopg connection per worker (sync), SQLAlchemy QueuePool (gevent:
@@ -63,6 +66,9 @@ MODES = {
                       ["fsa_stock"]),
     "flask-sa-gevent": ("gevent", "gunicorn_pool.GeventWorker", 16, 10, ["fsa_stock", "fsa_adopt", "fsa_enginepool"],
                         ["fsa_stock"]),
+    "mysqlclient-sync": ("sync", "gunicorn_pool.Worker", 4, 1,
+                         ["global_conn_app", "mysqlclient_global_app", "gunicorn_pool_app", "gp_mysqlclient"],
+                         ["gunicorn_pool_app", "mysqlclient_global_app"]),
     "pg-sync": ("sync", "gunicorn_pool.Worker", 4, 1,
                 ["pg_global_conn_app", "pg_connect_app", "pg_psycopg_pool_app", "pg_sqlalchemy_app",
                  "pg_gunicorn_pool_app"], ["pg_global_conn_app"]),
@@ -80,13 +86,17 @@ DJANGO = {
 }
 #: Flask-SQLAlchemy rows: one app module (bench/apps/flask_sa_app.py), told apart by GPB_SA.
 FLASK_SA = {f"fsa_{mode}": {"GPB_SA": mode} for mode in ("stock", "adopt", "enginepool")}
-GP_ROWS = ("gunicorn_pool_app", "dj_ours", "fsa_adopt", "fsa_enginepool")
+#: gunicorn_pool_app on another MySQL driver, told apart by GPB_DRIVER.
+DRIVERS = {"gp_mysqlclient": {"GPB_DRIVER": "mysqlclient"}}
+GP_ROWS = ("gunicorn_pool_app", "dj_ours", "fsa_adopt", "fsa_enginepool", "gp_mysqlclient")
 LABELS = {
     "global_conn_app": "module-global connection per worker",
     "connect_app": "connect per request",
     "dbutils_app": "DBUtils PooledDB (defaults)",
     "sqlalchemy_app": "SQLAlchemy QueuePool",
     "gunicorn_pool_app": "gunicorn_pool",
+    "mysqlclient_global_app": "module-global mysqlclient connection per worker",
+    "gp_mysqlclient": "gunicorn_pool, driver mysqlclient",
     "bare_list_app": "reference: bare list per worker (no limit, check or wait)",
     "dj_stock_age0": "Django mysql backend, CONN_MAX_AGE=0",
     "dj_stock_persistent": "Django mysql backend, CONN_MAX_AGE=None",
@@ -154,8 +164,9 @@ def run_mode(mode: str, rounds: int, seconds: float) -> str:
     try:
         for v in variants:
             env = dict(users[v].env(), GPB_SIZE=str(size), GPB_DJ_TABLE=table_name,
-                       **DJANGO.get(v, {}), **FLASK_SA.get(v, {}))  # fmt: skip
+                       **DJANGO.get(v, {}), **FLASK_SA.get(v, {}), **DRIVERS.get(v, {}))  # fmt: skip
             module = "django_app" if v in DJANGO else "flask_sa_app" if v in FLASK_SA else v
+            module = "gunicorn_pool_app" if v in DRIVERS else module
             ours = v in GP_ROWS or v.endswith("gunicorn_pool_app")
             servers[v] = Server(module, gp_klass if ours else klass, 2, env).start()
         for v in variants:

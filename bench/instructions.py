@@ -15,6 +15,12 @@ N1): start-up and warm-up cancel out. Rows:
   lends (``PooledMySQLConnection``: the lease guard and session tracking, no
   pool), each loop on one connection class only (see docs/performance.md on
   why mixing classes in one loop costs more);
+- the same three with an ORM-like ``SELECT`` instead (built-ins, an ``IN``
+  list, a derived table, an e-mail address as a parameter that differs on
+  every query, so no verdict is reused), and the statement scan alone
+  (``statement_verdict``) on those texts and on an ``INSERT INTO ... VALUES``
+  with such an address (which takes the scan's second, precise pass): what
+  reading each statement for session changes costs (``--part mysql``);
 - PostgreSQL (``--part postgresql``): checkout + an ORM-like ``SELECT`` with
   ordinary builtins (``lower``, ``coalesce``, ``date_trunc``, ``now``) +
   return, beside a raw persistent psycopg connection running the same
@@ -57,6 +63,10 @@ row, n = sys.argv[1], int(sys.argv[2])
 kw = {kw!r}
 STATEMENT = ("SELECT t.id, lower(t.name), coalesce(t.qty, 0), date_trunc('day', now()) AS day"
              " FROM (VALUES (1, 'A', 2)) AS t(id, name, qty) WHERE t.id = %s")
+ORM = ("SELECT u.id, u.name, LOWER(u.email) AS email, COALESCE(u.score, 0) AS score FROM"
+       " (SELECT 1 AS id, 'bob' AS name, %s AS email, NULL AS score) AS u"
+       " WHERE u.email = %s AND u.id IN (1, 2, 3) ORDER BY u.id LIMIT 21")
+ORM_INSERT = "INSERT INTO users (name, email, login, created) VALUES ('bob', %s, LOWER(%s), NOW())"
 if row.startswith("stand-in"):
     from cpu import StandInConnection, StandInConnector
     from gunicorn_pool import ConnectionPool
@@ -116,10 +126,25 @@ elif row.startswith("PG"):
         for i in range(n):
             with db.connection() as c:
                 work(c, i)
+elif row.startswith("statement_verdict"):
+    from gunicorn_pool.connectors.mysql import statement_verdict
+    text = ORM if row.endswith("SELECT") else ORM_INSERT
+    for i in range(n):
+        mail = "'user%d@example.com'" % i
+        statement_verdict((text % (mail, mail)).encode())
 else:
     import pymysql
+    orm = row.endswith(", ORM-like SELECT")
+    row = row.replace(", ORM-like SELECT", "")
+    counter = iter(range(10**9))
     def op(c):
-        cur = c.cursor(); cur.execute("SELECT 1"); cur.fetchall(); cur.close()
+        cur = c.cursor()
+        if orm:
+            mail = "user%d@example.com" % next(counter)  # a new text every time: no verdict reused
+            cur.execute(ORM, (mail, mail))
+        else:
+            cur.execute("SELECT 1")
+        cur.fetchall(); cur.close()
     if row == "raw PyMySQL":
         c = pymysql.connect(**kw)
         for _ in range(n):
@@ -141,7 +166,10 @@ else:
 PARTS = {
     "stand-in": ("stand-in with", "stand-in with, in a request scope", "stand-in getconn/putconn",
                  "minimal FIFO pool"),
-    "mysql": ("raw PyMySQL", "raw PooledMySQLConnection", "gunicorn_pool DatabasePool.connection()"),
+    "mysql": ("raw PyMySQL", "raw PooledMySQLConnection", "gunicorn_pool DatabasePool.connection()",
+              "raw PyMySQL, ORM-like SELECT", "raw PooledMySQLConnection, ORM-like SELECT",
+              "gunicorn_pool DatabasePool.connection(), ORM-like SELECT", "statement_verdict, ORM-like SELECT",
+              "statement_verdict, ORM-like INSERT"),
     "postgresql": ("PG raw psycopg", "PG DatabasePool.connection()", "PG raw psycopg, a new statement each op",
                    "PG DatabasePool.connection(), a new statement each op", "PG2 raw psycopg2",
                    "PG2 DatabasePool.connection(), psycopg2"),

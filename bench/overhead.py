@@ -13,12 +13,18 @@ row's op alternate (AB, then BA) and each is timed alone; per chunk of 500
 pairs the ratio is the median row op over the median raw op. It resolves a
 few microseconds on a machine whose block timings swing 2x.
 
-    python bench/overhead.py [--rounds 40] [--ops 200] [--pairs 10000]
+The ``mysqlclient`` part does the same for the C driver: a raw persistent
+mysqlclient connection is its floor, beside a raw connection of the class the
+pool lends (PooledMySQLdbConnection) and ``DatabasePool.connection()`` with
+``driver: mysqlclient``.
+
+    python bench/overhead.py [--part mysqlclient] [--rounds 40] [--ops 200] [--pairs 10000]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import os
 import statistics
@@ -26,7 +32,7 @@ import time
 from typing import Any, Callable, Optional
 
 import pymysql
-from _common import BenchUser, PGBenchUser, bracketed, fmt, preamble, spread, table
+from _common import BenchUser, PGBenchUser, bracketed, bracketed_rows, preamble, spread, table
 from _variants import MinimalFifoPool
 
 from gunicorn_pool import DatabasePool
@@ -187,6 +193,39 @@ def build(user: BenchUser, ops: int) -> tuple[dict[str, Callable[[], float]], li
         ref.putconn(conn)
 
     add("reference: minimal FIFO pool (lock + deque, no features)", minimal)
+    return variants, closers
+
+
+MC_RAW = "raw persistent mysqlclient connection"
+MC_SAME = "raw PooledMySQLdbConnection (the class the pool lends, no pool)"
+MC_GP = "gunicorn_pool DatabasePool.connection(), driver mysqlclient"
+MC_PAIRED = (MC_SAME, MC_GP)
+MC_SAME_CLASS = ("gunicorn_pool, driver mysqlclient ÷ raw PooledMySQLdbConnection", MC_SAME, MC_GP)
+
+
+def build_mysqlclient(user: BenchUser, ops: int) -> tuple[dict[str, Callable[[], float]], list[Callable[[], None]]]:
+    """The mysqlclient group: a raw connection, the pool's connection class alone, the pool."""
+    import MySQLdb
+
+    from gunicorn_pool.connectors.mysqlclient import PooledMySQLdbConnection
+
+    kw = user.kwargs()
+    closers: list[Callable[[], None]] = []
+    variants: dict[str, Callable[[], float]] = {}
+    bodies.clear()
+
+    def add(label: str, body: Callable[[], None]) -> None:
+        bodies[label] = body
+        variants[label] = timed(ops, body)
+
+    for label, make in ((MC_RAW, MySQLdb.connect), (MC_SAME, PooledMySQLdbConnection)):
+        conn = make(**kw)
+        closers.append(conn.close)
+        add(label, functools.partial(_op, conn))
+    db = DatabasePool({"default": dict(kw, driver="mysqlclient", min_size=1, max_size=1)}, name="bench-mc")
+    db.init_pool()
+    closers.append(db.close_pool)
+    add(MC_GP, _within(db.connection))
     return variants, closers
 
 
@@ -380,12 +419,7 @@ def run_part(title: str, base_name: str, paired_names: tuple[str, ...], target: 
     finally:
         for close in closers:
             close()
-    med, lo, hi = spread(base_values)
-    rows = [[base_name, fmt(med), fmt(lo), fmt(hi), "**1.00**"]]
-    for name in values:
-        med, lo, hi = spread(values[name])
-        rmed, rlo, rhi = spread(rel[name])
-        rows.append([name, fmt(med), fmt(lo), fmt(hi), f"**{rmed:.2f}** ({rlo:.2f}–{rhi:.2f})"])
+    rows = bracketed_rows(base_name, base_values, values, rel)
     print(preamble(title, f"{args.rounds} rounds, {args.ops} operations per block{note}; every block runs between"
                           " two raw blocks; ratio = block µs/op ÷ mean of the raw blocks around it, median (min–max)",
                    **(servers or {})))  # fmt: skip
@@ -405,7 +439,8 @@ def run_part(title: str, base_name: str, paired_names: tuple[str, ...], target: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--part", choices=("all", "mysql", "postgresql", "redis", "sqlalchemy"), default="all",
+    parser.add_argument("--part", choices=("all", "mysql", "mysqlclient", "postgresql", "redis", "sqlalchemy"),
+                        default="all",
                         help="which rows (default all)")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=40, help="rounds (default 40)")
     parser.add_argument("--ops", type=int, default=200, help="operations per block (default 200)")
@@ -418,6 +453,12 @@ def main() -> None:
                      " the pool lends: one driver class in the loop (see docs/performance.md).",
                      lambda: build(user, args.ops), args, note=f" ({max(5, args.ops // 40)} for"
                      " connect-per-operation)", extra_pairs=(SAME_CLASS,))  # fmt: skip
+        print()
+    if args.part in ("all", "mysqlclient"):
+        with BenchUser() as user:
+            run_part("Overhead: checkout + SELECT 1 + checkin, one connection (MySQL through mysqlclient)", MC_RAW,
+                     MC_PAIRED, "Target: gunicorn_pool ≤ 1.05 × raw mysqlclient.",
+                     lambda: build_mysqlclient(user, args.ops), args, extra_pairs=(MC_SAME_CLASS,))  # fmt: skip
         print()
     if args.part in ("all", "postgresql"):
         with PGBenchUser() as pg_user:

@@ -10,6 +10,11 @@ Public API:
   SQLite, any DB-API driver); :class:`RedisPool`: named Redis pools used
   through redis-py's own client (needs the ``redis`` extra, imported only
   when asked for); :class:`PoolInterface`, the contract of any pool service.
+- :class:`AsyncDatabasePool` (PostgreSQL through psycopg's ``AsyncConnection``,
+  SQLite through aiosqlite) and :class:`AsyncRedisPool` (``redis.asyncio``):
+  the same pools for asyncio apps under :class:`AsgiWorker` or
+  :class:`UvicornWorker`, opened in the ASGI lifespan (imported only when
+  asked for); :class:`AsyncPoolInterface`, the contract of such a service.
 - :mod:`gunicorn_pool.sqlalchemy` (``[sqlalchemy]``/``[flask]`` extras, imported only when
   asked for): SQLAlchemy engines and Flask-SQLAlchemy apps on per-worker pools
   (``adopt(db)``, ``EnginePool``, the ``GunicornPool`` pool class).
@@ -27,7 +32,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from . import request as _request
-from .base import PoolInterface
+from .base import AsyncPoolInterface, PoolInterface
 from .config import DatabaseConfig, mask_dsn, parse_config
 from .database import DatabasePool
 from .errors import (
@@ -46,16 +51,18 @@ from .registry import configure, get, register, registered, unregister
 from .request import request_scope
 
 if TYPE_CHECKING:
+    from .database_async import AsyncDatabasePool
     from .redis import RedisPool
+    from .redis_async import AsyncRedisPool
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AsgiWorker", "ConfigError", "ConnectError", "ConnectionPool", "DatabaseConfig", "DatabasePool", "UvicornWorker",
-    "GeventWorker", "LeaseError", "PoolClosed", "PoolError", "PoolInterface", "PoolOptions",
-    "PoolStartupError", "PoolTimeout", "RedisPool", "ThreadWorker", "TooManyRequests", "Worker", "configure",
-    "get", "mask_dsn", "parse_config", "register", "registered", "request_connection", "request_scope",
-    "unregister",
+    "AsgiWorker", "AsyncDatabasePool", "AsyncPoolInterface", "AsyncRedisPool", "ConfigError", "ConnectError",
+    "ConnectionPool", "DatabaseConfig", "DatabasePool", "GeventWorker", "LeaseError", "PoolClosed", "PoolError",
+    "PoolInterface", "PoolOptions", "PoolStartupError", "PoolTimeout", "RedisPool", "ThreadWorker",
+    "TooManyRequests", "UvicornWorker", "Worker", "configure", "get", "mask_dsn", "parse_config", "register",
+    "registered", "request_connection", "request_scope", "unregister",
 ]  # fmt: skip
 
 
@@ -79,4 +86,12 @@ def __getattr__(name: str) -> Any:
         from .redis import RedisPool
 
         return RedisPool
+    if name == "AsyncDatabasePool":  # imports asyncio's machinery; its drivers load per adapter
+        from .database_async import AsyncDatabasePool
+
+        return AsyncDatabasePool
+    if name == "AsyncRedisPool":  # imports redis.asyncio
+        from .redis_async import AsyncRedisPool
+
+        return AsyncRedisPool
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

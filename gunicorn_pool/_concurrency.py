@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 import weakref
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Awaitable, Callable, Mapping, Optional, Sequence
 
 __all__ = [
     "ForkAware",
@@ -270,3 +270,28 @@ def run_all(tasks: Sequence[tuple[str, Callable[[], Any]]], *,
         thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
     return {name: results[name] if name in results else TimeoutError(f"{name}: still running at the deadline")
             for name, _ in tasks}  # fmt: skip
+
+
+async def arun_all(coroutines: Mapping[str, Awaitable[Any]], *,
+                   deadline: Optional[float]) -> dict[str, Optional[BaseException]]:  # fmt: skip
+    """:func:`run_all` for coroutines, in the running event loop: run them at once until *deadline*
+    (``time.monotonic()``; None: until they end); what each raised (None: it returned). One still
+    running at the deadline is cancelled and reported as :class:`TimeoutError`."""
+    import asyncio
+
+    tasks = {name: asyncio.ensure_future(coro) for name, coro in coroutines.items()}
+    if not tasks:
+        return {}
+    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+    _, pending = await asyncio.wait(tasks.values(), timeout=left)
+    for task in pending:
+        task.cancel()
+    results: dict[str, Optional[BaseException]] = {}
+    for name, task in tasks.items():
+        if task in pending:
+            results[name] = TimeoutError(f"{name}: still running at the deadline")
+        elif task.cancelled():
+            results[name] = asyncio.CancelledError()
+        else:
+            results[name] = task.exception()
+    return results

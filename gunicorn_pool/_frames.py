@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 from typing import Any, Optional
 
-__all__ = ["INTERNAL", "caller"]
+__all__ = ["INTERNAL", "caller", "place"]
 
 #: Top-level packages whose frames are never "where a lease was taken" (the pool's own, the
 #: frameworks that call it, and the servers that call the app).
@@ -62,6 +62,14 @@ def _place(frame: Any, places: dict[int, str]) -> str:
     if where is None:
         where = places[lasti] = f"{frame.f_code.co_filename}:{frame.f_lineno}"
     return where
+
+
+def place(frame: Any) -> str:
+    """``file:line`` of *frame* if it runs the app's code (outside the pool and the frameworks),
+    else "": the one-frame answer for a caller known to be the taker's frame (a ``with`` block's
+    ``__enter__``, ``getconn()``'s caller), without a walk."""
+    places = _places(frame)
+    return "" if places is None else _place(frame, places)
 
 
 def caller() -> str:

@@ -33,7 +33,7 @@ from typing import Any, Awaitable, Callable, MutableMapping, Optional
 from .pool_async import task_ident
 from .request import RequestScope
 
-__all__ = ["RequestScopeASGI", "is_asgi_app"]
+__all__ = ["RequestScopeASGI"]
 
 logger = logging.getLogger("gunicorn_pool")
 
@@ -45,21 +45,16 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 Hook = Callable[[], Awaitable[None]]
 
 
-def is_asgi_app(app: Any) -> bool:
-    """True if *app* is an ASGI callable (an ``async def`` function, or an object whose
-    ``__call__`` is one): what gunicorn's ``asgi`` worker and uvicorn's serve."""
-    if asyncio.iscoroutinefunction(app):
-        return True
-    return callable(app) and asyncio.iscoroutinefunction(type(app).__call__)
-
-
 class _Request(RequestScope):
     """One ASGI call's scope; ``failed`` when the response started with a 5xx status."""
 
     __slots__ = ("failed", "_send")
 
+    def owner(self) -> int:
+        return task_ident()  # the request's task (asked in it, at its end)
+
     def __init__(self, label: str, send: Send) -> None:
-        RequestScope.__init__(self, label, owner=task_ident())
+        RequestScope.__init__(self, label)
         self.failed = False
         self._send = send
 

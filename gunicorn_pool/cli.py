@@ -69,6 +69,7 @@ import traceback
 from typing import Any, Optional, Sequence
 
 from .config import mask_dsn
+from .connectors.pgcalls import CLIENT_BACKENDS_SQL  # no driver import: plain SQL text
 
 __all__ = ["main"]
 
@@ -236,10 +237,13 @@ def _plan(cfg: Any) -> Plan:
 def _pools(services: list[tuple[str, Any]], plan: Plan, hosts: int) -> tuple[list[dict[str, Any]], list[str]]:
     from .base import current_profile
     from .database import DatabasePool
+    from .database_async import AsyncDatabasePool
 
     pools, others = [], []
     for service_name, service in services:
-        if isinstance(service, DatabasePool):
+        # An AsyncDatabasePool's configs are DatabasePool's: its servers are probed the same way
+        # (with the synchronous driver: one connect, a few bounded reads).
+        if isinstance(service, (DatabasePool, AsyncDatabasePool)):
             configs = service.configs
         elif callable(getattr(service, "pool_configs", None)):  # Django aliases, SQLAlchemy engines
             configs = service.pool_configs()
@@ -377,12 +381,12 @@ def _probe_postgresql(connector: Any, raw: Any, cfg: Any, ms: float) -> dict[str
     }  # fmt: skip
 
 
-_PG_LIMITS = """
+_PG_LIMITS = f"""
 SELECT current_setting('server_version'),
        current_setting('max_connections')::int,
        current_setting('superuser_reserved_connections')::int,
        coalesce(current_setting('reserved_connections', true), '0')::int,
-       (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'),
+       {CLIENT_BACKENDS_SQL},
        (SELECT rolconnlimit FROM pg_roles WHERE rolname = current_user),
        (SELECT rolsuper FROM pg_roles WHERE rolname = current_user),
        (SELECT datconnlimit FROM pg_database WHERE datname = current_database())

@@ -16,14 +16,16 @@ A pool is configured per *name*, as a dict or as a URL string::
     })
 
 Adapters, with the spellings other frameworks use: ``mysql`` (also ``mariadb``;
-URL schemes ``mysql://``, ``mysql+pymysql://``, ``mariadb://``),
+URL schemes ``mysql://``, ``mysql+pymysql://``, ``mariadb://``, ``mysql+mysqldb://``),
 ``postgresql`` (also ``postgres``, ``pgsql``; ``postgresql://``,
 ``postgres://``, ``postgresql+psycopg://``, ``postgresql+psycopg2://``),
 ``sqlite`` (``sqlite:///path``) and ``dbapi`` (any DB-API driver through a
-``creator``). A PostgreSQL pool's ``driver`` is ``psycopg`` (3) or
-``psycopg2``: the key, the URL option ``?driver=`` or the scheme's ``+driver``
-say which; unset, psycopg when it is installed, else psycopg2
-(:func:`default_pg_driver`). :data:`KEYS` lists
+``creator``). A MySQL pool's ``driver`` is ``pymysql`` (the default) or
+``mysqlclient`` (``MySQLdb``), a PostgreSQL pool's ``psycopg`` (3) or
+``psycopg2`` (unset: psycopg when it is installed, else psycopg2,
+:func:`default_pg_driver`): the key, the URL option ``?driver=`` or the
+scheme's ``+pymysql``/``+mysqldb``/``+psycopg``/``+psycopg2`` say which.
+:data:`KEYS` lists
 every key with its default, its rule and the adapters it applies to; a key
 that does not apply to the pool's adapter is refused, like a typo.
 
@@ -48,7 +50,10 @@ from urllib.parse import parse_qsl, quote, unquote
 from .errors import ConfigError
 from .options import PoolOptions, Rule, coerce, rule_of
 
-__all__ = ["ADAPTERS", "KEYS", "PG_DRIVERS", "DatabaseConfig", "default_pg_driver", "mask_dsn", "parse_config"]
+__all__ = [
+    "ADAPTERS", "KEYS", "MYSQL_DRIVERS", "PG_DRIVERS", "DatabaseConfig", "default_pg_driver", "mask_dsn",
+    "parse_config",
+]  # fmt: skip
 
 _MASK = "***"
 
@@ -70,7 +75,11 @@ class Adapter:
 #: The adapters, by canonical name.
 ADAPTERS = {
     "mysql": Adapter(
-        "mysql", ("mysql", "mysql+pymysql", "mariadb", "mariadb+pymysql"), ("mysql", "mariadb"), port=3306, user="root"
+        "mysql",
+        ("mysql", "mysql+pymysql", "mariadb", "mariadb+pymysql", "mysql+mysqldb", "mariadb+mysqldb"),
+        ("mysql", "mariadb"),
+        port=3306,
+        user="root",
     ),  # fmt: skip
     "postgresql": Adapter(
         "postgresql",
@@ -92,12 +101,26 @@ _SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"
 _TARGETS = ("any", "read-write", "read-only", "primary", "standby", "prefer-standby")
 _MYSQL_TARGETS = ("any", "read-write", "read-only")
 _BALANCE = ("disable", "random")
+#: The MySQL/MariaDB drivers, the default first; and the driver a URL scheme's ``+name`` means.
+MYSQL_DRIVERS = ("pymysql", "mysqlclient")
+_MYSQL_SCHEME_DRIVERS = {"pymysql": "pymysql", "mysqldb": "mysqlclient"}
+#: PyMySQL arguments a mysql config may not give, and why.
+_REFUSED = {
+    "defer_connect": "the pool opens every connection itself, its handshake bounded by connect_timeout",
+    "read_default_file": "put the settings in the config, where the pool can check them and mask the password",
+    "read_default_group": "put the settings in the config, where the pool can check them and mask the password",
+    "sql_mode": "give it as a session statement (session=SET SESSION sql_mode = '...'): it is applied again"
+    " after each session reset",
+}
+#: Keys of PyMySQL's ``ssl`` dict, and the config key each one becomes.
+_SSL_DICT = {"ca": "ssl_ca", "cert": "ssl_cert", "key": "ssl_key"}
 #: The PostgreSQL drivers, in the order a pool that names none prefers them.
 PG_DRIVERS = ("psycopg", "psycopg2")
 
 
-def _key(default: Any, rule: Rule, adapters: tuple[str, ...] = _ALL) -> Any:
-    return dataclasses.field(default=default, metadata={"rule": rule, "adapters": adapters})
+def _key(default: Any, rule: Rule, adapters: tuple[str, ...] = _ALL, *, hashed: bool = True) -> Any:
+    return dataclasses.field(default=default, hash=None if hashed else False,
+                             metadata={"rule": rule, "adapters": adapters})  # fmt: skip
 
 
 def _text(meaning: str, *, optional: bool = True, secret: bool = False, choices: tuple[str, ...] = ()) -> Rule:
@@ -147,6 +170,20 @@ class DatabaseConfig(PoolOptions):
                                                           choices=("true", "false", "identity", "1", "0", "yes",
                                                                    "no", "on", "off")), ("mysql",))  # fmt: skip
     ssl_disabled: bool = _key(False, Rule(bool, meaning="no TLS at all"), ("mysql",))
+    # PyMySQL's own arguments (a session reset keeps them: they belong to the connection, not the session)
+    cursorclass: Any = _key(None, Rule(object, optional=True, meaning="cursor class of conn.cursor() (the driver's):"
+                                                                      " a class, or its dotted name"),
+                            ("mysql",))  # fmt: skip
+    conv: Any = _key(None, Rule(object, optional=True, meaning="PyMySQL conversions (field type -> decoder, Python"
+                                                                " type -> encoder): a dict, or its dotted name"),
+                     ("mysql",), hashed=False)  # fmt: skip
+    client_flag: int = _key(0, Rule(int, low=0, high=2**32 - 1, meaning="PyMySQL client_flag, OR-ed with the"
+                                                                        " pool's: a number, or CLIENT names"
+                                                                        " joined by |"), ("mysql",))  # fmt: skip
+    local_infile: bool = _key(False, Rule(bool, meaning="allow LOAD DATA LOCAL INFILE"), ("mysql",))
+    driver: Optional[str] = _key(None, _text("the driver: mysql pymysql (default) or mysqlclient; postgresql psycopg"
+                                             " (3) or psycopg2 (default: psycopg if installed, else psycopg2)",
+                                             choices=MYSQL_DRIVERS + PG_DRIVERS), _SERVERS)  # fmt: skip
     # PostgreSQL (libpq keywords, passed through)
     sslmode: Optional[str] = _key(None, _text("libpq sslmode", choices=_SSLMODES), ("postgresql",))
     sslrootcert: Optional[str] = _key(None, _text("libpq sslrootcert"), ("postgresql",))
@@ -164,8 +201,6 @@ class DatabaseConfig(PoolOptions):
                                             ("postgresql",))  # fmt: skip
     pgbouncer: bool = _key(False, Rule(bool, meaning="behind PgBouncer in transaction pooling mode"),
                            ("postgresql",))  # fmt: skip
-    driver: Optional[str] = _key(None, _text("psycopg (3) or psycopg2; unset: psycopg if installed, else psycopg2",
-                                             choices=PG_DRIVERS), ("postgresql",))  # fmt: skip
     # Any DB-API driver
     creator: Any = _key(None, Rule(object, optional=True, meaning="callable returning a DB-API connection, or"
                                                                    " 'module:callable'"), ("dbapi",))  # fmt: skip
@@ -191,6 +226,18 @@ class DatabaseConfig(PoolOptions):
         auth = quote(self.user or "", safe="") + (f":{_MASK}" if self.password else "")
         dsn = f"{self.adapter}://{auth}{'@' if auth else ''}{self.address}/{quote(self.database or '', safe='')}"
         return _masked(dsn, self.password)
+
+    def driver_kwargs(self) -> dict[str, Any]:
+        """The PyMySQL keyword arguments this config sets besides the connection keys
+        (``cursorclass``, ``conv``, ``local_infile``; ``client_flag`` is OR-ed by the connector)."""
+        out: dict[str, Any] = {}
+        if self.cursorclass is not None:
+            out["cursorclass"] = self.cursorclass
+        if self.conv is not None:
+            out["conv"] = dict(self.conv)
+        if self.local_infile:
+            out["local_infile"] = True
+        return out
 
     def __repr__(self) -> str:
         return f"<DatabaseConfig {self.pool_name!r} {self.dsn} min={self.min_size} max={self.max_size}>"
@@ -320,7 +367,9 @@ def _from_url(pool_name: str, url: str) -> dict[str, Any]:
     user, password, hostport, tail = split_url(pool_name, rest)
     raw: dict[str, Any] = {"adapter": adapter}
     named = scheme.lower().partition("+")[2]
-    if adapter == "postgresql" and named:
+    if adapter == "mysql" and named:
+        raw["driver"] = _MYSQL_SCHEME_DRIVERS[named]  # mysql+mysqldb://
+    elif adapter == "postgresql" and named:
         raw["driver"] = named  # postgresql+psycopg2://
     if user:
         raw["user"] = user
@@ -419,13 +468,22 @@ def _dbapi_url(pool_name: str, rest: str) -> dict[str, Any]:
 def _normalise(pool_name: str, raw: dict[str, Any]) -> dict[str, Any]:
     adapter = _adapter(pool_name, raw)
     out: dict[str, Any] = {"adapter": adapter}
+    if adapter == "mysql" and "ssl" in raw:
+        given = raw["ssl"]
+        raw = {k: v for k, v in raw.items() if k != "ssl"}
+        if any(k.startswith("ssl_") for k in raw):
+            raise ConfigError(f"pool {pool_name!r}: give ssl (PyMySQL's dict) or the ssl_* keys, not both")
+        raw.update(_ssl_dict(pool_name, given))
     for key, val in raw.items():
         name = _ALIASES.get(key, key)
         if name in _SOURCES or name == "adapter":
             continue
         field = _FIELDS.get(name)
         if field is None:
-            known = sorted(n for n, (_, _, ads) in KEYS.items() if adapter in ads) + list(_SOURCES)
+            if adapter == "mysql" and name in _REFUSED:
+                raise ConfigError(f"pool {pool_name!r}: option {name!r} is not supported: {_REFUSED[name]}")
+            known = [n for n, (_, _, ads) in KEYS.items() if adapter in ads] + (["ssl"] if adapter == "mysql" else [])
+            known = sorted(known) + list(_SOURCES)
             raise ConfigError(f"pool {pool_name!r}: unknown option {_shown(key)} (known: {', '.join(known)})")
         if adapter not in KEYS[name][2]:
             raise ConfigError(
@@ -456,8 +514,13 @@ def _normalise(pool_name: str, raw: dict[str, Any]) -> dict[str, Any]:
         if adapter == "mysql" and out.get("target_session_attrs") not in (None, *_MYSQL_TARGETS):
             raise ConfigError(f"pool {pool_name!r}: target_session_attrs must be one of"
                               f" {', '.join(_MYSQL_TARGETS)} for MySQL/MariaDB")  # fmt: skip
+    if adapter == "mysql":
+        out["driver"] = out.get("driver") or MYSQL_DRIVERS[0]
+        _check_driver(pool_name, adapter, out["driver"], MYSQL_DRIVERS)
+        _check_cursorclass(pool_name, out["driver"], out.get("cursorclass"))
     if adapter == "postgresql":
         out["driver"] = out.get("driver") or default_pg_driver()
+        _check_driver(pool_name, adapter, out["driver"], PG_DRIVERS)
         if out["driver"] == "psycopg2" and "prepare_threshold" in out:
             raise ConfigError(f"pool {pool_name!r}: prepare_threshold is psycopg 3's; psycopg2 never prepares"
                               " a statement (leave it out, or use driver=psycopg)")  # fmt: skip
@@ -466,6 +529,11 @@ def _normalise(pool_name: str, raw: dict[str, Any]) -> dict[str, Any]:
     if adapter == "dbapi":
         out["creator"] = _creator(pool_name, out.get("creator"))
     return out
+
+
+def _check_driver(pool_name: str, adapter: str, driver: str, drivers: tuple[str, ...]) -> None:
+    if driver not in drivers:
+        raise ConfigError(f"pool {pool_name!r}: driver {driver!r} is not one of {adapter}'s ({', '.join(drivers)})")
 
 
 def default_pg_driver() -> str:
@@ -531,7 +599,121 @@ def _coerce(pool_name: str, name: str, val: Any) -> Any:
         return "identity" if text == "identity" else text in ("true", "1", "yes", "on")
     if name == "creator":
         return val
+    if name == "cursorclass" and val is not None:
+        return _cursorclass(pool_name, val)
+    if name == "conv" and val is not None:
+        return _conv(pool_name, val)
+    if name == "client_flag" and isinstance(val, str) and not val.strip().isdigit():
+        val = _client_flag_names(pool_name, val)
     return coerce(pool_name, name, val, rule)
+
+
+def _imported(pool_name: str, key: str, value: str) -> Any:
+    """The object a dotted name (``package.module.Name`` or ``package.module:Name``) of *key*
+    names, imported; ConfigError naming the pool and the key otherwise. The name is shown only if
+    it has the shape of one (a password put in the wrong key is not)."""
+    shown = (
+        repr(value) if _DOTTED.fullmatch(value) else f"(not shown: {len(value)} characters that are not a dotted name)"
+    )
+    module, colon, attr = value.partition(":") if ":" in value else value.rpartition(".")
+    if not module or not attr or shown.startswith("(not"):
+        raise ConfigError(f"pool {pool_name!r}: {key} must be a dotted name such as package.module.Name, got {shown}")
+    try:
+        return _resolve(module, attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"pool {pool_name!r}: cannot import {key} {shown}: {type(exc).__name__}") from None
+
+
+def _resolve(module: str, attr: str) -> Any:
+    """*module* imported, then *attr* (dotted) looked up in it: ImportError or AttributeError."""
+    target: Any = importlib.import_module(module)
+    for part in attr.split("."):
+        target = getattr(target, part)
+    return target
+
+
+_DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:[.:][A-Za-z_][A-Za-z0-9_]*)+")
+
+
+def _cursorclass(pool_name: str, value: Any) -> Any:
+    if isinstance(value, str):
+        value = _imported(pool_name, "cursorclass", value.strip())
+    return value
+
+
+def _check_cursorclass(pool_name: str, driver: str, value: Any) -> None:
+    """A ``cursorclass`` must be a cursor class of the pool's driver."""
+    if value is None:
+        return
+    if driver == "mysqlclient":
+        from MySQLdb.cursors import BaseCursor as Cursor
+
+        name = "a mysqlclient cursor class (a subclass of MySQLdb.cursors.BaseCursor)"
+    else:
+        from pymysql.cursors import Cursor
+
+        name = "a PyMySQL cursor class (a subclass of pymysql.cursors.Cursor)"
+    if not (isinstance(value, type) and issubclass(value, Cursor)):
+        raise ConfigError(f"pool {pool_name!r}: cursorclass must be {name}, got a {type(value).__name__}")
+
+
+def _conv(pool_name: str, value: Any) -> Any:
+    if isinstance(value, str):
+        value = _imported(pool_name, "conv", value.strip())
+    if not isinstance(value, Mapping) or not all(
+        (isinstance(k, type) or (isinstance(k, int) and not isinstance(k, bool))) and callable(v)
+        for k, v in value.items()
+    ):
+        raise ConfigError(f"pool {pool_name!r}: conv must be a dict of field type numbers and Python types to"
+                          f" converter functions, got a {type(value).__name__}")  # fmt: skip
+    return dict(value)
+
+
+def _client_flag_names(pool_name: str, value: str) -> int:
+    """``FOUND_ROWS|MULTI_STATEMENTS`` (names of pymysql.constants.CLIENT, or numbers) as a number."""
+    from pymysql.constants import CLIENT
+
+    flag = 0
+    for part in re.split(r"[|,+]", value):
+        part = part.strip()
+        number = getattr(CLIENT, part.upper(), None) if _NAME_LIKE.fullmatch(part) else None
+        if part.isdigit():
+            number = int(part)
+        if not isinstance(number, int):
+            raise ConfigError(f"pool {pool_name!r}: client_flag must be a number or pymysql.constants.CLIENT names"
+                              " joined by | (FOUND_ROWS|MULTI_STATEMENTS)")  # fmt: skip
+        flag |= number
+    return flag
+
+
+def _ssl_dict(pool_name: str, value: Any) -> dict[str, Any]:
+    """PyMySQL's ``ssl`` dict as the pool's ssl_* keys: ``ca``, ``cert``, ``key``, and
+    ``check_hostname`` / ``verify_mode`` with PyMySQL's meaning (with a CA the certificate and
+    the host name are checked unless they say otherwise)."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"pool {pool_name!r}: ssl must be a dict (PyMySQL's: ca, cert, key, check_hostname,"
+                          " verify_mode); in a URL give ssl_ca, ssl_cert, ssl_key, ssl_verify")  # fmt: skip
+    out: dict[str, Any] = {}
+    for key, val in value.items():
+        if key in _SSL_DICT:
+            out[_SSL_DICT[key]] = val
+        elif key not in ("check_hostname", "verify_mode"):
+            raise ConfigError(
+                f"pool {pool_name!r}: ssl key {_shown(key) if isinstance(key, str) else 'not a string'} is not"
+                " supported (use ca, cert, key, check_hostname, verify_mode; capath, cipher and a key password"
+                " are not)"
+            )
+    verify = value.get("verify_mode")
+    if isinstance(verify, str):
+        verify = verify.strip().lower() not in ("none", "0", "false", "no", "")
+    elif verify is not None:
+        verify = bool(verify)
+    if verify is None:
+        verify = "ca" in value
+    if verify and "ca" in value and value.get("check_hostname", True):
+        verify = "identity"
+    out["ssl_verify"] = verify
+    return out
 
 
 def _creator(pool_name: str, value: Any) -> Callable[[], Any]:
@@ -542,12 +724,9 @@ def _creator(pool_name: str, value: Any) -> Callable[[], Any]:
         if not colon or not module or not attr:
             raise ConfigError(f"pool {pool_name!r}: creator must be 'module:callable', got {value[:60]!r}")
         try:
-            target: Any = importlib.import_module(module)
-            for part in attr.split("."):
-                target = getattr(target, part)
+            value = _resolve(module, attr)
         except (ImportError, AttributeError) as exc:
             raise ConfigError(f"pool {pool_name!r}: cannot import creator {value[:60]!r}: {exc}") from None
-        value = target
     if not callable(value):
         raise ConfigError(f"pool {pool_name!r}: creator must be callable, got a {type(value).__name__}")
     return value  # type: ignore[no-any-return]

@@ -81,16 +81,11 @@ _NOTHING: tuple[Slot, ...] = ()
 
 
 class LeaseSink(Protocol):
-    """Where leases taken during one request are recorded (the request layer's scope is one).
+    """Where leases taken during one request are recorded (the request layer's scope is one):
+    ``append((pool, slot, lease number))`` for each lease that starts while the sink is current
+    (a list: the request scope is one)."""
 
-    ``leases`` gets ``(pool, slot, lease number)`` for each lease that starts
-    while the sink is current; ``owner`` is the thread, greenlet or task that
-    runs the request (a lease taken by another one was handed off, see
-    :mod:`gunicorn_pool.request`).
-    """
-
-    owner: int
-    leases: list[tuple[Any, Slot, int]]
+    def append(self, lease: tuple[Any, Slot, int], /) -> None: ...
 
 
 #: The sink of the request running in this thread, greenlet or task (None: no request).
@@ -178,6 +173,9 @@ class PoolCore:
         self._options = options
         # Read on every return: a connection is looked at again on checkout only this long after.
         self._recheck_after = options.check_interval if options.probe_after is None else options.probe_after
+        # _check_of's common case, read by the front ends' inline checkouts: probe a connection idle
+        # past probe_after but not past check_interval (None: the probe is off).
+        self._probe_window = None if options.probe_after is None else options.check_interval
         self._owner_check = options.owner_check
         self._leak_timeout = options.leak_timeout
 
@@ -296,6 +294,18 @@ class PoolCore:
             self._hand_over_idle()
         return None, waiter
 
+    def _quiet(self, slot: Slot, now: float) -> bool:
+        """:meth:`_check_of` is USE for a connection an inline checkout found due for a look: not
+        expired, idle no longer than ``check_interval``, and its probe (no round trip) quiet. The
+        common case of a worker whose requests come more than ``probe_after`` apart; the front
+        ends write it out (a twin of _check_of's USE with *peek*)."""
+        window = self._probe_window
+        probe = slot.probe
+        return (
+            window is not None and probe is not None and now < slot.expires and now - slot.last_used <= window
+            and not probe()
+        )  # fmt: skip
+
     def _check_of(self, slot: Slot, now: float, *, peek: bool) -> int:
         """:data:`USE`, :data:`PING` or :data:`REPLACE` for an idle *slot* a checkout took.
 
@@ -331,19 +341,20 @@ class PoolCore:
         self._counts[keys.REQUESTS_ERRORS] += 1
         self._release_capacity()
 
-    def _begin_lease(self, slot: Slot, now: float, taker: int) -> None:
+    def _begin_lease(self, slot: Slot, now: float, taker: int, where: str = "") -> None:
         """-> LENT: *slot*'s lease starts at *now*, taken by *taker* (a thread, greenlet or task
         id); the slot is the taker's alone from here (invariant 5). Recorded in the current
-        request's sink, with the ``file:line`` that took it (also for ``leak_timeout``), and the
-        connection's lease guard armed."""
+        request's sink, with the ``file:line`` that took it (*where*, if the front end knows it
+        already; else the frame walk), also for ``leak_timeout``, and the connection's lease
+        guard armed."""
         slot.state = LENT
         slot.lent_at = now
         slot.uses += 1
         sink = LEASE_SINK.get()
         if sink is not None or self._leak_timeout is not None:
-            slot.taken_at = caller()
+            slot.taken_at = where or caller()
             if sink is not None:
-                sink.leases.append((self, slot, slot.uses))  # reclaimed if still out when the request ends
+                sink.append((self, slot, slot.uses))  # reclaimed if still out when the request ends
             if self._leak_timeout is not None and not self._watched:
                 self._watched = True
                 leaks.watch(self)
@@ -448,8 +459,13 @@ class PoolCore:
 
     def has_lent(self, raw: Any) -> bool:
         """True if *raw* is out on a lease of this pool now."""
+        return self.lent_slot(raw) is not None
+
+    def lent_slot(self, raw: Any) -> Optional[Slot]:
+        """The slot of *raw* while it is out on a ``getconn()`` lease of this pool, else None: for
+        its holder, who alone may read and write it (invariant 5 of :mod:`gunicorn_pool.slot`)."""
         slot = self._lent.get(id(raw))
-        return slot is not None and slot.raw is raw
+        return slot if slot is not None and slot.raw is raw else None
 
     def _settled(self, slot: Slot, outcome: str) -> tuple[Slot, ...]:
         """What a return does after the connector's ``finish()`` said *outcome*: drop the

@@ -63,7 +63,7 @@ from .pool import ConnectionPool, Lease
 from .replicas import ReplicaLease, ReplicaSet
 from .service import NamedPools, single_config
 
-__all__ = ["DatabasePool"]
+__all__ = ["DatabasePool", "before_open", "parse_databases"]
 
 _PREIMPORT = frozenset({"mysql", "sqlite"})
 
@@ -83,17 +83,7 @@ class DatabasePool(NamedPools[DatabaseConfig]):
     _what = "database"
 
     def __init__(self, configs: Union[Mapping[str, ConfigValue], str], *, name: str = "database") -> None:
-        if isinstance(configs, str) or single_config(configs, _ONE_CONFIG_KEYS):
-            configs = {"default": configs}
-        if not configs:
-            raise ConfigError(f"DatabasePool {name!r}: no database configured")
-        parsed = {key: parse_config(key, val) for key, val in configs.items()}
-        for key, cfg in list(parsed.items()):
-            for replica in cfg.replicas:
-                if replica.pool_name in parsed:
-                    raise ConfigError(f"pool {replica.pool_name!r}: the name of a replica of pool {key!r}"
-                                      " is taken by another pool")  # fmt: skip
-                parsed[replica.pool_name] = replica
+        parsed = parse_databases(configs, name=name, service="DatabasePool")
         super().__init__(parsed, name=name)
         self._replicas = {
             key: ReplicaSet(key, tuple(r.pool_name for r in cfg.replicas), self.pool)
@@ -120,16 +110,7 @@ class DatabasePool(NamedPools[DatabaseConfig]):
         return ConnectionPool(make_connector(config), name=name, options=config)
 
     def _before_open(self, name: str, config: DatabaseConfig, profile: WorkerProfile) -> None:
-        if config.adapter == "sqlite" and profile.kind == "gevent":
-            logger.warning(
-                "pool %s (%s): SQLite calls block the gevent hub while they run: every greenlet of this worker"
-                " waits for each statement and transaction", name, config.dsn,
-            )  # fmt: skip
-        if config.adapter == "mysql" and config.read_timeout is None and profile.kind != "sync":
-            logger.info(
-                "pool %s (%s): read_timeout unset: queries wait at most %s s (gunicorn's timeout) in this %s worker",
-                name, config.dsn, f"{profile.timeout:g}" if profile.timeout else "unbounded", profile.kind,
-            )  # fmt: skip
+        before_open(name, config, profile)
 
     def init_pool(self) -> None:
         """Open every pool (and replica pool) as :meth:`NamedPools.init_pool`, then warn once
@@ -185,3 +166,39 @@ class DatabasePool(NamedPools[DatabaseConfig]):
 
 
 _ONE_CONFIG_KEYS = {"adapter", "host", "port", "user"}
+
+
+def parse_databases(
+    configs: Union[Mapping[str, ConfigValue], str], *, name: str, service: str
+) -> dict[str, DatabaseConfig]:
+    """Every named config of a database service (:class:`DatabasePool`, and
+    :class:`~gunicorn_pool.database_async.AsyncDatabasePool`), validated, replicas included as
+    named pools of their own (``default.replica1``); a single dict or URL means
+    ``{"default": value}``."""
+    if isinstance(configs, str) or single_config(configs, _ONE_CONFIG_KEYS):
+        configs = {"default": configs}
+    if not configs:
+        raise ConfigError(f"{service} {name!r}: no database configured")
+    parsed = {key: parse_config(key, val) for key, val in configs.items()}
+    for key, cfg in list(parsed.items()):
+        for replica in cfg.replicas:
+            if replica.pool_name in parsed:
+                raise ConfigError(f"pool {replica.pool_name!r}: the name of a replica of pool {key!r}"
+                                  " is taken by another pool")  # fmt: skip
+            parsed[replica.pool_name] = replica
+    return parsed
+
+
+def before_open(name: str, config: DatabaseConfig, profile: WorkerProfile) -> None:
+    """What a worker logs before database pool *name* opens: SQLite under gevent, and the MySQL
+    statement bound it runs with when ``read_timeout`` is unset."""
+    if config.adapter == "sqlite" and profile.kind == "gevent":
+        logger.warning(
+            "pool %s (%s): SQLite calls block the gevent hub while they run: every greenlet of this worker"
+            " waits for each statement and transaction", name, config.dsn,
+        )  # fmt: skip
+    if config.adapter == "mysql" and config.read_timeout is None and profile.kind != "sync":
+        logger.info(
+            "pool %s (%s): read_timeout unset: queries wait at most %s s (gunicorn's timeout) in this %s worker",
+            name, config.dsn, f"{profile.timeout:g}" if profile.timeout else "unbounded", profile.kind,
+        )  # fmt: skip

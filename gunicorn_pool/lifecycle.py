@@ -33,6 +33,7 @@ never times out a worker's boot.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import os
 import sys
@@ -40,7 +41,7 @@ import time
 from typing import Any, Optional
 
 from . import _concurrency, integrations, wsgi
-from ._concurrency import run_all
+from ._concurrency import arun_all, run_all
 from .base import AsyncPoolInterface, PoolInterface, WorkerProfile, set_profile, worker_kind
 from .errors import PoolStartupError
 from .metrics import start_reporter
@@ -120,6 +121,8 @@ def boot(worker: Any) -> list[tuple[str, PoolInterface]]:
     # A synchronous lease on the event loop's own thread would stall every request of the worker.
     _concurrency.REFUSE_ON_EVENT_LOOP = asgi
     services = integrations.discover(app)
+    if profile.kind == "gevent":
+        _refuse_blocking_drivers(services, profile)
     start = time.monotonic()
     _opened([(n, s) for n, s in services if not isinstance(s, AsyncPoolInterface)], profile.deadline)
     if settings.warm_up:
@@ -154,6 +157,39 @@ def _green_psycopg2() -> None:
         install_wait_callback()
     except Exception as exc:  # noqa: BLE001 - a broken psycopg2 is its pools' error to report
         logger.warning("gunicorn_pool: psycopg2's wait callback not installed: %s", exc)
+
+
+#: Drivers whose calls block the whole process while they wait for the server (C libraries).
+BLOCKING_DRIVERS = ("mysqlclient",)
+
+
+def _refuse_blocking_drivers(services: list[tuple[str, PoolInterface]], profile: WorkerProfile) -> None:
+    """In a gevent worker: a pool on a driver that blocks the hub (mysqlclient) is a configuration
+    error on the server's first start (PoolStartupError: gunicorn halts, the message says why),
+    and on a respawn an error logged while the worker boots (halting then would stop a running
+    server; the pool's connects are refused by its connector under gevent all the same)."""
+    found = []
+    for name, service in services:
+        configs = getattr(service, "configs", None)
+        try:
+            if not isinstance(configs, dict) and callable(getattr(service, "pool_configs", None)):
+                configs = service.pool_configs()  # type: ignore[attr-defined]  # Django aliases
+        except Exception:  # noqa: BLE001 - a service that cannot list them reports it when it opens
+            continue
+        for key, cfg in (configs or {}).items():
+            if getattr(cfg, "driver", None) in BLOCKING_DRIVERS:
+                found.append(f"{name}/{key} ({cfg.driver})")
+    if not found:
+        return
+    message = (
+        f"pool(s) {', '.join(found)}: mysqlclient is a C library that blocks gevent's hub while it waits for"
+        " the server (every request of the worker would wait with it): use driver pymysql in gevent workers,"
+        " or a sync or gthread worker"
+    )
+    if profile.first_boot:
+        logger.critical("%s (configuration error, first start)", message)
+        raise PoolStartupError(f"{message} (configuration error, first start)")
+    logger.error("%s; this respawned worker serves without them", message)
 
 
 def boot_dirty(worker: Any) -> list[tuple[str, PoolInterface]]:
@@ -209,9 +245,10 @@ class _ClosePools:
 
 
 def _is_asgi(app: Any) -> bool:
-    from .asgi import is_asgi_app
-
-    return is_asgi_app(app)
+    """Is *app* an ASGI callable (an ``async def`` function, or an object whose ``__call__`` is
+    one)? Asked with ``inspect``: importing asyncio for the question would cost every WSGI
+    worker ~40 modules (bench/memory.py)."""
+    return inspect.iscoroutinefunction(app) or (callable(app) and inspect.iscoroutinefunction(type(app).__call__))
 
 
 def _async_services() -> list[tuple[str, AsyncPoolInterface]]:
@@ -222,29 +259,19 @@ async def aboot() -> None:
     """In the worker's event loop (the ASGI lifespan startup): ``ainit_pool()`` of every asyncio
     service at once, bounded by what is left of the warm-up deadline, under the boot policy.
     Raises only for a ``strict`` pool on the first start (the lifespan startup then fails)."""
-    import asyncio
-
     services = _async_services()
     if not services:
         return
     start = time.monotonic()
     profile: WorkerProfile = _booted["profile"] or WorkerProfile(kind="asyncio")
-    left = None if profile.deadline is None else max(0.0, profile.deadline - time.monotonic())
-    tasks = {name: asyncio.ensure_future(service.ainit_pool()) for name, service in services}
-    done, pending = await asyncio.wait(tasks.values(), timeout=left)
-    for task in pending:
-        task.cancel()
-    results: dict[str, Optional[BaseException]] = {}
-    for name, task in tasks.items():
-        if task in pending:
-            results[name] = TimeoutError(f"{name}: still opening at the deadline")
-        else:
-            results[name] = task.exception()
+    results = await arun_all({name: service.ainit_pool() for name, service in services}, deadline=profile.deadline)
     try:
         settle_boot(results, lambda name: f"pool service {name}")
     except PoolStartupError as exc:
         logger.critical("%s", exc)
         raise
+    if _booted["otel"] is not None:  # the asyncio pools exist from now on: their histograms too
+        _booted["otel"].attach(services)
     logger.info("gunicorn_pool: %d asyncio pool service(s) ready in %.1f ms", len(services),
                 (time.monotonic() - start) * 1000)  # fmt: skip
 

@@ -114,11 +114,18 @@ class OTelMetrics:
                                                   " pool"),
             )
         )  # fmt: skip
-        self._pools = []
+        self._histograms = histograms
+        self._pools: list[Any] = []
+        self.attach(services)
+
+    def attach(self, services: list[tuple[str, Any]]) -> None:
+        """Feed the histograms from *services*' pools open now (an asyncio service's pools open in
+        the ASGI lifespan, after the worker booted: attached then)."""
         for service_name, service in services:
             for pool_name, pool in (service.connection_pools() or {}).items():
-                pool.observer = _Observer(histograms, f"{service_name}.{pool_name}")
-                self._pools.append(pool)
+                if pool not in self._pools:
+                    pool.observer = _Observer(self._histograms, f"{service_name}.{pool_name}")
+                    self._pools.append(pool)
 
     def _points(self) -> Iterable[tuple[str, dict[str, float]]]:
         for service, pool, figures in iter_stats(self.services):

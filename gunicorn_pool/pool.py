@@ -65,11 +65,13 @@ from __future__ import annotations
 
 import atexit
 import logging
+import sys
 import threading
 import time
 from typing import Any, Callable, Optional, TypeVar
 
 from . import _concurrency as cc
+from ._frames import place
 from .connectors.base import Connector
 from .core import LEASE_SINK, PING, REPLACE, PoolCore, PoolObserver
 from .errors import ConnectError, PoolClosed, PoolError
@@ -194,7 +196,8 @@ class ConnectionPool(cc.ForkAware, PoolCore):
         """
         slot = self._lend_fast() if self._fast else None
         if slot is None:
-            slot = self._take(timeout)
+            where = place(sys._getframe(1)) if self._leak_timeout is not None or LEASE_SINK.get() is not None else ""
+            slot = self._take(timeout, where)
         self._lent[slot.key] = slot  # putconn()'s dict.pop() ends this lease (invariant 1)
         return slot.raw
 
@@ -204,35 +207,43 @@ class ConnectionPool(cc.ForkAware, PoolCore):
 
     def _lend_fast(self) -> Optional[Slot]:
         """The common checkout, or None (then :meth:`_take`): an idle connection not due for a look,
-        nobody waiting, no request sink or ``leak_timeout`` to record the taking line for (the
-        caller checked ``_fast``: no fork, no observer, a GIL). :meth:`_take` and
-        :meth:`PoolCore._begin_lease` written out, their twin (test_slots compares them)."""
-        if self._waiters or self._leak_timeout is not None or LEASE_SINK.get() is not None:
+        nobody waiting, no ``leak_timeout``, and, in a request, a taker *frame* that is the app's
+        own (getconn()'s caller: its place recorded without a walk). The caller checked ``_fast`` (no fork, no
+        observer, a GIL). :meth:`_take` and :meth:`PoolCore._begin_lease` written out, their twin
+        (test_slots compares them)."""
+        if self._waiters or self._leak_timeout is not None:
             return None
+        sink = LEASE_SINK.get()
+        where = ""
+        if sink is not None and not (where := place(sys._getframe(2))):
+            return None  # taken through a framework: the walk names the app's line (_take)
         try:
             slot = self._idle.pop()  # invariant 1
         except IndexError:
             return None
         now = monotonic()
-        if now >= slot.recheck_at:
+        if now >= slot.recheck_at and not self._quiet(slot, now):
             slot = self._ready(slot, peek=True)
-            self._begin_lease(slot, now, threading.get_ident())
+            self._begin_lease(slot, now, threading.get_ident(), where)
             return slot
         slot.state = LENT
         slot.lent_at = now
         slot.uses += 1
-        if slot.taken_at:
+        if sink is not None:
+            slot.taken_at = where
+            sink.append((self, slot, slot.uses))  # reclaimed if still out when the request ends
+        elif slot.taken_at:
             slot.taken_at = ""
         slot.holder = taker = threading.get_ident()  # looked up per call: gevent patches it
         raw = slot.raw
         if self._guarded:
             raw._gp_holder = taker if self._owner_check else None
-            raw._gp_taken_at = ""
+            raw._gp_taken_at = where
         if self._lend is not None:
-            self._lend(raw, taker if self._owner_check else None, "")
+            self._lend(raw, taker if self._owner_check else None, where)
         return slot
 
-    def _take(self, timeout: Optional[float]) -> Slot:
+    def _take(self, timeout: Optional[float], where: str = "") -> Slot:
         """Check out a slot (IDLE or OPENING -> LENT). The common case (an idle connection,
         nobody queued, returned moments ago) takes no lock and reads the clock once."""
         if self.inherited:
@@ -256,7 +267,7 @@ class ConnectionPool(cc.ForkAware, PoolCore):
                 slot = self._ready(slot, peek=True)
         # Looked up on each call: gevent replaces it when patching, and the lease guard compares
         # with threading.get_ident() at use time.
-        self._begin_lease(slot, now, threading.get_ident())
+        self._begin_lease(slot, now, threading.get_ident(), where)
         if observer is not None:
             observer.waited(monotonic() - asked)
         return slot
@@ -505,34 +516,47 @@ class Lease:
 
     def __enter__(self) -> Any:
         pool = self._pool
-        if pool._fast and not pool._waiters and pool._leak_timeout is None and LEASE_SINK.get() is None:
+        sink = LEASE_SINK.get()
+        # The with statement's own frame took it: its place, without a walk (in a request, or for
+        # leak_timeout); a framework's frame ("") leaves it to the walk.
+        where = place(sys._getframe(1)) if sink is not None or pool._leak_timeout is not None else ""
+        if pool._fast and not pool._waiters and pool._leak_timeout is None and (sink is None or where):
             try:
                 slot = pool._idle.pop()  # invariant 1
             except IndexError:
                 pass
             else:
                 now = monotonic()
-                if now < slot.recheck_at:  # ConnectionPool._lend_fast, written out (one call less)
+                if now < slot.recheck_at or (  # PoolCore._quiet, written out
+                    (window := pool._probe_window) is not None
+                    and (probe := slot.probe) is not None
+                    and now < slot.expires
+                    and now - slot.last_used <= window
+                    and not probe()
+                ):  # ConnectionPool._lend_fast, written out (one call less)
                     slot.state = LENT
                     slot.lent_at = now
                     self._number = slot.uses = slot.uses + 1
-                    if slot.taken_at:
+                    if sink is not None:
+                        slot.taken_at = where
+                        sink.append((pool, slot, slot.uses))  # reclaimed if still out when the request ends
+                    elif slot.taken_at:
                         slot.taken_at = ""
                     slot.holder = taker = threading.get_ident()  # looked up per call: gevent patches it
                     raw = slot.raw
                     if pool._guarded:
                         raw._gp_holder = taker if pool._owner_check else None
-                        raw._gp_taken_at = ""
+                        raw._gp_taken_at = where
                     if pool._lend is not None:
-                        pool._lend(raw, taker if pool._owner_check else None, "")
+                        pool._lend(raw, taker if pool._owner_check else None, where)
                     self._slot = slot
                     return raw
                 slot = pool._ready(slot, peek=True)
-                pool._begin_lease(slot, now, threading.get_ident())
+                pool._begin_lease(slot, now, threading.get_ident(), where)
                 self._slot = slot
                 self._number = slot.uses
                 return slot.raw
-        self._slot = slot = pool._take(self._timeout)
+        self._slot = slot = pool._take(self._timeout, where)
         self._number = slot.uses
         return slot.raw
 

@@ -36,6 +36,7 @@ import time
 from typing import TYPE_CHECKING, Any, Optional
 
 from . import _concurrency as cc
+from .connectors.base_async import task_ident
 from .core import PING, REPLACE, PoolCore
 from .errors import ConnectError, PoolClosed, PoolError
 from .options import DEFAULTS, PoolOptions
@@ -48,12 +49,6 @@ __all__ = ["AsyncConnectionPool", "AsyncLease", "FutureWaiter", "task_ident"]
 
 logger = logging.getLogger("gunicorn_pool")
 monotonic = time.monotonic
-
-
-def task_ident() -> int:
-    """Who is running: the current asyncio task (its id), or the thread outside a task."""
-    task = asyncio.current_task()
-    return id(task) if task is not None else threading.get_ident()
 
 
 class FutureWaiter(cc.Waiter):

@@ -75,7 +75,10 @@ from .pool import ConnectionPool
 from .service import NamedPools, single_config
 from .slot import IDLE, LENT
 
-__all__ = ["KEYS", "PooledRedis", "RedisConfig", "RedisConnectionPool", "RedisPool", "parse_redis_config"]
+__all__ = [
+    "KEYS", "PooledRedis", "RedisConfig", "RedisConnectionPool", "RedisPool", "parse_redis_config",
+    "parse_redis_configs",
+]  # fmt: skip
 
 logger = logging.getLogger("gunicorn_pool")
 
@@ -290,7 +293,27 @@ def _normalise(pool_name: str, raw: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-class RedisConnectionPool(redis.ConnectionPool):
+class _CoreConnections:
+    """What redis-py's pool interface asks of both adapters (this one and
+    :class:`~gunicorn_pool.redis_async.AsyncRedisConnectionPool`) about connections: the pool
+    core's, read from its slots."""
+
+    _core: Any
+    config: RedisConfig
+
+    def _get_free_connections(self) -> list[Any]:
+        core = self._core
+        return core.connections(IDLE) if core is not None else []
+
+    def _get_in_use_connections(self) -> set[Any]:
+        core = self._core
+        return set(core.connections(LENT)) if core is not None else set()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.config.pool_name!r} {self.config.dsn}>"
+
+
+class RedisConnectionPool(_CoreConnections, redis.ConnectionPool):
     """The ``connection_pool`` of the clients :meth:`RedisPool.client` builds: redis-py's
     pool interface over gunicorn_pool's :class:`~gunicorn_pool.pool.ConnectionPool`.
 
@@ -364,17 +387,6 @@ class RedisConnectionPool(redis.ConnectionPool):
     def reset(self) -> None:
         super().reset()  # redis-py's own (empty) bookkeeping; the connections are in the core
 
-    def _get_free_connections(self) -> list[Any]:
-        core = self._core
-        return core.connections(IDLE) if core is not None else []
-
-    def _get_in_use_connections(self) -> set[Any]:
-        core = self._core
-        return set(core.connections(LENT)) if core is not None else set()
-
-    def __repr__(self) -> str:
-        return f"<RedisConnectionPool {self.config.pool_name!r} {self.config.dsn}>"
-
 
 class PooledRedis(redis.Redis):
     """The ``redis.Redis`` of :meth:`RedisPool.client`: redis-py's client, minus the commands
@@ -413,11 +425,7 @@ class RedisPool(NamedPools["RedisConfig"]):
     """
 
     def __init__(self, configs: Union[Mapping[str, Any], str], *, name: str = "redis") -> None:
-        if isinstance(configs, str) or single_config(configs, _ONE_CONFIG_KEYS):
-            configs = {"default": configs}
-        if not configs:
-            raise ConfigError(f"RedisPool {name!r}: no Redis server configured")
-        super().__init__({key: parse_redis_config(key, val) for key, val in configs.items()}, name=name)
+        super().__init__(parse_redis_configs(configs, name=name, service="RedisPool"), name=name)
         self._adapters: dict[str, RedisConnectionPool] = {}
         self._clients: dict[str, redis.Redis] = {}
 
@@ -449,3 +457,14 @@ class RedisPool(NamedPools["RedisConfig"]):
 
 
 _ONE_CONFIG_KEYS = {"host", "port", "path", "db", "password", "username", "ssl"}
+
+
+def parse_redis_configs(configs: Union[Mapping[str, Any], str], *, name: str, service: str) -> dict[str, RedisConfig]:
+    """Every named config of a Redis service (:class:`RedisPool`, and
+    :class:`~gunicorn_pool.redis_async.AsyncRedisPool`), validated; a single URL or dict means
+    ``{"default": value}``."""
+    if isinstance(configs, str) or single_config(configs, _ONE_CONFIG_KEYS):
+        configs = {"default": configs}
+    if not configs:
+        raise ConfigError(f"{service} {name!r}: no Redis server configured")
+    return {key: parse_redis_config(key, val) for key, val in configs.items()}

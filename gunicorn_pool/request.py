@@ -56,24 +56,41 @@ S = TypeVar("S", bound="RequestScope")
 _IDLE = INTERNAL | {"threading", "queue", "selectors", "socketserver"}
 
 
-class RequestScope:
+class RequestScope(list):  # type: ignore[type-arg]  # of (pool, slot, that lease's number)
     """One request's leases and end-of-request callbacks: the pool core's lease sink.
 
-    ``begin()`` makes it current, ``end(failed=...)`` ends it (see the module
-    docstring); :func:`request_scope` does both around a block.
+    The scope is the list of its leases (the pool appends ``(pool, slot, lease
+    number)`` as each starts: no attribute lookup). ``begin()`` makes it
+    current, ``end(failed=...)`` ends it (see the module docstring);
+    :func:`request_scope` does both around a block. The request's own thread,
+    greenlet or task (:meth:`owner`) is asked when it ends, in that thread.
     """
 
-    __slots__ = ("label", "owner", "leases", "finalizers", "generation", "_token", "__weakref__")
+    __slots__ = ("_label", "finalizers", "generation", "_token", "__weakref__")
 
-    def __init__(self, label: str = "", owner: Optional[int] = None) -> None:
-        self.label = label
-        #: The thread or greenlet (or task) running the request.
-        self.owner = cc.get_ident() if owner is None else owner
-        self.leases: list[tuple[ConnectionPool, Slot, int]] = []  # (pool, slot, that lease's number)
+    def __init__(self, label: str = "") -> None:
+        list.__init__(self)
+        self._label: Any = label  # the label, or a WSGI environ it is read from when needed
         #: request_connection() leases, given back first when the request ends (created on first use).
         self.finalizers: Optional[dict[Any, Callable[[bool], None]]] = None
         self.generation = cc._generation[0]  # forks so far: a scope forked mid-request owns nothing
         self._token: Any = None
+
+    @property
+    def label(self) -> str:
+        """What the request is (its path), for log lines."""
+        label = self._label
+        return str(label.get("PATH_INFO", "")) if isinstance(label, dict) else str(label)
+
+    @property
+    def leases(self) -> list[tuple[ConnectionPool, Slot, int]]:
+        """The leases taken in this request so far (a copy)."""
+        return list(self)
+
+    def owner(self) -> int:
+        """The thread or greenlet running the request (asked in it): a lease taken by another one
+        was handed off."""
+        return cc.get_ident()
 
     def begin(self: S) -> S:
         """Make this scope the current one (its request starts)."""
@@ -99,14 +116,20 @@ class RequestScope:
                     finalize(failed)
                 except Exception as exc:  # noqa: BLE001 - one failing return must not skip the reclaim
                     logger.warning("gunicorn_pool: giving back a request connection failed: %s", exc)
-        leases, self.leases = self.leases, []
-        if not leases or self.generation != cc._generation[0]:
-            return 0  # nothing taken, or forked mid-request: those leases belong to the parent
+        if not self:
+            return 0
+        leases = self[:]
+        del self[:]
+        if self.generation != cc._generation[0]:
+            return 0  # forked mid-request: those leases belong to the parent
         reclaimed = 0
+        owner = None
         for pool, slot, number in leases:
             if slot.uses != number or slot.state is not LENT:
                 continue  # given back (the common case): no call
-            if slot.holder is not None and slot.holder != self.owner and not _finished(slot.holder):
+            if owner is None:
+                owner = self.owner()
+            if slot.holder is not None and slot.holder != owner and not _finished(slot.holder):
                 _handed_off(pool, slot, self.label)
                 continue
             if pool.reclaim(slot, number, self.label):

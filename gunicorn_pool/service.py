@@ -1,4 +1,4 @@
-"""NamedPools: a pool service made of named pools, each one ConnectionPool, opened and closed together.
+"""NamedPools: a pool service made of named pools, each one pool core, opened and closed together.
 
 :class:`~gunicorn_pool.DatabasePool` and :class:`~gunicorn_pool.redis.RedisPool`
 are both this shape: a mapping of names to validated configs, one pool core
@@ -6,6 +6,13 @@ per name built on first use, all of them opened at once at boot, closed at
 exit, figures by name. The service life cycle lives here once; a subclass
 says how to build one pool (:meth:`NamedPools._build`) and what to log
 before it opens (:meth:`NamedPools._before_open`).
+
+:class:`AsyncNamedPools` is the same service over asyncio pools
+(:class:`~gunicorn_pool.pool_async.AsyncConnectionPool`): the configs, the
+build, the sizing (:func:`fit`), the boot policy (:func:`settle_boot`), the
+log lines and the figures are the ones above (:class:`_Named`); only opening
+(``ainit_pool()``, in the ASGI lifespan) and closing (``aclose_pool()``, or
+``close_pool()`` dropping without a round trip once the loop is gone) await.
 """
 
 from __future__ import annotations
@@ -16,12 +23,17 @@ import os
 import time
 from typing import Any, Callable, Generic, Mapping, Optional, Protocol, TypeVar
 
-from ._concurrency import run_all
-from .base import PoolInterface, WorkerProfile, current_profile
+from ._concurrency import arun_all, run_all
+from .base import AsyncPoolInterface, PoolInterface, WorkerProfile, current_profile
+from .core import PoolCore
 from .errors import ConfigError, ConnectError, PoolClosed, PoolStartupError
 from .pool import ConnectionPool
+from .pool_async import AsyncConnectionPool
 
-__all__ = ["NamedConfig", "NamedPools", "fit", "open_at_boot", "settle_boot", "single_config"]
+__all__ = [
+    "AsyncNamedPools", "NamedConfig", "NamedPools", "aopen_at_boot", "fit", "open_at_boot", "settle_boot",
+    "single_config",
+]  # fmt: skip
 
 logger = logging.getLogger("gunicorn_pool")
 
@@ -39,6 +51,7 @@ class NamedConfig(Protocol):
 
 
 C = TypeVar("C", bound=NamedConfig)
+P = TypeVar("P", bound=PoolCore)
 
 
 def single_config(value: Any, keys: set[str]) -> bool:
@@ -57,12 +70,32 @@ def open_at_boot(pool: ConnectionPool, name: str, config: NamedConfig, profile: 
     try:
         opened = pool.open(deadline=profile.deadline)
     except ConnectError as exc:
-        if config.strict and profile.first_boot:
-            raise PoolStartupError(f"{exc} (strict pool, first start)") from None
-        logger.error(
-            "pool %s (%s): warm-up failed, will connect on demand: %s", name, config.dsn, exc
-        )  # the ConnectError already names host:port and the server's message
+        _warm_up_failed(exc, name, config, profile)
         return
+    _opened(pool, name, config, start, opened)
+
+
+async def aopen_at_boot(pool: AsyncConnectionPool, name: str, config: NamedConfig, profile: WorkerProfile) -> None:
+    """:func:`open_at_boot` for an asyncio pool, in the running event loop: the same deadline,
+    policy and log lines."""
+    start = time.monotonic()
+    try:
+        opened = await pool.open(deadline=profile.deadline)
+    except ConnectError as exc:
+        _warm_up_failed(exc, name, config, profile)
+        return
+    _opened(pool, name, config, start, opened)
+
+
+def _warm_up_failed(exc: ConnectError, name: str, config: NamedConfig, profile: WorkerProfile) -> None:
+    if config.strict and profile.first_boot:
+        raise PoolStartupError(f"{exc} (strict pool, first start)") from None
+    logger.error(
+        "pool %s (%s): warm-up failed, will connect on demand: %s", name, config.dsn, exc
+    )  # the ConnectError already names host:port and the server's message
+
+
+def _opened(pool: PoolCore, name: str, config: NamedConfig, start: float, opened: int) -> None:
     logger.info(
         "pool %s (%s): opened %d connection(s) in %.1f ms [min=%d max=%d]",
         name, config.dsn, opened, (time.monotonic() - start) * 1000, pool.min_size, pool.max_size,
@@ -87,7 +120,7 @@ def settle_boot(results: Mapping[str, Optional[BaseException]], label: Callable[
             logger.error("%s: warm-up failed, will connect on demand: %s", label(name), exc)
 
 
-def fit(pool: ConnectionPool, config: NamedConfig, profile: WorkerProfile) -> None:
+def fit(pool: PoolCore, config: NamedConfig, profile: WorkerProfile) -> None:
     """Size *pool* and bound its statements for the worker *profile* describes: the pool core
     takes both as values (sizes the config leaves unset, and the query bound where the config
     sets none, come from the worker type)."""
@@ -95,8 +128,10 @@ def fit(pool: ConnectionPool, config: NamedConfig, profile: WorkerProfile) -> No
     pool.connector.query_bound = profile.query_bound()
 
 
-class NamedPools(PoolInterface, Generic[C]):
-    """Named pools, one :class:`ConnectionPool` each, built on first use in each process."""
+class _Named(Generic[C, P]):
+    """What a service of named pools is, whatever its front end: validated configs by name, one
+    pool each built on first use in each process (:meth:`pool`), sized for the worker, figures by
+    name. Subclasses say how to build one pool (:meth:`_build`)."""
 
     #: What one named pool is called in messages ("no database 'x'").
     _what = "pool"
@@ -108,63 +143,32 @@ class NamedPools(PoolInterface, Generic[C]):
             raise ConfigError(f"{type(self).__name__} {name!r}: nothing configured")
         self.name = name
         self.configs: dict[str, C] = dict(configs)
-        self._pools: dict[str, ConnectionPool] = {}
+        self._pools: dict[str, P] = {}
         self._closed_in: Optional[int] = None  # the pid where close_pool() ran last
 
     # -- what a subclass says ----------------------------------------------------------
 
-    def _build(self, name: str, config: C) -> ConnectionPool:
+    def _build(self, name: str, config: C) -> P:
         """A new (unopened) pool for *name*."""
         raise NotImplementedError
 
     def _before_open(self, name: str, config: C, profile: WorkerProfile) -> None:
         """Log what this worker should know before *name* opens (nothing by default)."""
 
-    # -- PoolInterface ---------------------------------------------------------------------
-
-    def init_pool(self) -> None:
-        """Open ``min_size`` connections of every named pool in this process.
-
-        The named pools open at once, so several unreachable servers cost one
-        connect timeout, not one each; all of it within the worker's warm-up
-        deadline. An unreachable server is logged and its pool connects on
-        demand later; a ``strict`` pool stops the server's first start.
-        """
-        self._closed_in = None
-        profile = current_profile()
-        tasks = [(key, functools.partial(self._open, key, cfg, profile)) for key, cfg in self.configs.items()]
-        settle_boot(run_all(tasks, deadline=profile.deadline), lambda key: f"pool {key} ({self.configs[key].dsn})")
-
-    def _open(self, key: str, cfg: C, profile: WorkerProfile) -> None:
-        pool = self.pool(key)
-        fit(pool, cfg, profile)
-        self._before_open(key, cfg, profile)
-        open_at_boot(pool, key, cfg, profile)
-
-    def warm_pool(self) -> int:
-        """Give each open connection its first use now (see ConnectionPool.warm)."""
-        return sum(pool.warm() for pool in list(self._pools.values()))
-
-    def close_pool(self) -> None:
-        """Close every named pool opened in this process; later use raises PoolClosed
-        (until :meth:`init_pool` opens them again)."""
-        self._closed_in = os.getpid()
-        for pool in self._pools.values():
-            pool.close()
-        self._pools.clear()
+    # -- figures -----------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        """``{pool name: ConnectionPool.stats()}`` for the pools in use."""
+        """``{pool name: pool.stats()}`` for the pools in use."""
         return {key: pool.stats() for key, pool in self._pools.items()}
 
-    def connection_pools(self) -> dict[str, ConnectionPool]:
+    def connection_pools(self) -> dict[str, P]:
         """The named pools in use in this process."""
         return dict(self._pools)
 
     # -- use ---------------------------------------------------------------------------------
 
-    def pool(self, name: str = "default") -> ConnectionPool:
-        """The :class:`ConnectionPool` for *name*, built on first use."""
+    def pool(self, name: str = "default") -> P:
+        """The pool for *name*, built on first use."""
         pool = self._pools.get(name)
         if pool is not None and not pool.closed:
             return pool
@@ -181,6 +185,16 @@ class NamedPools(PoolInterface, Generic[C]):
             pool = self._pools[name] = candidate
         return pool
 
+    def _prepared(self, key: str, cfg: C, profile: WorkerProfile) -> P:
+        """*key*'s pool, sized for *profile*, with what this worker should know logged: ready to open."""
+        pool = self.pool(key)
+        fit(pool, cfg, profile)
+        self._before_open(key, cfg, profile)
+        return pool
+
+    def _label(self, key: str) -> str:
+        return f"pool {key} ({self.configs[key].dsn})"
+
     def _config(self, name: str) -> C:
         try:
             return self.configs[name]
@@ -192,3 +206,82 @@ class NamedPools(PoolInterface, Generic[C]):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} {', '.join(f'{k}={c.dsn}' for k, c in self.configs.items())}>"
+
+
+class NamedPools(_Named[C, ConnectionPool], PoolInterface):
+    """Named pools, one :class:`ConnectionPool` each, built on first use in each process."""
+
+    # -- PoolInterface ---------------------------------------------------------------------
+
+    def init_pool(self) -> None:
+        """Open ``min_size`` connections of every named pool in this process.
+
+        The named pools open at once, so several unreachable servers cost one
+        connect timeout, not one each; all of it within the worker's warm-up
+        deadline. An unreachable server is logged and its pool connects on
+        demand later; a ``strict`` pool stops the server's first start.
+        """
+        self._closed_in = None
+        profile = current_profile()
+        tasks = [(key, functools.partial(self._open, key, cfg, profile)) for key, cfg in self.configs.items()]
+        settle_boot(run_all(tasks, deadline=profile.deadline), self._label)
+
+    def _open(self, key: str, cfg: C, profile: WorkerProfile) -> None:
+        open_at_boot(self._prepared(key, cfg, profile), key, cfg, profile)
+
+    def warm_pool(self) -> int:
+        """Give each open connection its first use now (see ConnectionPool.warm)."""
+        return sum(pool.warm() for pool in list(self._pools.values()))
+
+    def close_pool(self) -> None:
+        """Close every named pool opened in this process; later use raises PoolClosed
+        (until :meth:`init_pool` opens them again)."""
+        self._closed_in = os.getpid()
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
+
+
+class AsyncNamedPools(_Named[C, AsyncConnectionPool], AsyncPoolInterface):
+    """Named pools, one :class:`~gunicorn_pool.pool_async.AsyncConnectionPool` each: the service
+    of :class:`NamedPools` for asyncio drivers, opened in the worker's event loop (the ASGI
+    lifespan: :meth:`ainit_pool`) and closed there (:meth:`aclose_pool`)."""
+
+    async def ainit_pool(self) -> None:
+        """Open ``min_size`` connections of every named pool, at once, in the running event loop,
+        within the worker's warm-up deadline, under the boot policy of :meth:`NamedPools.init_pool`."""
+        self._closed_in = None
+        profile = current_profile()
+        results = await arun_all({key: self._aopen(key, cfg, profile) for key, cfg in self.configs.items()},
+                                 deadline=profile.deadline)  # fmt: skip
+        settle_boot(results, self._label)
+
+    async def _aopen(self, key: str, cfg: C, profile: WorkerProfile) -> None:
+        await aopen_at_boot(self._prepared(key, cfg, profile), key, cfg, profile)
+
+    async def awarm_pool(self) -> int:
+        """Give each open connection its first use now (see AsyncConnectionPool.warm)."""
+        used = 0
+        for pool in list(self._pools.values()):
+            used += await pool.warm()
+        return used
+
+    async def aclose_pool(self) -> None:
+        """Close every named pool opened in this process, politely; later use raises PoolClosed
+        (until :meth:`ainit_pool` opens them again)."""
+        self._closed_in = os.getpid()
+        pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
+            await pool.close()
+
+    def close_pool(self) -> None:
+        """Drop what is still open, without a round trip: the event loop is gone (gunicorn's quick
+        shutdown skips the lifespan shutdown), so nothing can be awaited. The servers end the
+        sessions when the process exits and its sockets close."""
+        self._closed_in = os.getpid()
+        pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
+            dropped = pool.drop_all()
+            if dropped:
+                logger.info("pool %s (%s): dropped %d connection(s) at exit (no event loop to close them)",
+                            pool.name, pool.dsn, dropped)  # fmt: skip

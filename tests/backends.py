@@ -1,9 +1,9 @@
 """The database servers the shared gunicorn and fault tests run against: MySQL and PostgreSQL.
 
 A test that checks the same behaviour on both asks for the ``backend``
-fixture (tests/conftest.py): it runs once per server, its id names the
-server (``test_x[mysql]``, ``test_x[postgresql]``) and it carries that
-server's marker. ``db_user`` is then a fresh login of that server
+fixture (tests/conftest.py): it runs once per server and driver, its id names
+them (``test_x[mysql]``, ``test_x[mysqlclient]``: MySQL through mysqlclient,
+``test_x[postgresql]``) and it carries that server's marker. ``db_user`` is then a fresh login of that server
 (support.MySQLUser or support.PGUser: ``url()``, ``config()``,
 ``session_ids()``, ``count()``, ``kill_all()``), ``db_proxy`` a
 tests/proxy.py TCP proxy in front of it. What differs between the servers is
@@ -23,7 +23,7 @@ from support import wait_until
 class Backend:
     """What a shared test needs to know about one database server."""
 
-    name: str  # the test id and the marker
+    name: str  # the test id
     app: str  # gunicorn app of the fault tests: /conn and /q/<pool> answer a session id
     preload_app: str  # the app that queries at import (``--preload``); /master answers the master's session
     session: str  # JSON key of the session id in the apps' answers (CONNECTION_ID() / pg_backend_pid())
@@ -34,12 +34,14 @@ class Backend:
     # each new worker imports psycopg itself (0.35 s on this machine; never imported in the master).
     heal_limit: float
     figure: str  # prefix of the FIGURE lines
-    server: str = ""  # the server's marker and fixtures (mysql, postgresql); the name if empty
-    driver: str = ""  # the pool's ``driver`` key, if the server has several (PostgreSQL)
+    refused: str = "Connection refused"  # what the log says when the server refuses connects
+    adapter: str = ""  # the server's marker and the adapter in the pools' dsn (the name, unless given)
+    blocking: bool = False  # a C driver that gevent workers refuse
+    driver: str = ""  # the pool's ``driver`` key for a login of tests/servers.py (checked_login), if not the default
 
     def __post_init__(self) -> None:
-        if not self.server:
-            object.__setattr__(self, "server", self.name)
+        if not self.adapter:
+            object.__setattr__(self, "adapter", self.name)
 
     def __str__(self) -> str:
         return self.name
@@ -48,16 +50,23 @@ class Backend:
 MYSQL = Backend(name="mysql", app="faults_app:app", preload_app="preload_app:app", session="conn_id",
                 kill="KILL CONNECTION", auth_error="Access denied for user", timed_out="timed out",
                 heal_limit=5.0, figure="")  # fmt: skip
+#: MySQL through mysqlclient (driver=mysqlclient). Connect errors are in the words of MariaDB's client
+#: library: a refused connect is error 2002 (with an errno of 115, EINPROGRESS: the library's own
+#: non-blocking connect), a silent server error 2013 at the handshake.
+MYSQLCLIENT = Backend(name="mysqlclient", app="faults_app:app", preload_app="preload_app:app", session="conn_id",
+                      kill="KILL CONNECTION", auth_error="Access denied for user",
+                      timed_out="reading initial communication packet", heal_limit=5.0, figure="mysqlclient ",
+                      refused="Can't connect to server", adapter="mysql", blocking=True)  # fmt: skip
 POSTGRESQL = Backend(name="postgresql", app="pg_app:app", preload_app="pg_preload_app:app", session="backend_pid",
                      kill="pg_terminate_backend()", auth_error="password authentication failed",
                      timed_out="timed out after {timeout:g}s", heal_limit=10.0, figure="pg ")  # fmt: skip
-# The same server through psycopg2 (``driver: psycopg2``): imported in the master even for gevent
-# workers (it picks no wait function at import), so a respawn heals as fast as MySQL's.
+#: PostgreSQL through psycopg2 (driver=psycopg2): imported in the master even for gevent workers (it
+#: picks no wait function at import), so a respawned worker heals without importing it.
 PSYCOPG2 = Backend(name="psycopg2", app="pg2_app:app", preload_app="pg2_preload_app:app", session="backend_pid",
                    kill="pg_terminate_backend()", auth_error="password authentication failed",
-                   timed_out="timed out after {timeout:g}s", heal_limit=10.0, figure="pg2 ", server="postgresql",
+                   timed_out="timed out after {timeout:g}s", heal_limit=10.0, figure="pg2 ", adapter="postgresql",
                    driver="psycopg2")  # fmt: skip
-BACKENDS = {b.name: b for b in (MYSQL, POSTGRESQL, PSYCOPG2)}
+BACKENDS = {b.name: b for b in (MYSQL, MYSQLCLIENT, POSTGRESQL, PSYCOPG2)}
 
 
 class _WithDriver:
@@ -105,4 +114,4 @@ def check_one_session_per_worker(server: Any, login: Any, backend: Backend, work
     log = server.log()
     assert login.password not in log
     assert log.count("opened 1 connection(s)") == workers
-    assert f"{backend.server}://{login.name}:***@" in log
+    assert f"{backend.adapter}://{login.name}:***@" in log

@@ -26,6 +26,7 @@ from support import (
     PG_HOST,
     PG_PORT,
     Gunicorn,
+    MySQLdbUser,
     MySQLUser,
     PG2User,
     PGUser,
@@ -69,6 +70,7 @@ def redis_server() -> None:
 
 
 def _fresh_login(cls: Any) -> Iterator[Any]:
+    """A new login of *cls* (MySQLUser, PGUser...) with a random name and password, dropped after."""
     user = cls(f"gp_{secrets.token_hex(4)}", "pw-" + secrets.token_hex(8))
     try:
         yield user
@@ -101,39 +103,43 @@ def redis_clients(redis_server: None) -> Iterator[RedisClients]:
 @pytest.fixture
 def mysql_user(mysql_server: None) -> Iterator[MySQLUser]:
     """A fresh login with a random password; dropped (and its sessions killed) after."""
-    user = MySQLUser(f"gp_{secrets.token_hex(4)}", "pw-" + secrets.token_hex(8))
-    try:
-        yield user
-    finally:
-        user.drop()
+    yield from _fresh_login(MySQLUser)
 
 
-@pytest.fixture(params=[pytest.param(b.name, marks=getattr(pytest.mark, b.server)) for b in BACKENDS.values()])
+@pytest.fixture
+def mysqlclient_user(mysql_server: None) -> Iterator[MySQLUser]:
+    """``mysql_user`` whose ``config()`` and ``url()`` name the mysqlclient driver."""
+    yield from _fresh_login(MySQLdbUser)
+
+
+@pytest.fixture(params=[pytest.param(b.name, marks=getattr(pytest.mark, b.adapter)) for b in BACKENDS.values()])
 def backend(request: Any) -> Backend:
-    """Each database server (and PostgreSQL driver) in turn (tests/backends.py): the test id names it,
-    the server's marker is set."""
+    """Each database server and driver in turn (tests/backends.py): the test id names it, the marker
+    is its server's."""
     return BACKENDS[request.param]
+
+
+_LOGINS = {"mysql": "mysql_user", "mysqlclient": "mysqlclient_user", "postgresql": "pg_user", "psycopg2": "pg2_user"}
 
 
 @pytest.fixture
 def db_user(backend: Backend, request: Any) -> Any:
-    """A fresh login of the *backend* server (``mysql_user``, ``pg_user`` or ``pg2_user``)."""
-    logins = {"mysql": "mysql_user", "postgresql": "pg_user", "psycopg2": "pg2_user"}
-    return request.getfixturevalue(logins[backend.name])
+    """A fresh login of the *backend* server (``mysql_user``, ``mysqlclient_user``, ``pg_user`` or ``pg2_user``)."""
+    return request.getfixturevalue(_LOGINS[backend.name])
 
 
 @pytest.fixture
 def db_proxy(backend: Backend, request: Any) -> FaultProxy:
     """A fault proxy in front of the *backend* server (``tcp_proxy`` or ``pg_proxy``)."""
-    return request.getfixturevalue({"mysql": "tcp_proxy", "postgresql": "pg_proxy"}[backend.server])
+    return request.getfixturevalue({"mysql": "tcp_proxy", "postgresql": "pg_proxy"}[backend.adapter])
 
 
 @pytest.fixture
 def checked_login(backend: Backend, request: Any) -> Any:
     """A login of the *backend* server on a server that checks passwords: the machine's MariaDB
     does; the machine's PostgreSQL trusts every login, so the throwaway ``pg_scram`` server."""
-    if backend.name == "mysql":
-        return request.getfixturevalue("mysql_user")
+    if backend.adapter == "mysql":
+        return request.getfixturevalue(_LOGINS[backend.name])
     login = request.getfixturevalue("pg_scram").create_user(f"gp_{secrets.token_hex(4)}", "pw-" + secrets.token_hex(8))
     return with_driver(login, backend.driver)
 

@@ -8,7 +8,7 @@ import os
 import secrets
 import threading
 from collections.abc import Iterator
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import pytest
 
@@ -23,10 +23,11 @@ def django_configured() -> None:
         django.setup()
 
 
-def django_aliases(base: dict[str, Any]) -> Iterator[Callable[..., Any]]:
+def django_aliases(base: dict[str, Any], adjust: Optional[Callable[[dict[str, Any]], None]] = None,
+                   ) -> Iterator[Callable[..., Any]]:  # fmt: skip
     """Generator for a fixture: ``make(**settings) -> DatabaseWrapper`` of a new alias with the
-    settings *base* (ENGINE and login) and *settings*; every alias, its connection and its pool are
-    gone after the test."""
+    settings *base* (ENGINE and login) and *settings*, then *adjust(settings)* if given; every
+    alias, its connection and its pool are gone after the test."""
     from django.db import connections
 
     from gunicorn_pool.django import pools
@@ -35,7 +36,10 @@ def django_aliases(base: dict[str, Any]) -> Iterator[Callable[..., Any]]:
 
     def make(**overrides: Any) -> Any:
         alias = f"gp_{secrets.token_hex(3)}"
-        connections.settings[alias] = {**base, "OPTIONS": {}, **overrides}
+        sd = {**base, "OPTIONS": {}, **overrides}
+        if adjust is not None:
+            adjust(sd)
+        connections.settings[alias] = sd
         connections.configure_settings(connections.settings)  # fills Django's defaults
         made.append(alias)
         return connections[alias]

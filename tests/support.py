@@ -185,6 +185,13 @@ class MySQLUser(DBLogin):
     connection_ids = DBLogin.session_ids
 
 
+class MySQLdbUser(MySQLUser):
+    """A :class:`MySQLUser` whose pools use the mysqlclient driver (``config()``, ``url()``)."""
+
+    scheme = "mysql+mysqldb"
+    adapter = {"driver": "mysqlclient"}
+
+
 def pg_admin_connect(**kw: Any) -> Any:
     """An autocommit psycopg connection to the test PostgreSQL server as its admin user; every
     statement is bounded by :data:`QUERY_BOUND` on the server (``statement_timeout``, lock waits
@@ -574,7 +581,10 @@ def poll_until_ok(server: Any, path: str, limit: float, streak: int = 1) -> floa
     start = time.monotonic()
     ok = 0
     while ok < streak:
-        status, _ = server.get(path, timeout=limit)
+        try:
+            status, _ = server.get(path, timeout=limit)
+        except ConnectionResetError:  # a worker recycled by max_requests closed its socket under us
+            status = 0
         ok = ok + 1 if status == 200 else 0
         elapsed = time.monotonic() - start
         if ok < streak:

@@ -31,17 +31,35 @@ def django_setup() -> None:
     django_configured()
 
 
+@pytest.fixture(params=["pymysql", "mysqlclient"])
+def driver(request: Any) -> str:
+    """Each driver of the backend in turn (``OPTIONS["pool"]["driver"]``; the test id names it)."""
+    return str(request.param)
+
+
 @pytest.fixture
-def make_alias(django_setup: None, mysql_user: Any) -> Iterator[Callable[..., Any]]:
-    """``make_alias(**settings) -> DatabaseWrapper`` of a new alias on the test's login."""
+def make_alias(django_setup: None, mysql_user: Any, driver: str) -> Iterator[Callable[..., Any]]:
+    """``make_alias(**settings) -> DatabaseWrapper`` of a new alias on the test's login, on the
+    test's *driver* (added to ``OPTIONS["pool"]`` unless the test names one)."""
+
+    def on_driver(sd: dict[str, Any]) -> None:
+        options = dict(sd["OPTIONS"])
+        pool = options.get("pool", True)
+        if pool is True or (isinstance(pool, dict) and "driver" not in pool):
+            options["pool"] = {**(pool if isinstance(pool, dict) else {}), "driver": driver}
+        sd["OPTIONS"] = options
+
     yield from django_aliases({"ENGINE": "gunicorn_pool.django.mysql", "NAME": MYSQL_DB, "USER": mysql_user.name,
-                               "PASSWORD": mysql_user.password, "HOST": MYSQL_HOST, "PORT": str(MYSQL_PORT)})
+                               "PASSWORD": mysql_user.password, "HOST": MYSQL_HOST, "PORT": str(MYSQL_PORT)},
+                              on_driver)  # fmt: skip
 
 
-def test_connect_is_a_checkout_and_close_a_return(make_alias, mysql_user):
+def test_connect_is_a_checkout_and_close_a_return(make_alias, mysql_user, driver):
     conn = make_alias()
     first = one(conn, "SELECT CONNECTION_ID()")
     raw = conn.connection
+    module = __import__({"pymysql": "pymysql", "mysqlclient": "MySQLdb"}[driver])
+    assert isinstance(raw, module.connections.Connection) and conn.Database is module
     conn.close()
     assert conn.connection is None
     assert one(conn, "SELECT CONNECTION_ID()") == first  # the same session, no connect

@@ -91,11 +91,16 @@ def stop_and_check_no_session(server: Any, user: Any) -> None:
 # -- MySQL: our backend ----------------------------------------------------------------------------
 
 
+DRIVERS = ["pymysql", "mysqlclient"]
+
+
 @pytest.mark.mysql
+@pytest.mark.parametrize("driver", DRIVERS)
 def test_sync_workers_open_their_sessions_before_the_first_request_and_close_them_at_exit(
-    gunicorn, mysql_user, scratch_table
+    gunicorn, mysql_user, scratch_table, driver
 ):
-    server = gunicorn(conf("sync", workers=2), app=APP, env=mysql_env(mysql_user, scratch_table))
+    env = mysql_env(mysql_user, scratch_table, {"driver": driver})
+    server = gunicorn(conf("sync", workers=2), app=APP, env=env)
     check_two_sync_workers(server, mysql_user, "mysql")
 
 
@@ -182,10 +187,12 @@ def test_pool_timeout_is_a_clean_503(gunicorn, mysql_user, scratch_table):
 
 
 @pytest.mark.mysql
-def test_transactions_behave_as_django_documents(gunicorn, mysql_user, scratch_table):
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_transactions_behave_as_django_documents(gunicorn, mysql_user, scratch_table, driver):
     """Autocommit by default (a view that fails after writing keeps the row), atomic() rolls back
     on an exception, and ATOMIC_REQUESTS=True makes the whole view one transaction."""
-    plain = gunicorn(conf("sync", workers=1), app=APP, env=mysql_env(mysql_user, scratch_table)).start(
+    pool = {"driver": driver}
+    plain = gunicorn(conf("sync", workers=1), app=APP, env=mysql_env(mysql_user, scratch_table, pool)).start(
         workers_ready=1
     )
     assert get(plain, "/atomic-fail/")[0] == 500
@@ -196,8 +203,8 @@ def test_transactions_behave_as_django_documents(gunicorn, mysql_user, scratch_t
     assert status == 200 and body["django"] is True and body["session"] == 1 and body["in_atomic"] is False
     stop_and_check_no_session(plain, mysql_user)
 
-    atomic = gunicorn(conf("sync", workers=1), app=APP,
-                      env=mysql_env(mysql_user, scratch_table, GP_DJ_ATOMIC="1")).start(workers_ready=1)  # fmt: skip
+    atomic_env = mysql_env(mysql_user, scratch_table, pool, GP_DJ_ATOMIC="1")
+    atomic = gunicorn(conf("sync", workers=1), app=APP, env=atomic_env).start(workers_ready=1)
     assert get(atomic, "/create-fail/")[0] == 500
     assert rows(scratch_table) == 1  # the whole view was rolled back
     status, body = get(atomic, "/create/")
@@ -250,6 +257,8 @@ def test_preload_master_connection_is_never_used_by_workers(gunicorn, mysql_user
 
 @pytest.mark.mysql
 def test_statsd_reports_each_alias_under_service_django(gunicorn, mysql_user, scratch_table):
+    """statsd names; requests_num counts the alias's checkouts, and a sync worker's Django keeps
+    its connection across requests: 5 clean requests are at most one checkout."""
     from test_metrics import StatsdListener
 
     statsd = StatsdListener()
@@ -260,11 +269,87 @@ def test_statsd_reports_each_alias_under_service_django(gunicorn, mysql_user, sc
         for _ in range(5):
             assert get(server, "/conn/")[0] == 200
         base = "gunicorn_pool.django.default."
-        wait_until(lambda: statsd.counter_sum(base + "requests_num") >= 5, 15, what="requests_num of alias default")
-        assert set(statsd.gauges(base + "pool_size")) == {1}
+        wait_until(lambda: set(statsd.gauges(base + "pool_size")) == {1}, 15, what="pool_size of alias default")
+        wait_until(lambda: statsd.counter_sum(base + "requests_num") >= 1, 15, what="requests_num of alias default")
+        status, body = get(server, "/stats/")
+        assert body["stats"]["default"]["requests_num"] <= 2  # the boot's server-data read, the first request
         stop_and_check_no_session(server, mysql_user)
     finally:
         statsd.close()
+
+
+@pytest.mark.mysql
+@pytest.mark.parametrize("driver", DRIVERS)
+@pytest.mark.parametrize("kind", ["sync", "gthread"])
+def test_a_sync_worker_keeps_its_clean_connection_across_requests(gunicorn, mysql_user, scratch_table, kind, driver):
+    """Sync: Django keeps the connection lent across requests, as CONN_MAX_AGE=None would: 30
+    requests on the boot's session and one checkout for all of them. gthread: one lease per
+    request (the pool's connections serve more requests than threads: a request may start
+    before the previous one gave its connection back, and take another)."""
+    server = gunicorn(conf(kind, workers=1), app=APP, env=mysql_env(mysql_user, scratch_table, {"driver": driver}))
+    server.start(workers_ready=1)
+    wait_until(lambda: mysql_user.count() == 1, 10, what="the boot's session")
+    (boot,) = mysql_user.connection_ids()
+    first = get(server, "/stats/")[1]["stats"]["default"]["requests_num"]
+    used = set()
+    for _ in range(30):
+        status, body = get(server, "/conn/")
+        assert status == 200, body
+        used.add(body["conn_id"])
+    stats = get(server, "/stats/")[1]["stats"]["default"]
+    if kind == "sync":
+        assert used == {boot}
+        assert stats["requests_num"] == first + 1, stats  # the first /conn/ took it; the rest kept it
+        assert stats["usage_ms"] < 10_000  # time in requests, not the idle time between them
+    else:
+        assert stats["requests_num"] >= first + 30, stats
+    stop_and_check_no_session(server, mysql_user)
+
+
+@pytest.mark.mysql
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_a_request_that_leaves_a_transaction_or_a_session_change_gives_the_connection_back(
+    gunicorn, mysql_user, scratch_table, driver
+):
+    """A request that leaves a transaction open, or a session change, ends its lease at its end:
+    the next request gets the same session rolled back or reset (one checkout each), never the
+    leftover; a clean request after that keeps the connection again."""
+    server = gunicorn(conf("sync", workers=1), app=APP, env=mysql_env(mysql_user, scratch_table, {"driver": driver}))
+    server.start(workers_ready=1)
+    session = get(server, "/conn/")[1]["conn_id"]
+    before = get(server, "/stats/")[1]["stats"]["default"]
+    status, body = get(server, "/begin/")
+    assert status == 200 and body["conn_id"] == session
+    status, body = get(server, "/rows/")
+    assert status == 200 and body["rows"] == 0, "the open transaction's row reached the next request"
+    assert rows(scratch_table) == 0
+    assert get(server, "/setvar/")[0] == 200
+    status, body = get(server, "/getvar/")
+    assert status == 200 and body["value"] is None and body["conn_id"] == session
+    after = get(server, "/stats/")[1]["stats"]["default"]
+    assert after["requests_num"] == before["requests_num"] + 2  # taken again after /begin/ and /setvar/
+    assert after["connections_reset"] >= before["connections_reset"] + 1  # SET @gp_leak: reset
+    assert mysql_user.count() == 1
+    stop_and_check_no_session(server, mysql_user)
+
+
+@pytest.mark.mysql
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_a_killed_session_is_replaced_before_the_next_requests_first_query(
+    gunicorn, mysql_user, scratch_table, driver
+):
+    """The server ends the session a sync worker's Django keeps between requests: the next
+    request's first query finds it dead (its socket polled, then pinged), drops it and runs on a
+    new session; the request succeeds."""
+    server = gunicorn(conf("sync", workers=1), app=APP, env=mysql_env(mysql_user, scratch_table, {"driver": driver}))
+    server.start(workers_ready=1)
+    first = get(server, "/conn/")[1]["conn_id"]
+    mysql_user.kill(first)
+    wait_until(lambda: first not in mysql_user.connection_ids(), 5, what="the session killed")
+    status, body = get(server, "/conn/")
+    assert status == 200 and body["conn_id"] != first, body
+    assert "dropping dead connection" in server.log()
+    stop_and_check_no_session(server, mysql_user)
 
 
 @pytest.mark.mysql

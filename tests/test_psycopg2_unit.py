@@ -51,14 +51,14 @@ def test_psycopg_3_stays_the_driver_where_it_is_installed_and_named():
     assert parse_config("p", {"adapter": "pgsql", "driver": "psycopg"}).driver == "psycopg"
     assert connector_class("postgresql", "psycopg") is PostgreSQLConnector
     assert connector_class("postgresql") is PostgreSQLConnector
-    assert parse_config("p", "mysql://db/shop").driver is None
+    assert parse_config("p", "mysql://db/shop").driver == "pymysql"  # MySQL's own default
 
 
 @pytest.mark.parametrize(
     "config, message",
     [
         ({"adapter": "postgresql", "driver": "psycopg3x"}, "driver"),
-        ({"adapter": "mysql", "driver": "psycopg2"}, "does not apply to adapter 'mysql'"),
+        ({"adapter": "mysql", "driver": "psycopg2"}, "driver 'psycopg2' is not one of mysql's"),
         ({"adapter": "postgresql", "driver": "psycopg2", "prepare_threshold": 3}, "psycopg2 never prepares"),
         ("postgresql+psycopg2://db/shop?driver=psycopg", "given twice"),
     ],

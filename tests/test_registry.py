@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import textwrap
 
@@ -273,3 +274,15 @@ def test_walk_never_calls_a_key_repr_or_a_mapping_proxy_s_mapping(no_app_code):
     found = dict(registry.walk(app))
     assert set(map(id, found.values())) == {id(a), id(b)}
     assert "app.keys[...].?" in found and "app.proxy['db']" in found
+
+
+def test_discovery_parses_no_metadata_when_no_distribution_declares_the_group():
+    """importlib.metadata parses every installed distribution and imports ~40 modules (~0.8 MiB
+    per worker, bench/memory.py) to find no service: a substring search of entry_points.txt
+    files tells first."""
+    code = (
+        "import sys; from gunicorn_pool import registry; registry.discover();"
+        " print('importlib.metadata' in sys.modules, 'email.message' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.split() == ["False", "False"], out

@@ -131,20 +131,12 @@ def errors(conn: Any) -> Any:
 
 def client(conn: Any) -> dict[str, Any]:
     """The connection object's own settings and state, as the next user would find them."""
-    if is_psycopg2(conn):
-        return {
-            "autocommit": conn.autocommit, "isolation_level": conn.isolation_level, "readonly": conn.readonly,
-            "deferrable": conn.deferrable, "encoding": conn.encoding, "cursor_factory": conn.cursor_factory,
-            "transaction": conn.get_transaction_status(), "notices": len(conn.notices),
-            "notifies": len(conn.notifies),
-        }  # fmt: skip
+    if not is_psycopg2(conn):
+        return client_side(conn)
     return {
-        "autocommit": conn.autocommit, "isolation_level": conn.isolation_level, "read_only": conn.read_only,
-        "deferrable": conn.deferrable, "prepare_threshold": conn.prepare_threshold,
-        "row_factory": conn.row_factory, "cursor_factory": conn.cursor_factory,
-        "server_cursor_factory": conn.server_cursor_factory, "encoding": conn.info.encoding,
-        "transaction": conn.info.transaction_status.name,
-        "handlers": (len(conn._notice_handlers), len(conn._notify_handlers)),
+        "autocommit": conn.autocommit, "isolation_level": conn.isolation_level, "readonly": conn.readonly,
+        "deferrable": conn.deferrable, "encoding": conn.encoding, "cursor_factory": conn.cursor_factory,
+        "transaction": conn.get_transaction_status(), "notices": len(conn.notices), "notifies": len(conn.notifies),
     }  # fmt: skip
 
 
@@ -179,11 +171,28 @@ def snapshot(conn: Any, m: Matrix) -> dict[str, Any]:
         server = cur.fetchone()[0]
         cur.execute("SELECT pg_backend_pid()")
         pid = cur.fetchone()[0]
-    with m.login.admin.cursor() as cur:
-        cur.execute("SELECT count(*) FROM pg_locks WHERE pid = %s AND locktype = 'advisory'", (pid,))
-        server["advisory locks"] = cur.fetchone()[0]
+    server["advisory locks"] = advisory_locks(m, pid)
     server["client"] = client(conn)
     return server
+
+
+def advisory_locks(m: Matrix, pid: int) -> int:
+    """Advisory locks backend *pid* holds, seen from the admin connection."""
+    with m.login.admin.cursor() as cur:
+        cur.execute("SELECT count(*) FROM pg_locks WHERE pid = %s AND locktype = 'advisory'", (pid,))
+        return int(cur.fetchone()[0])
+
+
+def client_side(conn: Any) -> dict[str, Any]:
+    """The psycopg connection object's own settings (sync or asyncio: the same attributes)."""
+    return {
+        "autocommit": conn.autocommit, "isolation_level": conn.isolation_level, "read_only": conn.read_only,
+        "deferrable": conn.deferrable, "prepare_threshold": conn.prepare_threshold,
+        "row_factory": conn.row_factory, "cursor_factory": conn.cursor_factory,
+        "server_cursor_factory": conn.server_cursor_factory, "encoding": conn.info.encoding,
+        "transaction": conn.info.transaction_status.name,
+        "handlers": (len(conn._notice_handlers), len(conn._notify_handlers)),
+    }  # fmt: skip
 
 
 def backend(conn: Any) -> int:
@@ -221,6 +230,7 @@ def run(*statements: str) -> Callable[[Any, Matrix], None]:
             for sql in statements:
                 cur.execute(sql.format(s=m.schema, role=m.role, login=m.login.name, key=m.key))
 
+    change.statements = statements  # type: ignore[attr-defined]  # read by the asyncio subset
     return change
 
 

@@ -309,6 +309,8 @@ def _script(pool: ConnectionPool, c: StandIn) -> list[Any]:
         with pool.connection() as b:  # a second connection while raw is out
             seen.append(("b", b.n))
         pool.putconn(raw)
+        if round_ == 1:
+            raw.dead = True  # the server ended it: a probe (where there is one) finds it, the ping replaces it
         with pytest.raises(RuntimeError), pool.connection() as a:
             raise RuntimeError("the block failed")
     with pool.connection() as a:
@@ -320,15 +322,35 @@ def _script(pool: ConnectionPool, c: StandIn) -> list[Any]:
     return [seen, c.calls, stats, slots, [s.raw.n for s in pool._idle]]
 
 
+class ProbedStandIn(StandIn):
+    """A stand-in whose probe reports a connection the server ended (``dead``)."""
+
+    def probe(self, raw: Conn) -> Any:
+        return lambda: raw.dead
+
+
+@pytest.mark.parametrize("connector", [StandIn, ProbedStandIn])
+@pytest.mark.parametrize("in_request", [False, True])
 @pytest.mark.parametrize("probe_after", [None, 0.0])
-def test_the_inline_lease_agrees_with_the_full_paths(probe_after):
+def test_the_inline_lease_agrees_with_the_full_paths(probe_after, in_request, connector):
     """Lease runs the common checkout and return inline (twins of _take, _begin_lease, _shelve):
     the same script leaves the same connections, calls, figures and idle order either way, also
     when every checkout must look at its connection again (probe_after=0)."""
-    inline, c1 = make(min_size=1, max_size=2, probe_after=probe_after)
-    full = _FullPathsPool(StandIn(), name="s", min_size=1, max_size=2, probe_after=probe_after, check_interval=60.0)
+    c1 = connector()
+    inline = ConnectionPool(c1, name="s", min_size=1, max_size=2, probe_after=probe_after, check_interval=60.0)
+    full = _FullPathsPool(connector(), name="s", min_size=1, max_size=2, probe_after=probe_after, check_interval=60.0)
     c2 = full.connector
     assert inline._fast and not full._fast
     inline.open()
     full.open()
-    assert _script(inline, c1) == _script(full, c2)  # type: ignore[arg-type]
+    if in_request:  # leases recorded in the request's sink, with the line that took them
+        with request_scope():
+            first = _script(inline, c1)
+            inline.getconn()  # a leak: reclaimed when the request ends
+        with request_scope():
+            second = _script(full, c2)  # type: ignore[arg-type]
+            full.getconn()
+        assert inline.stats()["connections_leaked"] == full.stats()["connections_leaked"] == 1
+    else:
+        first, second = _script(inline, c1), _script(full, c2)  # type: ignore[arg-type]
+    assert first == second

@@ -43,6 +43,13 @@ def mysql_connect():
     return pymysql.connect(**SSL, **KW)
 
 
+def mysqlclient_connect():
+    """A new mysqlclient (MySQLdb) connection to the bench server (its library's TLS default)."""
+    import MySQLdb
+
+    return MySQLdb.connect(**KW)
+
+
 def pg_connect():
     """A new autocommit psycopg connection to the bench server."""
     import psycopg

@@ -14,9 +14,6 @@ from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import URL, select
 from sqlalchemy.orm import Session
 
-import gunicorn_pool
-import gunicorn_pool.sqlalchemy
-
 MODE = os.environ.get("GPB_SA", "stock")
 URL_ = URL.create("mysql+pymysql", username=KW["user"], password=KW["password"] or None, host=KW["host"],
                   port=KW["port"], database=KW["database"])  # fmt: skip
@@ -27,6 +24,9 @@ if MODE != "enginepool":  # (no idle Flask-SQLAlchemy engine beside: the app wal
     app.config["SQLALCHEMY_DATABASE_URI"] = URL_
     app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {"pool_size": SIZE, "max_overflow": 0, "connect_args": dict(SSL)}
     db = SQLAlchemy(app)
+if MODE != "stock":  # the stock row imports none of gunicorn_pool (bench/memory.py counts its modules)
+    import gunicorn_pool
+    import gunicorn_pool.sqlalchemy
 if MODE == "adopt":
     gunicorn_pool.sqlalchemy.adopt(db, max_size=SIZE)
 elif MODE == "enginepool":

@@ -165,6 +165,12 @@ class ConnectorBase:
         pool's own statements through). One call on the hot path, no round trip."""
         return True
 
+    def is_clean(self, raw: Any) -> bool:
+        """True if the lease of *raw* left nothing for ``finish()`` to do: :meth:`check_in`'s test
+        without ending the lease, for a framework that keeps a connection across its requests
+        (Django in a sync worker). The default, False, makes it give the connection back."""
+        return False
+
     def describe_error(self, exc: BaseException) -> str:
         """*exc* in one line, the server's message kept and the password masked."""
         text = describe(exc)

@@ -18,12 +18,64 @@ connector differs only in how it waits.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import asyncio
+import threading
+from typing import Any, Callable, Optional
 
-from ..core import REUSE
-from .base import ConnectorBase
+from ..core import LEASE_SINK, REUSE
+from .base import CLOSED, IDLE, ConnectorBase, LeaseGuard, lease_error
 
-__all__ = ["AsyncConnector"]
+__all__ = ["AsyncConnector", "TaskGuard", "stream_probe", "task_ident"]
+
+
+def task_ident() -> int:
+    """Who is running: the current asyncio task (its id), or the thread outside a task."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no event loop runs in this thread (a finaliser, a close at exit)
+        task = None
+    return id(task) if task is not None else threading.get_ident()
+
+
+def stream_probe(reader: asyncio.StreamReader) -> Callable[[], bool]:
+    """The checkout probe of a connection over an asyncio stream (aiomysql, ``redis.asyncio``):
+    anything in its buffer, EOF, or an error. The loop reads the socket whenever it runs, so
+    what the server sent while the connection sat idle (a KILL's error and EOF, a restart) is
+    there by the next checkout: no system call."""
+
+    def probe() -> bool:
+        return bool(reader._buffer) or reader.at_eof() or reader.exception() is not None  # type: ignore[attr-defined]
+
+    return probe
+
+
+class TaskGuard(LeaseGuard):
+    """:class:`~gunicorn_pool.connectors.base.LeaseGuard` for an asyncio connection: its holder
+    is the task that took it (``_gp_holder``), and the request that task ran (``_gp_scope``).
+
+    A task started inside that request (``asyncio.gather``, ``create_task``, ``asyncio.wait_for``,
+    which runs its coroutine in a task of its own before Python 3.12) runs in a copy of the
+    request's context, so it sees the same request scope: it may use the connection too. A
+    reference kept past the lease and used by a later request (another scope), or used after
+    the connection went back (IDLE) or was closed by the pool (CLOSED), is refused before
+    anything is sent. The connector's ``lend`` sets both fields (:meth:`arm`).
+    """
+
+    _gp_scope: Any = None
+
+    def _gp_check(self) -> None:
+        holder = self._gp_holder
+        if holder is not None and holder != task_ident():
+            scope = self._gp_scope
+            if scope is None or holder == IDLE or holder == CLOSED or LEASE_SINK.get() is not scope:
+                raise lease_error(self._gp_pool, holder, self._gp_taken_at)
+
+    def arm(self, holder: Optional[int], taken_at: str) -> None:
+        """A lease starts, taken by task *holder* (None: anyone) at *taken_at*."""
+        self._gp_holder = holder
+        self._gp_taken_at = taken_at
+        self._gp_scope = LEASE_SINK.get() if holder is not None else None
+        self._gp_closed_by_user = False
 
 
 class AsyncConnector(ConnectorBase):

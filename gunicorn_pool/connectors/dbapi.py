@@ -69,7 +69,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import sqlite3
+import sys
 from typing import TYPE_CHECKING, Any, Callable
 
 from .base import DROP, RESET, REUSE, Connector
@@ -91,6 +91,13 @@ _PINGS: dict[str, Callable[[Any], Any]] = {
 _IN_TRANS = 0x0001  # MySQL's SERVER_STATUS_IN_TRANS
 _BROKEN = "broken"  # the state read raised: closed or dead
 _abandoned: list[Any] = []  # inherited connections, kept alive so no finaliser runs
+
+
+def _is_sqlite3(raw: Any) -> bool:
+    """Is *raw* a sqlite3 connection? (sqlite3 is not imported for the question: a creator of
+    sqlite3 connections imported it already.)"""
+    sqlite3 = sys.modules.get("sqlite3")
+    return sqlite3 is not None and isinstance(raw, sqlite3.Connection)
 
 
 class DBAPIConnector(Connector):
@@ -187,7 +194,7 @@ class DBAPIConnector(Connector):
 
     def _set_autocommit(self, raw: Any, on: bool) -> bool:
         """Switch *raw* to autocommit *on* where the driver lets us; False if it has no switch."""
-        if isinstance(raw, sqlite3.Connection):
+        if _is_sqlite3(raw):
             raw.isolation_level = None if on else "DEFERRED"
             return True
         current = getattr(raw, "autocommit", None)
@@ -209,7 +216,7 @@ class DBAPIConnector(Connector):
     @staticmethod
     def _autocommit_on(raw: Any) -> bool:
         """Is autocommit on, as the driver says without a round trip? (False: off or unknown)."""
-        if isinstance(raw, sqlite3.Connection):
+        if _is_sqlite3(raw):
             return raw.isolation_level is None
         current = getattr(raw, "autocommit", None)
         if isinstance(current, bool):

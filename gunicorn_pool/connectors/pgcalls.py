@@ -60,9 +60,10 @@ if TYPE_CHECKING:
     from ..config import DatabaseConfig
 
 __all__ = [
-    "CALLS", "CLOSES", "CLOSING_BUILTINS", "FREE_SQL", "GRAMMAR", "GRAMMAR_WORDS", "KEYWORDS", "NAMES_SQL",
-    "NAMING_WORDS", "PLAIN_TAGS", "PLAIN_TAGS_WITH_TEMP", "TEMP", "UNSAFE_BUILTINS", "SessionRules", "Verdicts",
-    "conninfo_params", "drop_inherited_socket", "extra_libpq", "note", "remember", "scan", "shutdown_socket",
+    "CALLS", "CLIENT_BACKENDS_SQL", "CLOSES", "CLOSING_BUILTINS", "FREE_SQL", "GRAMMAR", "GRAMMAR_WORDS", "KEYWORDS",
+    "NAMES_SQL", "NAMING_WORDS", "PLAIN_TAGS", "PLAIN_TAGS_WITH_TEMP", "TEMP", "UNSAFE_BUILTINS", "SessionRules",
+    "Verdicts", "conninfo_params", "drop_inherited_socket", "extra_libpq", "note", "remember", "scan",
+    "shutdown_socket",
 ]  # fmt: skip
 
 #: Verdicts of :func:`scan`: the text calls a function not known harmless; it names a temporary
@@ -359,12 +360,21 @@ NAMES_SQL = """SELECT
                       WHERE q.proname = p.proname AND q.pronamespace <> 'pg_catalog'::pg_catalog.regnamespace)),
  (SELECT pg_catalog.string_agg(word, ' ') FROM pg_catalog.pg_get_keywords() WHERE catcode <> 'U')"""
 
+#: The client backends connected now, as any login can count them: pg_stat_activity shows a login
+#: without pg_read_all_stats other roles' sessions with backend_type NULL (their datid stays set;
+#: the server's own processes have none). Counting 'client backend' alone, an ordinary login saw
+#: only its own sessions and read the server as nearly empty.
+CLIENT_BACKENDS_SQL = (
+    "(SELECT count(*) FROM pg_stat_activity"
+    " WHERE backend_type = 'client backend' OR (backend_type IS NULL AND datid IS NOT NULL))"
+)
+
 #: Connections the server still accepts from an ordinary login (superusers may use the reserved ones).
-FREE_SQL = """
+FREE_SQL = f"""
 SELECT current_setting('max_connections')::int
        - current_setting('superuser_reserved_connections')::int
        - coalesce(current_setting('reserved_connections', true), '0')::int
-       - (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')
+       - {CLIENT_BACKENDS_SQL}
 """
 
 #: A pool's verdicts are kept per statement text (applications repeat theirs), at most

@@ -52,13 +52,14 @@ from typing import TYPE_CHECKING, AbstractSet, Any, Callable, Iterator, Mapping,
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg import generators, pq, waiting
+from psycopg._cursor_base import BaseCursor
 from psycopg._preparing import PrepareManager
 from psycopg.adapt import AdaptersMap
 from psycopg.conninfo import conninfo_attempts, make_conninfo
 from psycopg.rows import tuple_row
 
 from .._concurrency import original_poll
-from .base import CLOSED, DROP, IDLE, RESET, REUSE, Connector, LeaseGuard, lease_error
+from .base import CLOSED, DROP, IDLE, RESET, REUSE, Connector, ConnectorBase, LeaseGuard, lease_error
 from .pgcalls import (
     CACHED,
     FREE_SQL,
@@ -77,7 +78,7 @@ from .pgcalls import (
     remember,
     scan,
     shutdown_socket,
-)  # fmt: skip
+)
 
 if TYPE_CHECKING:
     from psycopg._queries import PostgresQuery
@@ -87,8 +88,8 @@ if TYPE_CHECKING:
     from ..config import DatabaseConfig
 
 __all__ = [
-    "PooledPGConnection", "PooledPGCursor", "PooledPGServerCursor", "PostgreSQLConnector", "drop_inherited", "fetch",
-    "ping",
+    "PGRules", "PGSession", "PooledPGConnection", "PooledPGCursor", "PooledPGServerCursor", "PostgreSQLConnector",
+    "drop_inherited", "fetch", "ping",
 ]  # fmt: skip
 
 logger = logging.getLogger("gunicorn_pool")
@@ -141,72 +142,94 @@ def _scan(conn: PooledPGConnection, query: Query, pgq: PostgresQuery) -> None:
         note(conn, verdict)
 
 
-def tracked_cursor(base: Any, name: str = "") -> Any:
-    """*base* (``psycopg.Cursor``, ``psycopg.ClientCursor`` or a subclass: Django's) with the
-    tracking of statements mixed in: the cursor class of a pooled connection (see
-    :class:`PooledPGCursor`)."""
-    convert, check = base._convert_query, base._check_results
+def _scanning(convert: Callable[..., Any], check: Callable[..., Any]) -> tuple[Any, Any]:
+    """The two methods of the statement scan (see :class:`_ScansStatements`) over a cursor class's
+    own query conversion and result check, called directly (no ``super()``: every statement passes
+    here)."""
 
-    class Tracked(base):  # type: ignore[misc]  # a class built per base
-        def _convert_query(self, query: Query, params: Optional[Params] = None) -> PostgresQuery:
-            pgq = convert(self, query, params)
-            # _scan(), its common case inline: a str statement seen before that changes nothing.
-            conn: PooledPGConnection = self._conn  # always a PooledPGConnection
-            if query.__class__ is not str or conn._gp_verdicts.get(query) != 0:
-                _scan(conn, query, pgq)
-            return pgq  # type: ignore[no-any-return]
+    def _convert_query(self: Any, query: Query, params: Optional[Params] = None) -> PostgresQuery:
+        pgq = convert(self, query, params)
+        # _scan(), its common case inline: a str statement seen before that changes nothing.
+        conn: PooledPGConnection = self._conn  # always a pooled connection
+        if query.__class__ is not str or conn._gp_verdicts.get(query) != 0:
+            _scan(conn, query, pgq)
+        return pgq  # type: ignore[no-any-return]
 
-        def _check_results(self, results: list[PGresult]) -> None:
-            conn: PooledPGConnection = self._conn
-            plain = _PLAIN_WITH_TEMP if conn._gp_maybe else _PLAIN
-            for result in results:
-                tag = result.command_status
-                if tag and not tag.startswith(plain):
-                    conn._gp_server = True
-            check(self, results)
+    def _check_results(self: Any, results: list[PGresult]) -> None:
+        conn: PooledPGConnection = self._conn
+        plain = _PLAIN_WITH_TEMP if conn._gp_maybe else _PLAIN
+        for result in results:
+            tag = result.command_status
+            if tag and not tag.startswith(plain):
+                conn._gp_server = True
+        check(self, results)
 
-    Tracked.__name__ = Tracked.__qualname__ = name or f"Pooled{base.__name__}"
-    Tracked.__module__ = __name__
-    Tracked.__doc__ = f"""{base.__name__} of a pooled connection: notes the statements that change the session.
+    return _convert_query, _check_results
+
+
+def tracked_cursor(base: Any) -> Any:
+    """*base* (``psycopg.ClientCursor`` or a subclass: Django's cursors) with the statement scan
+    mixed in over its own query conversion (a client-side binding cursor merges the values there):
+    the cursor class of a pooled connection whose framework needs its own (see
+    :class:`PostgreSQLConnector`'s *cursor_base*)."""
+    convert, check = _scanning(base._convert_query, base._check_results)
+    doc = f"{base.__name__} of a pooled connection: notes the statements that change the session (_ScansStatements)."
+    namespace = {"_convert_query": convert, "_check_results": check, "__module__": __name__, "__doc__": doc}
+    return type(f"Pooled{base.__name__}", (base,), namespace)
+
+
+class _ScansStatements:
+    """The statement scan of a pooled connection's cursors, sync or asyncio (psycopg's
+    ``Cursor`` and ``AsyncCursor`` share ``BaseCursor``'s query conversion and result check).
 
     It reads the command tag of every result (``SET``, ``LISTEN``, ``PREPARE``...) and
     scans each statement's text for calls of functions other than harmless builtins and
     for temporary objects (see :func:`_scan`) before it is sent; the connection is then
-    reset with ``DISCARD ALL`` when it is returned."""
-    return Tracked
+    reset with ``DISCARD ALL`` when it is returned.
+    """
+
+    _conn: Any
+    _convert_query, _check_results = _scanning(BaseCursor._convert_query, BaseCursor._check_results)
 
 
-#: The cursor of a pooled connection (``psycopg.Cursor`` with the tracking of statements).
-PooledPGCursor = tracked_cursor(psycopg.Cursor, "PooledPGCursor")
+class _ScansServerStatements:
+    """The scan of a pooled connection's server-side cursors: a cursor ``WITH HOLD`` outlives
+    its transaction, so it marks the session for a reset."""
 
-
-class PooledPGServerCursor(psycopg.ServerCursor[Any]):
-    """The server-side cursor of a pooled connection: a cursor ``WITH HOLD`` outlives its
-    transaction, so it marks the session for a reset."""
+    _conn: Any
+    _withhold: bool
 
     def _convert_query(self, query: Query, params: Optional[Params] = None) -> PostgresQuery:
-        pgq = psycopg.ServerCursor._convert_query(self, query, params)
-        conn: PooledPGConnection = self._conn  # type: ignore[assignment]
+        pgq = BaseCursor._convert_query(self, query, params)  # type: ignore[arg-type]
+        conn: PooledPGConnection = self._conn
         if self._withhold:
             conn._gp_server = True
         _scan(conn, query, pgq)
         return pgq
 
 
-class PooledPGConnection(LeaseGuard, psycopg.Connection[Any]):
-    """A ``psycopg.Connection`` that knows its lease and what its user changed.
+class PooledPGCursor(_ScansStatements, psycopg.Cursor[Any]):
+    """The cursor of a pooled connection: notes the statements that change the session (see
+    :class:`_ScansStatements`)."""
 
-    - :meth:`wait` runs every command generator psycopg makes: the lease guard
-      refuses a use by anyone but the holder there (see :mod:`.base`).
-      ``cancel()`` may come from any thread during a lease (that is what it is
+
+class PooledPGServerCursor(_ScansServerStatements, psycopg.ServerCursor[Any]):
+    """The server-side cursor of a pooled connection (see :class:`_ScansServerStatements`)."""
+
+
+class PGSession(LeaseGuard):
+    """What a pooled psycopg connection, sync or asyncio, knows of its lease and of what its user
+    changed: mixed in before psycopg's ``Connection`` or ``AsyncConnection``.
+
+    - ``_gp_server``: a statement changed the server-side session (set by the cursors);
+      ``_gp_client``: the user changed a setting of this object (autocommit, isolation
+      level, read-only, deferrable, prepare threshold, notice or notify handlers).
+    - ``cancel()`` may come from any thread or task during a lease (that is what it is
       for), never while the connection is idle in the pool or closed.
-    - ``_gp_server``: a statement changed the server-side session (set by
-      :class:`PooledPGCursor`); ``_gp_client``: the user changed a setting of
-      this object (autocommit, isolation level, read-only, deferrable, prepare
-      threshold, notice or notify handlers).
-    - ``close()`` by the holder closes it at once; the pool drops it at return.
     """
 
+    pgconn: Any
+    _prepared: PrepareManager
     _gp_pid = 0  # the process that connected
     _gp_server = False
     _gp_maybe = False  # a statement named a temporary object
@@ -215,14 +238,62 @@ class PooledPGConnection(LeaseGuard, psycopg.Connection[Any]):
     # The scan of statements (_scan): the pool's verdicts, and the builtins and grammar words they
     # are judged by. A connection opened by no pool knows no builtin: every call of a function counts.
     _gp_verdicts = _Verdicts()
-    _gp_waitfn: Optional[WaitFunc] = None  # set when psycopg's own wait would block gevent's hub
 
     def _check_connection_ok(self) -> None:
         if self.pgconn.status == _CONN_OK:  # psycopg's own fast path, unchanged
             return
         if self._gp_holder == CLOSED:  # closed by the pool: a reclaimed lease, not just a closed connection
             raise lease_error(self._gp_pool, CLOSED, self._gp_taken_at)
-        psycopg.Connection._check_connection_ok(self)
+        super()._check_connection_ok()  # type: ignore[misc]
+
+    def cancel(self) -> None:
+        self._gp_refuse_idle()
+        super().cancel()  # type: ignore[misc]
+
+    def _gp_refuse_idle(self) -> None:
+        holder = self._gp_holder
+        if holder == IDLE or holder == CLOSED:
+            raise lease_error(self._gp_pool, holder, self._gp_taken_at)
+
+    # Settings of this object the next user must not inherit (no round trip in either world).
+
+    @property
+    def prepare_threshold(self) -> Optional[int]:
+        return self._prepared.prepare_threshold
+
+    @prepare_threshold.setter
+    def prepare_threshold(self, value: Optional[int]) -> None:
+        self._prepared.prepare_threshold = value
+        self._gp_client = True
+
+    @property
+    def prepared_max(self) -> Optional[int]:
+        value = self._prepared.prepared_max
+        return None if value == sys.maxsize else value
+
+    @prepared_max.setter
+    def prepared_max(self, value: Optional[int]) -> None:
+        self._prepared.prepared_max = sys.maxsize if value is None else value
+        self._gp_client = True
+
+    def add_notice_handler(self, callback: Callable[[pg_errors.Diagnostic], None]) -> None:
+        super().add_notice_handler(callback)  # type: ignore[misc]
+        self._gp_client = True
+
+    def add_notify_handler(self, callback: Callable[[psycopg.Notify], None]) -> None:
+        super().add_notify_handler(callback)  # type: ignore[misc]
+        self._gp_client = True
+
+
+class PooledPGConnection(PGSession, psycopg.Connection[Any]):
+    """A ``psycopg.Connection`` that knows its lease and what its user changed (:class:`PGSession`).
+
+    - :meth:`wait` runs every command generator psycopg makes: the lease guard
+      refuses a use by anyone but the holder there (see :mod:`.base`).
+    - ``close()`` by the holder closes it at once; the pool drops it at return.
+    """
+
+    _gp_waitfn: Optional[WaitFunc] = None  # set when psycopg's own wait would block gevent's hub
 
     def wait(self, gen: PQGen[RV], interval: float = _WAIT_INTERVAL, timeout: Optional[float] = None) -> RV:
         """psycopg's chokepoint: every operation's generator runs here (guarded)."""
@@ -248,18 +319,9 @@ class PooledPGConnection(LeaseGuard, psycopg.Connection[Any]):
         with psycopg.Connection.pipeline(self) as pipeline:
             yield pipeline
 
-    def cancel(self) -> None:
-        self._gp_refuse_idle()
-        psycopg.Connection.cancel(self)
-
     def cancel_safe(self, *, timeout: float = 30.0) -> None:
         self._gp_refuse_idle()
         psycopg.Connection.cancel_safe(self, timeout=timeout)
-
-    def _gp_refuse_idle(self) -> None:
-        holder = self._gp_holder
-        if holder == IDLE or holder == CLOSED:
-            raise lease_error(self._gp_pool, holder, self._gp_taken_at)
 
     # Settings of this object the next user must not inherit.
 
@@ -281,58 +343,31 @@ class PooledPGConnection(LeaseGuard, psycopg.Connection[Any]):
         psycopg.Connection.set_deferrable(self, value)
         self._gp_client = True
 
-    @property
-    def prepare_threshold(self) -> Optional[int]:
-        return self._prepared.prepare_threshold
 
-    @prepare_threshold.setter
-    def prepare_threshold(self, value: Optional[int]) -> None:
-        self._prepared.prepare_threshold = value
-        self._gp_client = True
+class PGRules(SessionRules, ConnectorBase):
+    """PostgreSQL's rules, written once for the synchronous connector and the asyncio one
+    (:mod:`.postgresql_async`): the config read into libpq keywords and the pool's session
+    settings, the probe, the lease, what a return finds without a round trip (``check_in``),
+    when a connection is dropped, reset or given its settings back. A subclass adds the round
+    trips (connect, ping, ROLLBACK, ``DISCARD ALL``), blocking or awaited.
 
-    @property
-    def prepared_max(self) -> Optional[int]:
-        value = self._prepared.prepared_max
-        return None if value == sys.maxsize else value
-
-    @prepared_max.setter
-    def prepared_max(self, value: Optional[int]) -> None:
-        self._prepared.prepared_max = sys.maxsize if value is None else value
-        self._gp_client = True
-
-    def add_notice_handler(self, callback: Callable[[pg_errors.Diagnostic], None]) -> None:
-        psycopg.Connection.add_notice_handler(self, callback)
-        self._gp_client = True
-
-    def add_notify_handler(self, callback: Callable[[psycopg.Notify], None]) -> None:
-        psycopg.Connection.add_notify_handler(self, callback)
-        self._gp_client = True
-
-
-class PostgreSQLConnector(SessionRules, Connector):
-    """Opens psycopg connections for one pool (see the module docstring)."""
+    *cursor* and *server_cursor* are the connection's cursor classes when the pool resets
+    sessions (they scan statements), *plain_cursor* and *plain_server_cursor* when it does not.
+    """
 
     adapter = "postgresql"
 
-    def __init__(self, config: DatabaseConfig, *, libpq: Optional[Mapping[str, str]] = None,
-                 cursor_base: Any = None, adapters: Any = None) -> None:  # fmt: skip
-        """For a framework with needs of its own (Django's backend): *libpq*, more libpq keywords
-        (``client_encoding``); *cursor_base*, the cursor class of every connection (tracked when
-        the pool resets sessions); *adapters*, the adapters template of every connection (psycopg's
-        ``context``)."""
+    def __init__(self, config: DatabaseConfig, *, cursor: type[Any], server_cursor: type[Any],
+                 plain_cursor: type[Any], plain_server_cursor: type[Any],
+                 libpq: Optional[Mapping[str, str]] = None, adapters: Any = None) -> None:  # fmt: skip
         super().__init__(pool_name=config.pool_name, address=config.address, dsn=config.dsn,
                          password=config.password)  # fmt: skip
-        self._take_rules(config)
+        self._take_rules(config)  # reset flags, session statements, the bound of our own, the verdicts
         self._params = {**conninfo_params(config), **extra_libpq(config, libpq)}
         self._poll = original_poll()
         self._adapters = adapters
-        base = cursor_base or psycopg.Cursor
-        self._cursor: type[psycopg.Cursor[Any]] = (
-            (PooledPGCursor if base is psycopg.Cursor else tracked_cursor(base)) if self._reset_server else base
-        )
-        self._server_cursor: type[psycopg.ServerCursor[Any]] = (
-            PooledPGServerCursor if self._reset_server else psycopg.ServerCursor
-        )
+        self._cursor: type[Any] = cursor if self._reset_server else plain_cursor
+        self._server_cursor: type[Any] = server_cursor if self._reset_server else plain_server_cursor
         # PgBouncer in transaction mode: a statement prepared on one server connection is unknown
         # to the next one.
         self._prepare_threshold = None if config.pgbouncer else config.prepare_threshold
@@ -340,97 +375,29 @@ class PostgreSQLConnector(SessionRules, Connector):
         if not config.reset_session:
             self.check_in = self._check_in_transaction  # type: ignore[method-assign]
 
-    # -- the physical connection ----------------------------------------------------------
-
-    def connect(self) -> PooledPGConnection:
-        """Open one connection, each host tried bounded by ``connect_timeout``, with the
-        session the config asks for (autocommit, prepare threshold, init_command, session)."""
-        failures: list[tuple[str, psycopg.OperationalError]] = []
-        for attempt in conninfo_attempts(self._params):  # resolves host names (cooperative under gevent)
-            attempt.pop("load_balance_hosts", None)  # done (shuffled); a libpq before 16 would refuse it
-            host = f"{attempt.get('host') or attempt.get('hostaddr') or ''}:{attempt.get('port', '')}"
-            try:
-                pgconn = _wait_conn(generators.connect(make_conninfo("", **attempt)), self.config.connect_timeout,
-                                    host)  # fmt: skip
-                break
-            except psycopg.OperationalError as exc:
-                failures.append((host, exc))
-        else:
-            if len(failures) == 1:
-                raise failures[0][1].with_traceback(None)
-            tried = "; ".join(f"{host}: {_first_line(exc)}" for host, exc in failures)
-            raise psycopg.OperationalError(f"no host accepted the connection ({len(failures)} tried: {tried})")
-        conn = PooledPGConnection(pgconn)
-        try:
-            self._set_up(conn)
-        except BaseException:
-            psycopg.Connection.close(conn)
-            raise
-        return conn
-
-    def _set_up(self, conn: PooledPGConnection) -> None:
-        cfg = self.config
-        conn._gp_pool = cfg.pool_name
+    def _configure(self, conn: Any) -> None:
+        """A new connection's client-side settings (no round trip): pool name, process, cursors,
+        prepare threshold; autocommit is the subclass's (psycopg's async setter is a coroutine)."""
+        conn._gp_pool = self.config.pool_name
         conn._gp_pid = os.getpid()
-        conn.lock = threading.Lock()  # the current threading's: gevent's once patched
-        conn._gp_waitfn = _cooperative_wait()
         if self._adapters is not None:
             conn._adapters = AdaptersMap(self._adapters)  # what psycopg.connect(context=...) does
         conn.cursor_factory = self._cursor
         conn.server_cursor_factory = self._server_cursor
-        conn.autocommit = cfg.autocommit  # no round trip: psycopg sends BEGIN itself when off
         conn.prepare_threshold = self._prepare_threshold
-        if self._setup:
-            _run(conn, self._setup, self._own_timeout, "init_command/session")
-        if self._reset_server:
-            if not self._names_read:
-                self._read_names(conn)
-            conn._gp_verdicts = self._verdicts
-        conn._gp_server = conn._gp_maybe = conn._gp_client = False
 
-    def _read_names(self, conn: PooledPGConnection) -> None:
-        """Read the server's builtin function names and keywords (one query, once per pool)."""
-        result = _run(conn, _NAMES_SQL, self._own_timeout, "builtin function names")[-1]
+    def _names_from(self, result: PGresult) -> None:
+        """Keep the server's builtin function names and keywords (the result of _NAMES_SQL)."""
         builtins, keywords = (bytes(result.get_value(0, i) or b"").decode() for i in (0, 1))
         self._learn_names(builtins, keywords)
 
-    def close(self, raw: Any) -> None:
-        if raw._gp_pid != os.getpid():
-            self.discard(raw)
-            return
-        raw._gp_holder = None  # the pool's own use
-        try:
-            raw.close()  # Terminate, then the socket is closed
-        except Exception:  # noqa: BLE001 - closing a dead connection may fail
-            pass
-        raw._gp_holder = CLOSED
-
-    def discard(self, raw: Any) -> None:
-        raw._gp_holder = CLOSED
-        if raw._gp_pid != os.getpid():
-            drop_inherited(raw)
-            return
-        lock = raw.lock
-        if lock.acquire(False):
-            try:
-                psycopg.Connection.close(raw)  # in the owning process the session can just end
-            except Exception:  # noqa: BLE001 - never raises
-                pass
-            finally:
-                lock.release()
-        else:
-            # Held: by another thread inside an operation (a reclaimed leak still running), or by
-            # a suspended stream() generator. Finishing would free libpq's connection under it:
-            # shut the socket down instead (the server ends the session at EOF, the operation
-            # fails); psycopg's finaliser finishes the object once its user lets go of it.
-            shutdown_socket(_socket_of(raw))
+    def _configured(self, conn: Any) -> None:
+        """After the session setup: the pool's verdicts, and nothing changed yet."""
+        if self._reset_server:
+            conn._gp_verdicts = self._verdicts
+        conn._gp_server = conn._gp_maybe = conn._gp_client = False
 
     # -- health ---------------------------------------------------------------------------
-
-    def ping(self, raw: Any, timeout: float) -> None:
-        """An empty query (EmptyQueryResponse: no parse, no plan), bounded by *timeout*."""
-        raw._gp_holder = None  # the pool's own use
-        ping(raw, timeout)
 
     def probe(self, raw: Any) -> Optional[Callable[[], Any]]:
         # An idle session's socket has nothing to read. A terminated backend (FATAL, then EOF),
@@ -442,35 +409,7 @@ class PostgreSQLConnector(SessionRules, Connector):
         poller.register(raw.pgconn.socket, select.POLLIN)  # POLLHUP and POLLERR are always reported
         return functools.partial(poller.poll, 0)
 
-    def warm(self, raw: Any, timeout: float) -> None:
-        """A ping, then ``SELECT 1`` through a cursor (psycopg's query and result code), both
-        bounded by *timeout*; the guard is left IDLE."""
-        self.ping(raw, timeout)
-        fetch(raw, "SELECT 1", timeout)
-        raw._gp_server = raw._gp_maybe = False
-        raw._gp_holder = IDLE
-
-    def free_connections(self, raw: Any, timeout: float) -> Optional[int]:
-        """``max_connections`` minus the reserved slots and the client backends, in one query
-        bounded by *timeout* (a transaction it opened, autocommit off, is rolled back)."""
-        raw._gp_holder = None  # the pool's own use
-        try:
-            rows = fetch(raw, FREE_SQL, timeout)
-            if raw.pgconn.transaction_status != _TX_IDLE:
-                with raw.lock:
-                    _wait(raw, raw._rollback_gen(), timeout, "ROLLBACK")
-        finally:
-            raw._gp_server = raw._gp_maybe = False
-            raw._gp_holder = IDLE
-        return int(rows[0][0])
-
     # -- leases ------------------------------------------------------------------------------
-
-    def begin(self, raw: Any) -> None:
-        """``BEGIN`` unless a transaction is open already (psycopg opens one by itself before the
-        first statement when autocommit is off)."""
-        if raw.autocommit and raw.pgconn.transaction_status == _TX_IDLE:
-            raw.execute("BEGIN")
 
     def lend(self, raw: Any, holder: Optional[int], taken_at: str = "") -> None:
         raw._gp_holder = holder
@@ -501,52 +440,34 @@ class PostgreSQLConnector(SessionRules, Connector):
         raw._gp_holder = IDLE
         return True
 
-    def finish(self, raw: Any, *, commit: bool, failed: bool = False) -> str:
-        raw._gp_holder = None
+    @staticmethod
+    def _unusable(raw: Any) -> bool:
+        """finish()'s first test: True if *raw* must be dropped whatever else (closed by its
+        user, mid-protocol, in a transaction block or pipeline it cannot leave)."""
         status = raw.pgconn.transaction_status
-        if (
+        return bool(
             raw._gp_closed_by_user
             or status == _TX_ACTIVE  # mid-query, mid-COPY or mid-stream: as psycopg_pool, never reused
             or status == _TX_UNKNOWN  # closed or broken
             or raw._pipeline is not None
             or raw._num_transactions  # a transaction() block still open
             or raw._tpc is not None  # a two-phase transaction
-        ):
-            return DROP
-        if status == _TX_INTRANS and commit:
-            raw.commit()  # the user's commit: unbounded, as any statement of theirs
-        elif status != _TX_IDLE:
-            with raw.lock:
-                _wait(raw, raw._rollback_gen(), self._own_timeout, "ROLLBACK")
-        if raw._gp_close:
-            return DROP  # settled above: what it changed outlives DISCARD ALL
-        outcome = REUSE
-        if self._reset_server and (failed or raw._gp_server or raw.cursor_factory is not self._cursor):
-            # (a cursor factory of the user's own ran statements the pool did not look at;
-            # a failed with-block may have skipped the user's own clean-up)
-            try:
-                self._reset_session(raw)
-            except Exception as exc:  # noqa: BLE001 - a session not reset is never lent again
-                logger.warning("pool %s (%s): session reset failed, dropping the connection: %s",
-                               self.pool_name, self.dsn, self.describe_error(exc))  # fmt: skip
-                return DROP
-            outcome = RESET
-        if self._restore_settings(raw):
-            outcome = RESET
-        raw._gp_server = raw._gp_maybe = raw._gp_client = False
-        raw._gp_holder = IDLE
-        return outcome
+        )
 
-    def _reset_session(self, raw: PooledPGConnection) -> None:
-        """``DISCARD ALL`` (one round trip), then the pool's own statements again.
+    def _wants_reset(self, raw: Any, failed: bool) -> bool:
+        """After the transaction is settled: does the session need ``DISCARD ALL``? (a cursor
+        factory of the user's own ran statements the pool did not look at; a failed with-block
+        may have skipped the user's own clean-up)."""
+        return self._reset_server and (failed or raw._gp_server or raw.cursor_factory is not self._cursor)
 
-        DISCARD ALL closes cursors, resets the session authorization and every
-        setting to the session's defaults (startup ``options`` included), drops
-        prepared statements (psycopg's own too: its cache is emptied), stops
-        LISTENing, releases session-level advisory locks and drops temporary
-        objects, cached plans and sequence state.
-        """
-        _run(raw, b"DISCARD ALL", self._own_timeout, "DISCARD ALL")
+    def _reset_failed(self, exc: Exception) -> str:
+        logger.warning("pool %s (%s): session reset failed, dropping the connection: %s",
+                       self.pool_name, self.dsn, self.describe_error(exc))  # fmt: skip
+        return DROP
+
+    @staticmethod
+    def _discarded(raw: Any) -> None:
+        """After ``DISCARD ALL``: what the connection object still remembers of the session."""
         prepared = PrepareManager()
         prepared.prepare_threshold = raw._prepared.prepare_threshold
         prepared.prepared_max = raw._prepared.prepared_max
@@ -554,12 +475,11 @@ class PostgreSQLConnector(SessionRules, Connector):
         backlog = raw._notifies_backlog
         if backlog:
             backlog.clear()  # notifications of channels the next user never listened to
-        if self._setup:
-            _run(raw, self._setup, self._own_timeout, "init_command/session")
 
-    def _restore_settings(self, raw: PooledPGConnection) -> bool:
+    def _restore_settings(self, raw: Any, assign: Callable[[Any, str, Any], None] = setattr) -> bool:
         """Give the connection object back the pool's settings (no round trip: psycopg applies
-        them to the next transaction it starts). True if anything was restored."""
+        them to the next transaction it starts), each through *assign(raw, name, value)*. True
+        if anything was restored."""
         if not (
             raw._gp_client
             or raw.cursor_factory is not self._cursor
@@ -575,7 +495,7 @@ class PostgreSQLConnector(SessionRules, Connector):
                        ("prepared_max", _PREPARED_MAX)]  # fmt: skip
         for name, value in wanted:
             if getattr(raw, name) != value:
-                setattr(raw, name, value)
+                assign(raw, name, value)
                 changed = True
         if self._reset_client:
             for name, value in (("row_factory", tuple_row), ("cursor_factory", self._cursor),
@@ -589,6 +509,175 @@ class PostgreSQLConnector(SessionRules, Connector):
                 changed = True
         return changed
 
+    @staticmethod
+    def _settled(raw: Any) -> None:
+        """The return is done: nothing changed any more, and the guard reads IDLE."""
+        raw._gp_server = raw._gp_maybe = raw._gp_client = False
+        raw._gp_holder = IDLE
+
+
+class PostgreSQLConnector(PGRules, Connector):
+    """Opens psycopg connections for one pool (see the module docstring and :class:`PGRules`)."""
+
+    def __init__(self, config: DatabaseConfig, *, libpq: Optional[Mapping[str, str]] = None,
+                 cursor_base: Any = None, adapters: Any = None) -> None:  # fmt: skip
+        """For a framework with needs of its own (Django's backend): *libpq*, more libpq keywords
+        (``client_encoding``); *cursor_base*, the cursor class of every connection (its statements
+        scanned when the pool resets sessions: :func:`tracked_cursor`); *adapters*, the adapters
+        template of every connection (psycopg's ``context``)."""
+        base = cursor_base or psycopg.Cursor
+        super().__init__(config, cursor=PooledPGCursor if base is psycopg.Cursor else tracked_cursor(base),
+                         server_cursor=PooledPGServerCursor, plain_cursor=base,
+                         plain_server_cursor=psycopg.ServerCursor, libpq=libpq, adapters=adapters)  # fmt: skip
+
+    # -- the physical connection ----------------------------------------------------------
+
+    def connect(self) -> PooledPGConnection:
+        """Open one connection, each host tried bounded by ``connect_timeout``, with the
+        session the config asks for (autocommit, prepare threshold, init_command, session)."""
+        failures: list[tuple[str, psycopg.OperationalError]] = []
+        for attempt in conninfo_attempts(self._params):  # resolves host names (cooperative under gevent)
+            attempt.pop("load_balance_hosts", None)  # done (shuffled); a libpq before 16 would refuse it
+            host = _attempt_host(attempt)
+            try:
+                pgconn = _wait_conn(generators.connect(make_conninfo("", **attempt)), self.config.connect_timeout,
+                                    host)  # fmt: skip
+                break
+            except psycopg.OperationalError as exc:
+                failures.append((host, exc))
+        else:
+            raise _no_host(failures)
+        conn = PooledPGConnection(pgconn)
+        try:
+            self._set_up(conn)
+        except BaseException:
+            psycopg.Connection.close(conn)
+            raise
+        return conn
+
+    def _set_up(self, conn: PooledPGConnection) -> None:
+        self._configure(conn)
+        conn.lock = threading.Lock()  # the current threading's: gevent's once patched
+        conn._gp_waitfn = _cooperative_wait()
+        conn.autocommit = self.config.autocommit  # no round trip: psycopg sends BEGIN itself when off
+        if self._setup:
+            _run(conn, self._setup, self._own_timeout, "init_command/session")
+        if self._reset_server and not self._names_read:
+            self._read_names(conn)
+        self._configured(conn)
+
+    def _read_names(self, conn: PooledPGConnection) -> None:
+        """Read the server's builtin function names and keywords (one query, once per pool)."""
+        self._names_from(_run(conn, _NAMES_SQL, self._own_timeout, "builtin function names")[-1])
+
+    def close(self, raw: Any) -> None:
+        if raw._gp_pid != os.getpid():
+            self.discard(raw)
+            return
+        raw._gp_holder = None  # the pool's own use
+        try:
+            raw.close()  # Terminate, then the socket is closed
+        except Exception:  # noqa: BLE001 - closing a dead connection may fail
+            pass
+        raw._gp_holder = CLOSED
+
+    def discard(self, raw: Any) -> None:
+        raw._gp_holder = CLOSED
+        if raw._gp_pid != os.getpid():
+            drop_inherited(raw)
+            return
+        lock = raw.lock
+        if lock.acquire(False):
+            try:
+                psycopg.Connection.close(raw)  # in the owning process the session can just end
+            except Exception:  # noqa: BLE001 - never raises
+                pass
+            finally:
+                lock.release()
+        else:
+            # Held: by another thread inside an operation (a reclaimed leak still running), or by
+            # a suspended stream() generator. Finishing would free libpq's connection under it:
+            # shut the socket down instead (the server ends the session at EOF, the operation
+            # fails); psycopg's finaliser finishes the object once its user lets go of it.
+            _shutdown(raw)
+
+    # -- health ---------------------------------------------------------------------------
+
+    def ping(self, raw: Any, timeout: float) -> None:
+        """An empty query (EmptyQueryResponse: no parse, no plan), bounded by *timeout*."""
+        raw._gp_holder = None  # the pool's own use
+        ping(raw, timeout)
+
+    def warm(self, raw: Any, timeout: float) -> None:
+        """A ping, then ``SELECT 1`` through a cursor (psycopg's query and result code), both
+        bounded by *timeout*; the guard is left IDLE."""
+        self.ping(raw, timeout)
+        fetch(raw, "SELECT 1", timeout)
+        raw._gp_server = raw._gp_maybe = False
+        raw._gp_holder = IDLE
+
+    def free_connections(self, raw: Any, timeout: float) -> Optional[int]:
+        """``max_connections`` minus the reserved slots and the client backends, in one query
+        bounded by *timeout* (a transaction it opened, autocommit off, is rolled back)."""
+        raw._gp_holder = None  # the pool's own use
+        try:
+            rows = fetch(raw, _FREE_SQL, timeout)
+            if raw.pgconn.transaction_status != _TX_IDLE:
+                with raw.lock:
+                    _wait(raw, raw._rollback_gen(), timeout, "ROLLBACK")
+        finally:
+            raw._gp_server = raw._gp_maybe = False
+            raw._gp_holder = IDLE
+        return int(rows[0][0])
+
+    # -- leases ------------------------------------------------------------------------------
+
+    def begin(self, raw: Any) -> None:
+        """``BEGIN`` unless a transaction is open already (psycopg opens one by itself before the
+        first statement when autocommit is off)."""
+        if raw.autocommit and raw.pgconn.transaction_status == _TX_IDLE:
+            raw.execute("BEGIN")
+
+    def finish(self, raw: Any, *, commit: bool, failed: bool = False) -> str:
+        raw._gp_holder = None
+        if self._unusable(raw):
+            return DROP
+        status = raw.pgconn.transaction_status
+        if status == _TX_INTRANS and commit:
+            raw.commit()  # the user's commit: unbounded, as any statement of theirs
+        elif status != _TX_IDLE:
+            with raw.lock:
+                _wait(raw, raw._rollback_gen(), self._own_timeout, "ROLLBACK")
+        if raw._gp_close:
+            return DROP  # settled above: what it changed outlives DISCARD ALL
+        outcome = REUSE
+        if self._wants_reset(raw, failed):
+            try:
+                self._reset_session(raw)
+            except Exception as exc:  # noqa: BLE001 - a session not reset is never lent again
+                return self._reset_failed(exc)
+            outcome = RESET
+        if self._restore_settings(raw):
+            outcome = RESET
+        self._settled(raw)
+        return outcome
+
+    def _reset_session(self, raw: PooledPGConnection) -> None:
+        """``DISCARD ALL`` (one round trip), then the pool's own statements again.
+
+        DISCARD ALL closes cursors, resets the session authorization and every
+        setting to the session's defaults (startup ``options`` included), drops
+        prepared statements (psycopg's own too: its cache is emptied), stops
+        LISTENing, releases session-level advisory locks and drops temporary
+        objects, cached plans and sequence state.
+        """
+        _run(raw, b"DISCARD ALL", self._own_timeout, "DISCARD ALL")
+        self._discarded(raw)
+        if self._setup:
+            _run(raw, self._setup, self._own_timeout, "init_command/session")
+
+
+_FREE_SQL = FREE_SQL
 
 # -- helpers -------------------------------------------------------------------------------------
 
@@ -644,10 +733,15 @@ def _run(conn: PooledPGConnection, sql: bytes, timeout: float, what: str) -> lis
             raise psycopg.OperationalError("the connection is closed")
         pgconn.send_query(sql)
         results: list[PGresult] = _wait(conn, generators.execute(pgconn), timeout, what)
+    _raise_first_error(pgconn, results)
+    return results
+
+
+def _raise_first_error(pgconn: Any, results: list[PGresult]) -> None:
+    """Raise the error of the first failed result of a simple-query round trip, if any."""
     for result in results:
         if result.status == _FATAL_ERROR:
             raise pg_errors.error_from_result(result, encoding=pgconn._encoding)
-    return results
 
 
 def ping(conn: Any, timeout: float) -> None:
@@ -686,12 +780,30 @@ def drop_inherited(raw: Any) -> None:
     drop_inherited_socket(raw, _socket_of(raw))
 
 
+def _shutdown(raw: Any) -> None:
+    """Shut psycopg connection *raw*'s socket down both ways (its fd stays libpq's)."""
+    shutdown_socket(_socket_of(raw))
+
+
 def _socket_of(raw: Any) -> Optional[int]:
     """The socket of psycopg connection *raw*, None if it has none (closed, or never connected)."""
     try:
         return int(raw.pgconn.socket)
     except Exception:  # noqa: BLE001 - libpq raises for a closed connection
         return None
+
+
+def _attempt_host(attempt: dict[str, Any]) -> str:
+    """``host:port`` of one connection attempt (libpq keywords), for messages."""
+    return f"{attempt.get('host') or attempt.get('hostaddr') or ''}:{attempt.get('port', '')}"
+
+
+def _no_host(failures: list[tuple[str, psycopg.OperationalError]]) -> psycopg.OperationalError:
+    """The error of a connect that no host accepted: the one host's own, or every host's in one line."""
+    if len(failures) == 1:
+        return failures[0][1].with_traceback(None)
+    tried = "; ".join(f"{host}: {_first_line(exc)}" for host, exc in failures)
+    return psycopg.OperationalError(f"no host accepted the connection ({len(failures)} tried: {tried})")
 
 
 def _first_line(exc: BaseException) -> str:

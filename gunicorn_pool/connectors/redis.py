@@ -58,14 +58,14 @@ import redis
 from redis.maint_notifications import MaintNotificationsConfig
 from redis.utils import str_if_bytes
 
-from .base import DROP, RESET, Connector, socket_probe
+from .base import DROP, RESET, Connector, ConnectorBase, socket_probe
 
 if TYPE_CHECKING:
     from ..redis import RedisConfig
 
 __all__ = [
     "COMMAND_KINDS", "SESSION_COMMANDS", "PooledConnection", "PooledSSLConnection", "PooledUnixConnection",
-    "RedisConnector", "refuse_on_shared_client",
+    "RedisConnector", "RedisRules", "SessionState", "refuse_on_shared_client",
 ]  # fmt: skip
 
 logger = logging.getLogger("gunicorn_pool")
@@ -159,7 +159,7 @@ def _command(args: tuple[Any, ...]) -> str:
     return " ".join(words[:2]) if words[:1] == ["CLIENT"] else words[0] if words else ""
 
 
-def _track(packer: _TrackingPacker, args: tuple[Any, ...]) -> None:
+def _track(packer: Any, args: tuple[Any, ...]) -> None:
     """Note on *packer* what command *args* leaves (the hot path has found its kind is not 0)."""
     kind = _KINDS.get(args[0])
     if kind is None:
@@ -188,6 +188,23 @@ def refuse_on_shared_client(pool_name: str, args: tuple[Any, ...]) -> None:
             f"pool {pool_name!r}: {name} on the pooled client would change the connection it runs on, which"
             f" goes back to the pool right after the command: use {hint}"
         )
+
+
+class SessionState:
+    """What the commands of one connection's lease left (bits of :data:`_IN_MULTI`...): the
+    asyncio connections keep one each (their packer is redis-py's own, see :mod:`.redis_async`)."""
+
+    __slots__ = ("state",)
+
+    def __init__(self) -> None:
+        self.state = 0
+
+
+def track(session: Any, args: tuple[Any, ...]) -> None:
+    """Note on *session* (anything with a ``state``) what command *args* leaves: one dict lookup
+    for a command that leaves nothing."""
+    if _KINDS.get(args[0]) != 0:  # None (a name not seen yet), or one that leaves state
+        _track(session, args)
 
 
 class _TrackingPacker:
@@ -282,12 +299,14 @@ def handshake(conn: Any, *, timeout: float) -> None:
             pass
 
 
-class RedisConnector(Connector):
-    """Opens redis-py connections for one pool.
+class RedisRules(ConnectorBase):
+    """Redis's rules, written once for the synchronous connector and the asyncio one
+    (:mod:`.redis_async`): the socket timeout a connection runs with, when a returned connection
+    is dropped rather than reset, what a reset failure logs, and the masking of both secrets.
 
-    *kwargs* are the connection keyword arguments, shared with the pool's
-    redis-py adapter (its ``connection_kwargs``), so what a client reads
-    there (protocol, decode_responses) is what the connections run with.
+    *kwargs* are the connection keyword arguments, shared with the pool's redis-py adapter (its
+    ``connection_kwargs``), so what a client reads there (protocol, decode_responses) is what the
+    connections run with.
     """
 
     adapter = "redis"
@@ -296,7 +315,6 @@ class RedisConnector(Connector):
         super().__init__(pool_name=config.pool_name, address=config.address, dsn=config.dsn, password=config.password)
         self.config = config
         self.kwargs = kwargs
-        self._class = connection_class(config)
         self._secrets = tuple(s for s in (config.password, config.ssl_password) if s)
         #: Bound of the reset's RESET (the handshake after it has socket_connect_timeout).
         self._own_timeout = max(config.socket_connect_timeout, config.check_timeout)
@@ -304,10 +322,57 @@ class RedisConnector(Connector):
 
     def socket_timeout(self) -> Optional[float]:
         """The configured ``socket_timeout``; unset, :attr:`query_bound` (gunicorn's ``timeout`` in
-        a gthread or gevent worker: gunicorn kills a hung sync worker itself, but not those)."""
+        a gthread, gevent or asyncio worker: gunicorn kills a hung sync worker itself, but not those)."""
         if self.config.socket_timeout is not None:
             return self.config.socket_timeout
         return self.query_bound
+
+    def _clean(self, raw: Any, transport: Any, state: int) -> bool:
+        """check_in()'s test: the transport the pool opened (*transport*), no connect callback
+        registered, no command left state (*state*)."""
+        return transport is raw._gp_sock and not raw._connect_callbacks and not state
+
+    def _unresettable(self, raw: Any, transport: Any, state: int) -> bool:
+        """finish()'s first test: drop rather than reset (disconnected, reconnected behind the pool's
+        back, bound to a PubSub, left where the server may send what nobody asked for, or a server
+        without RESET)."""
+        return bool(
+            transport is None
+            or transport is not raw._gp_sock
+            or raw._connect_callbacks
+            or state & _UNSAFE
+            or not self._resets
+        )
+
+    def _reset_failed(self, exc: Exception) -> str:
+        logger.warning("pool %s (%s): session reset failed, dropping the connection: %s",
+                       self.pool_name, self.dsn, self.describe_error(exc))  # fmt: skip
+        return DROP
+
+    def _reset_refused(self, exc: Exception) -> None:
+        """The server answered RESET with an error: raise it, unless it does not know RESET (then
+        it is not tried again, and connections whose session changed are closed instead)."""
+        if "unknown command" not in str(exc).lower():
+            raise exc
+        self._resets = False
+        logger.info("pool %s (%s): the server does not know RESET (Redis < 6.2): a connection whose session"
+                    " a command changed is closed instead", self.pool_name, self.dsn)  # fmt: skip
+
+    # -- messages ---------------------------------------------------------------------------
+
+    def describe_error(self, exc: BaseException) -> str:
+        text = super().describe_error(exc)
+        for secret in self._secrets:
+            text = text.replace(secret, _MASK)
+        return text
+
+
+class RedisConnector(RedisRules, Connector):
+    """Opens redis-py connections for one pool (see :class:`RedisRules`)."""
+
+    def __init__(self, config: RedisConfig, *, kwargs: dict[str, Any]) -> None:
+        super().__init__(config, kwargs=kwargs)
+        self._class = connection_class(config)
 
     # -- the physical connection ----------------------------------------------------------
 
@@ -379,27 +444,19 @@ class RedisConnector(Connector):
     # -- leases ------------------------------------------------------------------------------
 
     def check_in(self, raw: Any) -> bool:
-        return raw._sock is raw._gp_sock and not raw._connect_callbacks and not raw._command_packer.state
+        return self._clean(raw, raw._sock, raw._command_packer.state)
 
     def finish(self, raw: Any, *, commit: bool, failed: bool = False) -> str:
         """RESET and the handshake again for a session a command changed; DROP for the rest:
         disconnected, reconnected behind the pool's back, bound to a PubSub, or left in a state
         where the server may send what nobody asked for (see the module docstring)."""
-        if (
-            raw._sock is None
-            or raw._sock is not raw._gp_sock
-            or raw._connect_callbacks
-            or raw._command_packer.state & _UNSAFE
-            or not self._resets
-        ):
+        if self._unresettable(raw, raw._sock, raw._command_packer.state):
             return DROP
         try:
             if not self._reset(raw):
                 return DROP
         except Exception as exc:  # noqa: BLE001 - a session not reset is never lent again
-            logger.warning("pool %s (%s): session reset failed, dropping the connection: %s",
-                           self.pool_name, self.dsn, self.describe_error(exc))  # fmt: skip
-            return DROP
+            return self._reset_failed(exc)
         return RESET
 
     def _reset(self, raw: Any) -> bool:
@@ -413,21 +470,9 @@ class RedisConnector(Connector):
         try:
             reply = raw.read_response(disconnect_on_error=False)
         except redis.ResponseError as exc:
-            if "unknown command" not in str(exc).lower():
-                raise
-            self._resets = False
-            logger.info("pool %s (%s): the server does not know RESET (Redis < 6.2): a connection whose session"
-                        " a command changed is closed instead", self.pool_name, self.dsn)  # fmt: skip
+            self._reset_refused(exc)
             return False
         if str_if_bytes(reply) != "RESET":
             raise redis.ConnectionError("unexpected reply to RESET")
         handshake(raw, timeout=self.config.socket_connect_timeout)
         return True
-
-    # -- messages ---------------------------------------------------------------------------
-
-    def describe_error(self, exc: BaseException) -> str:
-        text = super().describe_error(exc)
-        for secret in self._secrets:
-            text = text.replace(secret, _MASK)
-        return text

@@ -26,9 +26,37 @@ from .base import CLOSED, DROP, IDLE, REUSE, Connector, LeaseGuard
 if TYPE_CHECKING:
     from ..config import DatabaseConfig
 
-__all__ = ["PooledSQLiteConnection", "SQLiteConnector"]
+__all__ = ["PooledSQLiteConnection", "SQLiteConnector", "connect_kwargs", "target", "transaction_state"]
 
 _memory_names = itertools.count(1)
+
+
+def target(config: DatabaseConfig) -> tuple[str, bool]:
+    """What the pool's connections open: (the database path or URI, is it a URI). ``:memory:``
+    is a shared-cache in-memory database named after the pool, so every connection of the pool
+    sees the same one."""
+    name = str(config.database)
+    if name == ":memory:":
+        return f"file:gunicorn_pool_{config.pool_name}_{next(_memory_names)}?mode=memory&cache=shared", True
+    return name, False
+
+
+def connect_kwargs(config: DatabaseConfig, uri: bool) -> dict[str, Any]:
+    """``sqlite3.connect()``'s keyword arguments for *config* (the synchronous connector's and
+    aiosqlite's): ``connect_timeout`` is the lock wait; autocommit unless the config says
+    otherwise (implicit DEFERRED transactions); any thread may use a connection, the pool
+    guarantees one user at a time."""
+    isolation: Optional[Literal["DEFERRED"]] = None if config.autocommit else "DEFERRED"
+    return dict(timeout=config.connect_timeout, check_same_thread=False, isolation_level=isolation, uri=uri)
+
+
+def transaction_state(conn: Any) -> Optional[bool]:
+    """Is a transaction open on *conn* (an ``sqlite3.Connection``, or aiosqlite's, which reads
+    it without its thread)? None: the connection was closed (by a user the guard did not watch)."""
+    try:
+        return bool(conn.in_transaction)
+    except (sqlite3.ProgrammingError, ValueError):  # closed (aiosqlite: "no active connection")
+        return None
 
 
 class PooledSQLiteCursor(sqlite3.Cursor):
@@ -86,26 +114,13 @@ class SQLiteConnector(Connector):
         super().__init__(pool_name=config.pool_name, address=config.address, dsn=config.dsn)
         self.config = config
         self._owners: dict[int, SteadyDBConnection] = {}
-        self._target = str(config.database)
-        self._uri = False
-        if self._target == ":memory:":
-            self._target = f"file:gunicorn_pool_{config.pool_name}_{next(_memory_names)}?mode=memory&cache=shared"
-            self._uri = True
+        self._target, self._uri = target(config)
 
     def _create(self) -> sqlite3.Connection:
-        cfg = self.config
-        isolation: Optional[Literal["DEFERRED"]] = None if cfg.autocommit else "DEFERRED"
-        conn = sqlite3.connect(
-            self._target,
-            timeout=cfg.connect_timeout,
-            check_same_thread=False,  # the pool guarantees one user at a time
-            isolation_level=isolation,
-            factory=PooledSQLiteConnection,
-            uri=self._uri,
-        )
-        conn._gp_pool = cfg.pool_name
-        if cfg.init_command:
-            conn.execute(cfg.init_command)
+        conn = sqlite3.connect(self._target, factory=PooledSQLiteConnection, **connect_kwargs(self.config, self._uri))
+        conn._gp_pool = self.config.pool_name
+        if self.config.init_command:
+            conn.execute(self.config.init_command)
         return conn
 
     def connect(self) -> Any:
@@ -141,22 +156,16 @@ class SQLiteConnector(Connector):
         if raw._gp_closed_by_user:
             raw._gp_holder = None
             return False
-        try:
-            busy = raw.in_transaction
-        except sqlite3.ProgrammingError:  # closed by a user the guard did not watch (owner_check off)
-            busy = True
+        busy = transaction_state(raw) is not False
         raw._gp_holder = None if busy else IDLE
         return not busy
 
     def finish(self, raw: Any, *, commit: bool, failed: bool = False) -> str:
         raw._gp_holder = None
-        if raw._gp_closed_by_user:
+        state = transaction_state(raw)
+        if raw._gp_closed_by_user or state is None:
             return DROP
-        try:
-            busy = raw.in_transaction
-        except sqlite3.ProgrammingError:  # closed
-            return DROP
-        if busy:
+        if state:
             raw.commit() if commit else raw.rollback()
         raw._gp_holder = IDLE
         return REUSE

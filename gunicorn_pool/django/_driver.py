@@ -1,9 +1,9 @@
-"""PyMySQL under Django's MySQL backend, whether mysqlclient is installed or not.
+"""The driver under Django's MySQL backend: PyMySQL whether mysqlclient is installed or not, or mysqlclient.
 
-Django's ``django.db.backends.mysql.base`` does ``import MySQLdb`` at import
-time and refuses a ``MySQLdb`` older than 1.4.3. Our backend's connections are
-always PyMySQL's (they come from a gunicorn_pool ``ConnectionPool``; PyMySQL
-also cooperates with gevent, mysqlclient blocks the hub), so:
+An alias's connections are PyMySQL's unless its ``OPTIONS["pool"]["driver"]``
+is ``mysqlclient`` (Django's own driver, a C library that blocks gevent's
+hub). Django's ``django.db.backends.mysql.base`` does ``import MySQLdb`` at
+import time and refuses a ``MySQLdb`` older than 1.4.3, so:
 
 - when ``MySQLdb`` can be imported (mysqlclient, or a project's own
   ``pymysql.install_as_MySQLdb()``) Django's module is imported as it is, and
@@ -33,7 +33,7 @@ import pymysql.constants
 import pymysql.converters
 from pymysql.constants import CLIENT, FIELD_TYPE
 
-__all__ = ["MIN_PYMYSQL", "check_pymysql", "django_conversions", "django_mysql_base"]
+__all__ = ["MIN_PYMYSQL", "check_pymysql", "django_conversions", "django_mysql_base", "driver_module"]
 
 #: The oldest PyMySQL the connector supports (setup.cfg says the same).
 MIN_PYMYSQL = (1, 1)
@@ -76,9 +76,31 @@ def django_mysql_base() -> ModuleType:
                 del sys.modules[name]
 
 
-def django_conversions() -> dict[Any, Any]:
-    """PyMySQL's converters with Django's decoder for TIME columns (what Django's backend
-    builds from mysqlclient's, and what it gets on PyMySQL through install_as_MySQLdb())."""
+def django_conversions(driver: str = "pymysql") -> dict[Any, Any]:
+    """The converters of *driver* with Django's decoder for TIME columns: for mysqlclient,
+    Django's own ``django_conversions``; for PyMySQL, the same built from PyMySQL's (what Django
+    gets on PyMySQL through install_as_MySQLdb())."""
+    if driver == "mysqlclient":
+        return dict(django_mysql_base().django_conversions)  # Django's, from mysqlclient's converters
     from django.db.backends import utils
 
     return {**pymysql.converters.conversions, FIELD_TYPE.TIME: utils.typecast_time}
+
+
+def driver_module(driver: str) -> Any:
+    """The DB-API module of *driver* (``pymysql``, or ``MySQLdb`` for ``mysqlclient``), whose
+    error classes Django maps. ImproperlyConfigured if mysqlclient cannot be used here."""
+    if driver != "mysqlclient":
+        return pymysql
+    try:
+        from ..connectors import mysqlclient  # noqa: F401 - refuses a MySQLdb that is not mysqlclient
+    except ImportError as exc:
+        from django.core.exceptions import ImproperlyConfigured
+
+        raise ImproperlyConfigured(f"{ENGINE_DRIVER}: {exc} (pip install 'gunicorn-pool[mysqlclient]')") from None
+    import MySQLdb
+
+    return MySQLdb
+
+
+ENGINE_DRIVER = "gunicorn_pool.django.mysql with driver mysqlclient"

@@ -25,10 +25,16 @@ How ``DATABASES[alias]`` becomes a :class:`~gunicorn_pool.config.DatabaseConfig`
   arguments that change no session state; anything else is refused by name;
 - ``CONN_HEALTH_CHECKS=True``: ``check_interval=0`` (a ping before every
   checkout) unless ``OPTIONS["pool"]`` sets it;
-- ``CONN_MAX_AGE`` other than 0: refused, as Django's PostgreSQL pool does.
+- ``CONN_MAX_AGE`` other than 0: refused, as Django's PostgreSQL pool does;
+- ``OPTIONS["pool"]["driver"]``: ``pymysql`` (the default) or ``mysqlclient``
+  (Django's own driver; refused by gevent workers, whose hub it would block).
 
 The isolation level is one of the pool's ``session`` statements: it is set
 when a connection opens and again after a session reset, never per request.
+
+In a booted sync worker (:func:`sticky`) Django keeps the connection across
+requests, as ``CONN_MAX_AGE=None`` would, while it is clean: see
+:meth:`gunicorn_pool.django.mysql.base.DatabaseWrapper.close_if_unusable_or_obsolete`.
 
 A PostgreSQL alias (``ENGINE: "gunicorn_pool.django.postgresql"``, on the
 driver Django chose: psycopg 3, or psycopg2 where psycopg 3 is not installed)
@@ -38,10 +44,11 @@ session statements; ``sslmode``, ``sslrootcert``, ``sslcert``, ``sslkey``,
 ``application_name``, ``options``, ``target_session_attrs``,
 ``connect_timeout`` become config keys; a few more libpq keywords
 (``keepalives*``, ``tcp_user_timeout``, ``gssencmode``...) pass through;
-``server_side_binding`` and ``prepare_threshold`` apply on psycopg 3.
+``server_side_binding`` and ``prepare_threshold`` apply on psycopg 3. Its
+connection is one lease per request (no sticky connection yet).
 
-:class:`PooledWrapper` is what both backends' ``DatabaseWrapper`` share: connect is a checkout,
-close a return, a connection taken before a fork is forgotten in the child.
+:class:`PooledWrapper` is what both backends' ``DatabaseWrapper`` share: close is a return, a
+connection taken before a fork is forgotten in the child.
 
 Sizes: explicit ``min_size``/``max_size`` win. Otherwise the worker's profile
 sets them once :class:`~gunicorn_pool.django.service.DjangoPools` has booted
@@ -66,17 +73,16 @@ from pymysql.converters import escape_string
 from .. import base
 from .._concurrency import fork_generation
 from ..config import DatabaseConfig, _shown, parse_config
-from ..connectors.base import Connector
-from ..connectors.mysql import MySQLConnector
+from ..connectors import Connector, connector_class
 from ..errors import ConfigError, LeaseError, PoolClosed, PoolError
 from ..pool import ConnectionPool
 from ..service import fit
-from ._driver import django_conversions
+from ._driver import django_conversions, driver_module
 from .errors import as_django
 
 __all__ = [
-    "ENGINE", "PG_ENGINE", "PoolTarget", "PooledWrapper", "close_all", "config_for", "managed", "pg_config_for",
-    "targets", "target",
+    "ENGINE", "PG_ENGINE", "PoolTarget", "PooledWrapper", "close_all", "config_for", "driver_of", "managed",
+    "pg_config_for", "pg_driver", "sticky", "targets", "target",
 ]  # fmt: skip
 
 logger = logging.getLogger("gunicorn_pool")
@@ -98,16 +104,21 @@ _FROM_DATABASES = {
 #: Django OPTIONS that become config keys.
 _AS_CONFIG = {"init_command": "init_command", "charset": "charset", "connect_timeout": "connect_timeout",
               "read_timeout": "read_timeout", "write_timeout": "write_timeout"}  # fmt: skip
-#: Django OPTIONS passed to PyMySQL as they are: connection-level, no session state a reset would undo.
-_PASS_THROUGH = ("unix_socket", "local_infile", "max_allowed_packet", "bind_address", "program_name",
-                 "server_public_key", "auth_plugin_map", "binary_prefix", "client_flag")  # fmt: skip
+#: Django OPTIONS passed to the driver as they are, by driver: connection-level, no session state a
+#: reset would undo.
+_PASS_THROUGH = {
+    "pymysql": ("unix_socket", "local_infile", "max_allowed_packet", "bind_address", "program_name",
+                "server_public_key", "auth_plugin_map", "binary_prefix", "client_flag"),
+    "mysqlclient": ("unix_socket", "local_infile", "local_infile_dir", "binary_prefix", "client_flag", "compress",
+                    "auth_plugin", "server_public_key_path"),
+}  # fmt: skip
 #: Django OPTIONS refused, and why.
 _REFUSED = {
     "autocommit": "set DATABASES[...]['AUTOCOMMIT'] instead",
     "read_default_file": "put the settings in DATABASES, where the pool can check them and mask the password",
     "read_default_group": "put the settings in DATABASES, where the pool can check them and mask the password",
     "conv": "the backend sets Django's converters",
-    "cursorclass": "Django needs PyMySQL's default cursor",
+    "cursorclass": "Django needs the driver's default cursor",
     "use_unicode": "Django needs text as str",
     "user": "set DATABASES[...]['USER']", "passwd": "set DATABASES[...]['PASSWORD']",
     "password": "set DATABASES[...]['PASSWORD']", "db": "set DATABASES[...]['NAME']",
@@ -184,7 +195,7 @@ def _prepare(alias: str, settings_dict: Mapping[str, Any], extra: tuple[Any, ...
     if family == "postgresql":
         return _pg_prepare(alias, settings_dict, extra)
     config, driver_args, isolation = config_for(alias, settings_dict)
-    return config, MySQLConnector(config, driver_args=driver_args), isolation
+    return config, _connector(config, driver_args), isolation
 
 
 def _build(alias: str, settings_dict: Mapping[str, Any], extra: tuple[Any, ...], family: str) -> PoolTarget:
@@ -205,6 +216,28 @@ def _build(alias: str, settings_dict: Mapping[str, Any], extra: tuple[Any, ...],
         old.pool.close()  # its lent connections are closed when they come back
         logger.info("pool %s (%s): DATABASES changed, new pool %s", alias, old.config.dsn, config.dsn)
     return built
+
+
+def _connector(config: DatabaseConfig, driver_args: dict[str, Any]) -> Connector:
+    """The connector of *config*'s driver, with Django's driver arguments."""
+    connector: Connector = connector_class(config.adapter, config.driver)(config, driver_args=driver_args)
+    return connector
+
+
+def driver_of(settings_dict: Mapping[str, Any]) -> str:
+    """The driver an alias's settings name (``OPTIONS["pool"]["driver"]``; default ``pymysql``),
+    read without validating the rest (:func:`config_for` does)."""
+    pool = (settings_dict.get("OPTIONS") or {}).get("pool")
+    driver = pool.get("driver") if isinstance(pool, Mapping) else None
+    return "mysqlclient" if driver == "mysqlclient" else "pymysql"
+
+
+def sticky() -> bool:
+    """True in a booted sync worker: one request at a time on one thread, so Django keeps its
+    connection across requests while it is clean, as with ``CONN_MAX_AGE=None``. gthread and
+    gevent workers keep one lease per request (their connections are shared by more requests
+    than threads)."""
+    return managed() and base.current_profile().kind == "sync"
 
 
 def targets() -> dict[str, PoolTarget]:
@@ -255,9 +288,9 @@ def _common(alias: str, sd: Mapping[str, Any], engine: str, adapter: str) -> tup
 
 
 def _finish(alias: str, where: str, sd: Mapping[str, Any], raw: dict[str, Any], pool_options: Any,
-            session: list[str]) -> DatabaseConfig:  # fmt: skip
+            session: list[str], driver_key: bool = True) -> DatabaseConfig:  # fmt: skip
     """The config of *raw* plus OPTIONS["pool"] and *session*, checked as DatabasePool checks one."""
-    raw.update(_pool_keys(where, pool_options, session))
+    raw.update(_pool_keys(where, pool_options, session, driver_key))
     if sd.get("CONN_HEALTH_CHECKS") and "check_interval" not in raw:
         raw["check_interval"] = 0.0  # Django's health check: every reuse is checked
     try:
@@ -268,10 +301,12 @@ def _finish(alias: str, where: str, sd: Mapping[str, Any], raw: dict[str, Any], 
 
 
 def config_for(alias: str, settings_dict: Mapping[str, Any]) -> tuple[DatabaseConfig, dict[str, Any], Optional[str]]:
-    """``(config, PyMySQL arguments, isolation level)`` for *alias*; ImproperlyConfigured names the key."""
+    """``(config, driver arguments, isolation level)`` for *alias*; ImproperlyConfigured names the key."""
     sd = settings_dict
     where, options, pool_options, raw = _common(alias, sd, ENGINE, "mysql")
-    driver_args: dict[str, Any] = {"conv": django_conversions(), "client_flag": CLIENT.FOUND_ROWS}
+    driver = driver_of(sd)
+    driver_module(driver)  # ImproperlyConfigured if it cannot be used here
+    driver_args: dict[str, Any] = {"conv": django_conversions(driver), "client_flag": CLIENT.FOUND_ROWS}
     host = sd.get("HOST") or ""
     if host.startswith("/"):
         driver_args["unix_socket"] = host
@@ -296,11 +331,11 @@ def config_for(alias: str, settings_dict: Mapping[str, Any]) -> tuple[DatabaseCo
             raw.update(_ssl(where, value))
         elif key == "client_flag":
             driver_args["client_flag"] |= int(value)
-        elif key in _PASS_THROUGH:
+        elif key in _PASS_THROUGH[driver]:
             driver_args[key] = value
         else:
             _refuse_option(where, key, ENGINE, _REFUSED, {"pool", "isolation_level", "sql_mode", "ssl", *_AS_CONFIG,
-                                                          *_PASS_THROUGH})  # fmt: skip
+                                                          *_PASS_THROUGH[driver]})  # fmt: skip
     return _finish(alias, where, sd, raw, pool_options, session), driver_args, isolation or None
 
 
@@ -381,7 +416,7 @@ def pg_config_for(alias: str, settings_dict: Mapping[str, Any],
         else:
             _refuse_option(where, key, PG_ENGINE, _PG_REFUSED, {"pool", "isolation_level", "assume_role",
                            "server_side_binding", "prepare_threshold", *_PG_AS_CONFIG, *_PG_PASS_THROUGH})  # fmt: skip
-    return _finish(alias, where, sd, raw, pool_options, session), libpq, isolation, binding
+    return _finish(alias, where, sd, raw, pool_options, session, driver_key=False), libpq, isolation, binding
 
 
 def _pg_prepare(alias: str, sd: Mapping[str, Any], extra: tuple[Any, ...]) -> tuple[DatabaseConfig, Connector, Any]:
@@ -410,14 +445,15 @@ def _pg_prepare(alias: str, sd: Mapping[str, Any], extra: tuple[Any, ...]) -> tu
 
 class PooledWrapper:
     """Mixed into a backend's ``DatabaseWrapper``: ``get_new_connection()`` is a checkout
-    (:meth:`_gp_checkout`), ``_close()`` a return; a connection taken before a fork is forgotten
-    in the child (a fork hook: no check per query)."""
+    (:meth:`_gp_checkout`, or the backend's own), ``_close()`` a return; a connection taken before
+    a fork is forgotten in the child (a fork hook: no check per query)."""
 
     alias: str
     settings_dict: Any
     connection: Any  # the lent connection, or None
     _gp_target: Optional[PoolTarget] = None  # where self.connection came from
     _gp_generation = 0  # fork generation the connection was taken in
+    _gp_parked_at: Optional[float] = None  # a connection kept across requests: clean and unused since then
     if TYPE_CHECKING:  # Django's, and the backend's own
 
         def get_connection_params(self) -> PoolTarget: ...
@@ -443,6 +479,7 @@ class PooledWrapper:
         # own PostgreSQL pool, instead of using one lent to someone else).
         self.connection = None
         self._gp_target = None
+        self._gp_parked_at = None
         if found is None or found.pool is None:
             with self.wrap_database_errors:  # type: ignore[attr-defined]  # Django's
                 found.connector.close(raw) if found is not None else raw.close()
@@ -459,6 +496,7 @@ class PooledWrapper:
         itself without a word to the server (ConnectionPool's fork adoption)."""
         self.connection = None
         self._gp_target = None
+        self._gp_parked_at = None
 
     def close_pool(self) -> None:
         """Close this alias's pool in this process (as Django's PostgreSQL backend's ``close_pool``)."""
@@ -508,7 +546,9 @@ def _option_shown(key: Any) -> str:
     return _shown(key) if isinstance(key, str) else f"(a {type(key).__name__}, not a name)"
 
 
-def _pool_keys(where: str, value: Any, session: list[str]) -> dict[str, Any]:
+def _pool_keys(where: str, value: Any, session: list[str], driver_key: bool = True) -> dict[str, Any]:
+    """OPTIONS["pool"] as config keys, *session* first in its session statements; *driver_key*:
+    may it name the driver (MySQL's OPTIONS["pool"]["driver"]; PostgreSQL's is Django's choice)."""
     if value is True or value is None:
         value = {}
     if not isinstance(value, Mapping):
@@ -517,7 +557,7 @@ def _pool_keys(where: str, value: Any, session: list[str]) -> dict[str, Any]:
     for key, val in value.items():
         if not isinstance(key, str):
             raise ImproperlyConfigured(f"{where}['OPTIONS']['pool']: keys must be strings")
-        if key == "driver":
+        if key == "driver" and not driver_key:
             raise ImproperlyConfigured(f"{where}['OPTIONS']['pool']: 'driver' is Django's choice (psycopg 3 when"
                                        " it can be imported, else psycopg2), not the pool's")  # fmt: skip
         if key in _FROM_DATABASES:

@@ -6,6 +6,7 @@
 /create/      create a row; /create-fail/ create a row, then raise
 /atomic-fail/ create a row inside transaction.atomic(), then raise inside it
 /setvar/      SET @gp_leak = 42 on the request's session; /getvar/ read it
+/begin/       BEGIN, then create a row, and return without committing (a transaction left open)
 /autocommit/  Django's and the session's autocommit, and whether a transaction is open
 /rows/        how many rows the table has
 /stats/       the Django pool service's stats()
@@ -19,7 +20,7 @@ from django.http import HttpResponse
 
 from .shop.models import Item
 
-ROUTES = ("conn", "orm", "create", "setvar", "getvar", "autocommit", "rows", "stats")
+ROUTES = ("conn", "orm", "create", "setvar", "getvar", "autocommit", "rows", "stats", "begin")
 
 
 def _json(body, status=200):
@@ -63,6 +64,13 @@ def atomic_fail(request):
     with transaction.atomic():
         Item.objects.create(v=3)
         raise RuntimeError("the view failed inside atomic()")
+
+
+def begin(request):
+    with connection.cursor() as cursor:
+        cursor.execute("BEGIN")
+    Item.objects.create(v=4)
+    return _json({"conn_id": _session_id()})
 
 
 def setvar(request):

@@ -1,0 +1,257 @@
+"""The asyncio pools: checkout + SELECT 1 + return against the raw async drivers, and FastAPI end to end.
+
+``--part overhead`` (one event loop, no gunicorn): per operation, a lease of one connection and a
+``SELECT 1`` on it, divided by the same ``SELECT 1`` on a raw connection of the same driver, for
+psycopg's ``AsyncConnection`` and aiomysql; with psycopg_pool's ``AsyncConnectionPool``,
+SQLAlchemy's async engine (``create_async_engine(...).connect()``, the driver's own ``SELECT 1`` on
+its raw connection) and aiomysql's own pool beside them, and asyncpg's pool ÷ raw asyncpg as a
+reference. Each block runs between two raw blocks (bench/_common.py ``bracketed``).
+
+``--part e2e``: FastAPI on PostgreSQL, ``gunicorn -w 2``, driven by ``wrk -c64``: gunicorn_pool's
+AsyncDatabasePool under ``-k gunicorn_pool.AsgiWorker`` vs a SQLAlchemy async engine opened in the
+app's lifespan under gunicorn's stock ``-k asgi`` (bench/apps/fastapi_*_app.py); req/s, latency,
+and the most server sessions of each login seen while wrk ran.
+
+    python bench/async_pools.py --part overhead --rounds 9
+    python bench/async_pools.py --part e2e --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import time
+from typing import Any, Awaitable, Callable
+
+from _common import BenchUser, PGBenchUser, bracketed, bracketed_rows, fmt, preamble, spread, table
+from _server import Server
+from e2e import drive
+
+from gunicorn_pool import AsyncDatabasePool
+from gunicorn_pool.base import WorkerProfile, set_profile
+
+Body = Callable[[], Awaitable[None]]
+
+
+def timed(loop: asyncio.AbstractEventLoop, ops: int, body: Body) -> Callable[[], float]:
+    """A block: *ops* awaits of *body* in *loop*; returns microseconds per operation."""
+
+    async def block() -> float:
+        start = time.perf_counter()
+        for _ in range(ops):
+            await body()
+        return (time.perf_counter() - start) / ops * 1e6
+
+    def run() -> float:
+        gc.collect()
+        return loop.run_until_complete(block())
+
+    return run
+
+
+async def pg_select(conn: Any) -> None:
+    cur = await conn.execute("SELECT 1")
+    await cur.fetchall()
+
+
+async def my_select(conn: Any) -> None:
+    async with conn.cursor() as cur:
+        await cur.execute("SELECT 1")
+        await cur.fetchall()
+
+
+def within(lend: Callable[[], Any], op: Callable[[Any], Awaitable[None]]) -> Body:
+    async def body() -> None:
+        async with lend() as conn:
+            await op(conn)
+
+    return body
+
+
+def sqlalchemy_connect(engine: Any, op: Callable[[Any], Awaitable[None]]) -> Body:
+    async def body() -> None:
+        async with engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            await op(raw.driver_connection)
+
+    return body
+
+
+async def build_pg(user: PGBenchUser, closers: list[Any]) -> dict[str, Body]:
+    import psycopg
+    from psycopg_pool import AsyncConnectionPool
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    raw = await psycopg.AsyncConnection.connect(**user.kwargs())
+    closers.append(raw.close)
+    pgpool = AsyncConnectionPool(user.conninfo(), min_size=1, max_size=1, kwargs={"autocommit": True}, open=False)
+    await pgpool.open(wait=True)
+    closers.append(pgpool.close)
+    engine = create_async_engine(user.url("postgresql+psycopg"), pool_size=1, max_overflow=0)
+    closers.append(engine.dispose)
+    db = AsyncDatabasePool({"default": dict(user.config(), min_size=1, max_size=1)}, name="bench-apg")
+    await db.ainit_pool()
+    closers.append(db.aclose_pool)
+    return {
+        "raw psycopg AsyncConnection": lambda: pg_select(raw),
+        "psycopg_pool AsyncConnectionPool": within(pgpool.connection, pg_select),
+        "SQLAlchemy async engine.connect() (postgresql+psycopg, rollback on return)": sqlalchemy_connect(
+            engine, pg_select),
+        "gunicorn_pool AsyncDatabasePool.connection()": within(db.connection, pg_select),
+    }  # fmt: skip
+
+
+async def build_mysql(user: BenchUser, closers: list[Any]) -> dict[str, Body]:
+    import aiomysql
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    kw = user.kwargs()
+    raw = await aiomysql.connect(host=kw["host"], port=kw["port"], user=kw["user"], password=kw["password"],
+                                 db=kw["database"], autocommit=True)  # fmt: skip
+    closers.append(raw.ensure_closed)
+    own = await aiomysql.create_pool(minsize=1, maxsize=1, host=kw["host"], port=kw["port"], user=kw["user"],
+                                     password=kw["password"], db=kw["database"], autocommit=True)  # fmt: skip
+
+    async def close_own() -> None:
+        own.close()
+        await own.wait_closed()
+
+    closers.append(close_own)
+    engine = create_async_engine(user.url("mysql+aiomysql"), pool_size=1, max_overflow=0)
+    closers.append(engine.dispose)
+    db = AsyncDatabasePool({"default": user.url() + "?min_size=1&max_size=1&ssl_disabled=true"}, name="bench-amy")
+    await db.ainit_pool()
+    closers.append(db.aclose_pool)
+    return {
+        "raw aiomysql connection": lambda: my_select(raw),
+        "aiomysql's own pool (acquire)": within(own.acquire, my_select),
+        "SQLAlchemy async engine.connect() (mysql+aiomysql, rollback on return)": sqlalchemy_connect(engine, my_select),
+        "gunicorn_pool AsyncDatabasePool.connection()": within(db.connection, my_select),
+    }
+
+
+async def build_asyncpg(user: PGBenchUser, closers: list[Any]) -> dict[str, Body]:
+    import asyncpg
+
+    kw = user.kwargs()
+    args = dict(host=kw["host"], port=kw["port"], user=kw["user"], password=kw["password"], database=kw["dbname"])
+    raw = await asyncpg.connect(**args)
+    closers.append(raw.close)
+    pool = await asyncpg.create_pool(min_size=1, max_size=1, **args)
+    closers.append(pool.close)
+
+    async def raw_op() -> None:
+        await raw.fetch("SELECT 1")
+
+    async def pool_op() -> None:
+        async with pool.acquire() as conn:
+            await conn.fetch("SELECT 1")
+
+    return {"raw asyncpg connection": raw_op, "asyncpg's own pool (acquire)": pool_op}
+
+
+def overhead_group(loop: asyncio.AbstractEventLoop, title: str, builder: Callable[[list[Any]], Any], rounds: int,
+                   ops: int) -> str:  # fmt: skip
+    closers: list[Any] = []
+    try:
+        bodies = loop.run_until_complete(builder(closers))
+        variants = {name: timed(loop, ops, body) for name, body in bodies.items()}
+        for run in variants.values():  # warm-up, not reported
+            run()
+        base_name = next(iter(variants))
+        base = variants.pop(base_name)
+        base_values, values, rel = bracketed(base, variants, rounds)
+    finally:
+        for close in reversed(closers):
+            result = close()
+            if asyncio.iscoroutine(result):
+                loop.run_until_complete(result)
+    rows = bracketed_rows(base_name, base_values, values, rel)
+    return f"### {title}\n\n" + table(["row", "median µs/op", "min", "max", "÷ raw"], rows)
+
+
+def overhead(rounds: int, ops: int) -> None:
+    set_profile(WorkerProfile(kind="asyncio"))
+    loop = asyncio.new_event_loop()
+    pg, my = PGBenchUser(), BenchUser()
+    try:
+        print(preamble("Asyncio pools: checkout + SELECT 1 + return ÷ the raw async driver",
+                       f"{rounds} rounds, {ops} operations per block; every block runs between two raw blocks;"
+                       " ratio = block µs/op ÷ mean of the raw blocks around it, median (min–max)",
+                       postgresql=True))  # fmt: skip
+        print(overhead_group(loop, "PostgreSQL (psycopg AsyncConnection)", lambda c: build_pg(pg, c), rounds, ops))
+        print()
+        print(overhead_group(loop, "MariaDB (aiomysql)", lambda c: build_mysql(my, c), rounds, ops))
+        print()
+        print(overhead_group(loop, "Reference: asyncpg", lambda c: build_asyncpg(pg, c), rounds, ops))
+        print()
+        print("Target: gunicorn_pool ≤ 1.05 × raw, and below psycopg_pool's and SQLAlchemy's ratios.")
+    finally:
+        loop.close()
+        pg.close()
+        my.close()
+
+
+def e2e(rounds: int, seconds: float, connections: int, size: int) -> None:
+    variants = {
+        "gunicorn_pool AsyncDatabasePool, -k gunicorn_pool.AsgiWorker": ("fastapi_gp_app", "gunicorn_pool.AsgiWorker"),
+        "SQLAlchemy async engine in the lifespan, -k asgi": ("fastapi_sa_app", "asgi"),
+    }
+    users = {name: PGBenchUser() for name in variants}
+    servers: dict[str, Server] = {}
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
+    try:
+        for name, (module, klass) in variants.items():
+            servers[name] = Server(module, klass, 2, dict(users[name].env(), GPB_SIZE=str(size))).start()
+        for name in variants:
+            servers[name].wait_ready()
+        for name in variants:  # warm-up, not reported
+            drive(servers[name], users[name], connections, 2)
+        names = list(variants)
+        for r in range(rounds):
+            for name in names if r % 2 == 0 else list(reversed(names)):
+                results[name].append(drive(servers[name], users[name], connections, seconds))
+    finally:
+        for server in servers.values():
+            server.stop()
+        for user in users.values():
+            user.close()
+    ours, theirs = list(variants)
+    rows = []
+    for name in variants:
+        runs = results[name]
+        rps = [x["rps"] for x in runs]
+        ratio = spread([a["rps"] / b["rps"] for a, b in zip(runs, results[theirs]) if b["rps"]])
+        errors = sum(x["errors"] for x in runs)
+        rows.append([name, fmt(spread(rps)[0], 0), f"{fmt(min(rps), 0)}–{fmt(max(rps), 0)}",
+                     f"**{ratio[0]:.2f}** ({ratio[1]:.2f}–{ratio[2]:.2f})",
+                     f"{spread([x['p50'] for x in runs])[0]:.2f}", f"{spread([x['p99'] for x in runs])[0]:.2f}",
+                     errors, max(x["sessions"] for x in runs)])  # fmt: skip
+    print(preamble(f"FastAPI end to end: gunicorn -w 2, wrk -t1 -c{connections}, {seconds:g} s a run",
+                   f"{rounds} rounds, rows taking turns; gunicorn_pool max_size={size} per worker; SQLAlchemy's"
+                   " default pool (5 + 10 overflow per worker); sessions = the login's pg_stat_activity count,"
+                   " sampled every 0.2 s", postgresql=True, mysql=False))  # fmt: skip
+    print(table(["row", "median req/s", "min–max", "÷ SQLAlchemy (paired runs)", "p50 ms", "p99 ms", "errors",
+                 "max sessions (2 workers)"], rows))  # fmt: skip
+    print()
+    print("Target: req/s ratio ≥ 1.0; at most max_size sessions per worker where the stock engine opens more.")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--part", choices=("overhead", "e2e", "all"), default="all")
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--ops", type=int, default=2000)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--size", type=int, default=10)
+    args = parser.parse_args()
+    if args.part in ("overhead", "all"):
+        overhead(args.rounds, args.ops)
+    if args.part in ("e2e", "all"):
+        e2e(max(1, args.rounds // 2), args.seconds, args.connections, args.size)
+
+
+if __name__ == "__main__":
+    main()
