@@ -585,7 +585,11 @@ def check(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
             f"worker_class {plan.worker_class} is not a gunicorn_pool worker and post_worker_init is not set:"
             " gunicorn will not open these pools (use gunicorn_pool.Worker or gunicorn_pool.hooks)"
         )
-    pools, others = _pools(services, plan, args.hosts)
+    try:
+        pools, others = _pools(services, plan, args.hosts)
+    except Exception as exc:  # a service's configuration error (a Django alias's ImproperlyConfigured)
+        report["errors"].append(mask_dsn(f"{type(exc).__name__}: {exc}"))
+        return EXIT_CONFIG, report
     report["warnings"] += others
     for row in pools:
         if row["adapter"] in _SERVERS:

@@ -126,6 +126,20 @@ def test_gunicorn_pool_check_shows_the_sizes_that_open(tmp_path, pg_user):
         assert (row["min_size"], row["max_size"], row["per_host"]) == (1, 4, 12), row
 
 
+def test_gunicorn_pool_check_names_the_engine_to_use_on_psycopg2(tmp_path, pg_user):
+    """Before: a traceback of Django's ImproperlyConfigured out of the command; now exit 2 (a
+    configuration error) with the message."""
+    path = tmp_path / "gunicorn.conf.py"
+    path.write_text(conf("sync", workers=2))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(APPS)]),
+               **pg_env(pg_user, "postgresql", True, psycopg2=True))  # fmt: skip
+    out = subprocess.run([sys.executable, "-m", "gunicorn_pool", "check", "-c", str(path)], env=env,
+                         capture_output=True, text=True, timeout=60, cwd=str(tmp_path))  # fmt: skip
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "set ENGINE to 'gunicorn_pool.django.postgresql'" in out.stdout and "Traceback" not in out.stderr
+    assert pg_user.password not in out.stdout + out.stderr
+
+
 def test_djangos_pool_on_psycopg2_stops_the_first_start_naming_the_engine_to_use(gunicorn, pg_user):
     server = gunicorn(conf("sync", workers=1), app=APP, env=pg_env(pg_user, "postgresql", True, psycopg2=True))
     server.start(wait=False)
