@@ -153,6 +153,10 @@ class PoolCore:
         self.closed = False  #: True once close() ran (read by DatabasePool on every connection())
         self._watched = False  # by the leak watcher of this process (leak_timeout)
         self._told_closed = False  # the "closed by its user" warning was logged
+        # Record the file:line that took each lease (for leak reports): with leak_timeout, and once a
+        # lease of this pool outlived its request. Until then a request's lease records nothing (the
+        # frame read costs ~4,000 instructions a lease: bench/instructions.py).
+        self._record_places = self._leak_timeout is not None
         self._backoff = 0.0
         self._next_attempt = 0.0
         self._last_error = ""
@@ -178,6 +182,8 @@ class PoolCore:
         self._probe_window = None if options.probe_after is None else options.check_interval
         self._owner_check = options.owner_check
         self._leak_timeout = options.leak_timeout
+        if options.leak_timeout is not None:
+            self._record_places = True
 
     @property
     def observer(self) -> Optional[PoolObserver]:
@@ -352,7 +358,7 @@ class PoolCore:
         slot.uses += 1
         sink = LEASE_SINK.get()
         if sink is not None or self._leak_timeout is not None:
-            slot.taken_at = where or caller()
+            slot.taken_at = (where or caller()) if self._record_places else ""
             if sink is not None:
                 sink.append((self, slot, slot.uses))  # reclaimed if still out when the request ends
             if self._leak_timeout is not None and not self._watched:
@@ -586,10 +592,15 @@ class PoolCore:
         if slot.key in self._lent and self._lent.pop(slot.key, None) is not slot:
             return False  # a putconn() from another thread won the race
         self._counts[keys.CONNECTIONS_LEAKED] += 1
+        if self._record_places:
+            where, later = slot.taken_at or "an unknown place", ""
+        else:  # the first leak of this pool: from now on its leases record the line that takes them
+            self._record_places = True
+            where, later = "a place not recorded yet", "; the next leak of this pool names the line that took it"
         logger.warning(
             "pool %s (%s): a connection taken at %s was not given back by the end of its request%s;"
-            " reclaimed: closed and its capacity freed",
-            self.name, self.dsn, slot.taken_at or "an unknown place", f" ({request})" if request else "",
+            " reclaimed: closed and its capacity freed%s",
+            self.name, self.dsn, where, f" ({request})" if request else "", later,
         )  # fmt: skip
         self._drop(slot)
         return True

@@ -196,7 +196,7 @@ class ConnectionPool(cc.ForkAware, PoolCore):
         """
         slot = self._lend_fast() if self._fast else None
         if slot is None:
-            where = place(sys._getframe(1)) if self._leak_timeout is not None or LEASE_SINK.get() is not None else ""
+            where = place(sys._getframe(1)) if self._record_places else ""
             slot = self._take(timeout, where)
         self._lent[slot.key] = slot  # putconn()'s dict.pop() ends this lease (invariant 1)
         return slot.raw
@@ -215,7 +215,7 @@ class ConnectionPool(cc.ForkAware, PoolCore):
             return None
         sink = LEASE_SINK.get()
         where = ""
-        if sink is not None and not (where := place(sys._getframe(2))):
+        if sink is not None and self._record_places and not (where := place(sys._getframe(2))):
             return None  # taken through a framework: the walk names the app's line (_take)
         try:
             slot = self._idle.pop()  # invariant 1
@@ -519,8 +519,9 @@ class Lease:
         sink = LEASE_SINK.get()
         # The with statement's own frame took it: its place, without a walk (in a request, or for
         # leak_timeout); a framework's frame ("") leaves it to the walk.
-        where = place(sys._getframe(1)) if sink is not None or pool._leak_timeout is not None else ""
-        if pool._fast and not pool._waiters and pool._leak_timeout is None and (sink is None or where):
+        recording = pool._record_places  # the taking line is recorded (leak_timeout, or after a leak)
+        where = place(sys._getframe(1)) if recording else ""
+        if pool._fast and not pool._waiters and pool._leak_timeout is None and (sink is None or where or not recording):
             try:
                 slot = pool._idle.pop()  # invariant 1
             except IndexError:

@@ -31,11 +31,13 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 from . import _concurrency as cc
 from .core import LEASE_SINK
 from .request import RequestScope
+from .slot import LENT as _LENT
 
 __all__ = ["RequestScopeMiddleware", "wrap"]
 
 StartResponse = Callable[..., Any]
 _list = list
+_list_iter = list.__iter__
 _method = types.MethodType
 _set = LEASE_SINK.set
 _reset = LEASE_SINK.reset
@@ -71,7 +73,7 @@ class RequestScopeMiddleware:
             scope.end(failed=True)
             raise
         if type(body) is _list:
-            if not scope and scope.finalizers is None:  # no lease taken: nothing to settle
+            if scope.finalizers is None and _all_returned(scope):  # nothing to give back or reclaim
                 _reset(token)
             else:
                 scope._label, scope._token = environ, token  # the label (PATH_INFO) for log lines
@@ -97,6 +99,15 @@ class RequestScopeMiddleware:
         scope._respond = start_response
         scope._status = None
         return scope.start_response
+
+
+def _all_returned(leases: list[tuple[Any, Any, int]]) -> bool:
+    """Every lease of the request was given back (RequestScope.settle's first test, inline: the
+    common end of a request calls nothing more)."""
+    for _, slot, number in _list_iter(leases):  # the list's own: _Request.__iter__ is the body's
+        if slot.uses == number and slot.state is _LENT:
+            return False
+    return True
 
 
 class _Request(RequestScope):

@@ -200,6 +200,7 @@ def test_a_lease_in_a_request_records_the_line_that_took_it_per_call_site():
     frames of a framework module are skipped, and a memo entry left by a dead code object whose id
     was reused is not trusted."""
     pool, _ = make(min_size=0, max_size=4)
+    pool._record_places = True  # as after a first leak: every lease records its line
     here = __file__.rstrip("c")
     with request_scope():
         for _ in range(2):  # the second round is served from the memo
@@ -241,6 +242,7 @@ def test_a_lease_names_its_line_on_every_path_from_one_entry_point():
     getconn()) found the app, and checks the boundary there: paths of other depths, taken in
     any order, and a thread's shorter stack still name the app's own line."""
     pool, _ = make(min_size=0, max_size=2)
+    pool._record_places = True  # as after a first leak: every lease records its line
     here = __file__.rstrip("c")
     deep, shallow = _chain("django.db.models.deep", 5), _chain("sqlalchemy.orm.shallow", 2)
     _frames._depths.clear()
@@ -354,3 +356,19 @@ def test_the_inline_lease_agrees_with_the_full_paths(probe_after, in_request, co
     else:
         first, second = _script(inline, c1), _script(full, c2)  # type: ignore[arg-type]
     assert first == second
+
+
+
+def test_a_pool_records_taking_lines_once_a_lease_outlived_its_request():
+    """Reading the taking frame costs a lease ~4,000 instructions, so a request's lease records
+    nothing until one of the pool's leases outlives its request: that first leak is logged without
+    its line (and says the next will have it); from then on every lease records it."""
+    pool, _ = make(min_size=0, max_size=2)
+    with request_scope():
+        first = pool.getconn()
+        assert _taken_at(pool, first) == ""
+    assert pool.stats()["connections_leaked"] == 1 and pool._record_places
+    with request_scope():
+        line = sys._getframe().f_lineno + 1
+        second = pool.getconn()
+        assert _taken_at(pool, second) == f"{__file__.rstrip('c')}:{line}"
