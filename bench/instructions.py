@@ -26,7 +26,8 @@ N1): start-up and warm-up cancel out. Rows:
   return, beside a raw persistent psycopg connection running the same
   statement; and the same with a statement text never seen before on every
   operation, so each one is scanned for session-changing calls (the first
-  execution of each of an application's statements).
+  execution of each of an application's statements); and the same statement through a cursor on
+  psycopg2 (``driver: psycopg2``), beside a raw persistent psycopg2 connection.
 
 Instructions are not time: a Python process here runs ~2-9 instructions per
 ns depending on cache misses, and a round trip to the server is mostly
@@ -60,6 +61,8 @@ import sys
 sys.path.insert(0, {bench!r})
 row, n = sys.argv[1], int(sys.argv[2])
 kw = {kw!r}
+STATEMENT = ("SELECT t.id, lower(t.name), coalesce(t.qty, 0), date_trunc('day', now()) AS day"
+             " FROM (VALUES (1, 'A', 2)) AS t(id, name, qty) WHERE t.id = %s")
 ORM = ("SELECT u.id, u.name, LOWER(u.email) AS email, COALESCE(u.score, 0) AS score FROM"
        " (SELECT 1 AS id, 'bob' AS name, %s AS email, NULL AS score) AS u"
        " WHERE u.email = %s AND u.id IN (1, 2, 3) ORDER BY u.id LIMIT 21")
@@ -89,10 +92,24 @@ elif row == "minimal FIFO pool":
     ref = MinimalFifoPool([StandInConnection()])
     for _ in range(n):
         ref.putconn(ref.getconn())
+elif row.startswith("PG2"):
+    import psycopg2
+    def op(c):
+        cur = c.cursor(); cur.execute(STATEMENT, (1,)); cur.fetchall(); cur.close()
+    if row == "PG2 raw psycopg2":
+        c = psycopg2.connect(**{{k: v for k, v in {pg_kw!r}.items() if k != "autocommit"}})
+        c.autocommit = True
+        for _ in range(n):
+            op(c)
+    else:
+        from gunicorn_pool import DatabasePool
+        db = DatabasePool({{"default": dict({pg_config!r}, driver="psycopg2", min_size=1, max_size=1)}}, name="i")
+        db.init_pool()
+        for _ in range(n):
+            with db.connection() as c:
+                op(c)
 elif row.startswith("PG"):
     import psycopg
-    STATEMENT = ("SELECT t.id, lower(t.name), coalesce(t.qty, 0), date_trunc('day', now()) AS day"
-                 " FROM (VALUES (1, 'A', 2)) AS t(id, name, qty) WHERE t.id = %s")
     def same(c, i):
         c.execute(STATEMENT, (1,)).fetchall()
     def new(c, i):
@@ -154,7 +171,8 @@ PARTS = {
               "gunicorn_pool DatabasePool.connection(), ORM-like SELECT", "statement_verdict, ORM-like SELECT",
               "statement_verdict, ORM-like INSERT"),
     "postgresql": ("PG raw psycopg", "PG DatabasePool.connection()", "PG raw psycopg, a new statement each op",
-                   "PG DatabasePool.connection(), a new statement each op"),
+                   "PG DatabasePool.connection(), a new statement each op", "PG2 raw psycopg2",
+                   "PG2 DatabasePool.connection(), psycopg2"),
 }  # fmt: skip
 
 

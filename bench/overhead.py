@@ -96,6 +96,10 @@ PG_SQLALCHEMY = "PG: SQLAlchemy QueuePool (postgresql+psycopg, rollback on retur
 PG_GP = "PG: gunicorn_pool DatabasePool.connection()"
 PG_UNTRACKED = "PG: gunicorn_pool, reset_session=False (no statement tracking)"
 PG_PAIRED = (PG_POOL, PG_SQLALCHEMY, PG_GP, PG_UNTRACKED)
+PG2_RAW = "PG: raw persistent psycopg2 connection"
+PG2_GP = "PG: gunicorn_pool DatabasePool.connection(), driver psycopg2"
+#: psycopg2's row against its own driver's floor (the block table shows it ÷ raw psycopg 3).
+PG2_PAIR = ("PG: gunicorn_pool on psycopg2 ÷ raw psycopg2", PG2_RAW, PG2_GP)
 #: A paired row against a raw connection of the class the pool lends (one driver class in the loop).
 SAME_CLASS = ("gunicorn_pool DatabasePool.connection() ÷ raw PooledMySQLConnection", RAW_SAME,
               "gunicorn_pool DatabasePool.connection()")
@@ -261,6 +265,18 @@ def build_pg(user: PGBenchUser, ops: int) -> tuple[dict[str, Callable[[], float]
         closers.append(service.close_pool)
     add(PG_GP, _within(db.connection))
     add(PG_UNTRACKED, _within(untracked.connection))
+
+    import psycopg2
+
+    raw2 = psycopg2.connect(**{k: v for k, v in user.kwargs().items() if k != "autocommit"})
+    raw2.autocommit = True
+    closers.append(raw2.close)
+    add(PG2_RAW, lambda: _op(raw2))
+    db2 = DatabasePool({"default": dict(user.config(), driver="psycopg2", min_size=1, max_size=1)},
+                       name="bench-pg2")  # fmt: skip
+    db2.init_pool()
+    closers.append(db2.close_pool)
+    add(PG2_GP, _within(db2.connection))
     return variants, closers
 
 
@@ -447,9 +463,10 @@ def main() -> None:
     if args.part in ("all", "postgresql"):
         with PGBenchUser() as pg_user:
             run_part("Overhead: checkout + SELECT 1 + checkin, one connection (PostgreSQL)", PG_RAW, PG_PAIRED,
-                     "Target: gunicorn_pool ≤ 1.05 × raw, and below psycopg_pool's ratio.",
+                     "Target: gunicorn_pool ≤ 1.05 × raw (psycopg 3's and psycopg2's rows each against its"
+                     " own driver's raw connection), and below psycopg_pool's ratio.",
                      lambda: build_pg(pg_user, args.ops), args,
-                     servers={"postgresql": True, "mysql": False})  # fmt: skip
+                     servers={"postgresql": True, "mysql": False}, extra_pairs=(PG2_PAIR,))  # fmt: skip
         print()
     if args.part in ("all", "sqlalchemy"):
         target = "Target: both ≤ 1.0 × the stock engine (issue 13)."

@@ -290,8 +290,8 @@ def _probe_pgbouncer(cfg: Any) -> dict[str, Any]:
         return {"ok": False, "error": mask_dsn(connector.describe_error(exc), cfg.password)}
     raw._gp_holder = None  # the pool's own use
     try:
-        databases = _named_rows(raw, "SHOW DATABASES", cfg.connect_timeout)
-        config = {r["key"]: r["value"] for r in _named_rows(raw, "SHOW CONFIG", cfg.connect_timeout)}
+        databases = _named_rows(raw, "SHOW DATABASES", cfg.connect_timeout, cfg.driver)
+        config = {r["key"]: r["value"] for r in _named_rows(raw, "SHOW CONFIG", cfg.connect_timeout, cfg.driver)}
     except Exception as exc:
         return {"ok": False, "error": mask_dsn(connector.describe_error(exc), cfg.password)}
     finally:
@@ -305,8 +305,12 @@ def _probe_pgbouncer(cfg: Any) -> dict[str, Any]:
             "pool_mode": (mine or {}).get("pool_mode") or config.get("pool_mode")}  # fmt: skip
 
 
-def _named_rows(raw: Any, sql: str, timeout: float) -> list[dict[str, Any]]:
+def _named_rows(raw: Any, sql: str, timeout: float, driver: Optional[str] = None) -> list[dict[str, Any]]:
     """*sql*'s rows as dicts (column name to value), bounded by *timeout*."""
+    if driver == "psycopg2":
+        from .connectors.psycopg2 import fetch as fetch2
+
+        return fetch2(raw, sql, timeout, names=True)
     from .connectors.postgresql import _wait
 
     cursor = raw.cursor()
@@ -354,7 +358,10 @@ def _probe_server(row: dict[str, Any]) -> dict[str, Any]:
 
 def _probe_postgresql(connector: Any, raw: Any, cfg: Any, ms: float) -> dict[str, Any]:
     """What the budget needs from a PostgreSQL server, in one query bounded by ``connect_timeout``."""
-    from .connectors.postgresql import fetch
+    if cfg.driver == "psycopg2":
+        from .connectors.psycopg2 import fetch
+    else:
+        from .connectors.postgresql import fetch  # type: ignore[assignment]
 
     raw._gp_holder = None  # the pool's own use
     try:
@@ -578,7 +585,11 @@ def check(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
             f"worker_class {plan.worker_class} is not a gunicorn_pool worker and post_worker_init is not set:"
             " gunicorn will not open these pools (use gunicorn_pool.Worker or gunicorn_pool.hooks)"
         )
-    pools, others = _pools(services, plan, args.hosts)
+    try:
+        pools, others = _pools(services, plan, args.hosts)
+    except Exception as exc:  # a service's configuration error (a Django alias's ImproperlyConfigured)
+        report["errors"].append(mask_dsn(f"{type(exc).__name__}: {exc}"))
+        return EXIT_CONFIG, report
     report["warnings"] += others
     for row in pools:
         if row["adapter"] in _SERVERS:

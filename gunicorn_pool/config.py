@@ -18,11 +18,14 @@ A pool is configured per *name*, as a dict or as a URL string::
 Adapters, with the spellings other frameworks use: ``mysql`` (also ``mariadb``;
 URL schemes ``mysql://``, ``mysql+pymysql://``, ``mariadb://``, ``mysql+mysqldb://``),
 ``postgresql`` (also ``postgres``, ``pgsql``; ``postgresql://``,
-``postgres://``, ``postgresql+psycopg://``), ``sqlite`` (``sqlite:///path``)
-and ``dbapi`` (any DB-API driver through a ``creator``). A MySQL pool's
-``driver`` is ``pymysql`` (the default) or ``mysqlclient`` (``MySQLdb``): the
-key, the URL option ``?driver=`` or the scheme's ``+pymysql``/``+mysqldb``
-say which. :data:`KEYS` lists
+``postgres://``, ``postgresql+psycopg://``, ``postgresql+psycopg2://``),
+``sqlite`` (``sqlite:///path``) and ``dbapi`` (any DB-API driver through a
+``creator``). A MySQL pool's ``driver`` is ``pymysql`` (the default) or
+``mysqlclient`` (``MySQLdb``), a PostgreSQL pool's ``psycopg`` (3) or
+``psycopg2`` (unset: psycopg when it is installed, else psycopg2,
+:func:`default_pg_driver`): the key, the URL option ``?driver=`` or the
+scheme's ``+pymysql``/``+mysqldb``/``+psycopg``/``+psycopg2`` say which.
+:data:`KEYS` lists
 every key with its default, its rule and the adapters it applies to; a key
 that does not apply to the pool's adapter is refused, like a typo.
 
@@ -37,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.util
 import os
 import re
 import stat
@@ -46,7 +50,10 @@ from urllib.parse import parse_qsl, quote, unquote
 from .errors import ConfigError
 from .options import PoolOptions, Rule, coerce, rule_of
 
-__all__ = ["ADAPTERS", "KEYS", "MYSQL_DRIVERS", "DatabaseConfig", "mask_dsn", "parse_config"]
+__all__ = [
+    "ADAPTERS", "KEYS", "MYSQL_DRIVERS", "PG_DRIVERS", "DatabaseConfig", "default_pg_driver", "mask_dsn",
+    "parse_config",
+]  # fmt: skip
 
 _MASK = "***"
 
@@ -76,7 +83,7 @@ ADAPTERS = {
     ),  # fmt: skip
     "postgresql": Adapter(
         "postgresql",
-        ("postgresql", "postgres", "postgresql+psycopg", "pgsql"),
+        ("postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2", "postgres+psycopg2", "pgsql"),
         ("postgresql", "postgres", "pgsql"),
         port=5432,
     ),  # fmt: skip
@@ -107,6 +114,8 @@ _REFUSED = {
 }
 #: Keys of PyMySQL's ``ssl`` dict, and the config key each one becomes.
 _SSL_DICT = {"ca": "ssl_ca", "cert": "ssl_cert", "key": "ssl_key"}
+#: The PostgreSQL drivers, in the order a pool that names none prefers them.
+PG_DRIVERS = ("psycopg", "psycopg2")
 
 
 def _key(default: Any, rule: Rule, adapters: tuple[str, ...] = _ALL, *, hashed: bool = True) -> Any:
@@ -172,8 +181,9 @@ class DatabaseConfig(PoolOptions):
                                                                         " pool's: a number, or CLIENT names"
                                                                         " joined by |"), ("mysql",))  # fmt: skip
     local_infile: bool = _key(False, Rule(bool, meaning="allow LOAD DATA LOCAL INFILE"), ("mysql",))
-    driver: Optional[str] = _key(None, _text("mysql: pymysql (default) or mysqlclient", choices=MYSQL_DRIVERS),
-                                 ("mysql",))  # fmt: skip
+    driver: Optional[str] = _key(None, _text("the driver: mysql pymysql (default) or mysqlclient; postgresql psycopg"
+                                             " (3) or psycopg2 (default: psycopg if installed, else psycopg2)",
+                                             choices=MYSQL_DRIVERS + PG_DRIVERS), _SERVERS)  # fmt: skip
     # PostgreSQL (libpq keywords, passed through)
     sslmode: Optional[str] = _key(None, _text("libpq sslmode", choices=_SSLMODES), ("postgresql",))
     sslrootcert: Optional[str] = _key(None, _text("libpq sslrootcert"), ("postgresql",))
@@ -359,6 +369,8 @@ def _from_url(pool_name: str, url: str) -> dict[str, Any]:
     named = scheme.lower().partition("+")[2]
     if adapter == "mysql" and named:
         raw["driver"] = _MYSQL_SCHEME_DRIVERS[named]  # mysql+mysqldb://
+    elif adapter == "postgresql" and named:
+        raw["driver"] = named  # postgresql+psycopg2://
     if user:
         raw["user"] = user
     if password is not None:
@@ -504,12 +516,37 @@ def _normalise(pool_name: str, raw: dict[str, Any]) -> dict[str, Any]:
                               f" {', '.join(_MYSQL_TARGETS)} for MySQL/MariaDB")  # fmt: skip
     if adapter == "mysql":
         out["driver"] = out.get("driver") or MYSQL_DRIVERS[0]
+        _check_driver(pool_name, adapter, out["driver"], MYSQL_DRIVERS)
         _check_cursorclass(pool_name, out["driver"], out.get("cursorclass"))
+    if adapter == "postgresql":
+        out["driver"] = out.get("driver") or default_pg_driver()
+        _check_driver(pool_name, adapter, out["driver"], PG_DRIVERS)
+        if out["driver"] == "psycopg2" and "prepare_threshold" in out:
+            raise ConfigError(f"pool {pool_name!r}: prepare_threshold is psycopg 3's; psycopg2 never prepares"
+                              " a statement (leave it out, or use driver=psycopg)")  # fmt: skip
     if adapter == "sqlite" and not out.get("database"):
         raise ConfigError(f"pool {pool_name!r}: sqlite needs a database path (or ':memory:')")
     if adapter == "dbapi":
         out["creator"] = _creator(pool_name, out.get("creator"))
     return out
+
+
+def _check_driver(pool_name: str, adapter: str, driver: str, drivers: tuple[str, ...]) -> None:
+    if driver not in drivers:
+        raise ConfigError(f"pool {pool_name!r}: driver {driver!r} is not one of {adapter}'s ({', '.join(drivers)})")
+
+
+def default_pg_driver() -> str:
+    """The driver of a PostgreSQL pool that names none: ``psycopg`` (3) when it can be imported,
+    else ``psycopg2`` when that can, else ``psycopg`` (whose import then says what is missing).
+    Nothing is imported here."""
+    for name in PG_DRIVERS:
+        try:
+            if importlib.util.find_spec(name) is not None:
+                return name
+        except (ImportError, ValueError):  # a broken or hidden module: not installed, as far as we go
+            continue
+    return PG_DRIVERS[0]
 
 
 def _host_list(pool_name: str, value: Any) -> str:

@@ -99,10 +99,12 @@ class DatabasePool(NamedPools[DatabaseConfig]):
         worker classes in the master with the worker model known. PyMySQL and sqlite3 look
         sockets up at call time, so they still cooperate after gevent patching; psycopg picks
         its wait function at import, so it is imported only when no gevent patching follows
-        (imported before the patch, it would block the hub in every worker)."""
+        (imported before the patch, it would block the hub in every worker). psycopg2 chooses
+        nothing at import (the gevent worker sets its wait callback at boot): always imported."""
         wanted = _PREIMPORT if gevent else _PREIMPORT | {"postgresql"}
-        for adapter in {cfg.adapter for cfg in self.configs.values()} & wanted:
-            connector_class(adapter)
+        for adapter, driver in {(cfg.adapter, cfg.driver) for cfg in self.configs.values()}:
+            if adapter in wanted or driver == "psycopg2":
+                connector_class(adapter, driver)
 
     def _build(self, name: str, config: DatabaseConfig) -> ConnectionPool:
         return ConnectionPool(make_connector(config), name=name, options=config)

@@ -36,6 +36,7 @@ import dataclasses
 import inspect
 import logging
 import os
+import sys
 import time
 from typing import Any, Optional
 
@@ -115,6 +116,8 @@ def boot(worker: Any) -> list[tuple[str, PoolInterface]]:
     if asgi and profile.kind != "asyncio":
         profile = dataclasses.replace(profile, kind="asyncio")
     set_profile(profile)
+    if profile.kind == "gevent":
+        _green_psycopg2()
     # A synchronous lease on the event loop's own thread would stall every request of the worker.
     _concurrency.REFUSE_ON_EVENT_LOOP = asgi
     services = integrations.discover(app)
@@ -139,6 +142,21 @@ def boot(worker: Any) -> list[tuple[str, PoolInterface]]:
         len(services), (time.monotonic() - start) * 1000, profile.kind,
     )  # fmt: skip
     return services
+
+
+def _green_psycopg2() -> None:
+    """In a gevent worker whose process has psycopg2 loaded (a psycopg2 pool imports it in the
+    master; an app may too): psycopg2's wait callback, as psycogreen installs it, so every psycopg2
+    connection of the worker waits cooperatively. Never in sync or gthread workers: psycopg2
+    refuses COPY and large objects while a callback is set. One the app set is kept."""
+    if "psycopg2" not in sys.modules:
+        return
+    try:
+        from .connectors.psycopg2 import install_wait_callback
+
+        install_wait_callback()
+    except Exception as exc:  # noqa: BLE001 - a broken psycopg2 is its pools' error to report
+        logger.warning("gunicorn_pool: psycopg2's wait callback not installed: %s", exc)
 
 
 #: Drivers whose calls block the whole process while they wait for the server (C libraries).

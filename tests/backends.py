@@ -37,6 +37,7 @@ class Backend:
     refused: str = "Connection refused"  # what the log says when the server refuses connects
     adapter: str = ""  # the server's marker and the adapter in the pools' dsn (the name, unless given)
     blocking: bool = False  # a C driver that gevent workers refuse
+    driver: str = ""  # the pool's ``driver`` key for a login of tests/servers.py (checked_login), if not the default
 
     def __post_init__(self) -> None:
         if not self.adapter:
@@ -59,7 +60,35 @@ MYSQLCLIENT = Backend(name="mysqlclient", app="faults_app:app", preload_app="pre
 POSTGRESQL = Backend(name="postgresql", app="pg_app:app", preload_app="pg_preload_app:app", session="backend_pid",
                      kill="pg_terminate_backend()", auth_error="password authentication failed",
                      timed_out="timed out after {timeout:g}s", heal_limit=10.0, figure="pg ")  # fmt: skip
-BACKENDS = {b.name: b for b in (MYSQL, MYSQLCLIENT, POSTGRESQL)}
+#: PostgreSQL through psycopg2 (driver=psycopg2): imported in the master even for gevent workers (it
+#: picks no wait function at import), so a respawned worker heals without importing it.
+PSYCOPG2 = Backend(name="psycopg2", app="pg2_app:app", preload_app="pg2_preload_app:app", session="backend_pid",
+                   kill="pg_terminate_backend()", auth_error="password authentication failed",
+                   timed_out="timed out after {timeout:g}s", heal_limit=10.0, figure="pg2 ", adapter="postgresql",
+                   driver="psycopg2")  # fmt: skip
+BACKENDS = {b.name: b for b in (MYSQL, MYSQLCLIENT, POSTGRESQL, PSYCOPG2)}
+
+
+class _WithDriver:
+    """A login (tests/servers.py) whose configs and URLs name the pool's driver."""
+
+    def __init__(self, login: Any, driver: str) -> None:
+        self._login = login
+        self._driver = driver
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._login, name)
+
+    def config(self, **extra: Any) -> Any:
+        return self._login.config(driver=self._driver, **extra)
+
+    def url(self, **query: Any) -> Any:
+        return self._login.url(driver=self._driver, **query)
+
+
+def with_driver(login: Any, driver: str) -> Any:
+    """*login* as it is, or with ``driver`` in its configs and URLs when *driver* is set."""
+    return _WithDriver(login, driver) if driver else login
 
 
 def check_one_session_per_worker(server: Any, login: Any, backend: Backend, workers: int) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import pytest
-from backends import BACKENDS, Backend
+from backends import BACKENDS, Backend, with_driver
 from proxy import FaultProxy
 from servers import _mariadb_pair_session, mariadb_pair, mariadb_tls, pg_scram, pgbouncer  # noqa: F401
 from support import (
@@ -28,6 +28,7 @@ from support import (
     Gunicorn,
     MySQLdbUser,
     MySQLUser,
+    PG2User,
     PGUser,
     RedisClients,
     admin_connect,
@@ -84,6 +85,12 @@ def pg_user(postgresql_server: None) -> Iterator[PGUser]:
 
 
 @pytest.fixture
+def pg2_user(postgresql_server: None) -> Iterator[PG2User]:
+    """A fresh PostgreSQL login whose pool configs and URLs use the psycopg2 driver (as ``pg_user``)."""
+    yield from _fresh_login(PG2User)
+
+
+@pytest.fixture
 def redis_clients(redis_server: None) -> Iterator[RedisClients]:
     """A unique Redis client name for this test's pools; its connections killed after."""
     clients = RedisClients(f"gp_{secrets.token_hex(4)}")
@@ -112,12 +119,12 @@ def backend(request: Any) -> Backend:
     return BACKENDS[request.param]
 
 
-_LOGINS = {"mysql": "mysql_user", "mysqlclient": "mysqlclient_user", "postgresql": "pg_user"}
+_LOGINS = {"mysql": "mysql_user", "mysqlclient": "mysqlclient_user", "postgresql": "pg_user", "psycopg2": "pg2_user"}
 
 
 @pytest.fixture
 def db_user(backend: Backend, request: Any) -> Any:
-    """A fresh login of the *backend* server (``mysql_user``, ``mysqlclient_user`` or ``pg_user``)."""
+    """A fresh login of the *backend* server (``mysql_user``, ``mysqlclient_user``, ``pg_user`` or ``pg2_user``)."""
     return request.getfixturevalue(_LOGINS[backend.name])
 
 
@@ -133,7 +140,8 @@ def checked_login(backend: Backend, request: Any) -> Any:
     does; the machine's PostgreSQL trusts every login, so the throwaway ``pg_scram`` server."""
     if backend.adapter == "mysql":
         return request.getfixturevalue(_LOGINS[backend.name])
-    return request.getfixturevalue("pg_scram").create_user(f"gp_{secrets.token_hex(4)}", "pw-" + secrets.token_hex(8))
+    login = request.getfixturevalue("pg_scram").create_user(f"gp_{secrets.token_hex(4)}", "pw-" + secrets.token_hex(8))
+    return with_driver(login, backend.driver)
 
 
 @pytest.fixture

@@ -294,6 +294,60 @@ class PGUser(DBLogin):
     terminate = kill
     terminate_all = DBLogin.kill_all
 
+    def rows(self, table: str) -> int:
+        """How many rows *table* has, read by the admin connection."""
+        with self.admin.cursor() as cur:
+            cur.execute(f"SELECT count(*) FROM {table}")
+            return int(cur.fetchone()[0])
+
+    def scratch_table(self) -> Iterator[str]:
+        """Generator for a fixture: a fresh table ``(v int)`` the login may use, dropped after."""
+        name = f"gp_t_{os.urandom(4).hex()}"
+        with self.admin.cursor() as cur:
+            cur.execute(f"CREATE TABLE {name} (v int)")
+            cur.execute(f'GRANT ALL ON {name} TO "{self.name}"')
+        try:
+            yield name
+        finally:
+            with self.admin.cursor() as cur:
+                cur.execute(f"DROP TABLE IF EXISTS {name}")
+
+    def last_query(self, pid: int) -> str:
+        """What the server last received on backend *pid* (pg_stat_activity.query)."""
+        with self.admin.cursor() as cur:
+            cur.execute("SELECT query FROM pg_stat_activity WHERE pid = %s", (pid,))
+            row = cur.fetchone()
+        return str(row[0]) if row else ""
+
+
+def pg_one(conn: Any, sql: str, params: Any = None) -> Any:
+    """The first column of the first row of *sql* (None if no row) through a DB-API cursor of
+    *conn*: psycopg 3 or psycopg2."""
+    with conn.cursor() as cur:
+        cur.execute(sql, params)
+        row = cur.fetchone() if cur.description else None
+    return row[0] if row else None
+
+
+def pg_run(conn: Any, sql: str, params: Any = None) -> None:
+    """Run *sql* through a DB-API cursor of *conn* (psycopg 3 or psycopg2)."""
+    with conn.cursor() as cur:
+        cur.execute(sql, params)
+
+
+def pg_backend(conn: Any) -> int:
+    """The backend pid of *conn*'s session, asked of the server."""
+    return int(pg_one(conn, "SELECT pg_backend_pid()"))
+
+
+class PG2User(PGUser):
+    """A PGUser whose pool configs and URLs name the psycopg2 driver."""
+
+    adapter = {"adapter": "postgresql", "driver": "psycopg2"}
+
+    def url(self, **query: Any) -> str:
+        return super().url(**{"driver": "psycopg2", **query})
+
 
 def redis_admin() -> Any:
     """A redis-py client to the test Redis server (no pool of ours)."""

@@ -22,7 +22,9 @@ def _setting(name: str) -> int:
         return int(conn.execute(f"SELECT current_setting('{name}')::int").fetchone()[0])
 
 
-def test_postgresql_pool_is_counted_with_the_servers_reserved_slots(tmp_path: Path, pg_user: Any) -> None:
+@pytest.mark.parametrize("driver", ["psycopg", "psycopg2"])
+def test_postgresql_pool_is_counted_with_the_servers_reserved_slots(tmp_path: Path, request: Any, driver: str) -> None:
+    pg_user = request.getfixturevalue("pg_user" if driver == "psycopg" else "pg2_user")
     conf = _write(tmp_path, {"default": pg_user.url(), "local": f"sqlite:///{tmp_path}/app.db"}, workers=3)
     proc = _run("-c", str(conf), cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -10,10 +10,17 @@ from __future__ import annotations
 
 import secrets
 import sys
-import threading
 from typing import Any, Callable, Iterator
 
 import pytest
+from django_support import (
+    check_changed_settings_build_a_new_pool_and_close_the_old,
+    check_connection_taken_before_fork_is_never_used_after,
+    check_pool_timeout_is_a_django_operational_error,
+    django_aliases,
+    django_configured,
+    one,
+)
 from support import MYSQL_DB, MYSQL_HOST, MYSQL_PORT, admin_connect, wait_until
 
 pytestmark = pytest.mark.mysql
@@ -21,12 +28,7 @@ pytestmark = pytest.mark.mysql
 
 @pytest.fixture(scope="module")
 def django_setup() -> None:
-    django = pytest.importorskip("django")
-    from django.conf import settings
-
-    if not settings.configured:
-        settings.configure(DATABASES={}, INSTALLED_APPS=[], USE_TZ=True, SECRET_KEY="gp-tests")
-        django.setup()
+    django_configured()
 
 
 @pytest.fixture(params=["pymysql", "mysqlclient"])
@@ -39,51 +41,17 @@ def driver(request: Any) -> str:
 def make_alias(django_setup: None, mysql_user: Any, driver: str) -> Iterator[Callable[..., Any]]:
     """``make_alias(**settings) -> DatabaseWrapper`` of a new alias on the test's login, on the
     test's *driver* (added to ``OPTIONS["pool"]`` unless the test names one)."""
-    from django.db import connections
 
-    from gunicorn_pool.django import pools
-
-    made: list[str] = []
-
-    def make(**overrides: Any) -> Any:
-        alias = f"gp_{secrets.token_hex(3)}"
-        sd = {"ENGINE": "gunicorn_pool.django.mysql", "NAME": MYSQL_DB, "USER": mysql_user.name,
-              "PASSWORD": mysql_user.password, "HOST": MYSQL_HOST, "PORT": str(MYSQL_PORT), "OPTIONS": {}}  # fmt: skip
-        sd.update(overrides)
+    def on_driver(sd: dict[str, Any]) -> None:
         options = dict(sd["OPTIONS"])
         pool = options.get("pool", True)
         if pool is True or (isinstance(pool, dict) and "driver" not in pool):
             options["pool"] = {**(pool if isinstance(pool, dict) else {}), "driver": driver}
         sd["OPTIONS"] = options
-        connections.settings[alias] = sd
-        connections.configure_settings(connections.settings)  # fills Django's defaults
-        made.append(alias)
-        return connections[alias]
 
-    try:
-        yield make
-    finally:
-        for alias in made:
-            try:
-                connections[alias].close()
-            except Exception:  # noqa: BLE001 - a test may leave it broken on purpose
-                pass
-            found = pools.targets().get(alias)
-            if found is not None and found.pool is not None:
-                found.pool.close()
-            pools._targets.pop(alias, None)
-            connections.settings.pop(alias, None)
-            try:
-                delattr(connections._connections, alias)
-            except AttributeError:
-                pass
-
-
-def one(conn: Any, sql: str) -> Any:
-    with conn.cursor() as cursor:
-        cursor.execute(sql)
-        row = cursor.fetchone()
-    return row[0] if row else None
+    yield from django_aliases({"ENGINE": "gunicorn_pool.django.mysql", "NAME": MYSQL_DB, "USER": mysql_user.name,
+                               "PASSWORD": mysql_user.password, "HOST": MYSQL_HOST, "PORT": str(MYSQL_PORT)},
+                              on_driver)  # fmt: skip
 
 
 def test_connect_is_a_checkout_and_close_a_return(make_alias, mysql_user, driver):
@@ -224,28 +192,7 @@ def test_is_usable_never_reconnects_behind_the_pool(make_alias, mysql_user):
 
 
 def test_pool_timeout_is_a_django_operational_error(make_alias):
-    from django.db import OperationalError, connections
-
-    import gunicorn_pool
-
-    conn = make_alias(OPTIONS={"pool": {"max_size": 1, "timeout": 0.2}})
-    one(conn, "SELECT 1")  # holds the only connection
-    caught: list[BaseException] = []
-
-    def other_thread() -> None:
-        try:
-            one(connections[conn.alias], "SELECT 1")
-        except BaseException as exc:  # noqa: BLE001 - reported to the test
-            caught.append(exc)
-        finally:
-            connections[conn.alias].close()
-
-    thread = threading.Thread(target=other_thread)
-    thread.start()
-    thread.join(10)
-    assert len(caught) == 1
-    assert isinstance(caught[0], OperationalError) and isinstance(caught[0], gunicorn_pool.PoolTimeout)
-    conn.close()
+    check_pool_timeout_is_a_django_operational_error(make_alias)
 
 
 def test_no_database_connections_are_not_pooled(make_alias, mysql_user):
@@ -261,34 +208,9 @@ def test_no_database_connections_are_not_pooled(make_alias, mysql_user):
 
 
 def test_changed_settings_build_a_new_pool_and_close_the_old(make_alias, mysql_user):
-    conn = make_alias()
-    one(conn, "SELECT 1")
-    old = conn.pool
-    conn.close()
-    conn.settings_dict["OPTIONS"] = {"pool": {"max_size": 2}}
-    one(conn, "SELECT 1")
-    assert conn.pool is not old and old.closed and conn.pool.max_size == 2
-    conn.close()
-    wait_until(lambda: mysql_user.count() == 1, 5, what="the old pool's session closed")
+    check_changed_settings_build_a_new_pool_and_close_the_old(make_alias, mysql_user.count)
 
 
 def test_connection_taken_before_fork_is_never_used_after(make_alias, mysql_user):
     """--preload in small: the child must not use (nor end) the parent's session."""
-    import os
-
-    conn = make_alias()
-    parent_id = one(conn, "SELECT CONNECTION_ID()")  # held across the fork
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: report the session it uses, then leave without cleanup
-        try:
-            os.write(write, str(one(conn, "SELECT CONNECTION_ID()")).encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    child_id = int(os.read(read, 64) or b"0")
-    os.close(read)
-    os.waitpid(pid, 0)
-    assert child_id and child_id != parent_id
-    assert parent_id in mysql_user.connection_ids()  # the parent's session lives on
-    assert one(conn, "SELECT CONNECTION_ID()") == parent_id
+    check_connection_taken_before_fork_is_never_used_after(make_alias, mysql_user.connection_ids)

@@ -101,9 +101,16 @@ def test_sync_workers_open_their_sessions_before_the_first_request_and_close_the
 ):
     env = mysql_env(mysql_user, scratch_table, {"driver": driver})
     server = gunicorn(conf("sync", workers=2), app=APP, env=env)
+    check_two_sync_workers(server, mysql_user, "mysql")
+
+
+def check_two_sync_workers(server: Any, login: Any, scheme: str) -> dict[str, int]:
+    """Start *server* (2 sync workers): 2 sessions of *login* before any request, each worker's
+    requests on its own session opened at boot, the alias's stats under every pool's names, the
+    masked DSN in the log, no session after SIGTERM. Returns the alias's stats."""
     server.start(workers_ready=2)
-    wait_until(lambda: mysql_user.count() == 2, 10, what="2 sessions before any request")
-    before = set(mysql_user.connection_ids())
+    wait_until(lambda: login.count() == 2, 10, what="2 sessions before any request")
+    before = set(login.session_ids())
     seen: dict[int, set[int]] = {}
     for _ in range(40):
         status, body = get(server, "/conn/")
@@ -111,14 +118,16 @@ def test_sync_workers_open_their_sessions_before_the_first_request_and_close_the
         seen.setdefault(body["pid"], set()).add(body["conn_id"])
     assert all(len(ids) == 1 for ids in seen.values()), seen  # one session per worker, every request
     assert set().union(*seen.values()) <= before, "a request opened a session the boot did not"
-    assert mysql_user.count() == 2
+    assert login.count() == 2
     status, body = get(server, "/stats/")
     assert status == 200 and set(body["stats"]) == {"default"}
-    assert list(body["stats"]["default"]) == list(STATS_KEYS)
-    assert body["stats"]["default"]["pool_max"] == 1 and body["stats"]["default"]["connections_num"] == 1
+    figures: dict[str, int] = body["stats"]["default"]
+    assert list(figures) == list(STATS_KEYS)
+    assert figures["pool_max"] == 1 and figures["connections_num"] == 1
     log = server.log()
-    assert log.count("opened 1 connection(s)") == 2 and f"mysql://{mysql_user.name}:***@" in log
-    stop_and_check_no_session(server, mysql_user)
+    assert log.count("opened 1 connection(s)") == 2 and f"{scheme}://{login.name}:***@" in log
+    stop_and_check_no_session(server, login)
+    return figures
 
 
 @pytest.mark.mysql

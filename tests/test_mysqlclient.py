@@ -50,7 +50,7 @@ def test_the_driver_key_url_option_and_scheme(value, driver):
     [
         ({"host": "db", "driver": "mysqldb"}, "driver must be one of"),
         ("mysql+mysqldb://app@db/shop?driver=pymysql", "option 'driver' given twice"),
-        ({"adapter": "postgresql", "driver": "mysqlclient"}, "'driver' does not apply to adapter 'postgresql'"),
+        ({"adapter": "postgresql", "driver": "mysqlclient"}, "driver 'mysqlclient' is not one of postgresql's"),
         ({"driver": "mysqlclient", "cursorclass": "pymysql.cursors.DictCursor"}, "a mysqlclient cursor class"),
         ({"cursorclass": "MySQLdb.cursors.DictCursor"}, "a PyMySQL cursor class"),
     ],

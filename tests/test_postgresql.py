@@ -1,10 +1,10 @@
-"""The PostgreSQL adapter at the pool level, against the real server: the lease guard at
-psycopg's chokepoint, sessions reset only when changed, transactions settled on return, fork
-safety, bounded connect and ping, cooperative waits under gevent.
+"""The PostgreSQL adapter on psycopg 3 at the pool level, against the real server: the lease
+guard at psycopg's chokepoint, sessions reset only when changed, transactions settled on return,
+cooperative waits under gevent. What both drivers guarantee the same way (fork safety, bounded
+connect and ping, the probe, several hosts, passwords, ...) is tests/test_pg_drivers.py, once per
+driver; psycopg2's own ways are tests/test_psycopg2.py.
 
-A login per test (``pg_user``) so its sessions are counted exactly; the
-server trusts every login here, so password checks run on a throwaway SCRAM
-server (tests/servers.py).
+A login per test (``pg_user``) so its sessions are counted exactly.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import quote
 
 import psycopg
 import pytest
@@ -31,18 +30,15 @@ from support import (
     bound_psycopg_waits,
     database_pools,
     figure,
-    pg_admin_connect,
-    session_in_forked_child,
     wait_until,
 )
 
-from gunicorn_pool import ConnectError, DatabasePool, LeaseError, request_scope
+from gunicorn_pool import DatabasePool, LeaseError
 from gunicorn_pool.connectors.postgresql import PooledPGConnection
 
 pytestmark = pytest.mark.postgresql
 
-# The fixtures of tests/servers.py (assigned, not imported: no F811 on the arguments).
-pg_scram = servers.pg_scram
+# The fixture of tests/servers.py (assigned, not imported: no F811 on the argument).
 pgbouncer = servers.pgbouncer
 
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
@@ -63,14 +59,6 @@ def backend(conn: Any) -> int:
 def one(conn: Any, sql: str, params: Any = None) -> Any:
     row = conn.execute(sql, params).fetchone()
     return row[0] if row else None
-
-
-def last_query(pg_user: Any, pid: int) -> str:
-    """What the server last received on backend *pid* (pg_stat_activity.query)."""
-    with pg_user.admin.cursor() as cur:
-        cur.execute("SELECT query FROM pg_stat_activity WHERE pid = %s", (pid,))
-        row = cur.fetchone()
-    return str(row[0]) if row else ""
 
 
 @pytest.fixture
@@ -131,7 +119,7 @@ def test_every_operation_of_a_returned_connection_raises_before_anything_is_sent
         pid = backend(stale)
     with pytest.raises(LeaseError, match="used after it was returned to the pool"):
         OPERATIONS[operation](stale)
-    assert "gp-stale-use" not in last_query(pg_user, pid)  # nothing reached the server
+    assert "gp-stale-use" not in pg_user.last_query(pid)  # nothing reached the server
     with pool.connection() as conn:
         assert backend(conn) == pid and one(conn, "SELECT 41 + 1") == 42  # the session is intact
     assert pool.stats()["connections_reset"] == 0
@@ -163,77 +151,7 @@ def test_a_kept_reference_cannot_reach_the_next_borrower(pg_user, make_db, opera
         tried.set()
         thread.join(10)
     assert got["id"] == got["again"] == first and got["pipeline"] is None
-    assert "gp-stale-use" not in last_query(pg_user, first)
-
-
-def test_connection_the_user_closed_is_dropped_at_return(pg_user, make_db):
-    pool = make_db().pool()
-    with pool.connection() as conn:
-        closed = backend(conn)
-        conn.close()
-    wait_until(lambda: closed not in pg_user.backend_pids(), 5, what="the closed session ended")
-    assert pool.stats()["pool_size"] == 0  # dropped, its capacity freed
-    conn = pool.getconn()
-    assert backend(conn) != closed  # a fresh one, not the closed object
-    conn.close()
-    pool.putconn(conn)
-    assert pool.stats()["pool_size"] == 0
-    with pool.connection() as conn:
-        assert one(conn, "SELECT 1") == 1
-    assert pg_user.count() == 1
-
-
-def test_a_lease_reclaimed_at_request_end_refuses_its_user_and_its_session_ends(pg_user, make_db):
-    pool = make_db(max_size=2).pool()
-    with request_scope("GET /leak"):
-        leaked = pool.getconn()
-        pid = backend(leaked)
-    assert pool.stats()["connections_leaked"] == 1
-    with pytest.raises(LeaseError, match="closed it"):
-        leaked.execute(STALE)
-    wait_until(lambda: pid not in pg_user.backend_pids(), 5, what="the reclaimed session ended")
-
-
-RUNNING_SLEEP = (
-    "SELECT count(*) FROM pg_stat_activity WHERE pid = %s AND state = 'active' AND query LIKE '%%pg_sleep%%'"
-)
-
-
-def test_cancel_is_allowed_from_another_thread_during_the_lease(make_db):
-    pool = make_db().pool()
-    with pool.connection() as conn, pg_admin_connect() as admin:
-        pid = conn.info.backend_pid
-
-        def cancel_once_running() -> None:  # a cancel that arrives before the query would cancel nothing
-            wait_until(lambda: one(admin, RUNNING_SLEEP, (pid,)) == 1, 5, what="pg_sleep running")
-            conn.cancel()
-
-        timer = threading.Thread(target=cancel_once_running)
-        timer.start()
-        start = time.monotonic()
-        with pytest.raises(psycopg.errors.QueryCanceled):
-            conn.execute("SELECT pg_sleep(10)")
-        timer.join(5)
-        assert time.monotonic() - start < 5
-        assert one(conn, "SELECT 1") == 1
-
-
-def test_owner_check_off_lets_another_thread_use_and_give_back_the_connection(make_db):
-    pool = make_db(owner_check=False).pool()
-    conn = pool.getconn()
-    errors: list[BaseException] = []
-
-    def other() -> None:
-        try:
-            conn.execute("SELECT 1")
-            pool.putconn(conn)
-        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
-            errors.append(exc)
-
-    thread = threading.Thread(target=other)
-    thread.start()
-    thread.join(10)
-    assert not errors and pool.stats()["pool_available"] == 1
+    assert "gp-stale-use" not in pg_user.last_query(first)
 
 
 # -- sessions reset only when changed ---------------------------------------------------------------
@@ -341,7 +259,7 @@ def test_settings_of_the_connection_object_are_restored_without_a_round_trip(pg_
         session = backend(conn)
         conn.execute("SELECT 'gp-last-user-statement'")
         leave(conn)
-    assert "gp-last-user-statement" in last_query(pg_user, session)  # nothing sent at return
+    assert "gp-last-user-statement" in pg_user.last_query(session)  # nothing sent at return
     with pool.connection() as conn:
         assert backend(conn) == session
         assert clean(conn), f"{case} reached the next user"
@@ -365,25 +283,10 @@ def test_a_session_nobody_changed_is_never_reset_and_costs_no_round_trip(pg_user
             conn.execute("SHOW work_mem")
             conn.execute("SELECT 'temperature of the template, attempts on hold-outs' AS note")
             conn.execute("SELECT 'gp-last-%s'" % i)  # noqa: UP031 - literal, no parameter
-        assert f"gp-last-{i}" in last_query(pg_user, session)  # no statement of the pool's at return
+        assert f"gp-last-{i}" in pg_user.last_query(session)  # no statement of the pool's at return
     with pool.connection() as conn:
         conn.execute("DROP TABLE gp_plain")
     assert pool.stats()["connections_reset"] == 0
-
-
-def test_reset_re_applies_the_pools_own_session_statements(pg_user, make_db):
-    pool = make_db(session=["SET work_mem = '8MB'"], init_command="SET application_name = 'gp-init'",
-                   options="-c lock_timeout=1234").pool()  # fmt: skip
-    with pool.connection() as conn:
-        assert (one(conn, "SHOW work_mem"), one(conn, "SHOW application_name")) == ("8MB", "gp-init")
-        conn.execute("SET work_mem = '99MB'")
-        conn.execute("SET application_name = 'someone'")
-        conn.execute("SET lock_timeout = 1")
-    with pool.connection() as conn:
-        assert one(conn, "SHOW work_mem") == "8MB"
-        assert one(conn, "SHOW application_name") == "gp-init"
-        assert one(conn, "SHOW lock_timeout") == "1234ms"  # startup options survive DISCARD ALL
-    assert pool.stats()["connections_reset"] == 1
 
 
 def test_psycopgs_prepared_statements_still_work_after_a_reset(make_db):
@@ -408,44 +311,6 @@ def test_reset_session_off_leaves_the_session_as_the_user_left_it(make_db):
 
 
 # -- transactions --------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def table(pg_user):
-    name = f"gp_t_{secrets.token_hex(4)}"
-    with pg_user.admin.cursor() as cur:
-        cur.execute(f"CREATE TABLE {name} (v int)")
-        cur.execute(f'GRANT ALL ON {name} TO "{pg_user.name}"')
-    yield name
-    with pg_user.admin.cursor() as cur:
-        cur.execute(f"DROP TABLE IF EXISTS {name}")
-
-
-def _count(pg_user: Any, table: str) -> int:
-    with pg_user.admin.cursor() as cur:
-        cur.execute(f"SELECT count(*) FROM {table}")
-        return int(cur.fetchone()[0])
-
-
-def test_autocommit_off_commits_a_clean_exit_and_rolls_back_an_error_and_putconn(pg_user, make_db, table):
-    pool = make_db(autocommit=False).pool()
-    with pool.connection() as conn:
-        assert conn.autocommit is False
-        conn.execute(f"INSERT INTO {table} VALUES (1)")
-    assert _count(pg_user, table) == 1
-    with pytest.raises(RuntimeError):
-        with pool.connection() as conn:
-            conn.execute(f"INSERT INTO {table} VALUES (2)")
-            raise RuntimeError("view failed")
-    conn = pool.getconn()
-    conn.execute(f"INSERT INTO {table} VALUES (3)")
-    pool.putconn(conn)
-    assert _count(pg_user, table) == 1
-    with pool.connection() as conn:  # a SELECT opens a transaction too: its snapshot must not pass on
-        one(conn, f"SELECT count(*) FROM {table}")
-    # rollbacks and commits alone cost no reset; only the failed with-block's one (its
-    # exception may have skipped the user's own clean-up of the session)
-    assert pool.stats()["connections_reset"] == 1 and pool.stats()["pool_size"] == 1
 
 
 def test_a_failed_with_block_resets_a_session_changed_where_the_pool_cannot_see(pg_user, make_db):
@@ -542,31 +407,8 @@ def test_only_code_counts_temporary_words_in_literals_and_comments_cost_nothing(
         session = backend(conn)
         one(conn, "SELECT 'temporary' AS status, 'pg_temp' AS note -- a temp note")
         conn.execute("SELECT 'gp-last-temp-statement'")
-    assert "gp-last-temp-statement" in last_query(pg_user, session)  # nothing sent at return
+    assert "gp-last-temp-statement" in pg_user.last_query(session)  # nothing sent at return
     assert pool.stats()["connections_reset"] == 0
-
-
-def test_a_failed_transaction_is_rolled_back_and_the_connection_reused(make_db):
-    pool = make_db(autocommit=False).pool()
-    with pool.connection() as conn:
-        session = backend(conn)
-        with pytest.raises(psycopg.errors.DivisionByZero):
-            conn.execute("SELECT 1 / 0")
-        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
-    with pool.connection() as conn:
-        assert backend(conn) == session and one(conn, "SELECT 2") == 2
-
-
-def test_a_failed_commit_reaches_the_user_and_the_connection_is_dropped(pg_user, make_db, table):
-    pool = make_db(autocommit=False).pool()
-    with pg_user.admin.cursor() as cur:
-        cur.execute(f"ALTER TABLE {table} ADD CONSTRAINT gp_c UNIQUE (v) DEFERRABLE INITIALLY DEFERRED")
-    with pytest.raises(psycopg.errors.UniqueViolation):
-        with pool.connection() as conn:
-            conn.execute(f"INSERT INTO {table} VALUES (1), (1)")  # fails only at COMMIT
-    assert _count(pg_user, table) == 0
-    with pool.connection() as conn:
-        assert one(conn, "SELECT 1") == 1
 
 
 @pytest.mark.parametrize("left", ["stream", "COPY"])
@@ -590,62 +432,7 @@ def test_a_connection_returned_mid_protocol_is_dropped(pg_user, make_db, left):
 # -- fork ------------------------------------------------------------------------------------------------
 
 
-def test_a_forked_child_never_uses_or_ends_the_parents_session(pg_user, make_db):
-    db = make_db(max_size=2)
-    pool = db.pool()
-    with pool.connection() as conn:
-        parent_session = backend(conn)
-    child_session = session_in_forked_child(db, backend)  # drops the inherited connection, opens its own
-    assert child_session != parent_session
-    wait_until(lambda: child_session not in pg_user.backend_pids(), 5, what="the child's session ended")
-    with pool.connection() as conn:  # the child said nothing on the parent's socket
-        assert backend(conn) == parent_session and one(conn, "SELECT 1") == 1
-    assert parent_session in pg_user.backend_pids()
-
-
 # -- bounded connect and ping -------------------------------------------------------------------------
-
-
-def test_connect_to_a_server_that_never_answers_is_bounded_by_a_fractional_connect_timeout(pg_user, pg_proxy):
-    """psycopg truncates connect_timeout to whole seconds, at least 2, and waits its default of
-    130 s for a value below 1: 0.6 must mean 0.6."""
-    pg_proxy.blackhole()
-    db = DatabasePool({"default": pg_user.config(port=pg_proxy.port, connect_timeout=0.6, max_size=1)}, name="bh")
-    start = time.monotonic()
-    with pytest.raises(ConnectError, match=r"timed out after 0\.6s"):
-        db.pool().getconn()
-    took = time.monotonic() - start
-    assert 0.5 < took < 1.5, took
-    db.close_pool()
-
-
-def test_every_host_is_tried_and_target_session_attrs_is_passed_to_libpq(pg_user):
-    # Nothing listens on 127.0.0.2: refused, then the next host serves.
-    db = DatabasePool({"default": pg_user.config(host="127.0.0.2,127.0.0.1", target_session_attrs="read-write",
-                                                 max_size=1)}, name="multi")  # fmt: skip
-    with db.connection() as conn:
-        assert one(conn, "SELECT inet_server_addr()::text").startswith("127.0.0.1")
-    db.close_pool()
-    standby = DatabasePool({"default": pg_user.config(target_session_attrs="standby", max_size=1)}, name="sb")
-    with pytest.raises(ConnectError, match="hot standby|standby|read-only"):
-        standby.pool().getconn()
-    standby.close_pool()
-
-
-def test_ping_of_a_connection_whose_server_stopped_answering_is_bounded(pg_user, pg_proxy):
-    db = DatabasePool({"default": pg_user.config(port=pg_proxy.port, min_size=1, max_size=1, check_interval=0,
-                                                 check_timeout=0.5)}, name="stall")  # fmt: skip
-    db.init_pool()
-    pool = db.pool()
-    with pool.connection() as conn:
-        stalled = backend(conn)
-    assert pg_proxy.stall() == 1
-    start = time.monotonic()
-    with pool.connection() as conn:  # the ping times out, the connection is replaced
-        assert backend(conn) != stalled
-    assert time.monotonic() - start < 0.5 + 2.0
-    assert pool.stats()["connections_lost"] == 1
-    db.close_pool()
 
 
 def test_a_query_of_a_test_whose_answer_never_comes_fails_in_seconds(pg_user, pg_proxy, monkeypatch):
@@ -666,35 +453,7 @@ def test_a_query_of_a_test_whose_answer_never_comes_fails_in_seconds(pg_user, pg
     db.close_pool()
 
 
-def test_a_terminated_backend_is_seen_by_the_probe_and_replaced(pg_user, make_db):
-    pool = make_db(check_interval=3600).pool()  # only the socket probe can notice
-    with pool.connection() as conn:
-        old = backend(conn)
-    pg_user.terminate(old)
-    wait_until(lambda: old not in pg_user.backend_pids(), 5, what="backend terminated")
-    with pool.connection() as conn:
-        assert backend(conn) != old
-    assert pool.stats()["connections_lost"] == 1
-
-
 # -- passwords (a server that checks them) ------------------------------------------------------------
-
-
-@pytest.mark.parametrize("password", ["pässwörd", "Ωmega-π", "日本語パス", "emoji-🔑", "sp ace'quote\\"])
-def test_non_ascii_passwords_log_in_and_wrong_ones_never_reach_a_message(pg_scram, password):
-    login = pg_scram.create_user(f"gp_{secrets.token_hex(4)}", password)
-    url = f"postgresql://{login.name}:{quote(password, safe='')}@{login.host}:{login.port}/{login.database}"
-    for config in (login.config(max_size=1), url):
-        db = DatabasePool({"default": config}, name="nonascii")
-        with db.connection() as conn:
-            assert one(conn, "SELECT current_user") == login.name
-        db.close_pool()
-    wrong = password + "x"
-    db = DatabasePool({"default": login.config(password=wrong, max_size=1)}, name="wrong")
-    with pytest.raises(ConnectError, match="password authentication failed") as info:
-        db.pool().getconn()
-    assert wrong not in str(info.value) and password not in str(info.value)
-    db.close_pool()
 
 
 # -- PgBouncer in transaction pooling mode -------------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from backends import POSTGRESQL, check_one_session_per_worker
+from backends import POSTGRESQL, PSYCOPG2, check_one_session_per_worker
 from support import WORKER_CLASSES, assert_no_secret, pool_conf
 
 pytestmark = pytest.mark.postgresql
@@ -36,10 +36,14 @@ def test_each_worker_opens_its_own_session_before_the_first_request(pg_user, gun
     assert_no_secret(server, pg_user.password)
 
 
+@pytest.mark.parametrize("driver", ["psycopg", "psycopg2"])
 @pytest.mark.parametrize("kind", ["gthread", "gevent"])
-def test_a_kept_reference_used_in_a_later_request_fails_without_touching_the_session(pg_user, gunicorn, kind):
-    server = gunicorn(pool_conf({"default": pg_config(pg_user, max_size=1, timeout=2)}, kind=kind, workers=1),
-                      app=APP)  # fmt: skip
+def test_a_kept_reference_used_in_a_later_request_fails_without_touching_the_session(request, gunicorn, kind,
+                                                                                      driver):  # fmt: skip
+    login = request.getfixturevalue("pg_user" if driver == "psycopg" else "pg2_user")
+    app = APP if driver == "psycopg" else PSYCOPG2.app
+    server = gunicorn(pool_conf({"default": pg_config(login, max_size=1, timeout=2)}, kind=kind, workers=1),
+                      app=app)  # fmt: skip
     server.start(workers_ready=1)
     status, kept = server.get("/keep")
     assert status == 200, kept

@@ -1,10 +1,11 @@
 """The PostgreSQL session matrix: whatever a lease does to its session, the next lease gets the
-session exactly as the pool configured it.
+session exactly as the pool configured it, on psycopg 3 and on psycopg2 (each case runs once per
+driver it applies to: a few are one driver's own API).
 
 Each case runs on a pool of one connection: a first lease takes a snapshot of
 the fresh session (every ``pg_settings`` value, the custom settings the cases
 use, session and current user, temporary objects, SQL prepared statements,
-LISTEN channels, advisory locks held, open cursors, and the psycopg
+LISTEN channels, advisory locks held, open cursors, and the driver's
 connection object's own settings), a second lease changes the session
 (returning normally, or raising), and a third lease compares: the same
 snapshot, on the same backend (``pg_backend_pid()``: reset, not replaced)
@@ -27,6 +28,10 @@ from collections.abc import Iterator
 from typing import Any, Callable, Optional
 
 import psycopg
+import psycopg2
+import psycopg2.errors
+import psycopg2.extensions
+import psycopg2.extras
 import pytest
 from psycopg.rows import dict_row, tuple_row
 from support import PG_PASSWORD, PG_USER, PGUser, database_pools, pg_admin_connect
@@ -67,6 +72,7 @@ CREATE FUNCTION {s}.prepare_fn() RETURNS void LANGUAGE plpgsql AS
   $$ BEGIN EXECUTE 'PREPARE gp_fn_stmt AS SELECT 1'; END $$;
 CREATE FUNCTION {s}.hold_fn() RETURNS void LANGUAGE plpgsql AS
   $$ BEGIN EXECUTE 'DECLARE gp_fn_cursor CURSOR WITH HOLD FOR SELECT 1'; END $$;
+CREATE FUNCTION {s}.notice_fn() RETURNS void LANGUAGE plpgsql AS $$ BEGIN RAISE NOTICE 'gp-notice'; END $$;
 CREATE TABLE {s}.items (id serial PRIMARY KEY, name text NOT NULL, qty int, created timestamptz DEFAULT now());
 CREATE SEQUENCE {s}.seq;
 """
@@ -97,11 +103,41 @@ def matrix(postgresql_server: None) -> Iterator[Matrix]:
 
 
 @pytest.fixture
-def make_db(matrix: Matrix) -> Iterator[Callable[..., Any]]:
+def make_db(matrix: Matrix, driver: str) -> Iterator[Callable[..., Any]]:
     def config(**options: Any) -> dict[str, Any]:
-        return matrix.login.config(options=f"{BOUNDS} -c search_path={matrix.schema},public", **options)
+        return matrix.login.config(options=f"{BOUNDS} -c search_path={matrix.schema},public", driver=driver,
+                                   **options)  # fmt: skip
 
     yield from database_pools(config, name="pg-matrix")
+
+
+# -- the two drivers ---------------------------------------------------------------------------------
+
+
+def is_psycopg2(conn: Any) -> bool:
+    return isinstance(conn, psycopg2.extensions.connection)
+
+
+def tuples(conn: Any) -> Any:
+    """A cursor of *conn* whose rows are tuples, whatever the connection's factories say."""
+    if is_psycopg2(conn):
+        return conn.cursor(cursor_factory=psycopg2.extensions.cursor)
+    return conn.cursor(row_factory=tuple_row)
+
+
+def errors(conn: Any) -> Any:
+    return psycopg2.errors if is_psycopg2(conn) else psycopg.errors
+
+
+def client(conn: Any) -> dict[str, Any]:
+    """The connection object's own settings and state, as the next user would find them."""
+    if not is_psycopg2(conn):
+        return client_side(conn)
+    return {
+        "autocommit": conn.autocommit, "isolation_level": conn.isolation_level, "readonly": conn.readonly,
+        "deferrable": conn.deferrable, "encoding": conn.encoding, "cursor_factory": conn.cursor_factory,
+        "transaction": conn.get_transaction_status(), "notices": len(conn.notices), "notifies": len(conn.notifies),
+    }  # fmt: skip
 
 
 # -- the snapshot ---------------------------------------------------------------------------------------
@@ -130,13 +166,13 @@ SELECT json_build_object(
 def snapshot(conn: Any, m: Matrix) -> dict[str, Any]:
     """The session as the next user would find it, server and client side (its advisory locks
     seen from the admin connection)."""
-    with conn.cursor(row_factory=tuple_row) as cur:
+    with tuples(conn) as cur:
         cur.execute(SNAPSHOT_SQL)
         server = cur.fetchone()[0]
         cur.execute("SELECT pg_backend_pid()")
         pid = cur.fetchone()[0]
     server["advisory locks"] = advisory_locks(m, pid)
-    server["client"] = client_side(conn)
+    server["client"] = client(conn)
     return server
 
 
@@ -160,7 +196,7 @@ def client_side(conn: Any) -> dict[str, Any]:
 
 
 def backend(conn: Any) -> int:
-    with conn.cursor(row_factory=tuple_row) as cur:
+    with tuples(conn) as cur:
         cur.execute("SELECT pg_backend_pid()")
         return int(cur.fetchone()[0])
 
@@ -174,13 +210,15 @@ class Case:
     ``clean`` (same backend, no reset: nothing to reset; a lease that raised is reset anyway)
     or ``drop`` (the pool closes it: a new backend). *visible*: the change shows in that
     lease's own snapshot (checked, so every case really changes something). *pool*: options
-    of the pool. *after*: a check of the third lease besides the snapshot."""
+    of the pool. *after*: a check of the third lease besides the snapshot. *drivers*: the
+    drivers it runs on."""
 
     change: Callable[[Any, Matrix], Any]
     outcome: str = "reset"
     visible: bool = True
     pool: dict[str, Any] = dataclasses.field(default_factory=dict)
     after: Optional[Callable[[Any], Any]] = None
+    drivers: tuple[str, ...] = ("psycopg", "psycopg2")  # the drivers whose API the case uses
 
 
 def run(*statements: str) -> Callable[[Any, Matrix], None]:
@@ -188,15 +226,22 @@ def run(*statements: str) -> Callable[[Any, Matrix], None]:
     the matrix's schema, role, login and lock key."""
 
     def change(conn: Any, m: Matrix) -> None:
-        for sql in statements:
-            conn.execute(sql.format(s=m.schema, role=m.role, login=m.login.name, key=m.key))
+        with conn.cursor() as cur:
+            for sql in statements:
+                cur.execute(sql.format(s=m.schema, role=m.role, login=m.login.name, key=m.key))
 
     change.statements = statements  # type: ignore[attr-defined]  # read by the asyncio subset
     return change
 
 
 def in_transaction(*statements: str) -> Callable[[Any, Matrix], None]:
+    """*statements* in a transaction: psycopg's ``transaction()``; on psycopg2 (autocommit),
+    BEGIN and COMMIT statements, which leave the connection object as it was."""
+
     def change(conn: Any, m: Matrix) -> None:
+        if is_psycopg2(conn):
+            run("BEGIN", *statements, "COMMIT")(conn, m)
+            return
         with conn.transaction():
             run(*statements)(conn, m)
 
@@ -208,7 +253,8 @@ def _attribute(name: str, value: Any) -> Callable[[Any, Matrix], None]:
 
 
 def _with_parameter(conn: Any, m: Matrix) -> None:
-    conn.execute("SELECT set_tenant(%s)", ("acme",))
+    with conn.cursor() as cur:
+        cur.execute("SELECT set_tenant(%s)", ("acme",))
 
 
 def _server_cursor_with_hold(conn: Any, m: Matrix) -> None:
@@ -225,23 +271,25 @@ def _copy_in_progress(conn: Any, m: Matrix) -> None:
 
 
 def _failed_transaction(conn: Any, m: Matrix) -> None:
-    with pytest.raises(psycopg.errors.DivisionByZero):
-        conn.execute("SELECT 1 / 0")
+    with pytest.raises(errors(conn).DivisionByZero), conn.cursor() as cur:
+        cur.execute("SELECT 1 / 0")
 
 
 def _orm_like(conn: Any, m: Matrix) -> None:
     """What an ORM sends on a request: SELECTs with ordinary builtins, INSERT ... RETURNING,
     UPDATE, DELETE, a transaction."""
-    (item,) = conn.execute("INSERT INTO items (name, qty) VALUES (%s, %s) RETURNING id", ("pen", 2)).fetchone()
-    conn.execute("SELECT items.id, lower(items.name), coalesce(items.qty, 0), date_trunc('day', items.created)"
-                 " FROM items WHERE items.id = %s AND items.name = ANY(%s)", (item, ["pen"])).fetchall()  # fmt: skip
-    conn.execute("SELECT count(*) AS n, max(qty) FILTER (WHERE qty > 0) FROM items WHERE created < now()").fetchone()
-    conn.execute('SELECT "items"."id" FROM "items" WHERE "items"."id" IN (%s, %s) LIMIT %s', (item, -1, 5)).fetchall()
-    with conn.transaction():
-        conn.execute("UPDATE items SET qty = qty + 1 WHERE id = %s", (item,))
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (m.key,))  # transaction-scoped: released at COMMIT
-    conn.execute('INSERT INTO "items" ("name", "qty") VALUES (%s, %s) ON CONFLICT (id) DO NOTHING', ("cap", None))
-    conn.execute("DELETE FROM items WHERE id = %s", (item,))
+    cur = conn.cursor()
+    cur.execute("INSERT INTO items (name, qty) VALUES (%s, %s) RETURNING id", ("pen", 2))
+    (item,) = cur.fetchone()
+    cur.execute("SELECT items.id, lower(items.name), coalesce(items.qty, 0), date_trunc('day', items.created)"
+                " FROM items WHERE items.id = %s AND items.name = ANY(%s)", (item, ["pen"]))  # fmt: skip
+    cur.execute("SELECT count(*) AS n, max(qty) FILTER (WHERE qty > 0) FROM items WHERE created < now()")
+    cur.execute('SELECT "items"."id" FROM "items" WHERE "items"."id" IN (%s, %s) LIMIT %s', (item, -1, 5))
+    in_transaction(f"UPDATE items SET qty = qty + 1 WHERE id = {int(item)}",
+                   "SELECT pg_advisory_xact_lock({key})")(conn, m)  # transaction-scoped: released at COMMIT
+    cur.execute('INSERT INTO "items" ("name", "qty") VALUES (%s, %s) ON CONFLICT (id) DO NOTHING', ("cap", None))
+    cur.execute("DELETE FROM items WHERE id = %s", (item,))
+    cur.close()
 
 
 def _prepared_by_psycopg(conn: Any, m: Matrix) -> None:
@@ -255,7 +303,7 @@ def _prepared_again(conn: Any) -> None:
 
 def _random_not_seeded(conn: Any) -> None:
     """random() does not follow the sequence the last user seeded."""
-    with conn.cursor(row_factory=tuple_row) as cur:
+    with tuples(conn) as cur:
         cur.execute("SELECT random()")
         drawn = cur.fetchone()[0]
         cur.execute("SELECT setseed(0.5)")  # this lease is closed at return, like the last one
@@ -263,6 +311,35 @@ def _random_not_seeded(conn: Any) -> None:
         assert drawn != cur.fetchone()[0]
 
 
+def _callproc(conn: Any, m: Matrix) -> None:
+    conn.cursor().callproc("set_tenant", ("acme",))
+
+
+def _notice(conn: Any, m: Matrix) -> None:
+    with conn.cursor() as cur:  # a notice raised by a function of the user's: the call resets anyway
+        cur.execute("SELECT notice_fn()")
+    assert conn.notices
+
+
+def _bulk(conn: Any, m: Matrix) -> None:
+    """psycopg2.extras' bulk helpers: the values are in the text psycopg2 sends."""
+    psycopg2.extras.execute_values(conn.cursor(), "INSERT INTO items (name, qty) VALUES %s", [("a", 1), ("b", 2)])
+    psycopg2.extras.execute_batch(conn.cursor(), "UPDATE items SET qty = %s WHERE name = %s", [(3, "a"), (4, "b")])
+    run("DELETE FROM items WHERE name IN ('a', 'b')")(conn, m)
+
+
+def _named_cursor_in_a_transaction(conn: Any, m: Matrix) -> None:
+    cur = conn.cursor("gp_named")  # WITHOUT HOLD: it ends with its transaction
+    cur.execute("SELECT generate_series(1, 10)")
+    cur.fetchone()
+
+
+def _client_encoding(conn: Any, m: Matrix) -> None:
+    conn.set_client_encoding("LATIN1")
+
+
+PSYCOPG = ("psycopg",)
+PSYCOPG2 = ("psycopg2",)
 LONG_COMMENT = "/* " + "a note that pads the statement " * 160 + "*/ "  # 5 KiB before the call
 LONG_LITERAL = "'" + "x" * 5000 + "'"
 
@@ -327,7 +404,7 @@ CASES: dict[str, Case] = {
     # prepared statements, LISTEN, cursors
     "PREPARE": Case(run("PREPARE gp_stmt AS SELECT 1")),
     "psycopg's own prepared statement": Case(_prepared_by_psycopg, outcome="clean", visible=False,
-                                             after=_prepared_again),
+                                             after=_prepared_again, drivers=PSYCOPG),
     "LISTEN": Case(run("LISTEN gp_channel")),
     "DECLARE CURSOR WITH HOLD": Case(run("DECLARE gp_held CURSOR WITH HOLD FOR SELECT 1")),
     "server-side cursor withhold=True": Case(_server_cursor_with_hold),
@@ -339,21 +416,35 @@ CASES: dict[str, Case] = {
     "transaction in error": Case(_failed_transaction, outcome="clean", visible=False, pool={"autocommit": False}),
     "BEGIN without COMMIT": Case(run("BEGIN", "SELECT 1"), outcome="clean"),
     # the psycopg connection object
-    "isolation_level": Case(_attribute("isolation_level", psycopg.IsolationLevel.SERIALIZABLE)),
-    "read_only": Case(_attribute("read_only", True)),
+    "isolation_level": Case(_attribute("isolation_level", psycopg.IsolationLevel.SERIALIZABLE), drivers=PSYCOPG),
+    "read_only": Case(_attribute("read_only", True), drivers=PSYCOPG),
     "deferrable": Case(_attribute("deferrable", True)),
     "autocommit off": Case(_attribute("autocommit", False)),
-    "prepare_threshold": Case(_attribute("prepare_threshold", 0)),
-    "row_factory": Case(_attribute("row_factory", dict_row)),
-    "cursor_factory (its statements are not seen)": Case(_attribute("cursor_factory", psycopg.ClientCursor)),
+    "prepare_threshold": Case(_attribute("prepare_threshold", 0), drivers=PSYCOPG),
+    "row_factory": Case(_attribute("row_factory", dict_row), drivers=PSYCOPG),
+    "cursor_factory (its statements are not seen)": Case(_attribute("cursor_factory", psycopg.ClientCursor),
+                                                         drivers=PSYCOPG),
+    # the psycopg2 connection object
+    "psycopg2 isolation_level (SET in autocommit)": Case(_attribute(
+        "isolation_level", psycopg2.extensions.ISOLATION_LEVEL_SERIALIZABLE), drivers=PSYCOPG2),
+    "psycopg2 readonly": Case(_attribute("readonly", True), drivers=PSYCOPG2),
+    "psycopg2 set_client_encoding": Case(_client_encoding, drivers=PSYCOPG2),
+    "psycopg2 cursor_factory": Case(_attribute("cursor_factory", psycopg2.extras.RealDictCursor), drivers=PSYCOPG2),
+    "psycopg2 notices": Case(_notice, drivers=PSYCOPG2),
     # what the pool must close
     "the user closed the connection": Case(lambda conn, m: conn.close(), outcome="drop", visible=False),
     "setseed() (DISCARD ALL keeps the seed)": Case(run("SELECT setseed(0.5)"), outcome="drop", visible=False,
                                                    after=_random_not_seeded),
-    "COPY left in progress": Case(_copy_in_progress, outcome="drop", visible=False),
+    "COPY left in progress": Case(_copy_in_progress, outcome="drop", visible=False, drivers=PSYCOPG),
     # what needs no reset
     "ORM-like statements": Case(_orm_like, outcome="clean", visible=False),
     "nextval()": Case(run("SELECT nextval('seq')"), outcome="clean", visible=False),
+    "psycopg2 execute_values and execute_batch": Case(_bulk, outcome="clean", visible=False, drivers=PSYCOPG2),
+    "psycopg2 named cursor in a transaction": Case(_named_cursor_in_a_transaction, outcome="clean", visible=False,
+                                                   pool={"autocommit": False}, drivers=PSYCOPG2),
+    # what psycopg2 sees of a statement followed by another: the last one's tag only
+    "SET followed by a SELECT": Case(run("SET work_mem = '77MB'; SELECT 1")),
+    "psycopg2 callproc of the function": Case(_callproc, drivers=PSYCOPG2),
 }  # fmt: skip
 
 
@@ -361,9 +452,12 @@ class Raised(Exception):
     """The view failed after changing the session."""
 
 
+RUNS = [pytest.param(driver, name, id=f"{driver}-{name}") for name, case in CASES.items() for driver in case.drivers]
+
+
 @pytest.mark.parametrize("raises", [False, True], ids=["returns", "raises"])
-@pytest.mark.parametrize("name", list(CASES))
-def test_the_next_lease_gets_the_session_as_the_pool_configured_it(matrix, make_db, name, raises):
+@pytest.mark.parametrize("driver, name", RUNS)
+def test_the_next_lease_gets_the_session_as_the_pool_configured_it(matrix, make_db, driver, name, raises):
     case = CASES[name]
     pool = make_db(**case.pool).pool()
     with pool.connection() as conn:

@@ -1,8 +1,9 @@
 """Connectors: one module per driver, all on the contract of :mod:`.base`.
 
-:func:`make_connector` picks the module by the config's ``adapter`` (and, for
-MySQL, its ``driver``: PyMySQL or mysqlclient); a driver is imported only when
-a pool of its adapter and driver is built.
+:func:`make_connector` picks the module by the config's ``adapter`` (and its
+``driver``: PyMySQL or mysqlclient for MySQL, psycopg 3 or psycopg2 for
+PostgreSQL); a driver is imported only when a pool of its adapter and driver
+is built.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AsyncMySQLConnector", "AsyncPostgreSQLConnector", "AsyncSQLiteConnector", "Connector", "DBAPIConnector",
-    "MySQLConnector", "MySQLdbConnector", "PostgreSQLConnector", "SQLiteConnector", "async_connector_class",
+    "MySQLConnector", "MySQLdbConnector", "PostgreSQLConnector", "Psycopg2Connector", "SQLiteConnector",
+    "async_connector_class",
     "connector_class", "make_async_connector", "make_connector",
 ]  # fmt: skip
 
@@ -33,6 +35,7 @@ _BY_ADAPTER = {
 #: listed (None, or the adapter's first) is the adapter's own module above.
 _BY_DRIVER: dict[tuple[str, Optional[str]], tuple[str, str]] = {
     ("mysql", "mysqlclient"): (".mysqlclient", "MySQLdbConnector"),
+    ("postgresql", "psycopg2"): (".psycopg2", "Psycopg2Connector"),
 }
 
 
@@ -46,7 +49,8 @@ _ASYNC_BY_ADAPTER = {
 
 
 def connector_class(adapter: str, driver: Optional[str] = None) -> Any:
-    """The connector class of *adapter* (and *driver*, for MySQL: ``pymysql`` or ``mysqlclient``),
+    """The connector class of *adapter* (and *driver*: for MySQL ``pymysql`` or ``mysqlclient``, for
+    PostgreSQL ``psycopg`` or ``psycopg2``),
     its module (and driver) imported now.
 
     DatabasePool calls it where the config is read: in the master, for a pool

@@ -44,32 +44,40 @@ import functools
 import logging
 import os
 import select
-import socket
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, AbstractSet, Any, Callable, Iterator, Optional, Union
+from typing import TYPE_CHECKING, AbstractSet, Any, Callable, Iterator, Mapping, Optional
 
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg import generators, pq, waiting
 from psycopg._cursor_base import BaseCursor
 from psycopg._preparing import PrepareManager
+from psycopg.adapt import AdaptersMap
 from psycopg.conninfo import conninfo_attempts, make_conninfo
 from psycopg.rows import tuple_row
 
 from .._concurrency import original_poll
 from .base import CLOSED, DROP, IDLE, RESET, REUSE, Connector, ConnectorBase, LeaseGuard, lease_error
 from .pgcalls import (
-    CALLS,
-    CLIENT_BACKENDS_SQL,
-    CLOSES,
-    CLOSING_BUILTINS,
-    GRAMMAR_WORDS,
-    KEYWORDS,
-    TEMP,
-    UNSAFE_BUILTINS,
+    CACHED,
+    FREE_SQL,
+    GRAMMAR,
+    LONG_BUDGET,
+    NAMES_SQL,
+    PLAIN_TAGS,
+    PLAIN_TAGS_WITH_TEMP,
+    VERDICTS_MAX,
+    SessionRules,
+    Verdicts,
+    conninfo_params,
+    drop_inherited_socket,
+    extra_libpq,
+    note,
+    remember,
     scan,
+    shutdown_socket,
 )
 
 if TYPE_CHECKING:
@@ -97,31 +105,13 @@ _WAIT_W = waiting.Wait.W
 _WAIT_INTERVAL = 0.1  # psycopg's: how often a blocking wait wakes up to notice signals
 _PREPARED_MAX = PrepareManager.prepared_max  # psycopg's default
 
-#: Command tags (first word) of statements that leave nothing behind in the session. Any other
-#: tag (SET, RESET, LISTEN, UNLISTEN, PREPARE, DEALLOCATE, DECLARE CURSOR, DISCARD, DO, CALL,
-#: LOAD, ...) marks the session for a reset. CREATE and SELECT (CREATE TABLE AS, SELECT INTO)
-#: do only when the statement's text names a temporary object (see _scan).
-_PLAIN = (
-    b"SELECT", b"INSERT", b"UPDATE", b"DELETE", b"BEGIN", b"COMMIT", b"ROLLBACK", b"MERGE", b"COPY", b"FETCH",
-    b"MOVE", b"START", b"SAVEPOINT", b"RELEASE", b"SHOW", b"EXPLAIN", b"CLOSE", b"TRUNCATE", b"NOTIFY", b"LOCK",
-    b"VACUUM", b"ANALYZE", b"CHECKPOINT", b"REFRESH", b"REINDEX", b"CLUSTER", b"COMMENT", b"GRANT", b"REVOKE",
-    b"DROP", b"ALTER", b"SECURITY", b"IMPORT", b"CREATE",
-)  # fmt: skip
-_PLAIN_WITH_TEMP = tuple(tag for tag in _PLAIN if tag not in (b"SELECT", b"CREATE"))
-#: Words followed by "(" that are grammar, not calls (the server's keywords are added per pool).
-_GRAMMAR = KEYWORDS | GRAMMAR_WORDS
-#: What a pool reads once from its server (at its first connect), for the scan of statements:
-#: the builtins' names, minus those a function of another schema shares (an overload or an
-#: extension's function of that name may be what a call reaches), and the keywords.
-_NAMES_SQL = b"""SELECT
- (SELECT pg_catalog.string_agg(DISTINCT p.proname::pg_catalog.text, ' ') FROM pg_catalog.pg_proc p
-   WHERE p.pronamespace = 'pg_catalog'::pg_catalog.regnamespace
-     AND NOT EXISTS (SELECT FROM pg_catalog.pg_proc q
-                      WHERE q.proname = p.proname AND q.pronamespace <> 'pg_catalog'::pg_catalog.regnamespace)),
- (SELECT pg_catalog.string_agg(word, ' ') FROM pg_catalog.pg_get_keywords() WHERE catcode <> 'U')"""
-
-# Connections inherited through fork: kept referenced, never finished in this process.
-_INHERITED: list[Any] = []
+#: Command tags of statements that leave nothing behind in the session (:data:`.pgcalls.PLAIN_TAGS`).
+_PLAIN = tuple(tag.encode() for tag in PLAIN_TAGS)
+_PLAIN_WITH_TEMP = tuple(tag.encode() for tag in PLAIN_TAGS_WITH_TEMP)
+_GRAMMAR = GRAMMAR
+_NAMES_SQL = NAMES_SQL.encode()
+# The pool's verdict cache and its bounds are :mod:`.pgcalls`' (shared with the psycopg2 connector).
+_Verdicts, _CACHED, _VERDICTS_MAX, _LONG_BUDGET = Verdicts, CACHED, VERDICTS_MAX, LONG_BUDGET
 
 
 def _classify(text: str, harmless: AbstractSet[str] = frozenset(), grammar: AbstractSet[str] = _GRAMMAR) -> int:
@@ -133,32 +123,6 @@ def _classify(text: str, harmless: AbstractSet[str] = frozenset(), grammar: Abst
     return scan(text, harmless, grammar)
 
 
-_CHANGES, _NAMES_TEMP, _CLOSES = CALLS, TEMP, CLOSES
-#: A pool's verdicts are kept per statement text (applications repeat theirs), at most
-#: _VERDICTS_MAX of them (emptied when full), as psycopg's own query cache; texts longer than
-#: _CACHED characters (ORM batches: INSERT ... VALUES (...), (...)) only while they add up to at
-#: most _LONG_BUDGET characters, each at most that long (emptied when over).
-_CACHED = 4096
-_VERDICTS_MAX = 1024
-_LONG_BUDGET = 1 << 20
-
-
-class _Verdicts(dict[Union[str, bytes], int]):
-    """The verdicts of one pool's statement texts (see _scan), and what they are judged by: the
-    builtins known harmless and the grammar words (read from the server, once per pool). One
-    attribute of the connection: a psycopg connection has 28 already, and from 31 on CPython 3.11
-    keeps them in a dict of its own, which costs ~3,000 instructions per lease in attribute reads
-    (bench/instructions.py --part postgresql)."""
-
-    __slots__ = ("grammar", "harmless", "long")
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.long = 0  #: characters of the texts longer than _CACHED kept
-        self.harmless: AbstractSet[str] = frozenset()  # none known: every call of a function counts
-        self.grammar: AbstractSet[str] = _GRAMMAR
-
-
 def _scan(conn: PooledPGConnection, query: Query, pgq: PostgresQuery) -> None:
     """Note on *conn* what statement *query* (converted: *pgq*) does to the session (see _classify).
 
@@ -166,33 +130,52 @@ def _scan(conn: PooledPGConnection, query: Query, pgq: PostgresQuery) -> None:
     by the ``str`` statement, or else by the bytes sent (``sql.Composed``,
     templates, bytes), and computed from the whole text when it is not there.
     psycopg sends a statement's text unchanged (the values travel apart), so
-    an application's statements are scanned once each (see _CACHED).
+    an application's statements are scanned once each (see :func:`.pgcalls.remember`).
     """
     verdicts = conn._gp_verdicts
     key: Any = query if query.__class__ is str else pgq.query
     verdict = verdicts.get(key)
     if verdict is None:
         text = key if key.__class__ is str else bytes(key).decode("latin-1")
-        verdict = _classify(text, verdicts.harmless, verdicts.grammar)
-        size = len(key)
-        if size <= _CACHED:
-            if len(verdicts) >= _VERDICTS_MAX:
-                verdicts.clear()
-                verdicts.long = 0
-            verdicts[key] = verdict
-        elif size <= _LONG_BUDGET:
-            if verdicts.long + size > _LONG_BUDGET or len(verdicts) >= _VERDICTS_MAX:
-                verdicts.clear()
-                verdicts.long = 0
-            verdicts[key] = verdict
-            verdicts.long += size
+        verdict = remember(verdicts, key, _classify(text, verdicts.harmless, verdicts.grammar))
     if verdict:
-        if verdict == _CHANGES:
-            conn._gp_server = True
-        elif verdict == _NAMES_TEMP:
-            conn._gp_maybe = True
-        else:
-            conn._gp_server = conn._gp_close = True
+        note(conn, verdict)
+
+
+def _scanning(convert: Callable[..., Any], check: Callable[..., Any]) -> tuple[Any, Any]:
+    """The two methods of the statement scan (see :class:`_ScansStatements`) over a cursor class's
+    own query conversion and result check, called directly (no ``super()``: every statement passes
+    here)."""
+
+    def _convert_query(self: Any, query: Query, params: Optional[Params] = None) -> PostgresQuery:
+        pgq = convert(self, query, params)
+        # _scan(), its common case inline: a str statement seen before that changes nothing.
+        conn: PooledPGConnection = self._conn  # always a pooled connection
+        if query.__class__ is not str or conn._gp_verdicts.get(query) != 0:
+            _scan(conn, query, pgq)
+        return pgq  # type: ignore[no-any-return]
+
+    def _check_results(self: Any, results: list[PGresult]) -> None:
+        conn: PooledPGConnection = self._conn
+        plain = _PLAIN_WITH_TEMP if conn._gp_maybe else _PLAIN
+        for result in results:
+            tag = result.command_status
+            if tag and not tag.startswith(plain):
+                conn._gp_server = True
+        check(self, results)
+
+    return _convert_query, _check_results
+
+
+def tracked_cursor(base: Any) -> Any:
+    """*base* (``psycopg.ClientCursor`` or a subclass: Django's cursors) with the statement scan
+    mixed in over its own query conversion (a client-side binding cursor merges the values there):
+    the cursor class of a pooled connection whose framework needs its own (see
+    :class:`PostgreSQLConnector`'s *cursor_base*)."""
+    convert, check = _scanning(base._convert_query, base._check_results)
+    doc = f"{base.__name__} of a pooled connection: notes the statements that change the session (_ScansStatements)."
+    namespace = {"_convert_query": convert, "_check_results": check, "__module__": __name__, "__doc__": doc}
+    return type(f"Pooled{base.__name__}", (base,), namespace)
 
 
 class _ScansStatements:
@@ -206,23 +189,7 @@ class _ScansStatements:
     """
 
     _conn: Any
-
-    def _convert_query(self, query: Query, params: Optional[Params] = None) -> PostgresQuery:
-        pgq = BaseCursor._convert_query(self, query, params)  # type: ignore[arg-type]
-        # _scan(), its common case inline: a str statement seen before that changes nothing.
-        conn: PooledPGConnection = self._conn  # always a pooled connection
-        if query.__class__ is not str or conn._gp_verdicts.get(query) != 0:
-            _scan(conn, query, pgq)
-        return pgq
-
-    def _check_results(self, results: list[PGresult]) -> None:
-        conn: PooledPGConnection = self._conn
-        plain = _PLAIN_WITH_TEMP if conn._gp_maybe else _PLAIN
-        for result in results:
-            tag = result.command_status
-            if tag and not tag.startswith(plain):
-                conn._gp_server = True
-        BaseCursor._check_results(self, results)  # type: ignore[arg-type]
+    _convert_query, _check_results = _scanning(BaseCursor._convert_query, BaseCursor._check_results)
 
 
 class _ScansServerStatements:
@@ -359,8 +326,10 @@ class PooledPGConnection(PGSession, psycopg.Connection[Any]):
     # Settings of this object the next user must not inherit.
 
     def set_autocommit(self, value: bool) -> None:
+        changed = bool(value) != self._autocommit
         psycopg.Connection.set_autocommit(self, value)
-        self._gp_client = True
+        if changed:  # Django sets it on every connect: the same value changes nothing
+            self._gp_client = True
 
     def set_isolation_level(self, value: Optional[psycopg.IsolationLevel]) -> None:
         psycopg.Connection.set_isolation_level(self, value)
@@ -375,7 +344,7 @@ class PooledPGConnection(PGSession, psycopg.Connection[Any]):
         self._gp_client = True
 
 
-class PGRules(ConnectorBase):
+class PGRules(SessionRules, ConnectorBase):
     """PostgreSQL's rules, written once for the synchronous connector and the asyncio one
     (:mod:`.postgresql_async`): the config read into libpq keywords and the pool's session
     settings, the probe, the lease, what a return finds without a round trip (``check_in``),
@@ -389,26 +358,20 @@ class PGRules(ConnectorBase):
     adapter = "postgresql"
 
     def __init__(self, config: DatabaseConfig, *, cursor: type[Any], server_cursor: type[Any],
-                 plain_cursor: type[Any], plain_server_cursor: type[Any]) -> None:  # fmt: skip
+                 plain_cursor: type[Any], plain_server_cursor: type[Any],
+                 libpq: Optional[Mapping[str, str]] = None, adapters: Any = None) -> None:  # fmt: skip
         super().__init__(pool_name=config.pool_name, address=config.address, dsn=config.dsn,
                          password=config.password)  # fmt: skip
-        self.config = config
-        self._params = _conninfo_params(config)
+        self._take_rules(config)  # reset flags, session statements, the bound of our own, the verdicts
+        self._params = {**conninfo_params(config), **extra_libpq(config, libpq)}
         self._poll = original_poll()
-        self._reset_server = config.reset_session and not config.pgbouncer
-        self._reset_client = config.reset_session
+        self._adapters = adapters
         self._cursor: type[Any] = cursor if self._reset_server else plain_cursor
         self._server_cursor: type[Any] = server_cursor if self._reset_server else plain_server_cursor
         # PgBouncer in transaction mode: a statement prepared on one server connection is unknown
         # to the next one.
         self._prepare_threshold = None if config.pgbouncer else config.prepare_threshold
-        statements = ((config.init_command,) if config.init_command else ()) + config.session
-        self._setup = ";\n".join(statements).encode("utf-8") if statements else b""
-        #: Bound of the pool's own statements: ROLLBACK on return, the reset, the session setup.
-        self._own_timeout = max(config.connect_timeout, config.check_timeout)
-        # The scan of statements (_scan): names read from the server at the first connect (_NAMES_SQL).
-        self._verdicts = _Verdicts()
-        self._names_read = False
+        self._setup = self._setup_sql.encode("utf-8")
         if not config.reset_session:
             self.check_in = self._check_in_transaction  # type: ignore[method-assign]
 
@@ -417,6 +380,8 @@ class PGRules(ConnectorBase):
         prepare threshold; autocommit is the subclass's (psycopg's async setter is a coroutine)."""
         conn._gp_pool = self.config.pool_name
         conn._gp_pid = os.getpid()
+        if self._adapters is not None:
+            conn._adapters = AdaptersMap(self._adapters)  # what psycopg.connect(context=...) does
         conn.cursor_factory = self._cursor
         conn.server_cursor_factory = self._server_cursor
         conn.prepare_threshold = self._prepare_threshold
@@ -424,9 +389,7 @@ class PGRules(ConnectorBase):
     def _names_from(self, result: PGresult) -> None:
         """Keep the server's builtin function names and keywords (the result of _NAMES_SQL)."""
         builtins, keywords = (bytes(result.get_value(0, i) or b"").decode() for i in (0, 1))
-        self._verdicts.grammar = _GRAMMAR | frozenset(keywords.split())
-        self._verdicts.harmless = frozenset(builtins.split()) - UNSAFE_BUILTINS - CLOSING_BUILTINS
-        self._names_read = True
+        self._learn_names(builtins, keywords)
 
     def _configured(self, conn: Any) -> None:
         """After the session setup: the pool's verdicts, and nothing changed yet."""
@@ -556,9 +519,16 @@ class PGRules(ConnectorBase):
 class PostgreSQLConnector(PGRules, Connector):
     """Opens psycopg connections for one pool (see the module docstring and :class:`PGRules`)."""
 
-    def __init__(self, config: DatabaseConfig) -> None:
-        super().__init__(config, cursor=PooledPGCursor, server_cursor=PooledPGServerCursor,
-                         plain_cursor=psycopg.Cursor, plain_server_cursor=psycopg.ServerCursor)  # fmt: skip
+    def __init__(self, config: DatabaseConfig, *, libpq: Optional[Mapping[str, str]] = None,
+                 cursor_base: Any = None, adapters: Any = None) -> None:  # fmt: skip
+        """For a framework with needs of its own (Django's backend): *libpq*, more libpq keywords
+        (``client_encoding``); *cursor_base*, the cursor class of every connection (its statements
+        scanned when the pool resets sessions: :func:`tracked_cursor`); *adapters*, the adapters
+        template of every connection (psycopg's ``context``)."""
+        base = cursor_base or psycopg.Cursor
+        super().__init__(config, cursor=PooledPGCursor if base is psycopg.Cursor else tracked_cursor(base),
+                         server_cursor=PooledPGServerCursor, plain_cursor=base,
+                         plain_server_cursor=psycopg.ServerCursor, libpq=libpq, adapters=adapters)  # fmt: skip
 
     # -- the physical connection ----------------------------------------------------------
 
@@ -707,32 +677,9 @@ class PostgreSQLConnector(PGRules, Connector):
             _run(raw, self._setup, self._own_timeout, "init_command/session")
 
 
-#: Connections the server still accepts from an ordinary login (superusers may use the reserved ones).
-_FREE_SQL = f"""
-SELECT current_setting('max_connections')::int
-       - current_setting('superuser_reserved_connections')::int
-       - coalesce(current_setting('reserved_connections', true), '0')::int
-       - {CLIENT_BACKENDS_SQL}
-"""
+_FREE_SQL = FREE_SQL
 
 # -- helpers -------------------------------------------------------------------------------------
-
-
-def _conninfo_params(cfg: DatabaseConfig) -> dict[str, Any]:
-    """libpq keywords from the config; keys left unset fall to libpq's defaults (PG* variables,
-    ~/.pgpass, the OS user). ``connect_timeout`` is not passed: the connector enforces it."""
-    host: Any = cfg.host
-    port: Any = cfg.port
-    if len(cfg.hosts) > 1:  # libpq's multi-host form: a port per host
-        host, port = ",".join(h for h, _ in cfg.hosts), ",".join(str(p) for _, p in cfg.hosts)
-    params = {
-        "host": host, "port": port, "user": cfg.user, "password": cfg.password or None,
-        "load_balance_hosts": cfg.load_balance_hosts,
-        "dbname": cfg.database, "sslmode": cfg.sslmode, "sslrootcert": cfg.sslrootcert, "sslcert": cfg.sslcert,
-        "sslkey": cfg.sslkey, "application_name": cfg.application_name, "options": cfg.options,
-        "target_session_attrs": cfg.target_session_attrs,
-    }  # fmt: skip
-    return {key: value for key, value in params.items() if value is not None}
 
 
 def _wait_conn(gen: PQGenConn[PGconn], timeout: float, where: str) -> PGconn:
@@ -828,37 +775,22 @@ def _cooperative_wait() -> Optional[WaitFunc]:
 
 def drop_inherited(raw: Any) -> None:
     """A connection opened by another process (inherited through fork): never finished here, kept
-    referenced, and this process's copy of its socket pointed at /dev/null (the fd number stays
-    taken, so nothing can ever write the parent's protocol into a new socket)."""
-    _INHERITED.append(raw)
-    try:
-        fd = raw.pgconn.socket
-    except Exception:  # noqa: BLE001 - no socket (closed, or never connected)
-        return
-    try:
-        null = os.open(os.devnull, os.O_RDWR)
-    except OSError:
-        return
-    try:
-        os.dup2(null, fd)
-    except OSError:
-        pass
-    finally:
-        os.close(null)
+    referenced, and this process's copy of its socket pointed at /dev/null
+    (:func:`.pgcalls.drop_inherited_socket`)."""
+    drop_inherited_socket(raw, _socket_of(raw))
 
 
 def _shutdown(raw: Any) -> None:
-    """Shut the connection's socket down both ways (its fd stays libpq's)."""
+    """Shut psycopg connection *raw*'s socket down both ways (its fd stays libpq's)."""
+    shutdown_socket(_socket_of(raw))
+
+
+def _socket_of(raw: Any) -> Optional[int]:
+    """The socket of psycopg connection *raw*, None if it has none (closed, or never connected)."""
     try:
-        sock = socket.socket(fileno=os.dup(raw.pgconn.socket))
-    except Exception:  # noqa: BLE001 - no socket (closed, or never connected)
-        return
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    finally:
-        sock.close()
+        return int(raw.pgconn.socket)
+    except Exception:  # noqa: BLE001 - libpq raises for a closed connection
+        return None
 
 
 def _attempt_host(attempt: dict[str, Any]) -> str:

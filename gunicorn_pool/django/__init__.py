@@ -1,6 +1,7 @@
-"""Django: a pooled MySQL/MariaDB backend, and every pooled alias opened per worker at boot.
+"""Django: pooled MySQL/MariaDB and PostgreSQL backends, and every pooled alias opened per worker at boot.
 
-Install ``gunicorn-pool[django]``; in ``settings.py``::
+Install ``gunicorn-pool[django]`` (Django only: the project's database driver stays its own
+choice); in ``settings.py``::
 
     DATABASES = {
         "default": {
@@ -18,10 +19,13 @@ and run ``gunicorn -k gunicorn_pool.Worker mysite.wsgi`` (or ``GeventWorker``,
   ``close()`` (end of request with ``CONN_MAX_AGE=0``) a return; the pool rolls
   back what was left open and resets a changed session. ``CONN_MAX_AGE`` must
   stay 0. Settings: :mod:`gunicorn_pool.django.pools`.
+- :mod:`gunicorn_pool.django.postgresql`: the same on PostgreSQL, on the driver
+  Django chose (psycopg 3, or psycopg2 where psycopg 3 is not installed).
 - :class:`DjangoPools` (:mod:`.service`): found by the worker at boot; opens
   each pooled alias (ours, and Django's own psycopg pool for PostgreSQL aliases
-  with ``OPTIONS["pool"]``) before the first request, closes them at exit,
-  reports their stats; drops what a ``--preload`` master left behind.
+  with ``OPTIONS["pool"]``, sized per worker type) before the first request,
+  closes them at exit, reports their stats; drops what a ``--preload`` master
+  left behind.
 - :class:`PoolErrorMiddleware` (:mod:`.middleware`): optional, 503 instead of
   500 when no connection is free in time.
 - Errors: :mod:`.errors` (each pool error is also a ``django.db.OperationalError``).

@@ -1,7 +1,8 @@
 """One gunicorn_pool ``ConnectionPool`` per Django alias, per process: built from ``DATABASES``.
 
-The backend (:mod:`gunicorn_pool.django.mysql.base`) asks :func:`target` on
-every Django ``connect()``; the first call for an alias builds its
+The backends (:mod:`gunicorn_pool.django.mysql.base`,
+:mod:`gunicorn_pool.django.postgresql.base`) ask :func:`target` on every
+Django ``connect()``; the first call for an alias builds its
 :class:`PoolTarget` from the alias's settings, later calls return it (a tuple
 compare and a dict compare). Settings changed since (Django's test runner
 renames ``NAME`` to the test database) build a new pool and close the old
@@ -35,6 +36,20 @@ In a booted sync worker (:func:`sticky`) Django keeps the connection across
 requests, as ``CONN_MAX_AGE=None`` would, while it is clean: see
 :meth:`gunicorn_pool.django.mysql.base.DatabaseWrapper.close_if_unusable_or_obsolete`.
 
+A PostgreSQL alias (``ENGINE: "gunicorn_pool.django.postgresql"``, on the
+driver Django chose: psycopg 3, or psycopg2 where psycopg 3 is not installed)
+follows the same rules with Django's PostgreSQL OPTIONS (:func:`pg_config_for`):
+the isolation level, ``assume_role`` and the connection's time zone are
+session statements; ``sslmode``, ``sslrootcert``, ``sslcert``, ``sslkey``,
+``application_name``, ``options``, ``target_session_attrs``,
+``connect_timeout`` become config keys; a few more libpq keywords
+(``keepalives*``, ``tcp_user_timeout``, ``gssencmode``...) pass through;
+``server_side_binding`` and ``prepare_threshold`` apply on psycopg 3. Its
+connection is one lease per request (no sticky connection yet).
+
+:class:`PooledWrapper` is what both backends' ``DatabaseWrapper`` share: close is a return, a
+connection taken before a fork is forgotten in the child.
+
 Sizes: explicit ``min_size``/``max_size`` win. Otherwise the worker's profile
 sets them once :class:`~gunicorn_pool.django.service.DjangoPools` has booted
 in this process (1/1 sync, 1/threads gthread, 1/10 gevent); anywhere else
@@ -48,26 +63,34 @@ import copy
 import logging
 import os
 import threading
-from typing import Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 from django.core.exceptions import ImproperlyConfigured
+from django.db.backends.base.base import NO_DB_ALIAS
 from pymysql.constants import CLIENT
 from pymysql.converters import escape_string
 
 from .. import base
+from .._concurrency import fork_generation
 from ..config import DatabaseConfig, _shown, parse_config
 from ..connectors import Connector, connector_class
-from ..errors import ConfigError, PoolClosed
+from ..errors import ConfigError, LeaseError, PoolClosed, PoolError
 from ..pool import ConnectionPool
 from ..service import fit
 from ._driver import django_conversions, driver_module
+from .errors import as_django
 
-__all__ = ["ENGINE", "PoolTarget", "close_all", "config_for", "driver_of", "managed", "sticky", "targets", "target"]
+__all__ = [
+    "ENGINE", "PG_ENGINE", "PoolTarget", "PooledWrapper", "close_all", "config_for", "driver_of", "managed",
+    "pg_config_for", "pg_driver", "sticky", "targets", "target",
+]  # fmt: skip
 
 logger = logging.getLogger("gunicorn_pool")
 
 #: The ENGINE value of the pooled MySQL backend.
 ENGINE = "gunicorn_pool.django.mysql"
+#: The ENGINE value of the pooled PostgreSQL backend.
+PG_ENGINE = "gunicorn_pool.django.postgresql"
 #: Sizes of a pool built outside a booted worker (no worker profile to size it by).
 UNMANAGED = base.WorkerProfile(kind="gevent")
 
@@ -109,13 +132,13 @@ _ISOLATION_LEVELS = ("read uncommitted", "read committed", "repeatable read", "s
 class PoolTarget:
     """Where one alias's connections come from in this process: its pool, or (for Django's
     no-database connections, ``NAME=None``) a plain connector whose connections are closed
-    on ``close()``."""
+    on ``close()``. *family*: ``mysql`` or ``postgresql``."""
 
-    __slots__ = ("alias", "key", "options", "config", "connector", "pool", "isolation_level", "server_data")
+    __slots__ = ("alias", "key", "options", "config", "connector", "pool", "isolation_level", "server_data", "family")
 
     def __init__(self, alias: str, key: tuple[Any, ...], options: Any, config: DatabaseConfig,
-                 connector: Connector, pool: Optional[ConnectionPool],
-                 isolation_level: Optional[str]) -> None:  # fmt: skip
+                 connector: Connector, pool: Optional[ConnectionPool], isolation_level: Any,
+                 family: str = "mysql") -> None:  # fmt: skip
         self.alias = alias
         self.key = key
         self.options = options  # a deep copy of OPTIONS, compared on every connect
@@ -124,6 +147,7 @@ class PoolTarget:
         self.pool = pool
         self.isolation_level = isolation_level
         self.server_data: Optional[dict[str, Any]] = None  # Django's mysql_server_data, read once per pool
+        self.family = family
 
     def __repr__(self) -> str:
         return f"<PoolTarget {self.alias!r} {self.config.dsn} {'pool' if self.pool is not None else 'direct'}>"
@@ -140,41 +164,53 @@ def _key(settings_dict: Mapping[str, Any]) -> tuple[Any, ...]:
             sd["CONN_HEALTH_CHECKS"])  # fmt: skip
 
 
-def target(alias: str, settings_dict: Mapping[str, Any]) -> PoolTarget:
-    """The pool of *alias* for these settings (built on first use); the hot path of every connect."""
+def target(alias: str, settings_dict: Mapping[str, Any], extra: tuple[Any, ...] = (),
+           family: str = "mysql") -> PoolTarget:  # fmt: skip
+    """The pool of *alias* for these settings (built on first use); the hot path of every connect.
+    *extra*: what else the backend's connections depend on (PostgreSQL: the time zone, see
+    :func:`pg_config_for`); *family*: ``mysql`` or ``postgresql``."""
     found = _targets.get(alias)
     if (
         found is not None
-        and found.key == _key(settings_dict)
+        and found.key == _key(settings_dict) + extra
         and settings_dict["OPTIONS"] == found.options
         and not found.pool.closed  # type: ignore[union-attr]  # pooled targets only in _targets
     ):
         return found
-    return _build(alias, settings_dict)
+    return _build(alias, settings_dict, extra, family)
 
 
-def direct(alias: str, settings_dict: Mapping[str, Any]) -> PoolTarget:
+def direct(alias: str, settings_dict: Mapping[str, Any], extra: tuple[Any, ...] = (),
+           family: str = "mysql") -> PoolTarget:  # fmt: skip
     """A target without a pool, for Django's connections to no database (``NAME=None``)."""
-    config, driver_args, isolation = config_for(alias, settings_dict)
-    connector = _connector(config, driver_args)
+    config, connector, isolation = _prepare(alias, settings_dict, extra, family)
     connector.query_bound = base.current_profile().query_bound()
-    return PoolTarget(alias, _key(settings_dict), settings_dict["OPTIONS"], config, connector, None, isolation)
+    return PoolTarget(alias, _key(settings_dict) + extra, settings_dict["OPTIONS"], config, connector, None,
+                      isolation, family)  # fmt: skip
 
 
-def _build(alias: str, settings_dict: Mapping[str, Any]) -> PoolTarget:
+def _prepare(alias: str, settings_dict: Mapping[str, Any], extra: tuple[Any, ...],
+             family: str) -> tuple[DatabaseConfig, Connector, Any]:  # fmt: skip
+    """``(config, connector, isolation level)`` of *alias* (ImproperlyConfigured names the key)."""
+    if family == "postgresql":
+        return _pg_prepare(alias, settings_dict, extra)
+    config, driver_args, isolation = config_for(alias, settings_dict)
+    return config, _connector(config, driver_args), isolation
+
+
+def _build(alias: str, settings_dict: Mapping[str, Any], extra: tuple[Any, ...], family: str) -> PoolTarget:
     if _state["closed"] == os.getpid():
         raise PoolClosed(f"the Django pools of this process are closed: no connection for {alias!r}")
-    config, driver_args, isolation = config_for(alias, settings_dict)
-    key, options = _key(settings_dict), copy.deepcopy(settings_dict["OPTIONS"])
+    config, connector, isolation = _prepare(alias, settings_dict, extra, family)
+    key, options = _key(settings_dict) + extra, copy.deepcopy(settings_dict["OPTIONS"])
     old: Optional[PoolTarget] = None
     with _lock:
         found = _targets.get(alias)
         if found is not None and found.key == key and found.options == options and not found.pool.closed:  # type: ignore[union-attr]
             return found  # built by another thread meanwhile
-        connector = _connector(config, driver_args)
         pool = ConnectionPool(connector, name=alias, options=config)
         fit(pool, config, base.current_profile() if managed() else UNMANAGED)
-        built = PoolTarget(alias, key, options, config, connector, pool, isolation)
+        built = PoolTarget(alias, key, options, config, connector, pool, isolation, family)
         old, _targets[alias] = found, built
     if old is not None and old.pool is not None:
         old.pool.close()  # its lent connections are closed when they come back
@@ -230,36 +266,51 @@ def close_all() -> None:
             found.pool.close()
 
 
-def config_for(alias: str, settings_dict: Mapping[str, Any]) -> tuple[DatabaseConfig, dict[str, Any], Optional[str]]:
-    """``(config, driver arguments, isolation level)`` for *alias*; ImproperlyConfigured names the key."""
-    sd = settings_dict
+def _common(alias: str, sd: Mapping[str, Any], engine: str, adapter: str) -> tuple[str, dict[str, Any], Any,
+                                                                                    dict[str, Any]]:  # fmt: skip
+    """What both backends read the same way: ``(where, OPTIONS without "pool", OPTIONS["pool"],
+    the config's connection keys)``; CONN_MAX_AGE must be 0."""
     where = f"DATABASES[{alias!r}]"
     max_age = sd.get("CONN_MAX_AGE", 0)
     if max_age != 0:
         raise ImproperlyConfigured(
-            f"{where}: Pooling doesn't support persistent connections: {ENGINE} gives each connection back to"
+            f"{where}: Pooling doesn't support persistent connections: {engine} gives each connection back to"
             f" its pool when Django closes it (at the end of each request); set CONN_MAX_AGE to 0, not {max_age!r}"
         )
     options = dict(sd.get("OPTIONS") or {})
     pool_options = options.pop("pool", True)
+    raw: dict[str, Any] = {"adapter": adapter, "autocommit": bool(sd.get("AUTOCOMMIT", True)), "owner_check": False}
+    for key, name in (("HOST", "host"), ("PORT", "port"), ("USER", "user"), ("PASSWORD", "password"),
+                      ("NAME", "database")):  # fmt: skip
+        if sd.get(key):
+            raw[name] = sd[key]
+    return where, options, pool_options, raw
+
+
+def _finish(alias: str, where: str, sd: Mapping[str, Any], raw: dict[str, Any], pool_options: Any,
+            session: list[str], driver_key: bool = True) -> DatabaseConfig:  # fmt: skip
+    """The config of *raw* plus OPTIONS["pool"] and *session*, checked as DatabasePool checks one."""
+    raw.update(_pool_keys(where, pool_options, session, driver_key))
+    if sd.get("CONN_HEALTH_CHECKS") and "check_interval" not in raw:
+        raw["check_interval"] = 0.0  # Django's health check: every reuse is checked
+    try:
+        config = parse_config(alias, raw)
+    except ConfigError as exc:
+        raise ImproperlyConfigured(f"{where}: {exc}") from None
+    return config
+
+
+def config_for(alias: str, settings_dict: Mapping[str, Any]) -> tuple[DatabaseConfig, dict[str, Any], Optional[str]]:
+    """``(config, driver arguments, isolation level)`` for *alias*; ImproperlyConfigured names the key."""
+    sd = settings_dict
+    where, options, pool_options, raw = _common(alias, sd, ENGINE, "mysql")
     driver = driver_of(sd)
     driver_module(driver)  # ImproperlyConfigured if it cannot be used here
-    raw: dict[str, Any] = {"adapter": "mysql", "autocommit": bool(sd.get("AUTOCOMMIT", True)), "owner_check": False}
     driver_args: dict[str, Any] = {"conv": django_conversions(driver), "client_flag": CLIENT.FOUND_ROWS}
     host = sd.get("HOST") or ""
     if host.startswith("/"):
         driver_args["unix_socket"] = host
         raw["host"] = "localhost"
-    elif host:
-        raw["host"] = host
-    if sd.get("PORT"):
-        raw["port"] = sd["PORT"]
-    if sd.get("USER"):
-        raw["user"] = sd["USER"]
-    if sd.get("PASSWORD"):
-        raw["password"] = sd["PASSWORD"]
-    if sd.get("NAME"):
-        raw["database"] = sd["NAME"]
     isolation = options.pop("isolation_level", "read committed")
     session: list[str] = []
     if isolation:
@@ -282,21 +333,211 @@ def config_for(alias: str, settings_dict: Mapping[str, Any]) -> tuple[DatabaseCo
             driver_args["client_flag"] |= int(value)
         elif key in _PASS_THROUGH[driver]:
             driver_args[key] = value
-        elif key in _REFUSED:
-            raise ImproperlyConfigured(f"{where}['OPTIONS']: {key!r} is not supported by {ENGINE}: {_REFUSED[key]}")
         else:
-            known = sorted({"pool", "isolation_level", "sql_mode", "ssl", *_AS_CONFIG, *_PASS_THROUGH[driver]})
+            _refuse_option(where, key, ENGINE, _REFUSED, {"pool", "isolation_level", "sql_mode", "ssl", *_AS_CONFIG,
+                                                          *_PASS_THROUGH[driver]})  # fmt: skip
+    return _finish(alias, where, sd, raw, pool_options, session), driver_args, isolation or None
+
+
+# -- PostgreSQL -----------------------------------------------------------------------------------
+
+#: Django's PostgreSQL OPTIONS that become config keys.
+_PG_AS_CONFIG = ("sslmode", "sslrootcert", "sslcert", "sslkey", "application_name", "options",
+                 "target_session_attrs", "connect_timeout")  # fmt: skip
+#: libpq keywords passed to every connection as they are: connection-level, no session state.
+_PG_PASS_THROUGH = ("keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count", "tcp_user_timeout",
+                    "gssencmode", "channel_binding", "krbsrvname", "requirepeer", "sslcrl", "sslcrldir",
+                    "sslcompression", "sslsni", "ssl_min_protocol_version", "ssl_max_protocol_version",
+                    "require_auth", "sslcertmode", "sslnegotiation")  # fmt: skip
+#: Django PostgreSQL OPTIONS refused, and why.
+_PG_REFUSED = {
+    "service": "put the settings in DATABASES, where the pool can check them and mask the password",
+    "passfile": "set DATABASES[...]['PASSWORD'], where the pool can mask it",
+    "sslpassword": "the pool cannot mask it in its messages; use a key file without a passphrase",
+    "cursor_factory": "the backend sets Django's", "context": "the backend sets Django's adapters",
+    "client_encoding": "Django needs UTF8", "autocommit": "set DATABASES[...]['AUTOCOMMIT'] instead",
+    "user": "set DATABASES[...]['USER']", "password": "set DATABASES[...]['PASSWORD']",
+    "dbname": "set DATABASES[...]['NAME']", "host": "set DATABASES[...]['HOST']",
+    "port": "set DATABASES[...]['PORT']", "hostaddr": "set DATABASES[...]['HOST']",
+}  # fmt: skip
+
+
+def pg_driver() -> str:
+    """The driver Django's PostgreSQL backend uses in this process: psycopg 3 when it can be
+    imported, else psycopg2 (Django's own rule)."""
+    from django.db.backends.postgresql.psycopg_any import is_psycopg3
+
+    return "psycopg" if is_psycopg3 else "psycopg2"
+
+
+def _literal(text: str) -> str:
+    return "'" + str(text).replace("'", "''") + "'"
+
+
+def pg_config_for(alias: str, settings_dict: Mapping[str, Any],
+                  timezone_name: Optional[str]) -> tuple[DatabaseConfig, dict[str, str], Any, bool]:  # fmt: skip
+    """``(config, more libpq keywords, isolation level, server_side_binding)`` of a PostgreSQL
+    alias whose connections run in *timezone_name* (Django's ``timezone_name``); ImproperlyConfigured
+    names the key. Django's per-connect statements (time zone, ``SET ROLE``, the isolation level)
+    are the pool's session statements: run when a connection opens and after a reset."""
+    from django.db.backends.postgresql.psycopg_any import IsolationLevel
+
+    sd = settings_dict
+    driver = pg_driver()
+    where, options, pool_options, raw = _common(alias, sd, PG_ENGINE, "postgresql")
+    raw["driver"] = driver
+    if not sd.get("NAME"):
+        raw["database"] = "postgres"  # as Django: connect to the default database
+    session: list[str] = []
+    libpq: dict[str, str] = {"client_encoding": "UTF8"}
+    isolation = None
+    if "isolation_level" in options:
+        value = options.pop("isolation_level")
+        try:
+            isolation = IsolationLevel(value)
+        except ValueError:
             raise ImproperlyConfigured(
-                f"{where}['OPTIONS']: unknown option {_option_shown(key)} (known: {', '.join(known)})"
-            )
-    raw.update(_pool_keys(where, pool_options, session))
-    if sd.get("CONN_HEALTH_CHECKS") and "check_interval" not in raw:
-        raw["check_interval"] = 0.0  # Django's health check: every reuse is checked
+                f"Invalid transaction isolation level {value} specified. Use one of the psycopg.IsolationLevel values."
+            ) from None
+        session.append(f"SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL {isolation.name.replace('_', ' ')}")
+    role = options.pop("assume_role", None)
+    if role:
+        session.append('SET ROLE "' + str(role).replace('"', '""') + '"')
+    if timezone_name:
+        session.append(f"SET TIME ZONE {_literal(timezone_name)}")
+    binding = bool(options.pop("server_side_binding", False))
+    if driver == "psycopg":
+        raw["prepare_threshold"] = options.pop("prepare_threshold", None)  # Django's default: never prepare
+    for key, value in options.items():
+        if key in _PG_AS_CONFIG:
+            raw[key] = value
+        elif key in _PG_PASS_THROUGH:
+            libpq[key] = str(value)
+        else:
+            _refuse_option(where, key, PG_ENGINE, _PG_REFUSED, {"pool", "isolation_level", "assume_role",
+                           "server_side_binding", "prepare_threshold", *_PG_AS_CONFIG, *_PG_PASS_THROUGH})  # fmt: skip
+    return _finish(alias, where, sd, raw, pool_options, session, driver_key=False), libpq, isolation, binding
+
+
+def _pg_prepare(alias: str, sd: Mapping[str, Any], extra: tuple[Any, ...]) -> tuple[DatabaseConfig, Connector, Any]:
+    """A PostgreSQL alias's config and connector on Django's driver; *extra* is ``(timezone_name,
+    USE_TZ, timezone)`` of the alias's DatabaseWrapper."""
+    timezone_name, use_tz, timezone = extra
+    config, libpq, isolation, binding = pg_config_for(alias, sd, timezone_name)
+    connector: Connector
+    if config.driver == "psycopg2":
+        from ..connectors.psycopg2 import Psycopg2Connector
+
+        connector = Psycopg2Connector(config, libpq=libpq)  # Django's cursor on psycopg2 is psycopg2's own
+    else:
+        from django.db.backends.postgresql.base import Cursor, ServerBindingCursor
+        from django.db.backends.postgresql.psycopg_any import get_adapters_template
+
+        from ..connectors.postgresql import PostgreSQLConnector
+
+        connector = PostgreSQLConnector(config, libpq=libpq, cursor_base=ServerBindingCursor if binding else Cursor,
+                                        adapters=get_adapters_template(use_tz, timezone))  # fmt: skip
+    return config, connector, isolation
+
+
+# -- what both backends' DatabaseWrapper share ------------------------------------------------------
+
+
+class PooledWrapper:
+    """Mixed into a backend's ``DatabaseWrapper``: ``get_new_connection()`` is a checkout
+    (:meth:`_gp_checkout`, or the backend's own), ``_close()`` a return; a connection taken before
+    a fork is forgotten in the child (a fork hook: no check per query)."""
+
+    alias: str
+    settings_dict: Any
+    connection: Any  # the lent connection, or None
+    _gp_target: Optional[PoolTarget] = None  # where self.connection came from
+    _gp_generation = 0  # fork generation the connection was taken in
+    _gp_parked_at: Optional[float] = None  # a connection kept across requests: clean and unused since then
+    if TYPE_CHECKING:  # Django's, and the backend's own
+
+        def get_connection_params(self) -> PoolTarget: ...
+
+        def close(self) -> None: ...
+
+    def _gp_checkout(self, found: PoolTarget) -> Any:
+        """A connection of *found*'s pool (a new one for a target without a pool)."""
+        try:
+            raw = found.pool.getconn() if found.pool is not None else found.connector.connect()
+        except PoolError as exc:
+            raise as_django(exc) from None
+        self._gp_target = found
+        self._gp_generation = fork_generation()
+        return raw
+
+    def _close(self) -> None:
+        raw, found = self.connection, self._gp_target
+        if raw is None:
+            return
+        # Forgotten first: nothing in this wrapper may touch it once it is back in the pool
+        # (Django's close() inside an atomic block then refuses a new connection, as for its
+        # own PostgreSQL pool, instead of using one lent to someone else).
+        self.connection = None
+        self._gp_target = None
+        self._gp_parked_at = None
+        if found is None or found.pool is None:
+            with self.wrap_database_errors:  # type: ignore[attr-defined]  # Django's
+                found.connector.close(raw) if found is not None else raw.close()
+            return
+        try:
+            # Rolls back an open transaction and resets a changed session; with commit=False a
+            # driver error there drops the connection and is not raised, so no error wrapping.
+            found.pool.putconn(raw)
+        except LeaseError:
+            pass  # reclaimed at the end of its request already (the pool logged it)
+
+    def _gp_forget(self) -> None:
+        """Drop the reference to a connection of another process: its pool drops the connection
+        itself without a word to the server (ConnectionPool's fork adoption)."""
+        self.connection = None
+        self._gp_target = None
+        self._gp_parked_at = None
+
+    def close_pool(self) -> None:
+        """Close this alias's pool in this process (as Django's PostgreSQL backend's ``close_pool``)."""
+        self.close()
+        found = targets().get(self.alias)
+        if found is not None and found.pool is not None:
+            found.pool.close()
+
+    @property
+    def pool(self) -> Any:
+        """The alias's :class:`~gunicorn_pool.ConnectionPool` in this process (built on first use)."""
+        if self.alias == NO_DB_ALIAS:
+            return None
+        return self.get_connection_params().pool
+
+
+def _forget_inherited() -> None:
+    """In a forked child: the forking thread's wrappers forget connections taken before the fork
+    (the other threads' wrappers do not exist here). Nothing to check per query."""
+    from django.db import connections
+
     try:
-        config = parse_config(alias, raw)
-    except ConfigError as exc:
-        raise ImproperlyConfigured(f"{where}: {exc}") from None
-    return config, driver_args, isolation or None
+        wrappers = connections.all(initialized_only=True)
+    except Exception:  # noqa: BLE001 - settings not loaded: no wrapper either
+        return
+    for wrapper in wrappers:
+        if isinstance(wrapper, PooledWrapper) and wrapper.connection is not None:
+            wrapper._gp_forget()
+
+
+os.register_at_fork(after_in_child=_forget_inherited)
+
+
+def _refuse_option(where: str, key: Any, engine: str, refused: Mapping[str, str], known: set[str]) -> None:
+    """Raise ImproperlyConfigured for an OPTIONS key *engine* does not take: why, if it is one of
+    *refused*, else the *known* keys."""
+    if key in refused:
+        raise ImproperlyConfigured(f"{where}['OPTIONS']: {key!r} is not supported by {engine}: {refused[key]}")
+    raise ImproperlyConfigured(
+        f"{where}['OPTIONS']: unknown option {_option_shown(key)} (known: {', '.join(sorted(known))})"
+    )
 
 
 def _option_shown(key: Any) -> str:
@@ -305,7 +546,9 @@ def _option_shown(key: Any) -> str:
     return _shown(key) if isinstance(key, str) else f"(a {type(key).__name__}, not a name)"
 
 
-def _pool_keys(where: str, value: Any, session: list[str]) -> dict[str, Any]:
+def _pool_keys(where: str, value: Any, session: list[str], driver_key: bool = True) -> dict[str, Any]:
+    """OPTIONS["pool"] as config keys, *session* first in its session statements; *driver_key*:
+    may it name the driver (MySQL's OPTIONS["pool"]["driver"]; PostgreSQL's is Django's choice)."""
     if value is True or value is None:
         value = {}
     if not isinstance(value, Mapping):
@@ -314,6 +557,9 @@ def _pool_keys(where: str, value: Any, session: list[str]) -> dict[str, Any]:
     for key, val in value.items():
         if not isinstance(key, str):
             raise ImproperlyConfigured(f"{where}['OPTIONS']['pool']: keys must be strings")
+        if key == "driver" and not driver_key:
+            raise ImproperlyConfigured(f"{where}['OPTIONS']['pool']: 'driver' is Django's choice (psycopg 3 when"
+                                       " it can be imported, else psycopg2), not the pool's")  # fmt: skip
         if key in _FROM_DATABASES:
             raise ImproperlyConfigured(
                 f"{where}['OPTIONS']['pool']: {key!r} comes from the Django settings:"

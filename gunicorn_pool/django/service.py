@@ -5,10 +5,16 @@ when the loaded app is a configured Django project with a pooled alias, so
 ``-k gunicorn_pool.Worker`` (or the hooks) needs no other setting. Pooled
 aliases are:
 
-- ``ENGINE: "gunicorn_pool.django.mysql"``: our pool (:mod:`.pools`);
-- a PostgreSQL alias with ``OPTIONS["pool"]``: Django's own psycopg pool
+- ``ENGINE: "gunicorn_pool.django.mysql"`` and
+  ``"gunicorn_pool.django.postgresql"``: our pools (:mod:`.pools`);
+- a PostgreSQL alias of ``django.db.backends.postgresql`` with
+  ``OPTIONS["pool"]``: Django's own psycopg pool
   (``DatabaseWrapper._connection_pools``), which Django creates with
-  ``open=False`` and opens on the first query.
+  ``open=False`` and opens on the first query. Its sizes follow the worker
+  type as ours do (1/1 sync, 1/threads gthread, 1/10 gevent) unless
+  ``OPTIONS["pool"]`` sets ``min_size``/``max_size`` (psycopg_pool's own
+  default is 4 per worker). It needs psycopg 3: a project whose Django runs on
+  psycopg2 is told to use ``gunicorn_pool.django.postgresql`` instead.
 
 In each worker, after fork and before the first request, :meth:`init_pool`:
 
@@ -56,21 +62,26 @@ __all__ = ["DjangoPools", "configured_service", "pooled_aliases"]
 logger = logging.getLogger("gunicorn_pool")
 
 _POSTGRESQL = "django.db.backends.postgresql"
+#: pooled_aliases() families: our backends, and Django's own psycopg pool.
+OURS_MYSQL, OURS_POSTGRESQL, DJANGO_PG_POOL = "mysql", "pg-ours", "postgresql"
 #: Objects of another process (connections, psycopg pools) that must never be closed or collected here.
 _FOREIGN: list[Any] = []
 
 
 def pooled_aliases() -> dict[str, str]:
-    """``{alias: "mysql" | "postgresql"}`` for the pooled aliases of the configured project."""
+    """``{alias: family}`` for the pooled aliases of the configured project: ``mysql`` and
+    ``pg-ours`` (our backends), ``postgresql`` (Django's own psycopg pool)."""
     from django.db import connections
 
     out = {}
     for alias, sd in connections.settings.items():
         engine = sd.get("ENGINE", "")
         if engine == pools.ENGINE or _is_backend_of(engine, pools.ENGINE):
-            out[alias] = "mysql"
+            out[alias] = OURS_MYSQL
+        elif engine == pools.PG_ENGINE or _is_backend_of(engine, pools.PG_ENGINE):
+            out[alias] = OURS_POSTGRESQL
         elif (engine == _POSTGRESQL or _is_backend_of(engine, _POSTGRESQL)) and (sd.get("OPTIONS") or {}).get("pool"):
-            out[alias] = "postgresql"
+            out[alias] = DJANGO_PG_POOL
     return out
 
 
@@ -121,15 +132,15 @@ class DjangoPools(PoolInterface):
                 logger.error("pool %s: warm-up failed, will connect on demand: %s", alias, exc)
 
     def _open(self, alias: str, family: str, profile: WorkerProfile) -> None:
-        if family == "postgresql":
+        if family == DJANGO_PG_POOL:
             self._open_postgresql(alias, profile)
         else:
-            self._open_mysql(alias, profile)
+            self._open_ours(alias, profile)
 
-    def _open_mysql(self, alias: str, profile: WorkerProfile) -> None:
+    def _open_ours(self, alias: str, profile: WorkerProfile) -> None:
         from django.db import connections
 
-        found = pools.target(alias, connections.settings[alias])
+        found = connections[alias].get_connection_params()  # our backends': the alias's pool target
         assert found.pool is not None
         fit(found.pool, found.config, profile)
         open_at_boot(found.pool, alias, found.config, profile)
@@ -138,6 +149,8 @@ class DjangoPools(PoolInterface):
         from django.db import connections
 
         start = time.monotonic()
+        _check_django_pool(alias, connections.settings[alias])
+        _size_django_pool(connections.settings[alias], profile)
         pg = connections[alias].pool  # built here if the master did not (open=False)
         left = 30.0 if profile.deadline is None else max(0.1, profile.deadline - time.monotonic())
         pg.open(wait=True, timeout=left)  # psycopg_pool.PoolTimeout if min_size are not open in time
@@ -158,7 +171,7 @@ class DjangoPools(PoolInterface):
             if found.pool is None or found.pool.closed:
                 continue
             used += found.pool.warm()
-            if found.server_data is None:
+            if found.family == "mysql" and found.server_data is None:
                 try:
                     connections[alias].mysql_server_data  # noqa: B018 - read once per pool, kept by it
                 finally:
@@ -207,17 +220,21 @@ class DjangoPools(PoolInterface):
         from django.db import connections
 
         out = {}
+        profile = current_profile()
         for alias, family in pooled_aliases().items():
             sd = connections.settings[alias]
-            if family == "mysql":
+            if family == OURS_MYSQL:
                 out[alias] = pools.config_for(alias, sd)[0]
+            elif family == OURS_POSTGRESQL:
+                out[alias] = pools.pg_config_for(alias, sd, connections[alias].timezone_name)[0]
             else:
-                opts = sd["OPTIONS"]["pool"] if isinstance(sd["OPTIONS"]["pool"], dict) else {}
-                lo = int(opts.get("min_size", 4))
+                _check_django_pool(alias, sd)
+                lo, hi = _django_pool_sizes(sd["OPTIONS"]["pool"], profile)
                 out[alias] = parse_config(alias, {
-                    "adapter": "postgresql", "host": sd.get("HOST") or None, "port": sd.get("PORT") or None,
-                    "user": sd.get("USER") or None, "password": sd.get("PASSWORD") or "",
-                    "database": sd.get("NAME") or None, "min_size": lo, "max_size": int(opts.get("max_size") or lo),
+                    "adapter": "postgresql", "driver": "psycopg", "host": sd.get("HOST") or None,
+                    "port": sd.get("PORT") or None, "user": sd.get("USER") or None,
+                    "password": sd.get("PASSWORD") or "", "database": sd.get("NAME") or None, "min_size": lo,
+                    "max_size": hi,
                 })  # fmt: skip
         return out
 
@@ -228,13 +245,11 @@ class DjangoPools(PoolInterface):
         from before the fork; see the module docstring."""
         from django.db import connections
 
-        from .mysql.base import DatabaseWrapper as Ours
-
         for wrapper in connections.all(initialized_only=True):
             raw = wrapper.connection
             if raw is None:
                 continue
-            if isinstance(wrapper, Ours):
+            if isinstance(wrapper, pools.PooledWrapper):
                 if wrapper._gp_generation != _generation():
                     wrapper._gp_forget()  # its pool drops the connection itself
                 continue
@@ -253,6 +268,47 @@ class DjangoPools(PoolInterface):
                 _detach(conn)
             _FOREIGN.append(pg)
             logger.info("pool %s: Django's psycopg pool was opened before the fork; a new one opens here", alias)
+
+
+def _django_pool_sizes(options: Any, profile: WorkerProfile) -> tuple[int, int]:
+    """``(min_size, max_size)`` Django's psycopg pool opens with: those ``OPTIONS["pool"]`` gives,
+    the worker profile's for those it does not (psycopg_pool: ``max_size`` defaults to
+    ``min_size``)."""
+    given = options if isinstance(options, dict) else {}
+    lo, hi = profile.default_sizes()
+    if "min_size" in given:
+        lo = int(given["min_size"])
+        hi = int(given.get("max_size") or lo)
+    elif given.get("max_size") is not None:
+        hi = int(given["max_size"])
+        lo = min(lo, hi)
+    return lo, hi
+
+
+def _size_django_pool(sd: Any, profile: WorkerProfile) -> None:
+    """Size the alias's psycopg pool for this worker before Django builds it: the profile's sizes
+    go into ``OPTIONS["pool"]`` (this process's copy of the settings) where it sets none."""
+    options = sd["OPTIONS"].get("pool")
+    given = options if isinstance(options, dict) else {}
+    if "min_size" in given and "max_size" in given:
+        return
+    lo, hi = _django_pool_sizes(options, profile)
+    sd["OPTIONS"]["pool"] = {**given, "min_size": lo, "max_size": hi}
+
+
+def _check_django_pool(alias: str, sd: Any) -> None:
+    """Django's pool needs psycopg 3 (and psycopg_pool): where Django runs on psycopg2 it fails
+    with "Error loading psycopg_pool module"; say what to do instead."""
+    if pools.pg_driver() == "psycopg":
+        return
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(
+        f"DATABASES[{alias!r}]: OPTIONS['pool'] asks for Django's own connection pool, which needs psycopg 3"
+        " (and psycopg_pool); this project's Django runs on psycopg2. For a pool per worker on psycopg2, set"
+        f" ENGINE to {pools.PG_ENGINE!r} (OPTIONS['pool'] then takes gunicorn_pool's pool keys), or install"
+        " 'psycopg[binary,pool]'"
+    )
 
 
 def _generation() -> int:

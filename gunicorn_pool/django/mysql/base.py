@@ -39,7 +39,6 @@ own code on the lent connection. Thread sharing is Django's check
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Any, Optional
 
@@ -50,7 +49,7 @@ from django.utils.functional import cached_property
 
 from ..._concurrency import fork_generation
 from ...core import LEASE_SINK
-from ...errors import LeaseError, PoolError
+from ...errors import PoolError
 from .. import pools
 from .._driver import django_mysql_base, driver_module
 from ..errors import as_django
@@ -59,23 +58,6 @@ __all__ = ["CursorWrapper", "DatabaseWrapper"]
 
 logger = logging.getLogger("gunicorn_pool")
 _base: Any = django_mysql_base()
-
-
-def _forget_inherited() -> None:
-    """In a forked child: the forking thread's wrappers forget connections taken before the fork
-    (the other threads' wrappers do not exist here). Nothing to check per query."""
-    from django.db import connections
-
-    try:
-        wrappers = connections.all(initialized_only=True)
-    except Exception:  # noqa: BLE001 - settings not loaded: no wrapper either
-        return
-    for wrapper in wrappers:
-        if isinstance(wrapper, DatabaseWrapper) and wrapper.connection is not None:
-            wrapper._gp_forget()
-
-
-os.register_at_fork(after_in_child=_forget_inherited)
 
 
 class CursorWrapper(_base.CursorWrapper):  # type: ignore[misc]  # Django is untyped (an Any base)
@@ -114,15 +96,12 @@ def cursor_wrapper(driver: str) -> type[CursorWrapper]:
     return found
 
 
-class DatabaseWrapper(_base.DatabaseWrapper):  # type: ignore[misc]
-    """Django's MySQL ``DatabaseWrapper`` whose connections are leases of a gunicorn_pool pool."""
+class DatabaseWrapper(pools.PooledWrapper, _base.DatabaseWrapper):  # type: ignore[misc]
+    """Django's MySQL ``DatabaseWrapper`` whose connections are leases of a gunicorn_pool pool
+    (``_close`` a return, ``pool``, ``close_pool``, the fork hook: :class:`..pools.PooledWrapper`)."""
 
     Database: Any = pymysql  # driver errors are mapped from the alias's driver's classes (set per alias)
-    connection: Any  # the lent driver connection, or None
-    _gp_target: Optional[pools.PoolTarget] = None  # where self.connection came from
-    _gp_generation = 0  # fork generation the connection was taken in
     _gp_sticky = False  # kept across requests (a booted sync worker): see close_if_unusable_or_obsolete()
-    _gp_parked_at: Optional[float] = None  # kept clean since then, unused by any request
 
     def __init__(self, settings_dict: Any, alias: str = DEFAULT_DB_ALIAS) -> None:
         super().__init__(settings_dict, alias)
@@ -244,48 +223,6 @@ class DatabaseWrapper(_base.DatabaseWrapper):  # type: ignore[misc]
         if self.features.is_sql_auto_is_null_enabled:
             with self.cursor() as cursor:
                 cursor.execute("SET SQL_AUTO_IS_NULL = 0")
-
-    def _close(self) -> None:
-        raw, found = self.connection, self._gp_target
-        if raw is None:
-            return
-        # Forgotten first: nothing in this wrapper may touch it once it is back in the pool
-        # (Django's close() inside an atomic block then refuses a new connection, as for its
-        # own PostgreSQL pool, instead of using one lent to someone else).
-        self.connection = None
-        self._gp_target = None
-        self._gp_parked_at = None
-        if found is None or found.pool is None:
-            with self.wrap_database_errors:
-                found.connector.close(raw) if found is not None else raw.close()
-            return
-        try:
-            # Rolls back an open transaction and resets a changed session; with commit=False a
-            # driver error there drops the connection and is not raised, so no error wrapping.
-            found.pool.putconn(raw)
-        except LeaseError:
-            pass  # reclaimed at the end of its request already (the pool logged it)
-
-    def _gp_forget(self) -> None:
-        """Drop the reference to a connection of another process: its pool drops the connection
-        itself without a word to the server (ConnectionPool's fork adoption)."""
-        self.connection = None
-        self._gp_target = None
-        self._gp_parked_at = None
-
-    def close_pool(self) -> None:
-        """Close this alias's pool in this process (as Django's PostgreSQL backend's ``close_pool``)."""
-        self.close()
-        found = pools.targets().get(self.alias)
-        if found is not None and found.pool is not None:
-            found.pool.close()
-
-    @property
-    def pool(self) -> Any:
-        """The alias's :class:`~gunicorn_pool.ConnectionPool` in this process (built on first use)."""
-        if self.alias == NO_DB_ALIAS:
-            return None
-        return pools.target(self.alias, self.settings_dict).pool
 
     # -- the alias's driver -------------------------------------------------------------------
 

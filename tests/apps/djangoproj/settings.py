@@ -1,7 +1,10 @@
 """Settings of the test Django project, from GP_DJ_* variables set by the test.
 
 GP_DJ_ENGINE     ours (gunicorn_pool.django.mysql, default), stock (django.db.backends.mysql
-                 on PyMySQL) or postgresql (Django's own psycopg pool)
+                 on PyMySQL), postgresql (django.db.backends.postgresql: Django's own psycopg pool
+                 with GP_DJ_POOL) or pg-ours (gunicorn_pool.django.postgresql)
+GP_DJ_HIDE_PSYCOPG  "1": psycopg 3 and psycopg_pool are made unimportable before Django loads its
+                 backends, as in a project that has only psycopg2 installed
 GP_DJ_NAME, _USER, _PASSWORD, _HOST, _PORT   the database and login
 GP_DJ_POOL       JSON of OPTIONS["pool"] (ours and postgresql); unset: no "pool" key
 GP_DJ_CONN_MAX_AGE   "none" or seconds (default 0)
@@ -11,10 +14,13 @@ GP_DJ_TABLE      the model's table (created by the test)
 
 import json
 import os
+import sys
 
 ENGINES = {"ours": "gunicorn_pool.django.mysql", "stock": "django.db.backends.mysql",
-           "postgresql": "django.db.backends.postgresql"}  # fmt: skip
+           "postgresql": "django.db.backends.postgresql", "pg-ours": "gunicorn_pool.django.postgresql"}  # fmt: skip
 KIND = os.environ.get("GP_DJ_ENGINE", "ours")
+if os.environ.get("GP_DJ_HIDE_PSYCOPG") == "1":
+    sys.modules["psycopg"] = sys.modules["psycopg_pool"] = None  # Django falls back to psycopg2
 if KIND == "stock":
     import pymysql
 
