@@ -300,12 +300,15 @@ class PGUser(DBLogin):
             cur.execute(f"SELECT count(*) FROM {table}")
             return int(cur.fetchone()[0])
 
-    def scratch_table(self) -> Iterator[str]:
-        """Generator for a fixture: a fresh table ``(v int)`` the login may use, dropped after."""
+    def scratch_table(self, *, with_id: bool = False) -> Iterator[str]:
+        """Generator for a fixture: a fresh table ``(v int)`` the login may use, dropped after;
+        *with_id*: ``(id serial PRIMARY KEY, v int)``, a Django model's table."""
         name = f"gp_t_{os.urandom(4).hex()}"
         with self.admin.cursor() as cur:
-            cur.execute(f"CREATE TABLE {name} (v int)")
+            cur.execute(f"CREATE TABLE {name} ({'id serial PRIMARY KEY, ' if with_id else ''}v int)")
             cur.execute(f'GRANT ALL ON {name} TO "{self.name}"')
+            if with_id:
+                cur.execute(f'GRANT ALL ON SEQUENCE {name}_id_seq TO "{self.name}"')
         try:
             yield name
         finally:

@@ -287,9 +287,15 @@ def test_a_sync_worker_keeps_its_clean_connection_across_requests(gunicorn, mysq
     request (the pool's connections serve more requests than threads: a request may start
     before the previous one gave its connection back, and take another)."""
     server = gunicorn(conf(kind, workers=1), app=APP, env=mysql_env(mysql_user, scratch_table, {"driver": driver}))
+    check_kept_across_requests(server, mysql_user, kind)
+
+
+def check_kept_across_requests(server: Any, login: Any, kind: str) -> None:
+    """Start *server* (one worker of *kind*), send 30 requests: in a sync worker all on the boot's
+    session and one checkout for all; otherwise one checkout per request. No session after SIGTERM."""
     server.start(workers_ready=1)
-    wait_until(lambda: mysql_user.count() == 1, 10, what="the boot's session")
-    (boot,) = mysql_user.connection_ids()
+    wait_until(lambda: login.count() == 1, 10, what="the boot's session")
+    (boot,) = login.session_ids()
     first = get(server, "/stats/")[1]["stats"]["default"]["requests_num"]
     used = set()
     for _ in range(30):
@@ -303,7 +309,7 @@ def test_a_sync_worker_keeps_its_clean_connection_across_requests(gunicorn, mysq
         assert stats["usage_ms"] < 10_000  # time in requests, not the idle time between them
     else:
         assert stats["requests_num"] >= first + 30, stats
-    stop_and_check_no_session(server, mysql_user)
+    stop_and_check_no_session(server, login)
 
 
 @pytest.mark.mysql

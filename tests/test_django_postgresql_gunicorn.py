@@ -16,14 +16,21 @@ from typing import Any
 
 import pytest
 from support import APPS, PG_DB, PG_HOST, PG_PORT, ROOT, concurrent_with_peak, wait_until
-from test_django_gunicorn import APP, check_two_sync_workers, conf, get, stop_and_check_no_session
+from test_django_gunicorn import (
+    APP,
+    check_kept_across_requests,
+    check_two_sync_workers,
+    conf,
+    get,
+    stop_and_check_no_session,
+)
 
 pytestmark = pytest.mark.postgresql
 
 
 @pytest.fixture
 def table(pg_user: Any) -> Any:
-    yield from pg_user.scratch_table()
+    yield from pg_user.scratch_table(with_id=True)
 
 
 def pg_env(user: Any, engine: str, pool: Any = None, table: str = "", *,
@@ -49,6 +56,59 @@ def test_sync_workers_open_their_sessions_before_the_first_request_and_close_the
                       env=pg_env(pg_user, "pg-ours", table=table, psycopg2=driver == "psycopg2"))  # fmt: skip
     figures = check_two_sync_workers(server, pg_user, "postgresql")
     assert figures["connections_reset"] == 0  # Django's autocommit, set on every connect, costs nothing
+
+
+@pytest.mark.parametrize("driver", ["psycopg2", "psycopg"])
+@pytest.mark.parametrize("kind", ["sync", "gthread"])
+def test_a_sync_worker_keeps_its_clean_connection_across_requests(gunicorn, pg_user, table, kind, driver):
+    """Sync: Django keeps the connection lent across requests, as CONN_MAX_AGE=None would: 30
+    requests on the boot's session and one checkout for all of them. gthread: one lease per
+    request."""
+    env = pg_env(pg_user, "pg-ours", table=table, psycopg2=driver == "psycopg2")
+    check_kept_across_requests(gunicorn(conf(kind, workers=1), app=APP, env=env), pg_user, kind)
+
+
+@pytest.mark.parametrize("driver", ["psycopg2", "psycopg"])
+def test_a_request_that_leaves_a_transaction_or_a_session_change_gives_the_connection_back(
+    gunicorn, pg_user, table, driver
+):
+    """A sync worker keeps a clean connection, but a request that leaves a transaction open or a
+    session change ends its lease at its end: the next request gets the same session rolled back
+    or reset (DISCARD ALL), never the leftover."""
+    env = pg_env(pg_user, "pg-ours", table=table, psycopg2=driver == "psycopg2")
+    server = gunicorn(conf("sync", workers=1), app=APP, env=env)
+    server.start(workers_ready=1)
+    session = get(server, "/conn/")[1]["conn_id"]
+    before = get(server, "/stats/")[1]["stats"]["default"]
+    status, body = get(server, "/begin/")
+    assert status == 200 and body["conn_id"] == session, server.log()[-3000:]
+    status, body = get(server, "/rows/")
+    assert status == 200 and body["rows"] == 0, "the open transaction's row reached the next request"
+    assert get(server, "/setvar/")[0] == 200
+    status, body = get(server, "/getvar/")
+    assert status == 200 and body["value"] is None and body["conn_id"] == session, body
+    after = get(server, "/stats/")[1]["stats"]["default"]
+    assert after["requests_num"] == before["requests_num"] + 2  # taken again after /begin/ and /setvar/
+    assert after["connections_reset"] >= before["connections_reset"] + 1  # SET gp.leak: DISCARD ALL
+    assert pg_user.count() == 1
+    stop_and_check_no_session(server, pg_user)
+
+
+@pytest.mark.parametrize("driver", ["psycopg2", "psycopg"])
+def test_a_terminated_session_is_replaced_before_the_next_requests_first_query(gunicorn, pg_user, table, driver):
+    """pg_terminate_backend() of the session a sync worker's Django keeps between requests: the
+    next request's first query finds it dead (its socket polled, then pinged), drops it and runs
+    on a new session; the request succeeds."""
+    env = pg_env(pg_user, "pg-ours", table=table, psycopg2=driver == "psycopg2")
+    server = gunicorn(conf("sync", workers=1), app=APP, env=env)
+    server.start(workers_ready=1)
+    first = get(server, "/conn/")[1]["conn_id"]
+    pg_user.kill(first)
+    wait_until(lambda: first not in pg_user.session_ids(), 5, what="the session terminated")
+    status, body = get(server, "/conn/")
+    assert status == 200 and body["conn_id"] != first, body
+    assert "dropping dead connection" in server.log()
+    stop_and_check_no_session(server, pg_user)
 
 
 @pytest.mark.parametrize("kind", ["gthread", "gevent"])

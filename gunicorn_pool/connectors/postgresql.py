@@ -416,6 +416,19 @@ class PGRules(SessionRules, ConnectorBase):
         raw._gp_taken_at = taken_at
         raw._gp_closed_by_user = False
 
+    def is_clean(self, raw: Any) -> bool:
+        """True if the lease of *raw* left nothing for :meth:`finish` to do: :meth:`check_in`'s
+        test (with ``reset_session`` off, only transactions and the pool's own settings), without
+        ending the lease. No round trip."""
+        if raw.pgconn.transaction_status != _TX_IDLE or raw._gp_client or raw._pipeline is not None:
+            return False
+        return not self.config.reset_session or not (
+            raw._gp_server
+            or raw.cursor_factory is not self._cursor
+            or raw.row_factory is not tuple_row
+            or raw.server_cursor_factory is not self._server_cursor
+        )
+
     def check_in(self, raw: Any) -> bool:
         if (
             raw.pgconn.transaction_status != _TX_IDLE  # a transaction, a query or COPY running, or closed

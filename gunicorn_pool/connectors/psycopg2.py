@@ -847,6 +847,18 @@ class Psycopg2Connector(SessionRules, Connector):
             _AUTOCOMMIT.__set__(raw, False)
             raw._gp_begun = True
 
+    def is_clean(self, raw: Any) -> bool:
+        """True if the lease of *raw* left nothing for :meth:`finish` to do: :meth:`check_in`'s
+        test (with ``reset_session`` off, only transactions and autocommit), without ending the
+        lease. No round trip."""
+        if (
+            raw.get_transaction_status() != _TX_IDLE
+            or raw._gp_client
+            or _AUTOCOMMIT.__get__(raw) is not self._autocommit
+        ):
+            return False
+        return not self.config.reset_session or not (raw._gp_server or _CURSOR_FACTORY.__get__(raw) is not self._cursor)
+
     def check_in(self, raw: Any) -> bool:
         notices, notifies = raw.notices, raw.notifies  # _forget_messages(), inline: every return passes here
         if notices:

@@ -34,7 +34,7 @@ when a connection opens and again after a session reset, never per request.
 
 In a booted sync worker (:func:`sticky`) Django keeps the connection across
 requests, as ``CONN_MAX_AGE=None`` would, while it is clean: see
-:meth:`gunicorn_pool.django.mysql.base.DatabaseWrapper.close_if_unusable_or_obsolete`.
+:meth:`PooledWrapper.close_if_unusable_or_obsolete`.
 
 A PostgreSQL alias (``ENGINE: "gunicorn_pool.django.postgresql"``, on the
 driver Django chose: psycopg 3, or psycopg2 where psycopg 3 is not installed)
@@ -44,11 +44,11 @@ session statements; ``sslmode``, ``sslrootcert``, ``sslcert``, ``sslkey``,
 ``application_name``, ``options``, ``target_session_attrs``,
 ``connect_timeout`` become config keys; a few more libpq keywords
 (``keepalives*``, ``tcp_user_timeout``, ``gssencmode``...) pass through;
-``server_side_binding`` and ``prepare_threshold`` apply on psycopg 3. Its
-connection is one lease per request (no sticky connection yet).
+``server_side_binding`` and ``prepare_threshold`` apply on psycopg 3.
 
 :class:`PooledWrapper` is what both backends' ``DatabaseWrapper`` share: close is a return, a
-connection taken before a fork is forgotten in the child.
+connection taken before a fork is forgotten in the child, and a sync worker's connection is kept
+across requests while it is clean.
 
 Sizes: explicit ``min_size``/``max_size`` win. Otherwise the worker's profile
 sets them once :class:`~gunicorn_pool.django.service.DjangoPools` has booted
@@ -63,6 +63,7 @@ import copy
 import logging
 import os
 import threading
+import time
 from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 from django.core.exceptions import ImproperlyConfigured
@@ -74,6 +75,7 @@ from .. import base
 from .._concurrency import fork_generation
 from ..config import DatabaseConfig, _shown, parse_config
 from ..connectors import Connector, connector_class
+from ..core import LEASE_SINK
 from ..errors import ConfigError, LeaseError, PoolClosed, PoolError
 from ..pool import ConnectionPool
 from ..service import fit
@@ -445,30 +447,124 @@ def _pg_prepare(alias: str, sd: Mapping[str, Any], extra: tuple[Any, ...]) -> tu
 
 class PooledWrapper:
     """Mixed into a backend's ``DatabaseWrapper``: ``get_new_connection()`` is a checkout
-    (:meth:`_gp_checkout`, or the backend's own), ``_close()`` a return; a connection taken before
-    a fork is forgotten in the child (a fork hook: no check per query)."""
+    (:meth:`_gp_checkout`), ``_close()`` a return; a connection taken before a fork is forgotten
+    in the child (a fork hook: no check per query). In a booted sync worker (:func:`sticky`) the
+    connection stays lent across requests while it is clean, as with ``CONN_MAX_AGE=None``
+    (:meth:`close_if_unusable_or_obsolete`): taken outside any request's scope, checked before
+    its first use in a request as a checkout would check it (:meth:`ensure_connection`), given
+    back through ``close()`` when a request leaves it unclean."""
 
     alias: str
     settings_dict: Any
     connection: Any  # the lent connection, or None
     _gp_target: Optional[PoolTarget] = None  # where self.connection came from
     _gp_generation = 0  # fork generation the connection was taken in
+    _gp_sticky = False  # kept across requests (a booted sync worker): see close_if_unusable_or_obsolete()
     _gp_parked_at: Optional[float] = None  # a connection kept across requests: clean and unused since then
     if TYPE_CHECKING:  # Django's, and the backend's own
+        errors_occurred: bool
+        in_atomic_block: bool
+        autocommit: bool
+        health_check_done: bool
 
         def get_connection_params(self) -> PoolTarget: ...
 
         def close(self) -> None: ...
 
     def _gp_checkout(self, found: PoolTarget) -> Any:
-        """A connection of *found*'s pool (a new one for a target without a pool)."""
+        """A connection of *found*'s pool (a new one for a target without a pool). In a booted
+        sync worker the lease is taken outside any request's scope: Django, not the request,
+        gives it back."""
+        keep = found.pool is not None and sticky()
         try:
-            raw = found.pool.getconn() if found.pool is not None else found.connector.connect()
+            if found.pool is None:
+                raw = found.connector.connect()
+            elif keep:
+                token = LEASE_SINK.set(None)
+                try:
+                    raw = found.pool.getconn()
+                finally:
+                    LEASE_SINK.reset(token)
+            else:
+                raw = found.pool.getconn()
         except PoolError as exc:
             raise as_django(exc) from None
         self._gp_target = found
         self._gp_generation = fork_generation()
+        self._gp_sticky = keep
+        self._gp_parked_at = None
         return raw
+
+    # -- a sync worker's connection, kept across requests ----------------------------------
+
+    def close_if_unusable_or_obsolete(self) -> None:
+        """At the start and end of each request (Django's ``close_old_connections``). With one
+        connection per request (gthread, gevent, outside a worker): Django's rule, which gives
+        it back at the end (``CONN_MAX_AGE=0``). In a booted sync worker it stays lent while it
+        is clean: no Django error since, not in an atomic block, autocommit as configured, and
+        the connector's check-in test passing (``is_clean()``: no transaction may be open, no
+        session change); anything else goes back through ``close()`` (the pool then rolls back,
+        resets or drops it) and the next query takes a connection again. A connection kept
+        clean is parked: its next use in a request checks it first (:meth:`ensure_connection`)."""
+        if not self._gp_sticky:
+            super().close_if_unusable_or_obsolete()  # type: ignore[misc]  # Django's
+            return
+        raw, found = self.connection, self._gp_target
+        if raw is None or found is None or found.pool is None:
+            return
+        self.health_check_done = False
+        if self._gp_parked_at is not None:
+            return  # unused since it was parked: clean still
+        if (
+            self.errors_occurred
+            or self.in_atomic_block
+            or self.autocommit != self.settings_dict["AUTOCOMMIT"]
+            or not found.connector.is_clean(raw)
+        ):
+            self.close()
+            return
+        now = time.monotonic()
+        slot = found.pool.lent_slot(raw)
+        if slot is not None:  # the lease's usage counts the time in requests, not the idle time
+            slot.usage += now - slot.lent_at
+            slot.lent_at = now
+        self._gp_parked_at = now
+
+    def ensure_connection(self) -> None:
+        """Django's, after checking a parked connection as a checkout would (see
+        :meth:`close_if_unusable_or_obsolete`): past its ``max_lifetime`` it is given back (and
+        closed); idle ``probe_after`` or more, its socket is polled (no round trip); idle longer
+        than ``check_interval``, or if the poll says the server may have closed it, it is pinged
+        within ``check_timeout``; a dead one is dropped. Django then takes another."""
+        if self._gp_parked_at is not None:
+            self._gp_unpark()
+        super().ensure_connection()  # type: ignore[misc]  # Django's
+
+    def _gp_unpark(self) -> None:
+        raw, found, parked = self.connection, self._gp_target, self._gp_parked_at
+        self._gp_parked_at = None
+        if raw is None or found is None or found.pool is None or parked is None:
+            return
+        pool = found.pool
+        slot = pool.lent_slot(raw)
+        now = time.monotonic()
+        if slot is None or now >= slot.expires:
+            self.close()  # past its lifetime: the pool closes it on return
+            return
+        slot.lent_at = now
+        idle = now - parked
+        options = pool.options
+        probe_after = options.probe_after
+        if idle > options.check_interval or (
+            probe_after is not None and idle >= probe_after and slot.probe is not None and slot.probe()
+        ):
+            try:
+                found.connector.ping(raw, options.check_timeout)
+            except Exception as exc:  # noqa: BLE001 - dead: dropped, Django connects again
+                logger.warning("pool %s (%s): dropping dead connection: %s", pool.name, pool.dsn,
+                               found.connector.describe_error(exc))  # fmt: skip
+                self.connection = self._gp_target = None
+                pool.putconn(raw, discard=True)
 
     def _close(self) -> None:
         raw, found = self.connection, self._gp_target

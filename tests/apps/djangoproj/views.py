@@ -5,7 +5,7 @@
 /sleep/<s>/   SELECT SLEEP(s) (pg_sleep) then CONNECTION_ID()
 /create/      create a row; /create-fail/ create a row, then raise
 /atomic-fail/ create a row inside transaction.atomic(), then raise inside it
-/setvar/      SET @gp_leak = 42 on the request's session; /getvar/ read it
+/setvar/      SET @gp_leak = 42 (gp.leak on PostgreSQL) on the request's session; /getvar/ read it
 /begin/       BEGIN, then create a row, and return without committing (a transaction left open)
 /autocommit/  Django's and the session's autocommit, and whether a transaction is open
 /rows/        how many rows the table has
@@ -75,13 +75,16 @@ def begin(request):
 
 def setvar(request):
     with connection.cursor() as cursor:
-        cursor.execute("SET @gp_leak = 42")
+        cursor.execute("SET @gp_leak = 42" if connection.vendor == "mysql" else "SET gp.leak = '42'")
     return _json({"conn_id": _session_id()})
 
 
 def getvar(request):
     with connection.cursor() as cursor:
-        cursor.execute("SELECT @gp_leak, CONNECTION_ID()")
+        if connection.vendor == "mysql":
+            cursor.execute("SELECT @gp_leak, CONNECTION_ID()")
+        else:  # a placeholder setting once set reads '' after DISCARD ALL
+            cursor.execute("SELECT NULLIF(current_setting('gp.leak', true), ''), pg_backend_pid()")
         value, conn_id = cursor.fetchone()
     return _json({"value": value, "conn_id": conn_id})
 
