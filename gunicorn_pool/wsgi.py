@@ -73,7 +73,7 @@ class RequestScopeMiddleware:
             scope.end(failed=True)
             raise
         if type(body) is _list:
-            if scope.finalizers is None and _all_returned(scope):  # nothing to give back or reclaim
+            if scope.finalizers is None and (not scope or _all_returned(scope)):  # nothing to give back or reclaim
                 _reset(token)
             else:
                 scope._label, scope._token = environ, token  # the label (PATH_INFO) for log lines
