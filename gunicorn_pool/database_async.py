@@ -50,7 +50,7 @@ from .connectors import async_connector_class, make_async_connector
 from .database import before_open, parse_databases
 from .errors import ConfigError, LeaseError
 from .pool_async import AsyncConnectionPool, AsyncLease
-from .service import AsyncNamedPools
+from .service_async import AsyncNamedPools
 
 __all__ = ["ASYNC_ADAPTERS", "AsyncDatabasePool"]
 

@@ -39,7 +39,7 @@ from .connectors.redis_async import _NO_MAINT, AsyncRedisConnector, async_connec
 from .errors import LeaseError, PoolClosed
 from .pool_async import AsyncConnectionPool
 from .redis import RedisConfig, _CoreConnections, parse_redis_configs
-from .service import AsyncNamedPools
+from .service_async import AsyncNamedPools
 
 __all__ = ["AsyncRedisConnectionPool", "AsyncRedisPool", "PooledAsyncRedis"]
 

@@ -7,7 +7,8 @@ exit, figures by name. The service life cycle lives here once; a subclass
 says how to build one pool (:meth:`NamedPools._build`) and what to log
 before it opens (:meth:`NamedPools._before_open`).
 
-:class:`AsyncNamedPools` is the same service over asyncio pools
+:class:`~gunicorn_pool.service_async.AsyncNamedPools` (in its own module, so that a
+WSGI worker never imports asyncio) is the same service over asyncio pools
 (:class:`~gunicorn_pool.pool_async.AsyncConnectionPool`): the configs, the
 build, the sizing (:func:`fit`), the boot policy (:func:`settle_boot`), the
 log lines and the figures are the ones above (:class:`_Named`); only opening
@@ -23,16 +24,14 @@ import os
 import time
 from typing import Any, Callable, Generic, Mapping, Optional, Protocol, TypeVar
 
-from ._concurrency import arun_all, run_all
-from .base import AsyncPoolInterface, PoolInterface, WorkerProfile, current_profile
+from ._concurrency import run_all
+from .base import PoolInterface, WorkerProfile, current_profile
 from .core import PoolCore
 from .errors import ConfigError, ConnectError, PoolClosed, PoolStartupError
 from .pool import ConnectionPool
-from .pool_async import AsyncConnectionPool
 
 __all__ = [
-    "AsyncNamedPools", "NamedConfig", "NamedPools", "aopen_at_boot", "fit", "open_at_boot", "settle_boot",
-    "single_config",
+    "NamedConfig", "NamedPools", "fit", "open_at_boot", "settle_boot", "single_config",
 ]  # fmt: skip
 
 logger = logging.getLogger("gunicorn_pool")
@@ -69,18 +68,6 @@ def open_at_boot(pool: ConnectionPool, name: str, config: NamedConfig, profile: 
     start = time.monotonic()
     try:
         opened = pool.open(deadline=profile.deadline)
-    except ConnectError as exc:
-        _warm_up_failed(exc, name, config, profile)
-        return
-    _opened(pool, name, config, start, opened)
-
-
-async def aopen_at_boot(pool: AsyncConnectionPool, name: str, config: NamedConfig, profile: WorkerProfile) -> None:
-    """:func:`open_at_boot` for an asyncio pool, in the running event loop: the same deadline,
-    policy and log lines."""
-    start = time.monotonic()
-    try:
-        opened = await pool.open(deadline=profile.deadline)
     except ConnectError as exc:
         _warm_up_failed(exc, name, config, profile)
         return
@@ -240,48 +227,3 @@ class NamedPools(_Named[C, ConnectionPool], PoolInterface):
         for pool in self._pools.values():
             pool.close()
         self._pools.clear()
-
-
-class AsyncNamedPools(_Named[C, AsyncConnectionPool], AsyncPoolInterface):
-    """Named pools, one :class:`~gunicorn_pool.pool_async.AsyncConnectionPool` each: the service
-    of :class:`NamedPools` for asyncio drivers, opened in the worker's event loop (the ASGI
-    lifespan: :meth:`ainit_pool`) and closed there (:meth:`aclose_pool`)."""
-
-    async def ainit_pool(self) -> None:
-        """Open ``min_size`` connections of every named pool, at once, in the running event loop,
-        within the worker's warm-up deadline, under the boot policy of :meth:`NamedPools.init_pool`."""
-        self._closed_in = None
-        profile = current_profile()
-        results = await arun_all({key: self._aopen(key, cfg, profile) for key, cfg in self.configs.items()},
-                                 deadline=profile.deadline)  # fmt: skip
-        settle_boot(results, self._label)
-
-    async def _aopen(self, key: str, cfg: C, profile: WorkerProfile) -> None:
-        await aopen_at_boot(self._prepared(key, cfg, profile), key, cfg, profile)
-
-    async def awarm_pool(self) -> int:
-        """Give each open connection its first use now (see AsyncConnectionPool.warm)."""
-        used = 0
-        for pool in list(self._pools.values()):
-            used += await pool.warm()
-        return used
-
-    async def aclose_pool(self) -> None:
-        """Close every named pool opened in this process, politely; later use raises PoolClosed
-        (until :meth:`ainit_pool` opens them again)."""
-        self._closed_in = os.getpid()
-        pools, self._pools = list(self._pools.values()), {}
-        for pool in pools:
-            await pool.close()
-
-    def close_pool(self) -> None:
-        """Drop what is still open, without a round trip: the event loop is gone (gunicorn's quick
-        shutdown skips the lifespan shutdown), so nothing can be awaited. The servers end the
-        sessions when the process exits and its sockets close."""
-        self._closed_in = os.getpid()
-        pools, self._pools = list(self._pools.values()), {}
-        for pool in pools:
-            dropped = pool.drop_all()
-            if dropped:
-                logger.info("pool %s (%s): dropped %d connection(s) at exit (no event loop to close them)",
-                            pool.name, pool.dsn, dropped)  # fmt: skip

@@ -24,7 +24,8 @@ LAYERS: list[list[object]] = [
     ["connectors"],  # L2 drivers
     [("pool", "pool_async")],  # L3 front ends (sync/gevent | asyncio)
     ["config", "redis_config", "base"],  # L4 config, worker profile, service contract
-    ["service", "database", "database_async", "redis", "redis_async", "replicas", "budget", "registry"],  # L5 services
+    ["service", "service_async", "database", "database_async", "redis", "redis_async", "replicas", "budget",
+     "registry"],  # L5 services
     ["request", "wsgi", "asgi"],  # L6 requests
     [("sqlalchemy", "django")],  # L7 integrations
     ["integrations", "lifecycle", "warmup", "metrics", "otel", "hooks", "workers", "cli", "__init__", "__main__"],
