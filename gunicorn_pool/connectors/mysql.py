@@ -268,8 +268,7 @@ class _PooledResult(MySQLResult):  # type: ignore[misc]
     earlier seemed raised still.
     """
 
-    def _check_packet_is_eof(self, packet: Any) -> bool:
-        return eof_status(self, packet)
+    _check_packet_is_eof: Callable[[Any, Any], bool]  # eof_status() itself, below: no frame in between
 
 
 def eof_status(result: Any, packet: Any) -> bool:
@@ -287,6 +286,9 @@ def eof_status(result: Any, packet: Any) -> bool:
         conn._gp_seen |= wp.server_status
         conn._gp_unsure = bool(wp.has_next)
     return True
+
+
+_PooledResult._check_packet_is_eof = eof_status
 
 
 class StatusExactConnection(pymysql.connections.Connection):  # type: ignore[misc]
