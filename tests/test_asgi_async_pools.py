@@ -194,6 +194,51 @@ def test_a_leaked_getconn_is_reclaimed_when_its_request_ends(login, gunicorn, wo
     assert body["session"] in login.session_ids()
 
 
+def websocket_message(port: int, path: str, timeout: float = 10.0) -> dict[str, Any]:
+    """Open a WebSocket on 127.0.0.1:*port* (RFC 6455 handshake over a plain socket), return the
+    first text message as JSON, then answer the server's close. Every read is bounded."""
+    import base64
+    import json
+    import os
+
+    key = base64.b64encode(os.urandom(16)).decode()
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                     f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                     .encode())  # fmt: skip
+        stream = sock.makefile("rb")
+        status = stream.readline()
+        assert b" 101 " in status, status
+        while stream.readline() not in (b"\r\n", b""):
+            pass
+        head = stream.read(2)
+        assert head[0] & 0x0F == 1, head  # a text frame
+        length = head[1] & 0x7F
+        if length == 126:
+            length = int.from_bytes(stream.read(2), "big")
+        message = json.loads(stream.read(length))
+        sock.sendall(bytes([0x88, 0x80]) + os.urandom(4))  # our close frame (masked, empty)
+        return dict(message)
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("worker", list(WORKERS))
+def test_a_websocket_runs_in_a_request_scope_and_its_leak_is_reclaimed(login, gunicorn, worker):
+    """A WebSocket call is a request too: the connection its handler took and never gave back is
+    reclaimed when the call ends (logged with its path), and the capacity comes back (max_size 1)."""
+    conf = async_conf({"default": login.config(max_size=1, timeout=2)}, worker=WORKERS[worker], workers=1)
+    server = started(gunicorn(conf, app=APP), 1)
+    message = websocket_message(server.port, "/ws-leak")
+    server.wait_log("was not given back by the end of its request (/ws-leak)")
+    for _ in range(3):
+        status, body = server.get("/conn")
+        assert status == 200, body  # max_size 1: the capacity came back
+    # A reclaimed connection is closed (its holder may still use the object): the next is a new session.
+    assert body["session"] != message["session"]
+    wait_until(lambda: message["session"] not in login.session_ids(), 5, what="the leaked session closed")
+    assert login.password not in server.log()
+
+
 # -- faults -------------------------------------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ AsyncRedisPool ``aredis``.
                     ``request.is_disconnected()``, as a streaming response does)
     /sleep-timeout?s=&limit=   the same under asyncio.wait_for(limit): 504 when it runs out
     /leak           takes a connection with getconn() and never gives it back
+    /ws-leak        a WebSocket: takes a connection with getconn(), sends its session id, closes
     /stats          every service's figures
     /redis          INCR of a key through the pooled client; its connection's CLIENT ID
 
@@ -17,7 +18,7 @@ A pool that cannot serve in time (PoolTimeout, TooManyRequests, ConnectError) an
 import asyncio
 import os
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse
 
 import gunicorn_pool
@@ -103,6 +104,15 @@ async def sleep_timeout(s: float = 1.0, limit: float = 0.1):
 async def leak():
     await db().getconn()
     return {"leaked": True, "pid": os.getpid()}
+
+
+@app.websocket("/ws-leak")
+async def ws_leak(websocket: WebSocket):
+    await websocket.accept()
+    conn = await db().getconn()  # never given back: the WebSocket's request scope reclaims it
+    (session,) = await fetch_one(conn, _session_sql())
+    await websocket.send_json({"session": session, "pid": os.getpid()})
+    await websocket.close()
 
 
 @app.get("/stats")
