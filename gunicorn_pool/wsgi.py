@@ -25,6 +25,7 @@ body (the scope then is the iterable the server closes).
 
 from __future__ import annotations
 
+import sys
 import types
 from typing import Any, Callable, Iterable, Iterator, Optional
 
@@ -113,16 +114,22 @@ def _all_returned(leases: list[tuple[Any, Any, int]]) -> bool:
 class _Request(RequestScope):
     """One WSGI request: its scope, and (for a streamed body) the iterable the server closes."""
 
-    __slots__ = ("_respond", "_body", "_status", "_broken")
+    __slots__ = ("_respond", "_body", "_status", "_broken", "_watched")
     _respond: StartResponse
     _body: Iterable[bytes]
     _status: Optional[str]
     _broken: bool
+    _watched: bool  # the body's iteration runs in _stream(), which sees it raise
 
     def failed(self) -> bool:
         """The request failed: its body raised, or its status is 5xx (read off the server's
-        response object, or recorded by :meth:`start_response`)."""
+        response object, or recorded by :meth:`start_response`). A body sent unwatched (no
+        ``request_connection()`` when the server began sending it) counts as raised if an
+        exception is in flight when the server closes it (the server closes the body in a
+        ``finally``)."""
         if getattr(self, "_broken", False):
+            return True
+        if not getattr(self, "_watched", True) and sys.exc_info()[0] is not None:
             return True
         try:
             status = self._status
@@ -131,13 +138,19 @@ class _Request(RequestScope):
         return isinstance(status, str) and status[:1] == "5"
 
     def start_response(self, status: str, headers: Any, exc_info: Any = None) -> Any:
-        """The app's start_response where the server's records no status."""
+        """The app's start_response where the server records no status."""
         self._status = status  # the last status the app gave wins
         if exc_info is None:
             return self._respond(status, headers)
         return self._respond(status, headers, exc_info)
 
     def __iter__(self) -> Iterator[bytes]:
+        # Only a request_connection() lease needs to know that the body raised (to roll back):
+        # without one, the server iterates the body itself (no generator in between).
+        if self.finalizers is None:
+            self._watched = False
+            return iter(self._body)
+        self._watched = True
         return self._stream(self._body)
 
     def _stream(self, body: Iterable[bytes]) -> Iterator[bytes]:
@@ -157,8 +170,16 @@ class _Request(RequestScope):
             self._broken = True
             raise
         finally:
-            if self._token is not None:
-                self.end(failed=self.failed())
+            token = self._token
+            if token is not None:
+                if self.finalizers is None and (not self or _all_returned(self)):  # nothing to give back
+                    self._token = None
+                    try:
+                        _reset(token)
+                    except ValueError:  # closed in another context than it began in
+                        pass
+                else:
+                    self.end(failed=self.finalizers is not None and self.failed())
 
 
 def wrap(worker: Any) -> None:

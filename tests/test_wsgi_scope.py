@@ -125,6 +125,42 @@ def test_a_streamed_body_runs_inside_its_request_until_the_server_closes_it(db):
     assert db.pool().stats()["pool_available"] == 1
 
 
+def test_a_body_that_takes_its_request_connection_while_sent_and_then_raises_rolls_back(db):
+    """The server began sending before any request_connection(): the body is sent unwatched (no
+    generator in between), and its raise is seen in the server's close(), which runs in a finally."""
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        start_response("200 OK", [])
+
+        def chunks() -> Iterator[bytes]:
+            yield b"a"
+            gunicorn_pool.request_connection(db).execute("INSERT INTO t VALUES (1)")
+            raise RuntimeError("the body failed after it wrote")
+
+        return chunks()
+
+    with pytest.raises(RuntimeError):
+        _serve(app, Response().start_response)
+    assert _rows(db) == 0
+    stats = db.pool().stats()
+    assert stats["pool_available"] == stats["pool_size"], stats
+
+
+def test_a_body_with_no_request_connection_is_iterated_by_the_server_itself(db):
+    """No generator of ours between the server and a streamed body that has nothing to commit."""
+    chunks = iter([b"a", b"b"])
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        start_response("200 OK", [])
+        return chunks
+
+    body = RequestScopeMiddleware(app)({"PATH_INFO": "/s"}, Response().start_response)
+    assert iter(body) is chunks
+    assert list(chunks) == [b"a", b"b"]
+    body.close()  # type: ignore[attr-defined]
+    assert gunicorn_pool.request.current() is None
+
+
 def test_an_app_that_raises_rolls_back(db):
     def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         gunicorn_pool.request_connection(db).execute("INSERT INTO t VALUES (1)")
