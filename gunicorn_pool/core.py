@@ -230,6 +230,18 @@ class PoolCore:
         self._size += 1
         return True
 
+    def _warm_up_next(self, opened: int, deadline: Optional[float]) -> bool:
+        """The warm-up's step (``open()`` of either front end): capacity reserved for one more
+        connection (True), or ``min_size`` reached (False). Past *deadline* (``time.monotonic()``)
+        the reservation is released and :class:`ConnectError` raised."""
+        with self._lock:
+            if not self._reserve_for_warm_up():
+                return False
+        if deadline is not None and time.monotonic() >= deadline:
+            self._release_capacity()
+            raise ConnectError(f"pool {self.name!r} ({self.dsn}): warm-up deadline passed after {opened} connection(s)")
+        return True
+
     def _connect_refusal(self, now: float) -> Optional[ConnectError]:
         """The error for a connect attempted while the pool backs off after a failed one (None:
         go ahead)."""

@@ -74,7 +74,7 @@ from . import _concurrency as cc
 from ._frames import place
 from .connectors.base import Connector
 from .core import LEASE_SINK, PING, REPLACE, PoolCore, PoolObserver
-from .errors import ConnectError, PoolClosed, PoolError
+from .errors import PoolClosed, PoolError
 from .options import DEFAULTS, PoolOptions
 from .slot import IDLE, LENT, Slot
 
@@ -156,15 +156,7 @@ class ConnectionPool(cc.ForkAware, PoolCore):
         if self.closed:
             raise PoolClosed(f"pool {self.name!r} is closed")
         opened = 0
-        while True:
-            with self._lock:
-                if not self._reserve_for_warm_up():
-                    return opened
-            if deadline is not None and monotonic() >= deadline:
-                self._release_capacity()
-                raise ConnectError(
-                    f"pool {self.name!r} ({self.dsn}): warm-up deadline passed after {opened} connection(s)"
-                )
+        while self._warm_up_next(opened, deadline):
             try:
                 slot = self._connect(force=True)
             except BaseException:
@@ -172,6 +164,7 @@ class ConnectionPool(cc.ForkAware, PoolCore):
                 raise
             self._retire(self._shelve_locked(slot, cold=True))
             opened += 1
+        return opened
 
     def _connect(self, *, force: bool = False) -> Slot:
         """OPENING: open one connection for a reservation the caller holds in ``_size``.

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from . import _concurrency as cc
 from .connectors.base_async import task_ident
 from .core import PING, REPLACE, PoolCore
-from .errors import ConnectError, PoolClosed, PoolError
+from .errors import PoolClosed, PoolError
 from .options import DEFAULTS, PoolOptions
 from .slot import LENT, Slot
 
@@ -132,15 +132,7 @@ class AsyncConnectionPool(PoolCore):
         if self.closed:
             raise PoolClosed(f"pool {self.name!r} is closed")
         opened = 0
-        while True:
-            with self._lock:
-                if not self._reserve_for_warm_up():
-                    return opened
-            if deadline is not None and monotonic() >= deadline:
-                self._release_capacity()
-                raise ConnectError(
-                    f"pool {self.name!r} ({self.dsn}): warm-up deadline passed after {opened} connection(s)"
-                )
+        while self._warm_up_next(opened, deadline):
             try:
                 slot = await self._connect(force=True)
             except BaseException:
@@ -148,6 +140,7 @@ class AsyncConnectionPool(PoolCore):
                 raise
             await self._retire(self._shelve_locked(slot, cold=True))
             opened += 1
+        return opened
 
     async def _connect(self, *, force: bool = False) -> Slot:
         """OPENING: open one connection for a reservation the caller holds (it releases it on failure)."""
