@@ -309,3 +309,27 @@ def test_a_pool_belongs_to_the_loop_that_opened_it():
     run(pool.open())
     with pytest.raises(PoolError, match="another event loop"):
         run(pool.getconn())
+
+
+def test_the_warm_up_stops_at_its_deadline_in_both_front_ends():
+    """open(deadline=...) opens what it can before the deadline and then raises, its reservation
+    released: one rule (PoolCore._warm_up_next) under both front ends."""
+    from gunicorn_pool.errors import ConnectError
+
+    sync = ConnectionPool(SyncStandIn(), name="a", min_size=3, max_size=3)
+    with pytest.raises(ConnectError, match="warm-up deadline passed after 0 connection"):
+        sync.open(deadline=0.0)
+    assert sync.stats()["pool_size"] == 0 and sync.open() == 3
+    sync.close()
+
+    async def script() -> None:
+        pool, connector = make(delay=0.5, min_size=3, max_size=3)
+        loop = asyncio.get_running_loop()
+        with pytest.raises(ConnectError, match="warm-up deadline passed after 1 connection"):
+            await pool.open(deadline=loop.time() + 0.25)  # the loop's clock is time.monotonic()
+        assert pool.stats()["pool_size"] == 1 and connector.made == 1
+        connector.delay = 0.0
+        assert await pool.open() == 2
+        await pool.close()
+
+    run(script())
