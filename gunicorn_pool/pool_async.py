@@ -254,6 +254,14 @@ class AsyncConnectionPool(PoolCore):
         else:
             await self._give_back(slot, commit=commit)
 
+    def discard(self, raw: Any) -> None:
+        """Give back *raw*, taken with :meth:`getconn`, and drop it without a round trip: no
+        ``await``, so callable where nothing can be awaited (a finaliser, a close outside the
+        loop). Raises LeaseError as :meth:`putconn` does."""
+        slot = self._unlend(raw, task_ident())
+        if slot is not None:
+            self._drop(slot)
+
     async def _give_back(self, slot: Slot, *, commit: bool) -> None:
         if self._check_in(slot.raw):
             await self._retire(self._shelve(slot))
