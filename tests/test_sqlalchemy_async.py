@@ -21,6 +21,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.util.concurrency import greenlet_spawn
 from support import wait_until
 
 from gunicorn_pool import request_scope
@@ -150,10 +151,15 @@ def test_a_transaction_left_open_without_sqlalchemys_reset_is_rolled_back_by_the
         await service.ainit_pool()
         async with engine.begin() as conn:
             await conn.run_sync(Row.__table__.create)
+        def leave_open() -> None:  # a DBAPI connection of the pool, given back mid-transaction
+            fairy = engine.sync_engine.raw_connection()
+            cursor = fairy.cursor()
+            cursor.execute(f"INSERT INTO {table} (v) VALUES (1)")
+            cursor.close()
+            fairy.close()  # no reset by SQLAlchemy (pool_reset_on_return=None): the pool's finish() ends it
+
         try:
-            conn = await engine.connect()
-            await conn.execute(Row.__table__.insert().values(v=1))
-            await conn.close()  # no rollback by SQLAlchemy: the pool's finish() ends it
+            await greenlet_spawn(leave_open)
             core = engine.sync_engine.pool.core
             assert core.stats()["pool_available"] == 1
             async with engine.connect() as conn2:
