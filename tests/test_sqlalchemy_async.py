@@ -36,6 +36,7 @@ pytestmark = pytest.mark.timeout(60)
 SERVERS = {
     "mysql": ("mysql_user", "mysql+aiomysql", "SELECT SLEEP(5)"),
     "postgresql": ("pg_user", "postgresql+psycopg", "SELECT pg_sleep(5)"),
+    "asyncpg": ("pg_user", "postgresql+asyncpg", "SELECT pg_sleep(5)"),
 }
 
 
@@ -58,7 +59,11 @@ class Server:
 
 
 @pytest.fixture(
-    params=[pytest.param("mysql", marks=pytest.mark.mysql), pytest.param("postgresql", marks=pytest.mark.postgresql)]
+    params=[
+        pytest.param("mysql", marks=pytest.mark.mysql),
+        pytest.param("postgresql", marks=pytest.mark.postgresql),
+        pytest.param("asyncpg", marks=pytest.mark.postgresql),
+    ]
 )
 def server(request: Any) -> Iterator[Server]:
     yield Server(request.param, request.getfixturevalue(SERVERS[request.param][0]))
@@ -109,7 +114,7 @@ def test_engine_pool_asyncio_true_bounds_sessions_and_times_out_on_time(server: 
         await service.ainit_pool()
         engine = service.engine()
         assert isinstance(engine, AsyncEngine)
-        assert engine.dialect.driver in ("aiomysql", "psycopg")
+        assert engine.dialect.driver in ("aiomysql", "psycopg", "asyncpg")
         peak = 0
 
         async def query() -> None:
@@ -240,11 +245,45 @@ def test_a_session_killed_while_idle_is_replaced_at_checkout(server: Server) -> 
         core = engine.sync_engine.pool.core
         async with engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
-        server.user.kill_all() if server.kind == "mysql" else server.user.terminate_all()
+        server.user.kill_all()
         await asyncio.sleep(0.3)  # the server's goodbye reaches the socket
         async with engine.connect() as conn:  # the probe sees it: replaced, no error for the app
             assert (await conn.execute(text("SELECT 1"))).scalar() == 1
         assert core.stats()["connections_lost"] >= 1
         await service.aclose_pool()
+
+    run(main())
+
+
+def test_the_app_walk_adopts_an_async_engine_as_an_asyncio_service_on_aiosqlite(tmp_path: Any) -> None:
+    """An ``AsyncEngine`` the app walk meets becomes an asyncio service (opened in the loop, never
+    by boot's synchronous init_pool()); SQLite through aiosqlite, whose transaction state
+    SQLAlchemy's reset on return looks after."""
+    from gunicorn_pool import integrations
+
+    class App:
+        pass
+
+    app = App()
+    app.engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'walk.db'}")  # type: ignore[attr-defined]
+    found = dict(integrations.discover(app))
+    service = found["app.engine"]
+    assert isinstance(service, AsyncAdoptedEngines)
+    service.init_pool()
+    engine = app.engine  # type: ignore[attr-defined]
+    assert not isinstance(engine.sync_engine.pool, AsyncGunicornPool)  # nothing outside the loop
+
+    async def main() -> None:
+        await service.ainit_pool()
+        core = engine.sync_engine.pool.core
+        async with engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE t (v INTEGER)"))
+        async with AsyncSession(engine) as session:
+            await session.execute(text("INSERT INTO t VALUES (1)"))  # rolled back by SQLAlchemy's reset
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT COUNT(*) FROM t"))).scalar() == 0
+        assert core.stats()["connections_num"] == 1
+        await service.aclose_pool()
+        assert core.closed and core.stats()["pool_size"] == 0
 
     run(main())

@@ -1,7 +1,7 @@
 """SQLAlchemy async engines in real gunicorn: a FastAPI app (tests/apps/fastapi_sa_async_app.py) whose
 ``create_async_engine()`` engine is adopted (``gunicorn_pool.sqlalchemy.adopt(engine)``), or built
 by ``EnginePool(..., asyncio=True)``, under ``-k gunicorn_pool.AsgiWorker`` and
-``gunicorn_pool.UvicornWorker``, on PostgreSQL (psycopg's AsyncConnection) and MariaDB (aiomysql).
+``gunicorn_pool.UvicornWorker``, on PostgreSQL (psycopg's AsyncConnection, asyncpg) and MariaDB (aiomysql).
 
 Sessions are counted on the server for a login of the test's own.
 """
@@ -21,6 +21,7 @@ APP = "fastapi_sa_async_app:app"
 #: The servers: (login fixture, asyncio driver, marker).
 DATABASES = {
     "postgresql": ("pg_user", "postgresql+psycopg", pytest.mark.postgresql),
+    "asyncpg": ("pg_user", "postgresql+asyncpg", pytest.mark.postgresql),
     "mysql": ("mysql_user", "mysql+aiomysql", pytest.mark.mysql),
 }
 

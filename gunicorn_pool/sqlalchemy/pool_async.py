@@ -18,9 +18,11 @@ loop through ``await_()`` (SQLAlchemy's own ``AsyncAdaptedQueuePool`` is
 - the core's connector (:class:`AsyncRecordConnector`) opens a record with
   SQLAlchemy's creator and ``connect`` events in a greenlet of its own, reads
   the driver's transaction state without a round trip (psycopg's
-  ``transaction_status``, aiomysql's server status; other drivers: SQLAlchemy's
-  reset on return decides), probes the idle socket (psycopg's libpq socket,
-  aiomysql's stream buffer), and drops connections without the loop.
+  ``transaction_status``, aiomysql's server status, asyncpg's
+  ``is_in_transaction()`` and SQLAlchemy's adapter's transaction; aiosqlite:
+  SQLAlchemy's reset on return decides), probes the idle connection (psycopg's
+  libpq socket, aiomysql's stream buffer, asyncpg's closed protocol), and drops
+  connections without the loop.
 
 Cancellation: a task cancelled mid-query leaves its connection mid-protocol.
 SQLAlchemy invalidates the record on a cancellation (the DBAPI connection is
@@ -66,6 +68,8 @@ def _in_transaction(dbapi: Any, driver: str) -> Optional[bool]:
         return bool(conn.pgconn.transaction_status)  # 0 is IDLE; ACTIVE, INTRANS, INERROR, UNKNOWN are not
     if driver == "aiomysql":
         return conn._writer is None or bool(conn.server_status & _IN_TRANS)  # closed: not clean either
+    if driver == "asyncpg":  # SQLAlchemy's adapter holds its own transaction object beside the server's state
+        return dbapi._transaction is not None or conn.is_in_transaction() or conn.is_closed()
     return None
 
 
@@ -158,6 +162,8 @@ class AsyncRecordConnector(AsyncConnector):
             await aping(conn, timeout)
         elif entry.driver == "aiomysql":
             await asyncio.wait_for(conn.ping(False), timeout)  # COM_PING, never reconnecting
+        elif entry.driver == "asyncpg":
+            await asyncio.wait_for(conn.execute(";"), timeout)  # simple query protocol, no transaction
         else:
             dialect: Any = self._pool._dialect
             await asyncio.wait_for(greenlet_spawn(dialect.do_ping, entry.dbapi), timeout)
@@ -172,6 +178,8 @@ class AsyncRecordConnector(AsyncConnector):
         if driver == "aiomysql":
             reader = dbapi.driver_connection._reader
             return None if reader is None else stream_probe(reader)  # the loop fills it while idle
+        if driver == "asyncpg":  # the loop reads its socket: a server's goodbye closes the protocol
+            return dbapi.driver_connection.is_closed  # type: ignore[no-any-return]
         return None
 
     async def warm(self, raw: Any, timeout: float) -> None:

@@ -428,12 +428,7 @@ def adopt(target: Any, *, name: str = "sqlalchemy", **options: Any) -> AdoptedEn
         raise ConfigError(f"adopt({name!r}): unknown option(s) {', '.join(unknown)}")
     checked = PoolOptions(**_pool_options(name, options))
     checked.check(name)
-    service_class = AdoptedEngines
-    if _async_engines(target):
-        from .service_async import AsyncAdoptedEngines
-
-        service_class = AsyncAdoptedEngines
-    service = service_class(_finder(target, name), name=name, options=checked)
+    service = _service_class(target)(_finder(target, name), name=name, options=checked)
     _adopted[id(target)] = target
     return register(service, name=name)
 
@@ -445,7 +440,16 @@ def adopted_by_walk(target: Any, *, path: str) -> Optional[AdoptedEngines]:
     if _adopted.get(id(target)) is target:
         return None
     _adopted[id(target)] = target
-    return AdoptedEngines(_finder(target, path), name=f"sqlalchemy {path}", options=PoolOptions())
+    return _service_class(target)(_finder(target, path), name=f"sqlalchemy {path}", options=PoolOptions())
+
+
+def _service_class(target: Any) -> type[AdoptedEngines]:
+    """AdoptedEngines, or for ``AsyncEngine``s the asyncio service (opened in the event loop)."""
+    if _async_engines(target):
+        from .service_async import AsyncAdoptedEngines
+
+        return AsyncAdoptedEngines
+    return AdoptedEngines
 
 
 def _async_engines(target: Any) -> bool:
