@@ -287,3 +287,27 @@ def test_the_app_walk_adopts_an_async_engine_as_an_asyncio_service_on_aiosqlite(
         assert core.closed and core.stats()["pool_size"] == 0
 
     run(main())
+
+
+def test_engine_dispose_closes_the_pool_and_the_recreated_one_is_closed_with_the_service(server: Server) -> None:
+    """``await engine.dispose()`` closes the core in the loop (SQLAlchemy's greenlet) and puts a
+    fresh AsyncGunicornPool in place (recreate()); it connects on demand and closes with the service."""
+    engine = create_async_engine(server.url())
+    service = adopted(engine, max_size=2, min_size=1)
+
+    async def main() -> None:
+        await service.ainit_pool()
+        first = engine.sync_engine.pool
+        await engine.dispose()
+        assert first.core.closed
+        wait_until(lambda: server.sessions() == 0, 10, what="the disposed pool's session closed")
+        second = engine.sync_engine.pool
+        assert isinstance(second, AsyncGunicornPool) and second is not first
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT 3"))).scalar() == 3
+        assert server.sessions() == 1 and service.stats()["default"]["pool_size"] == 1
+        await service.aclose_pool()
+        assert second.core.closed
+
+    run(main())
+    wait_until(lambda: server.sessions() == 0, 10, what="sessions closed")
