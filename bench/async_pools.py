@@ -4,8 +4,11 @@
 ``SELECT 1`` on it, divided by the same ``SELECT 1`` on a raw connection of the same driver, for
 psycopg's ``AsyncConnection`` and aiomysql; with psycopg_pool's ``AsyncConnectionPool``,
 SQLAlchemy's async engine (``create_async_engine(...).connect()``, the driver's own ``SELECT 1`` on
-its raw connection) and aiomysql's own pool beside them, and asyncpg's pool ÷ raw asyncpg as a
-reference. Each block runs between two raw blocks (bench/_common.py ``bracketed``).
+its raw connection), the same engine adopted (``gunicorn_pool.sqlalchemy.adopt(async_engine)``: its
+pool is gunicorn_pool's AsyncGunicornPool) and aiomysql's own pool beside them, and asyncpg's pool,
+SQLAlchemy's asyncpg engine and that engine adopted ÷ raw asyncpg. Each block runs between two raw
+blocks (bench/_common.py ``bracketed``); a last line per group divides the adopted engine's ratio by
+SQLAlchemy's own pool's.
 
 ``--part e2e``: FastAPI on PostgreSQL, ``gunicorn -w 2``, driven by ``wrk -c64``: gunicorn_pool's
 AsyncDatabasePool under ``-k gunicorn_pool.AsgiWorker`` vs a SQLAlchemy async engine opened in the
@@ -69,6 +72,27 @@ def within(lend: Callable[[], Any], op: Callable[[Any], Awaitable[None]]) -> Bod
     return body
 
 
+async def adopted_engine(url: str, closers: list[Any]) -> Any:
+    """``create_async_engine(url)`` adopted: its pool is gunicorn_pool's (max_size 1), opened in this loop."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from gunicorn_pool.registry import unregister
+    from gunicorn_pool.sqlalchemy import adopt
+
+    engine = create_async_engine(url)
+    name = f"bench-sa-{id(engine)}"
+    service = adopt(engine, name=name, min_size=1, max_size=1)
+    unregister(name)
+    await service.ainit_pool()
+    closers.append(service.aclose_pool)
+    return engine
+
+
+#: The two SQLAlchemy rows of each group, whose ratio the group's last line gives.
+SA_STOCK = "SQLAlchemy async engine.connect()"
+SA_ADOPTED = "adopt(async_engine): the same engine on gunicorn_pool's pool"
+
+
 def sqlalchemy_connect(engine: Any, op: Callable[[Any], Awaitable[None]]) -> Body:
     async def body() -> None:
         async with engine.connect() as conn:
@@ -93,13 +117,14 @@ async def build_pg(user: PGBenchUser, closers: list[Any]) -> dict[str, Body]:
     db = AsyncDatabasePool({"default": dict(user.config(), min_size=1, max_size=1)}, name="bench-apg")
     await db.ainit_pool()
     closers.append(db.aclose_pool)
+    adopted = await adopted_engine(user.url("postgresql+psycopg"), closers)
     return {
         "raw psycopg AsyncConnection": lambda: pg_select(raw),
         "psycopg_pool AsyncConnectionPool": within(pgpool.connection, pg_select),
-        "SQLAlchemy async engine.connect() (postgresql+psycopg, rollback on return)": sqlalchemy_connect(
-            engine, pg_select),
+        f"{SA_STOCK} (postgresql+psycopg, rollback on return)": sqlalchemy_connect(engine, pg_select),
+        f"{SA_ADOPTED}": sqlalchemy_connect(adopted, pg_select),
         "gunicorn_pool AsyncDatabasePool.connection()": within(db.connection, pg_select),
-    }  # fmt: skip
+    }
 
 
 async def build_mysql(user: BenchUser, closers: list[Any]) -> dict[str, Body]:
@@ -123,10 +148,12 @@ async def build_mysql(user: BenchUser, closers: list[Any]) -> dict[str, Body]:
     db = AsyncDatabasePool({"default": user.url() + "?min_size=1&max_size=1&ssl_disabled=true"}, name="bench-amy")
     await db.ainit_pool()
     closers.append(db.aclose_pool)
+    adopted = await adopted_engine(user.url("mysql+aiomysql"), closers)
     return {
         "raw aiomysql connection": lambda: my_select(raw),
         "aiomysql's own pool (acquire)": within(own.acquire, my_select),
-        "SQLAlchemy async engine.connect() (mysql+aiomysql, rollback on return)": sqlalchemy_connect(engine, my_select),
+        f"{SA_STOCK} (mysql+aiomysql, rollback on return)": sqlalchemy_connect(engine, my_select),
+        f"{SA_ADOPTED}": sqlalchemy_connect(adopted, my_select),
         "gunicorn_pool AsyncDatabasePool.connection()": within(db.connection, my_select),
     }
 
@@ -140,15 +167,25 @@ async def build_asyncpg(user: PGBenchUser, closers: list[Any]) -> dict[str, Body
     closers.append(raw.close)
     pool = await asyncpg.create_pool(min_size=1, max_size=1, **args)
     closers.append(pool.close)
+    from sqlalchemy.ext.asyncio import create_async_engine
 
-    async def raw_op() -> None:
-        await raw.fetch("SELECT 1")
+    engine = create_async_engine(user.url("postgresql+asyncpg"), pool_size=1, max_overflow=0)
+    closers.append(engine.dispose)
+    adopted = await adopted_engine(user.url("postgresql+asyncpg"), closers)
+
+    async def fetch(conn: Any) -> None:
+        await conn.fetch("SELECT 1")
 
     async def pool_op() -> None:
         async with pool.acquire() as conn:
-            await conn.fetch("SELECT 1")
+            await fetch(conn)
 
-    return {"raw asyncpg connection": raw_op, "asyncpg's own pool (acquire)": pool_op}
+    return {
+        "raw asyncpg connection": lambda: fetch(raw),
+        "asyncpg's own pool (acquire)": pool_op,
+        f"{SA_STOCK} (postgresql+asyncpg, rollback on return)": sqlalchemy_connect(engine, fetch),
+        f"{SA_ADOPTED}": sqlalchemy_connect(adopted, fetch),
+    }
 
 
 def overhead_group(loop: asyncio.AbstractEventLoop, title: str, builder: Callable[[list[Any]], Any], rounds: int,
@@ -168,7 +205,13 @@ def overhead_group(loop: asyncio.AbstractEventLoop, title: str, builder: Callabl
             if asyncio.iscoroutine(result):
                 loop.run_until_complete(result)
     rows = bracketed_rows(base_name, base_values, values, rel)
-    return f"### {title}\n\n" + table(["row", "median µs/op", "min", "max", "÷ raw"], rows)
+    out = f"### {title}\n\n" + table(["row", "median µs/op", "min", "max", "÷ raw"], rows)
+    stock = next((name for name in rel if name.startswith(SA_STOCK)), None)
+    if stock is not None and SA_ADOPTED in rel:
+        paired = spread([a / b for a, b in zip(rel[SA_ADOPTED], rel[stock])])
+        out += (f"\n\nadopt(async_engine) ÷ SQLAlchemy's own async pool, per round: **{paired[0]:.3f}**"
+                f" ({paired[1]:.3f}–{paired[2]:.3f})")  # fmt: skip
+    return out
 
 
 def overhead(rounds: int, ops: int) -> None:

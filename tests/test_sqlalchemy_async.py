@@ -311,3 +311,24 @@ def test_engine_dispose_closes_the_pool_and_the_recreated_one_is_closed_with_the
 
     run(main())
     wait_until(lambda: server.sessions() == 0, 10, what="sessions closed")
+
+
+def test_the_ping_of_an_idle_connection_keeps_it(server: Server) -> None:
+    """check_interval 0: every checkout pings first (each driver's ping: psycopg's empty query,
+    aiomysql's COM_PING, asyncpg's simple query); a live connection passes and is kept, so one
+    connection serves every checkout."""
+    engine = create_async_engine(server.url())
+    service = adopted(engine, max_size=1, min_size=1, check_interval=0.0)
+
+    async def main() -> None:
+        await service.ainit_pool()
+        core = engine.sync_engine.pool.core
+        for _ in range(5):
+            await asyncio.sleep(0.01)
+            async with engine.connect() as conn:
+                assert (await conn.execute(text("SELECT 1"))).scalar() == 1
+        stats = core.stats()
+        assert stats["connections_num"] == 1 and stats["connections_lost"] == 0, stats
+        await service.aclose_pool()
+
+    run(main())

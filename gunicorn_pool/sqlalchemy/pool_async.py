@@ -163,7 +163,7 @@ class AsyncRecordConnector(AsyncConnector):
         elif entry.driver == "aiomysql":
             await asyncio.wait_for(conn.ping(False), timeout)  # COM_PING, never reconnecting
         elif entry.driver == "asyncpg":
-            await asyncio.wait_for(conn.execute(";"), timeout)  # simple query protocol, no transaction
+            await asyncio.wait_for(conn.execute("SELECT 1"), timeout)  # simple query protocol, no transaction
         else:
             dialect: Any = self._pool._dialect
             await asyncio.wait_for(greenlet_spawn(dialect.do_ping, entry.dbapi), timeout)
