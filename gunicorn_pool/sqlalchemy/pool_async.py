@@ -247,16 +247,24 @@ class AsyncGunicornPool(GunicornPool):
         self._closing: set[asyncio.Task[None]] = set()
 
     def _do_get(self) -> ConnectionPoolEntry:
+        # An idle connection due no check is taken without an await (each await_() is two greenlet
+        # switches and a coroutine); waiting, opening or pinging awaits the core.
+        record: Optional[ConnectionPoolEntry] = self.core.getconn_nowait()
+        if record is not None:
+            return record
         try:
-            record: ConnectionPoolEntry = await_(self.core.getconn())
+            record = await_(self.core.getconn())
         except PoolTimeout as exc:
             raise SQLAlchemyPoolTimeout(str(exc)) from None
+        assert record is not None
         return record
 
     def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
         try:
             if in_greenlet():
-                await_(self.core.putconn(record))
+                rest = self.core.putconn_nowait(record)  # a clean return needs no await
+                if rest is not None:
+                    await_(rest)
             else:  # SQLAlchemy's cleanup of a garbage-collected connection: nothing can be awaited
                 self.core.discard(record)
         except LeaseError:
