@@ -176,7 +176,8 @@ class AsyncConnectionPool(PoolCore):
         return AsyncLease(self, timeout)
 
     def getconn_nowait(self) -> Optional[Any]:
-        """A connection now, without an ``await``, if one is idle and due no check; else None
+        """A connection now, without an ``await``, if one is idle and due no round trip (no check
+        due, or only the probe and it is quiet: the synchronous pool's inline rule); else None
         (then ``await getconn()``). For callers to whom every ``await`` costs (SQLAlchemy's
         greenlet bridge: two greenlet switches); give it back with :meth:`putconn` or
         :meth:`putconn_nowait`."""
@@ -184,7 +185,7 @@ class AsyncConnectionPool(PoolCore):
         if slot is None:
             return None
         now = monotonic()
-        if now >= slot.recheck_at:  # due a check (a round trip): the awaited path takes it again
+        if now >= slot.recheck_at and not self._quiet(slot, now):  # a ping due: the awaited path takes it
             self._idle.append(slot)
             return None
         self._begin_lease(slot, now, task_ident())
