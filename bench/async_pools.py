@@ -15,8 +15,14 @@ AsyncDatabasePool under ``-k gunicorn_pool.AsgiWorker`` vs a SQLAlchemy async en
 app's lifespan under gunicorn's stock ``-k asgi`` (bench/apps/fastapi_*_app.py); req/s, latency,
 and the most server sessions of each login seen while wrk ran.
 
+``--part instructions``: the same SQLAlchemy rows counted by callgrind (bench/instructions.py's
+method: two run lengths, the difference per operation), ``create_async_engine()`` with SQLAlchemy's
+own pool vs the same engine adopted, on psycopg, asyncpg and aiomysql: the figure a busy 2-core
+machine cannot blur (bench/_sa_async_ops.py is the loop).
+
     python bench/async_pools.py --part overhead --rounds 9
     python bench/async_pools.py --part e2e --rounds 5
+    python bench/async_pools.py --part instructions --n1 300 --n2 1500
 """
 
 from __future__ import annotations
@@ -24,7 +30,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
+import sys
 import time
+from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from _common import BenchUser, PGBenchUser, bracketed, bracketed_rows, fmt, preamble, spread, table
@@ -281,19 +290,48 @@ def e2e(rounds: int, seconds: float, connections: int, size: int) -> None:
     print("Target: req/s ratio ≥ 1.0; at most max_size sessions per worker where the stock engine opens more.")
 
 
+def instructions(n1: int, n2: int) -> None:
+    from instructions import per_op
+
+    script = Path(__file__).with_name("_sa_async_ops.py")
+    root = Path(__file__).resolve().parent.parent
+    pg, my = PGBenchUser(), BenchUser()
+    rows = []
+    try:
+        drivers = {"psycopg": pg.url("postgresql+psycopg"), "asyncpg": pg.url("postgresql+asyncpg"),
+                   "aiomysql": my.url("mysql+aiomysql")}  # fmt: skip
+        for driver, url in drivers.items():
+            os.environ["GPB_SA_URL"] = url  # read by the script in the child (never on a command line)
+            stock = per_op(sys.executable, script, "stock", n1, n2, root)
+            adopted = per_op(sys.executable, script, "adopted", n1, n2, root)
+            rows.append([driver, f"{stock:,.0f}", f"{adopted:,.0f}", f"**{adopted / stock:.3f}**"])
+    finally:
+        os.environ.pop("GPB_SA_URL", None)
+        pg.close()
+        my.close()
+    print(preamble("SQLAlchemy async engine: engine.connect() + SELECT 1 + return, instructions per operation",
+                   f"callgrind, (count(N={n2}) - count(N={n1})) / {n2 - n1}, PYTHONHASHSEED=0; the server's"
+                   " work is another process and not counted", postgresql=True))  # fmt: skip
+    print(table(["driver", "SQLAlchemy's AsyncAdaptedQueuePool", "adopt(async_engine)", "÷ SQLAlchemy's"], rows))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--part", choices=("overhead", "e2e", "all"), default="all")
+    parser.add_argument("--part", choices=("overhead", "e2e", "instructions", "all"), default="all")
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--ops", type=int, default=2000)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--size", type=int, default=10)
+    parser.add_argument("--n1", type=int, default=300, help="--part instructions: the shorter run")
+    parser.add_argument("--n2", type=int, default=1500, help="--part instructions: the longer run")
     args = parser.parse_args()
     if args.part in ("overhead", "all"):
         overhead(args.rounds, args.ops)
     if args.part in ("e2e", "all"):
         e2e(max(1, args.rounds // 2), args.seconds, args.connections, args.size)
+    if args.part == "instructions":  # minutes under valgrind: asked for by name only
+        instructions(args.n1, args.n2)
 
 
 if __name__ == "__main__":
