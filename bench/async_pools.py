@@ -12,8 +12,9 @@ SQLAlchemy's own pool's.
 
 ``--part e2e``: FastAPI on PostgreSQL, ``gunicorn -w 2``, driven by ``wrk -c64``: gunicorn_pool's
 AsyncDatabasePool under ``-k gunicorn_pool.AsgiWorker`` vs a SQLAlchemy async engine opened in the
-app's lifespan under gunicorn's stock ``-k asgi`` (bench/apps/fastapi_*_app.py); req/s, latency,
-and the most server sessions of each login seen while wrk ran.
+app's lifespan under gunicorn's stock ``-k asgi``, and that engine adopted under
+``-k gunicorn_pool.AsgiWorker`` (bench/apps/fastapi_*_app.py); req/s, latency, and the most server
+sessions of each login seen while wrk ran.
 
 ``--part instructions``: the same SQLAlchemy rows counted by callgrind (bench/instructions.py's
 method: two run lengths, the difference per operation), ``create_async_engine()`` with SQLAlchemy's
@@ -246,10 +247,13 @@ def overhead(rounds: int, ops: int) -> None:
 
 
 def e2e(rounds: int, seconds: float, connections: int, size: int) -> None:
+    theirs = "SQLAlchemy async engine in the lifespan, -k asgi"
     variants = {
         "gunicorn_pool AsyncDatabasePool, -k gunicorn_pool.AsgiWorker": ("fastapi_gp_app", "gunicorn_pool.AsgiWorker"),
-        "SQLAlchemy async engine in the lifespan, -k asgi": ("fastapi_sa_app", "asgi"),
-    }
+        theirs: ("fastapi_sa_app", "asgi"),
+        "the same SQLAlchemy engine adopted, -k gunicorn_pool.AsgiWorker": ("fastapi_sa_adopted_app",
+                                                                            "gunicorn_pool.AsgiWorker"),
+    }  # fmt: skip
     users = {name: PGBenchUser() for name in variants}
     servers: dict[str, Server] = {}
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
@@ -269,7 +273,6 @@ def e2e(rounds: int, seconds: float, connections: int, size: int) -> None:
             server.stop()
         for user in users.values():
             user.close()
-    ours, theirs = list(variants)
     rows = []
     for name in variants:
         runs = results[name]
