@@ -73,8 +73,13 @@ def _in_transaction(dbapi: Any, driver: str) -> Optional[bool]:
     return None
 
 
+#: The drivers whose connections are read and dropped without a round trip (see the module docstring).
+DRIVERS = frozenset({"psycopg", "aiomysql", "asyncpg", "aiosqlite"})
+
+
 def _drop(dbapi: Any) -> None:
-    """Close *dbapi*'s driver connection without a word to the server and without the loop."""
+    """Close *dbapi*'s driver connection without a word to the server and without the loop (a
+    driver not in :data:`DRIVERS`: left to the garbage collector, which closes its socket)."""
     conn = dbapi.driver_connection
     driver = _driver(dbapi)
     try:
@@ -109,6 +114,7 @@ class AsyncRecordConnector(AsyncConnector):
         super().__init__(pool_name=pool_name, address=address, dsn=dsn, password=password)
         self._pool = pool
         self._entries: dict[int, _Entry] = {}  # id(record) -> what was opened
+        self._warned = False
 
     def _current(self, raw: Any) -> Optional[_Entry]:
         """What was opened for record *raw*, if it still has that connection (None: SQLAlchemy
@@ -124,6 +130,13 @@ class AsyncRecordConnector(AsyncConnector):
         dbapi: Any = record.dbapi_connection
         entry = _Entry(dbapi, _driver(dbapi))
         self._entries[id(record)] = entry
+        if entry.driver not in DRIVERS and not self._warned:
+            self._warned = True
+            logger.warning(
+                "pool %s (%s): driver %s is not one gunicorn_pool reads (%s): SQLAlchemy's reset on return"
+                " decides what is clean, no checkout probe, and a reclaimed connection is closed only when"
+                " it is garbage-collected", self.pool_name, self.dsn, entry.driver, ", ".join(sorted(DRIVERS)),
+            )  # fmt: skip
         try:
             if _in_transaction(dbapi, entry.driver):
                 await self._end(dbapi, commit=False, timeout=self.close_timeout)  # what connect events left open
