@@ -10,9 +10,9 @@ adds its finder or adopter to this module and lives in a folder of its own
   (``ENGINE: "gunicorn_pool.django.mysql"``, or PostgreSQL with
   ``OPTIONS["pool"]``) gets :class:`gunicorn_pool.django.DjangoPools`
   (named ``django``). Nothing is imported unless ``django`` already is.
-- SQLAlchemy: an ``Engine`` or a Flask-SQLAlchemy extension met by the app
-  walk is adopted as :func:`gunicorn_pool.sqlalchemy.adopt` would, unless
-  ``adopt()`` took it already.
+- SQLAlchemy: an ``Engine``, an ``AsyncEngine`` or a Flask-SQLAlchemy extension
+  met by the app walk is adopted as :func:`gunicorn_pool.sqlalchemy.adopt` would,
+  unless ``adopt()`` took it already.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ FINDERS: tuple[Finder, ...] = (django_services,)
 #: Classes the app walk adopts, by (module, class name): nothing is imported to recognise them.
 ADOPTERS: dict[tuple[str, str], Adopter] = {
     ("sqlalchemy.engine.base", "Engine"): adopt_sqlalchemy,
+    ("sqlalchemy.ext.asyncio.engine", "AsyncEngine"): adopt_sqlalchemy,
     ("flask_sqlalchemy.extension", "SQLAlchemy"): adopt_sqlalchemy,
 }
 

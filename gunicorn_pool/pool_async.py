@@ -33,7 +33,7 @@ import asyncio
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Coroutine, Optional
 
 from . import _concurrency as cc
 from .connectors.base_async import task_ident
@@ -168,17 +168,31 @@ class AsyncConnectionPool(PoolCore):
         """``async with pool.connection() as conn:`` lends a connection (see AsyncLease)."""
         return AsyncLease(self, timeout)
 
+    def getconn_nowait(self) -> Optional[Any]:
+        """A connection now, without an ``await``, if one is idle and due no round trip (no check
+        due, or only the probe and it is quiet: the synchronous pool's inline rule); else None
+        (then ``await getconn()``). For callers to whom every ``await`` costs (SQLAlchemy's
+        greenlet bridge: two greenlet switches); give it back with :meth:`putconn` or
+        :meth:`putconn_nowait`."""
+        slot = self._pop_fast()
+        if slot is None:
+            return None
+        now = monotonic()
+        if now >= slot.recheck_at and not self._quiet(slot, now):  # a ping due: the awaited path takes it
+            self._idle.append(slot)
+            return None
+        self._begin_lease(slot, now, task_ident())
+        if self._observer is not None:
+            self._observer.waited(0.0)
+        self._lent[slot.key] = slot
+        return slot.raw
+
     async def _take(self, timeout: Optional[float]) -> Slot:
         """Check out a slot (IDLE or OPENING -> LENT); the common case takes no lock."""
         observer = self._observer
         if observer is not None:
             asked = monotonic()
-        slot = None
-        if not self._waiters and self._idle and self._lock_free:
-            try:
-                slot = self._idle.pop()  # invariant 1
-            except IndexError:
-                pass
+        slot = self._pop_fast()
         if slot is None:
             slot, now = await self._take_slow(timeout)
         else:
@@ -189,6 +203,15 @@ class AsyncConnectionPool(PoolCore):
         if observer is not None:
             observer.waited(monotonic() - asked)
         return slot
+
+    def _pop_fast(self) -> Optional[Slot]:
+        """The top idle slot when nobody waits, without the lock; None: take the slow path."""
+        if not self._waiters and self._idle and self._lock_free:
+            try:
+                return self._idle.pop()  # invariant 1
+            except IndexError:
+                pass
+        return None
 
     async def _take_slow(self, timeout: Optional[float]) -> tuple[Slot, float]:
         """Check out when the fast path cannot: under the lock, open a connection, or queue."""
@@ -247,11 +270,33 @@ class AsyncConnectionPool(PoolCore):
         else:
             await self._give_back(slot, commit=commit)
 
+    def putconn_nowait(self, raw: Any) -> Optional[Coroutine[Any, Any, None]]:
+        """Give back *raw* as :meth:`putconn` does; what needs no round trip (a clean
+        connection back on the idle stack, the usual case) is done now, and the rest, if any
+        (ending what the user left open, closing an expired connection), is returned as a
+        coroutine the caller must await."""
+        slot = self._unlend(raw, task_ident() if self._owner_check else 0)
+        return None if slot is None else self._give_back_nowait(slot, commit=False)
+
+    def discard(self, raw: Any) -> None:
+        """Give back *raw*, taken with :meth:`getconn`, and drop it without a round trip: no
+        ``await``, so callable where nothing can be awaited (a finaliser, a close outside the
+        loop). Raises LeaseError as :meth:`putconn` does."""
+        slot = self._unlend(raw, task_ident())
+        if slot is not None:
+            self._drop(slot)
+
     async def _give_back(self, slot: Slot, *, commit: bool) -> None:
+        rest = self._give_back_nowait(slot, commit=commit)
+        if rest is not None:
+            await rest
+
+    def _give_back_nowait(self, slot: Slot, *, commit: bool) -> Optional[Coroutine[Any, Any, None]]:
+        """A return's work without a round trip; the round trips left, as a coroutine (or None)."""
         if self._check_in(slot.raw):
-            await self._retire(self._shelve(slot))
-        else:
-            await self._settle(slot, commit=commit)
+            closing = self._shelve(slot)
+            return self._retire(closing) if closing else None
+        return self._settle(slot, commit=commit)
 
     async def _settle(self, slot: Slot, *, commit: bool, failed: bool = False) -> None:
         try:

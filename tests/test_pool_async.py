@@ -333,3 +333,33 @@ def test_the_warm_up_stops_at_its_deadline_in_both_front_ends():
         await pool.close()
 
     run(script())
+
+
+def test_nowait_checkout_and_return_do_only_what_needs_no_round_trip():
+    """getconn_nowait()/putconn_nowait() (SQLAlchemy's greenlet bridge avoids an await with them):
+    a connection only if one is idle and due no check; a clean return is done at once, a dirty
+    one hands back the round trips left (the rollback) to await."""
+
+    async def main() -> None:
+        pool, c = make(min_size=1, max_size=1, check_interval=0.2)
+        assert pool.getconn_nowait() is None  # nothing open yet: the awaited path opens
+        await pool.open()
+        await pool.putconn(await pool.getconn())  # its first use (a fresh connection's first checkout looks at it)
+        raw = pool.getconn_nowait()
+        assert raw is not None and pool.has_lent(raw) and pool.getconn_nowait() is None
+        assert pool.putconn_nowait(raw) is None  # clean: back on the idle stack, nothing to await
+        assert pool.stats()["pool_available"] == 1
+        await asyncio.sleep(0.3)  # idle past check_interval: due a ping, which needs an await
+        assert pool.getconn_nowait() is None and pool.stats()["pool_available"] == 1
+        raw = await pool.getconn()
+        assert ("ping", raw.n) in c.calls
+        raw.in_transaction = True
+        rest = pool.putconn_nowait(raw)
+        assert rest is not None and ("rollback", raw.n) not in c.calls
+        await rest
+        assert ("rollback", raw.n) in c.calls and pool.stats()["pool_available"] == 1
+        with pytest.raises(PoolError):
+            pool.putconn_nowait(raw)  # given back already
+        await pool.close()
+
+    run(main())

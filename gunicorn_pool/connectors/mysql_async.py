@@ -58,7 +58,7 @@ from .mysql import (
 if TYPE_CHECKING:
     from ..config import DatabaseConfig
 
-__all__ = ["AsyncMySQLConnector", "PooledAioMySQLConnection"]
+__all__ = ["AsyncMySQLConnector", "PooledAioMySQLConnection", "drop"]
 
 _Connection = aiomysql.Connection
 _DRIVER = _Connection.__module__  # aiomysql.connection
@@ -220,13 +220,7 @@ class AsyncMySQLConnector(MySQLRules, AsyncConnector):
 
     def discard(self, raw: Any) -> None:
         raw._gp_holder = CLOSED
-        try:
-            writer = raw._writer
-            raw._writer = raw._reader = None
-            if writer is not None:
-                writer.transport.abort()  # no COM_QUIT, no flush
-        except Exception:  # noqa: BLE001 - never raises
-            pass
+        drop(raw)
 
     # -- health ---------------------------------------------------------------------------
 
@@ -301,6 +295,18 @@ class AsyncMySQLConnector(MySQLRules, AsyncConnector):
             raw._gp_seen = raw._gp_dirty = 0
         raw._gp_holder = IDLE
         return outcome
+
+
+def drop(raw: Any) -> None:
+    """Close aiomysql connection *raw* without a word to the server (no COM_QUIT, no flush) and
+    without the loop. Never raises."""
+    try:
+        writer = raw._writer
+        raw._writer = raw._reader = None
+        if writer is not None:
+            writer.transport.abort()
+    except Exception:  # noqa: BLE001 - never raises
+        pass
 
 
 def _aio_cursor(config: DatabaseConfig, cursor: Any) -> Any:

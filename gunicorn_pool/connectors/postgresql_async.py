@@ -63,7 +63,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AsyncPostgreSQLConnector", "PooledAsyncPGConnection", "PooledAsyncPGCursor", "PooledAsyncPGServerCursor",
-    "aping",
+    "aping", "drop",
 ]  # fmt: skip
 
 #: Settings psycopg's AsyncConnection sets through a coroutine (its property setters refuse).
@@ -172,12 +172,7 @@ class AsyncPostgreSQLConnector(PGRules, AsyncConnector):
 
     def discard(self, raw: Any) -> None:
         raw._gp_holder = CLOSED
-        if raw.lock.locked():
-            # Held by a task inside an operation (a reclaimed leak still running, or a suspended
-            # stream()): finishing would free libpq's connection under it; shut the socket down.
-            _shutdown(raw)
-        else:
-            _finish(raw)
+        drop(raw)
 
     # -- health ---------------------------------------------------------------------------
 
@@ -259,6 +254,16 @@ def _assign_idle(raw: Any, name: str, value: Any) -> None:
     for _ in gen:
         gen.close()
         raise psycopg.OperationalError(f"setting {name} would need a round trip: the connection is not idle")
+
+
+def drop(raw: Any) -> None:
+    """End psycopg ``AsyncConnection`` *raw* without a round trip and without the loop. Never raises."""
+    if raw.lock.locked():
+        # Held by a task inside an operation (a reclaimed leak still running, or a suspended
+        # stream()): finishing would free libpq's connection under it; shut the socket down.
+        _shutdown(raw)
+    else:
+        _finish(raw)
 
 
 def _finish(raw: Any) -> None:

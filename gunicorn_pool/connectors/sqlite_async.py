@@ -120,14 +120,7 @@ class AsyncSQLiteConnector(AsyncConnector):
         """Stop the connection's thread once what it runs ends; it closes the sqlite3 connection
         (no round trip: nothing to tell a server)."""
         raw._gp_holder = CLOSED
-        try:
-            raw._running = False
-            connection, raw._connection = raw._connection, None
-            if connection is not None:
-                raw._tx.put_nowait((None, connection.close))
-            raw._tx.put_nowait((None, _stop))
-        except Exception:  # noqa: BLE001 - never raises
-            pass
+        drop(raw)
 
     async def ping(self, raw: Any, timeout: float) -> None:
         raw._gp_holder = None
@@ -159,6 +152,19 @@ class AsyncSQLiteConnector(AsyncConnector):
     async def warm(self, raw: Any, timeout: float) -> None:
         await self.ping(raw, timeout)
         raw._gp_holder = IDLE
+
+
+def drop(raw: Any) -> None:
+    """Stop aiosqlite connection *raw*'s thread once what it runs ends; it closes the sqlite3
+    connection. No loop needed. Never raises."""
+    try:
+        raw._running = False
+        connection, raw._connection = raw._connection, None
+        if connection is not None:
+            raw._tx.put_nowait((None, connection.close))
+        raw._tx.put_nowait((None, _stop))
+    except Exception:  # noqa: BLE001 - never raises
+        pass
 
 
 def _deliver(loop: asyncio.AbstractEventLoop, how: Any, future: Any, value: Any) -> None:

@@ -13,12 +13,20 @@ Install ``gunicorn-pool[sqlalchemy]`` (or ``[flask]``). Three ways in:
   ``create_engine`` keyword arguments (``gunicorn_pool.get("orm").engine()``).
 - :class:`GunicornPool`: the SQLAlchemy pool class under both.
 
+``create_async_engine()`` engines (FastAPI, Starlette, SQLModel under an ASGI
+worker): ``adopt(async_engine)`` or ``EnginePool(..., asyncio=True)``; their
+pools (:class:`AsyncGunicornPool`) open in the worker's event loop.
+
 The guide is docs/sqlalchemy.md.
 """
 
 from __future__ import annotations
 
 from .pool import GunicornPool, SQLAlchemyPoolTimeout
+from .pool_async import AsyncGunicornPool
 from .service import AdoptedEngines, EngineConfig, EnginePool, adopt
 
-__all__ = ["AdoptedEngines", "EngineConfig", "EnginePool", "GunicornPool", "SQLAlchemyPoolTimeout", "adopt"]
+__all__ = [
+    "AdoptedEngines", "AsyncGunicornPool", "EngineConfig", "EnginePool", "GunicornPool", "SQLAlchemyPoolTimeout",
+    "adopt",
+]  # fmt: skip

@@ -261,15 +261,20 @@ class GunicornPool(Pool):
     unset follow the worker type (sync 1, gthread ``--threads``, gevent 10).
     """
 
+    #: The core's front end and connector (:class:`~gunicorn_pool.sqlalchemy.AsyncGunicornPool`
+    #: sets the asyncio ones).
+    _core_class: type[ConnectionPool] = ConnectionPool
+    _connector_class: Any = RecordConnector
+
     def __init__(self, creator: Any, *, options: PoolOptions = DEFAULTS, pool_name: str = "sqlalchemy",
                  url: Any = None, **kw: Any) -> None:  # fmt: skip
         super().__init__(creator, **kw)
         self._url = url
         described = describe_url(url) if url is not None else {"address": pool_name, "dsn": "", "password": ""}
         options = dataclasses.replace(options, owner_check=False)  # SQLAlchemy guards its connections
-        connector = RecordConnector(self, pool_name=pool_name, **described)
+        connector = self._connector_class(self, pool_name=pool_name, **described)
         #: The gunicorn_pool core this pool lends from (``stats()``, ``open()``, sizes).
-        self.core = ConnectionPool(connector, name=pool_name, options=options)
+        self.core = self._core_class(connector, name=pool_name, options=options)
         self._getconn, self._putconn = self.core.getconn, self.core.putconn
 
     @classmethod

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import logging
+import sys
 from typing import Any, Callable, Mapping, Optional, Union
 
 import sqlalchemy
@@ -86,11 +87,14 @@ def _pool_options(owner: str, raw: Mapping[str, Any]) -> dict[str, Any]:
     return {key: coerce(owner, key, val, rule_of(_OPTIONS[key])) for key, val in raw.items() if key in _OPTIONS}
 
 
-def parse_engine_config(pool_name: str, value: Union[str, URL, Mapping[str, Any]]) -> EngineConfig:
+def parse_engine_config(
+    pool_name: str, value: Union[str, URL, Mapping[str, Any]], *, drivers: Mapping[str, str] = _DEFAULT_DRIVERS
+) -> EngineConfig:
     """Validate one named engine: a URL (``mysql://``, ``postgresql://``, ``sqlite:///``, or with a
     driver: ``mysql+pymysql://``), or a dict with ``url`` and pool options (``max_size``,
     ``timeout``...; also accepted in the URL's query string), ``password_env``/``password_file``,
-    and any other ``create_engine`` keyword argument. No error text shows the password."""
+    and any other ``create_engine`` keyword argument. No error text shows the password. A URL
+    without a driver gets the one *drivers* names for its database."""
     raw: dict[str, Any] = {"url": value} if isinstance(value, (str, URL)) else dict(value)
     if not isinstance(value, (str, URL, Mapping)):
         raise ConfigError(f"pool {pool_name!r}: an engine config is a URL or a dict, not {type(value).__name__}")
@@ -102,7 +106,7 @@ def parse_engine_config(pool_name: str, value: Union[str, URL, Mapping[str, Any]
         raise ConfigError(
             f"pool {pool_name!r}: not a SQLAlchemy URL (dialect+driver://user:password@host/db)"
         ) from None
-    url = url.set(drivername=_DEFAULT_DRIVERS.get(url.drivername, url.drivername))
+    url = url.set(drivername=drivers.get(url.drivername, url.drivername))
     in_query = {k: v for k, v in url.query.items() if k in _OPTIONS}
     url = url.difference_update_query(in_query)
     password = password_from_source(pool_name, raw)
@@ -177,7 +181,7 @@ def bound_connects(engine: Engine) -> None:
     nor ``connect_args`` set one (PyMySQL waits 10 s by default, psycopg forever), and PyMySQL's
     ``read_timeout`` unset is gunicorn's ``timeout`` in gthread and gevent workers (as for
     DatabasePool: gunicorn does not end a request hung on a query there)."""
-    if engine.dialect.driver in ("pymysql", "psycopg") and not event.contains(engine, "do_connect", _bound):
+    if engine.dialect.driver in ("pymysql", "psycopg", "aiomysql") and not event.contains(engine, "do_connect", _bound):
         event.listen(engine, "do_connect", _bound)
 
 
@@ -202,6 +206,8 @@ class _EngineService(NamedPools[EngineConfig]):
     """Named engines, each on a GunicornPool whose core is the named pool."""
 
     _what = "engine"
+    #: The SQLAlchemy pool class each engine gets (the asyncio services: AsyncGunicornPool).
+    _pool_class: type[GunicornPool] = GunicornPool
 
     def __init__(self, configs: Mapping[str, EngineConfig], *, name: str) -> None:
         super().__init__(configs, name=name)
@@ -214,7 +220,7 @@ class _EngineService(NamedPools[EngineConfig]):
     def _build(self, name: str, config: EngineConfig) -> ConnectionPool:
         engine = self._engine_for(name, config)
         bound_connects(engine)
-        pool = GunicornPool.from_pool(engine.pool, pool_name=name, url=engine.url, options=config)
+        pool = self._pool_class.from_pool(engine.pool, pool_name=name, url=engine.url, options=config)
         self._made[id(pool.core)] = (engine, pool)
         return pool.core
 
@@ -293,14 +299,31 @@ class EnginePool(_EngineService):
     are created in the worker, after fork (and after gevent patched), and warmed before the
     first request. A URL without a driver gets the project's (``mysql+pymysql``,
     ``postgresql+psycopg``).
+
+    ``asyncio=True`` makes ``create_async_engine()`` engines instead, for ASGI apps
+    (:class:`~gunicorn_pool.sqlalchemy.AsyncEnginePool`: opened in the worker's event loop;
+    ``engine()`` is an ``AsyncEngine``; a URL without a driver gets ``mysql+aiomysql``,
+    ``postgresql+psycopg`` or ``sqlite+aiosqlite``).
     """
 
-    def __init__(self, configs: Union[Mapping[str, Any], str, URL], *, name: str = "orm") -> None:
+    _drivers: Mapping[str, str] = _DEFAULT_DRIVERS
+
+    def __new__(cls, *args: Any, asyncio: bool = False, **kwargs: Any) -> EnginePool:
+        if asyncio and cls is EnginePool:
+            from .service_async import AsyncEnginePool
+
+            cls = AsyncEnginePool
+        return super().__new__(cls)
+
+    def __init__(
+        self, configs: Union[Mapping[str, Any], str, URL], *, name: str = "orm", asyncio: bool = False
+    ) -> None:
         if isinstance(configs, (str, URL)) or (isinstance(configs, Mapping) and "url" in configs):
             configs = {"default": configs}
         if not configs:
             raise ConfigError(f"EnginePool {name!r}: no engine configured")
-        super().__init__({key: parse_engine_config(key, val) for key, val in configs.items()}, name=name)
+        parsed = {key: parse_engine_config(key, val, drivers=self._drivers) for key, val in configs.items()}
+        super().__init__(parsed, name=name)
 
     def _engine_for(self, name: str, config: EngineConfig) -> Engine:
         assert config.url is not None
@@ -325,11 +348,15 @@ class AdoptedEngines(_EngineService):
 
     def init_pool(self) -> None:
         """Find the engines, then open their pools in this process (see NamedPools.init_pool)."""
+        if self._found():
+            super().init_pool()
+
+    def _found(self) -> bool:
+        """Look the engines up now; False (logged) if there is none."""
         self.configs = self._configs()
         if not self.configs:
             logger.error("%s %r: no engine to adopt (was init_app() called?)", type(self).__name__, self.name)
-            return
-        super().init_pool()
+        return bool(self.configs)
 
     def _configs(self) -> dict[str, EngineConfig]:
         configs = {}
@@ -391,13 +418,17 @@ def adopt(target: Any, *, name: str = "sqlalchemy", **options: Any) -> AdoptedEn
     engine's pool is replaced with a :class:`GunicornPool` built from the same
     creator and options and ``min_size`` connections are opened; nothing the
     master or the import opened is used in a worker; the pools close at exit.
+
+    ``create_async_engine()`` engines (an ``AsyncEngine``, or a list or dict of them) get an
+    :class:`~gunicorn_pool.sqlalchemy.AsyncGunicornPool` each, opened in the worker's event
+    loop in the ASGI lifespan (:class:`~gunicorn_pool.sqlalchemy.AsyncAdoptedEngines`).
     """
     unknown = sorted(set(options) - set(pool_option_names()))
     if unknown:
         raise ConfigError(f"adopt({name!r}): unknown option(s) {', '.join(unknown)}")
     checked = PoolOptions(**_pool_options(name, options))
     checked.check(name)
-    service = AdoptedEngines(_finder(target, name), name=name, options=checked)
+    service = _service_class(target)(_finder(target, name), name=name, options=checked)
     _adopted[id(target)] = target
     return register(service, name=name)
 
@@ -409,11 +440,39 @@ def adopted_by_walk(target: Any, *, path: str) -> Optional[AdoptedEngines]:
     if _adopted.get(id(target)) is target:
         return None
     _adopted[id(target)] = target
-    return AdoptedEngines(_finder(target, path), name=f"sqlalchemy {path}", options=PoolOptions())
+    return _service_class(target)(_finder(target, path), name=f"sqlalchemy {path}", options=PoolOptions())
+
+
+def _service_class(target: Any) -> type[AdoptedEngines]:
+    """AdoptedEngines, or for ``AsyncEngine``s the asyncio service (opened in the event loop)."""
+    if _async_engines(target):
+        from .service_async import AsyncAdoptedEngines
+
+        return AsyncAdoptedEngines
+    return AdoptedEngines
+
+
+def _async_engines(target: Any) -> bool:
+    """True if *target* is an ``AsyncEngine`` or a non-empty list or dict of them."""
+    if "sqlalchemy.ext.asyncio" not in sys.modules:
+        return False
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    if isinstance(target, Mapping):
+        target = list(target.values())
+    values = target if isinstance(target, (list, tuple)) else [target]
+    return bool(values) and all(isinstance(e, AsyncEngine) for e in values)
 
 
 def _finder(target: Any, name: str) -> Callable[[], dict[str, Engine]]:
-    """How to find *target*'s engines when the worker opens its pools."""
+    """How to find *target*'s engines when the worker opens its pools (an ``AsyncEngine``'s is
+    its ``sync_engine``, where its pool is)."""
+    if _async_engines(target):
+        if isinstance(target, Mapping):
+            return _finder({k: e.sync_engine for k, e in target.items()}, name)
+        if isinstance(target, (list, tuple)):
+            return _finder([e.sync_engine for e in target], name)
+        return _finder(target.sync_engine, name)
     if isinstance(target, Engine):
         return lambda: {"default": target}
     if isinstance(target, Mapping) and all(isinstance(e, Engine) for e in target.values()):
