@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Mapping
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from ..service import AsyncNamedPools
+from ..service_async import AsyncNamedPools
 from .pool import GunicornPool
 from .pool_async import AsyncGunicornPool
 from .service import AdoptedEngines, EngineConfig, EnginePool
