@@ -59,6 +59,7 @@ __all__ = ["DriverRules", "PG2SAConnection", "StatusExactSAConnection", "rules_f
 
 _IN_TRANS = 0x0001  # MySQL's SERVER_STATUS_IN_TRANS
 _AUTOCOMMIT = 0x0002  # SERVER_STATUS_AUTOCOMMIT
+_XA = 2  # the verdict bit of an XA statement (connectors/mysql.py)
 
 
 class DriverRules:
@@ -232,6 +233,8 @@ class MySQLRules(DriverRules):
 
         with mysql.bounded(dbapi, timeout):
             mysql._drain(dbapi)  # result sets a CALL left unread
+            if dbapi._gp_dirty & _XA:
+                return  # COMMIT and ROLLBACK refuse an XA transaction (1399): the reset ends it
             if dbapi.server_status & _IN_TRANS and commit:
                 dbapi.commit()
             elif dbapi._gp_unsure or dbapi.server_status & _IN_TRANS:
