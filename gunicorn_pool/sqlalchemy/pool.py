@@ -53,6 +53,8 @@ from .sessions import DriverRules, rules_for
 
 __all__ = ["GunicornPool", "OWN_TIMEOUT", "SQLAlchemyPoolTimeout"]
 
+_IN_TRANS = 0x0001  # MySQL's SERVER_STATUS_IN_TRANS (the asyncio connector reads aiomysql's)
+
 #: Seconds each of the pool's own statements may take (ROLLBACK, the session reset, the reads of
 #: a new connection): past it the connection is dropped.
 OWN_TIMEOUT = 5.0
@@ -66,15 +68,17 @@ class SQLAlchemyPoolTimeout(PoolTimeout, sa_exc.TimeoutError):
 
 
 class _Entry:
-    """What the connector knows of one record: the DBAPI connection it opened, where, its driver's
-    rules and what they kept of the session as the connect left it."""
+    """What the connector knows of one record: the DBAPI connection it opened, where, which driver
+    (its class's top module, as opened), and its driver's rules and what they kept of the session
+    as the connect left it (:mod:`.sessions`; the asyncio connector keeps neither)."""
 
-    __slots__ = ("dbapi", "pid", "rules", "state")
+    __slots__ = ("dbapi", "driver", "pid", "rules", "state")
 
-    def __init__(self, dbapi: Any, rules: DriverRules, state: Any) -> None:
+    def __init__(self, dbapi: Any, driver: str, rules: Optional[DriverRules] = None, state: Any = None) -> None:
         self.dbapi = dbapi
         self.pid = os.getpid()
-        self.rules = rules
+        self.driver = driver
+        self.rules: DriverRules = rules if rules is not None else DriverRules()
         self.state = state
 
 
@@ -102,7 +106,7 @@ class RecordConnector(Connector):
     def connect(self) -> Any:
         record = self._pool._create_connection()  # SQLAlchemy's creator, then its connect events
         dbapi: Any = record.dbapi_connection
-        rules = rules_for(dbapi)
+        driver, rules = type(dbapi).__module__.partition(".")[0], rules_for(dbapi)
         try:
             if not self._autocommit_wanted and rules.autocommit_on(dbapi):
                 rules.autocommit_off(dbapi)
@@ -117,7 +121,7 @@ class RecordConnector(Connector):
         except BaseException:
             record.close()
             raise
-        self._entries[id(record)] = _Entry(dbapi, rules, state)
+        self._entries[id(record)] = _Entry(dbapi, driver, rules, state)
         return record
 
     def close(self, raw: Any) -> None:
