@@ -27,8 +27,8 @@ from typing import Any, Callable, Iterator
 import pymysql
 import pytest
 import test_session_matrix_pg as pgm
-from sqlalchemy import create_engine, event
-from support import PG_DB, PG_HOST, PG_PORT, admin_connect, pg_admin_connect
+from sqlalchemy import create_engine, event, text
+from support import PG_DB, PG_HOST, PG_PORT, admin_connect, pg_admin_connect, wait_until
 from test_session_matrix_mysql import CASES, _act, _session_id, login, objects, probe  # noqa: F401  (fixtures)
 from test_session_matrix_pg import matrix  # noqa: F401  (fixture)
 from test_sqlalchemy import driver_url
@@ -282,3 +282,20 @@ def test_postgresql_read_left_open_without_reset_on_return_is_rolled_back(pg_use
     assert pg_state(pid) == "idle in transaction"
     raw.close()
     assert pg_state(pid) == "idle", "the connection went back to the pool with its transaction open"
+
+
+@pytest.mark.postgresql
+def test_psycopg2_engine_checkout_probe_replaces_a_terminated_session(pg_user, adopted):
+    """Issue 20.1: a psycopg2 engine's checkout probe (a zero-timeout ``poll()`` of the socket, no
+    round trip) sees a session the server ended; before, only the ping after ``check_interval``
+    (here 60 s) could, and the dead connection reached the next query."""
+    url = pg_user.url().replace("postgresql://", "postgresql+psycopg2://")
+    service = adopted(create_engine(url), check_interval=60)
+    engine = service.engine()
+    with engine.connect() as conn:
+        first = conn.execute(text("SELECT pg_backend_pid()")).scalar()
+    pg_user.terminate_all()
+    wait_until(lambda: pg_user.count() == 0, 10, what="the terminated session gone")
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT pg_backend_pid()")).scalar() != first
+    assert service.stats()["default"]["connections_lost"] == 1
