@@ -49,6 +49,7 @@ registrations are). What they run is not counted as the user's change.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, Callable, Optional
 
 from ..connectors.base import socket_probe
@@ -326,10 +327,35 @@ def _tracked_server_cursor(base: Any) -> Any:
     return cls
 
 
-class PsycopgRules(DriverRules):
-    """psycopg 3 (see the module docstring)."""
+class _PostgreSQLRules(DriverRules):
+    """What both PostgreSQL drivers' rules do alike, each with its connector module's functions."""
 
     exact = True
+    _connector = ""  #: the connector module (gunicorn_pool.connectors.<name>)
+
+    def _module(self) -> Any:
+        return importlib.import_module(f"..connectors.{self._connector}", __package__)
+
+    def drop(self, dbapi: Any, *, inherited: bool) -> None:
+        if inherited:
+            self._module().drop_inherited(dbapi)
+            return
+        DriverRules.drop(self, dbapi, inherited=False)
+
+    def ping(self, dbapi: Any, timeout: float, dialect: Any) -> None:
+        self._module().ping(dbapi, timeout)
+
+    def autocommit_on(self, dbapi: Any) -> bool:
+        return bool(dbapi.autocommit)
+
+    def autocommit_off(self, dbapi: Any) -> None:
+        dbapi.autocommit = False
+
+
+class PsycopgRules(_PostgreSQLRules):
+    """psycopg 3 (see the module docstring)."""
+
+    _connector = "postgresql"
 
     def adopt(self, dbapi: Any, owner: Any) -> Any:
         import psycopg
@@ -424,25 +450,6 @@ class PsycopgRules(DriverRules):
     def probe(self, dbapi: Any) -> Optional[Callable[[], Any]]:
         return socket_probe(dbapi.pgconn.socket)
 
-    def drop(self, dbapi: Any, *, inherited: bool) -> None:
-        if inherited:
-            from ..connectors.postgresql import drop_inherited
-
-            drop_inherited(dbapi)
-            return
-        DriverRules.drop(self, dbapi, inherited=False)
-
-    def ping(self, dbapi: Any, timeout: float, dialect: Any) -> None:
-        from ..connectors.postgresql import ping
-
-        ping(dbapi, timeout)
-
-    def autocommit_on(self, dbapi: Any) -> bool:
-        return bool(dbapi.autocommit)
-
-    def autocommit_off(self, dbapi: Any) -> None:
-        dbapi.autocommit = False
-
 
 _CURSORS: dict[Any, Any] = {}
 
@@ -490,10 +497,10 @@ class _PG2State:
         self.cursor = dbapi.cursor_factory
 
 
-class Psycopg2Rules(DriverRules):
+class Psycopg2Rules(_PostgreSQLRules):
     """psycopg2 (see the module docstring)."""
 
-    exact = True
+    _connector = "psycopg2"
 
     def adopt(self, dbapi: Any, owner: Any) -> Any:
         from ..connectors import psycopg2 as pg2
@@ -590,25 +597,6 @@ class Psycopg2Rules(DriverRules):
         from ..connectors.psycopg2 import socket_of
 
         return socket_probe(socket_of(dbapi))
-
-    def drop(self, dbapi: Any, *, inherited: bool) -> None:
-        if inherited:
-            from ..connectors.psycopg2 import drop_inherited
-
-            drop_inherited(dbapi)
-            return
-        DriverRules.drop(self, dbapi, inherited=False)
-
-    def ping(self, dbapi: Any, timeout: float, dialect: Any) -> None:
-        from ..connectors.psycopg2 import ping
-
-        ping(dbapi, timeout)
-
-    def autocommit_on(self, dbapi: Any) -> bool:
-        return bool(dbapi.autocommit)
-
-    def autocommit_off(self, dbapi: Any) -> None:
-        dbapi.autocommit = False
 
 
 # -- sqlite3 ------------------------------------------------------------------------------------
