@@ -69,9 +69,6 @@ class DriverRules:
     *entry* is the record's :class:`~gunicorn_pool.sqlalchemy.pool._Entry`: ``dbapi`` (the DBAPI
     connection) and ``state`` (what :meth:`adopt` kept)."""
 
-    #: True if :meth:`clean` is exact (the transaction read costs no round trip and never guesses).
-    exact = False
-
     def adopt(self, dbapi: Any, owner: Any) -> Any:
         """Adapt *dbapi*, just made by SQLAlchemy's creator and connect events, and return what is
         kept of it (compared at each return). *owner* is the RecordConnector (its verdicts,
@@ -188,8 +185,6 @@ class _MySQLState:
 
 class MySQLRules(DriverRules):
     """PyMySQL (see the module docstring)."""
-
-    exact = True
 
     def adopt(self, dbapi: Any, owner: Any) -> Any:
         from ..connectors import mysql
@@ -330,7 +325,6 @@ def _tracked_server_cursor(base: Any) -> Any:
 class _PostgreSQLRules(DriverRules):
     """What both PostgreSQL drivers' rules do alike, each with its connector module's functions."""
 
-    exact = True
     _connector = ""  #: the connector module (gunicorn_pool.connectors.<name>)
 
     def _module(self) -> Any:
@@ -605,8 +599,6 @@ class Psycopg2Rules(_PostgreSQLRules):
 class SQLiteRules(DriverRules):
     """sqlite3: ``in_transaction`` is exact; nothing else is reset, as for DatabasePool's SQLite
     connector (no server session: PRAGMAs and temporary tables stay with the connection)."""
-
-    exact = True
 
     def in_transaction(self, dbapi: Any) -> Optional[bool]:
         from ..connectors.sqlite import transaction_state
