@@ -160,7 +160,8 @@ class RecordConnector(Connector):
         self.ping(raw, timeout)
         entry = self._entries[id(raw)]
         select_one(entry.dbapi)  # SELECT 1 through the driver's cursor
-        entry.rules.ready(entry, timeout)  # rolled back if it opened a transaction
+        entry.rules.settle(entry.dbapi, commit=False, timeout=timeout)  # rolled back if it opened a transaction
+        entry.rules.ready(entry, timeout)
 
     # -- leases ------------------------------------------------------------------------------
 
