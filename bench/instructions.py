@@ -28,12 +28,16 @@ N1): start-up and warm-up cancel out. Rows:
   operation, so each one is scanned for session-changing calls (the first
   execution of each of an application's statements); and the same statement through a cursor on
   psycopg2 (``driver: psycopg2``), beside a raw persistent psycopg2 connection.
+- SQLAlchemy (``--part sqlalchemy``): a Flask-SQLAlchemy-like request
+  (``Session(engine)``, ``SELECT 1``, closed) on MariaDB through a stock
+  QueuePool engine and through the same engine adopted (``AdoptedEngines``:
+  the exact status, the statement verdicts, no ROLLBACK when none is open).
 
 Instructions are not time: a Python process here runs ~2-9 instructions per
 ns depending on cache misses, and a round trip to the server is mostly
 waiting. They show what a change adds to each operation, reproducibly.
 
-    python bench/instructions.py [--n1 2000 --n2 10000] [--base REF] [--part stand-in|mysql|postgresql]
+    python bench/instructions.py [--n1 2000 --n2 10000] [--base REF] [--part stand-in|mysql|postgresql|sqlalchemy]
 
 With ``--base REF`` (a git commit) the same rows run for that commit's
 package too (checked out into a temporary worktree), side by side.
@@ -126,6 +130,24 @@ elif row.startswith("PG"):
         for i in range(n):
             with db.connection() as c:
                 work(c, i)
+elif row.startswith("SA "):
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import URL
+    from sqlalchemy.orm import Session
+    url = URL.create("mysql+pymysql", username=kw["user"], password=kw["password"], host=kw["host"],
+                     port=kw["port"], database=kw["database"])
+    engine = create_engine(url, pool_size=1, max_overflow=0)
+    if row.startswith("SA adopted"):
+        from gunicorn_pool.options import PoolOptions
+        from gunicorn_pool.sqlalchemy import AdoptedEngines
+        # probe_after=None: under valgrind every checkout would look stale, a path that almost never runs natively
+        service = AdoptedEngines(lambda: {{"default": engine}}, name="i",
+                                 options=PoolOptions(max_size=1, probe_after=None))
+        service.init_pool()
+    query = text("SELECT 1")
+    for _ in range(n):  # a Flask-SQLAlchemy request: a session, one query, closed at teardown
+        with Session(engine) as session:
+            session.execute(query).all()
 elif row.startswith("statement_verdict"):
     from gunicorn_pool.connectors.mysql import statement_verdict
     text = ORM if row.endswith("SELECT") else ORM_INSERT
@@ -170,6 +192,7 @@ PARTS = {
               "raw PyMySQL, ORM-like SELECT", "raw PooledMySQLConnection, ORM-like SELECT",
               "gunicorn_pool DatabasePool.connection(), ORM-like SELECT", "statement_verdict, ORM-like SELECT",
               "statement_verdict, ORM-like INSERT"),
+    "sqlalchemy": ("SA stock QueuePool engine, Session + SELECT 1", "SA adopted engine, Session + SELECT 1"),
     "postgresql": ("PG raw psycopg", "PG DatabasePool.connection()", "PG raw psycopg, a new statement each op",
                    "PG DatabasePool.connection(), a new statement each op", "PG2 raw psycopg2",
                    "PG2 DatabasePool.connection(), psycopg2"),

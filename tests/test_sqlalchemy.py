@@ -178,9 +178,14 @@ def test_view_that_raises_rolls_back(server: Server, table: Any, orm: EnginePool
 
 
 @pytest.mark.mysql
-def test_reset_on_return_not_doubled(mysql_user: Any) -> None:
-    """SQLAlchemy rolls back on return; the pool sees the transaction closed and adds nothing
-    (the session's own Com_rollback counter moves by one per lease)."""
+def test_reset_on_return_sends_no_rollback_when_no_transaction_is_open(mysql_user: Any) -> None:
+    """SQLAlchemy rolls back at the end of every transaction; PyMySQL's exact status proves none is
+    open after a statement that touched no table, so nothing is sent (the session's own
+    Com_rollback counter stays put: it moved by one per lease before), and the pool adds nothing.
+    A read of an InnoDB table opens one (autocommit off): exactly one ROLLBACK ends it."""
+    Row = model(f"gp_sa_{secrets.token_hex(4)}")
+    admin = create_engine(driver_url(mysql_user.url()), poolclass=None)
+    Row.__table__.create(admin)
     service = EnginePool({"default": {"url": mysql_user.url(), "max_size": 1}}, name="orm")
     service.init_pool()
     stmt = text("SHOW SESSION STATUS LIKE 'Com_rollback'")
@@ -190,10 +195,16 @@ def test_reset_on_return_not_doubled(mysql_user: Any) -> None:
         for _ in range(3):
             with engine.connect() as conn:
                 counts.append(int(conn.execute(stmt).one()[1]))
-        assert counts[2] - counts[1] == counts[1] - counts[0] == 1
+        assert counts[2] - counts[1] == counts[1] - counts[0] == 0
+        with engine.connect() as conn:
+            conn.execute(select(Row.__table__.c.id)).all()
+        with engine.connect() as conn:
+            assert int(conn.execute(stmt).one()[1]) - counts[2] == 1
         assert service.stats()["default"]["connections_num"] == 1
     finally:
         service.close_pool()
+        Row.__table__.drop(admin)
+        admin.dispose()
 
 
 def test_stats_count_every_checkout(server: Server, orm: EnginePool) -> None:

@@ -89,7 +89,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PGRules", "PGSession", "PooledPGConnection", "PooledPGCursor", "PooledPGServerCursor", "PostgreSQLConnector",
-    "drop_inherited", "fetch", "ping",
+    "discard_all", "drop_inherited", "fetch", "ping", "rollback",
 ]  # fmt: skip
 
 logger = logging.getLogger("gunicorn_pool")
@@ -659,8 +659,7 @@ class PostgreSQLConnector(PGRules, Connector):
         if status == _TX_INTRANS and commit:
             raw.commit()  # the user's commit: unbounded, as any statement of theirs
         elif status != _TX_IDLE:
-            with raw.lock:
-                _wait(raw, raw._rollback_gen(), self._own_timeout, "ROLLBACK")
+            rollback(raw, self._own_timeout)
         if raw._gp_close:
             return DROP  # settled above: what it changed outlives DISCARD ALL
         outcome = REUSE
@@ -684,8 +683,7 @@ class PostgreSQLConnector(PGRules, Connector):
         LISTENing, releases session-level advisory locks and drops temporary
         objects, cached plans and sequence state.
         """
-        _run(raw, b"DISCARD ALL", self._own_timeout, "DISCARD ALL")
-        self._discarded(raw)
+        discard_all(raw, self._own_timeout)
         if self._setup:
             _run(raw, self._setup, self._own_timeout, "init_command/session")
 
@@ -761,6 +759,21 @@ def ping(conn: Any, timeout: float) -> None:
     """An empty query on any psycopg connection (EmptyQueryResponse: no parse, no plan), read within
     *timeout* seconds; raises if the connection is dead (also used by gunicorn_pool.sqlalchemy)."""
     _run(conn, b"", timeout, "ping")
+
+
+def rollback(conn: Any, timeout: float) -> None:
+    """``ROLLBACK`` on any psycopg connection, within *timeout* seconds (psycopg sends nothing when
+    no transaction is open; also used by gunicorn_pool.sqlalchemy)."""
+    with conn.lock:
+        _wait(conn, conn._rollback_gen(), timeout, "ROLLBACK")
+
+
+def discard_all(conn: Any, timeout: float) -> None:
+    """``DISCARD ALL`` on any idle psycopg connection, within *timeout* seconds, and the connection
+    object told what the server forgot (:meth:`PGRules._discarded`: its prepared statements, the
+    notifications it kept); also used by gunicorn_pool.sqlalchemy."""
+    _run(conn, b"DISCARD ALL", timeout, "DISCARD ALL")
+    PGRules._discarded(conn)
 
 
 def fetch(conn: PooledPGConnection, sql: str, timeout: float) -> list[Any]:

@@ -94,8 +94,8 @@ if TYPE_CHECKING:
     from ..config import DatabaseConfig
 
 __all__ = [
-    "PooledPG2Connection", "Psycopg2Connector", "drop_inherited", "fetch", "install_wait_callback", "ping",
-    "socket_of", "transaction_open", "wait_callback",
+    "PooledPG2Connection", "Psycopg2Connector", "discard_all", "drop_inherited", "end_transaction", "fetch",
+    "install_wait_callback", "ping", "socket_of", "transaction_open", "wait_callback",
 ]  # fmt: skip
 
 logger = logging.getLogger("gunicorn_pool")
@@ -642,6 +642,31 @@ def fetch(conn: Any, sql: str, timeout: float, *, names: bool = False) -> list[A
     return rows
 
 
+def end_transaction(conn: Any, *, commit: bool, timeout: float) -> None:
+    """End what is open on psycopg2 connection *conn*: ``COMMIT`` with *commit* (the user's:
+    unbounded, as theirs), else ``ROLLBACK`` within *timeout* seconds; nothing when no transaction
+    is open. psycopg2's ``commit()`` and ``rollback()`` do nothing unless psycopg2 began the
+    transaction itself (autocommit off): one the user began with a BEGIN statement ends with a
+    statement. Also used by gunicorn_pool.sqlalchemy."""
+    status = conn.get_transaction_status()
+    if status == _TX_IDLE:
+        return
+    began = conn.status == ext.STATUS_BEGIN
+    if status == _TX_INTRANS and commit:
+        _BASE.commit(conn) if began else _command(conn, "COMMIT")
+    else:
+        with _bounded(conn, timeout, "ROLLBACK"):
+            _BASE.rollback(conn) if began else _command(conn, "ROLLBACK")
+
+
+def discard_all(conn: Any, timeout: float) -> None:
+    """``DISCARD ALL`` on idle psycopg2 connection *conn* within *timeout* seconds, and its kept
+    NOTICEs and notifications forgotten (the next user never listened to those channels). Also
+    used by gunicorn_pool.sqlalchemy."""
+    _own(conn, "DISCARD ALL", timeout, "DISCARD ALL")
+    _forget_messages(conn)
+
+
 def transaction_open(conn: Any) -> bool:
     """Is a transaction open (or a statement running, or the connection broken) on psycopg2
     connection *conn*? libpq's status, no round trip (for gunicorn_pool.sqlalchemy)."""
@@ -903,15 +928,7 @@ class Psycopg2Connector(SessionRules, Connector):
             or raw.status == ext.STATUS_PREPARED
         ):
             return DROP
-        if status != _TX_IDLE:
-            # psycopg2's commit() and rollback() do nothing unless psycopg2 began the transaction
-            # itself (autocommit off): one the user began with a BEGIN statement ends with a statement.
-            began = raw.status == ext.STATUS_BEGIN
-            if status == _TX_INTRANS and commit:
-                _BASE.commit(raw) if began else _command(raw, "COMMIT")  # the user's: unbounded, as theirs
-            else:
-                with _bounded(raw, self._own_timeout, "ROLLBACK"):
-                    _BASE.rollback(raw) if began else _command(raw, "ROLLBACK")
+        end_transaction(raw, commit=commit, timeout=self._own_timeout)
         if raw._gp_close:
             return DROP  # settled above: what it changed outlives DISCARD ALL
         if raw._gp_begun:
@@ -937,8 +954,7 @@ class Psycopg2Connector(SessionRules, Connector):
         HOLD`` ones too), settings back to the session's defaults (startup ``options`` included),
         the session authorization, prepared statements, LISTEN, session advisory locks, temporary
         objects, cached plans and sequence state."""
-        _own(raw, "DISCARD ALL", self._own_timeout, "DISCARD ALL")
-        _forget_messages(raw)  # notifications of channels the next user never listened to
+        discard_all(raw, self._own_timeout)
         if self._setup_sql:
             _own(raw, self._setup_sql, self._own_timeout, "init_command/session")
 

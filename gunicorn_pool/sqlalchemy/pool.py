@@ -19,14 +19,18 @@ on checkout (``Pool._do_get()``) and gives it back on checkin
 
 Transactions are SQLAlchemy's: connections run with the driver's autocommit
 off (the pool switches it off if a creator turned it on, unless the engine's
-``isolation_level`` is ``AUTOCOMMIT``), and SQLAlchemy's reset on return (a
-rollback, unless ``pool_reset_on_return`` says otherwise) runs before the
-record comes back. The core then reads the driver's transaction flag
-(PyMySQL's server status, psycopg's transaction status, sqlite3's
-``in_transaction``): no round trip, and a rollback only if a transaction is
-still open (``pool_reset_on_return=None``). A record SQLAlchemy invalidated
-(a disconnect, an interrupted statement) or reconnected comes back with
-another or no DBAPI connection: it is dropped and its capacity freed.
+``isolation_level`` is ``AUTOCOMMIT``). Sessions are the pool's: the driver's
+rules (:mod:`.sessions`) read the transaction status exactly where the driver
+allows (PyMySQL, psycopg 3, psycopg2, sqlite3), so SQLAlchemy's rollback on
+return sends nothing when no transaction is open (PyMySQL; the other drivers
+skip it themselves) and one left open (``pool_reset_on_return=None``, a
+failed statement) is rolled back; a session a user may have changed (``SET``,
+a function or procedure call, a lock, a temporary table...) is reset before
+the next user, then the engine's ``connect`` events run again on it. A driver
+without such rules keeps SQLAlchemy's reset on return only. A record
+SQLAlchemy invalidated (a disconnect, an interrupted statement) or reconnected
+comes back with another or no DBAPI connection: it is dropped and its capacity
+freed.
 """
 
 from __future__ import annotations
@@ -40,17 +44,22 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.pool import ConnectionPoolEntry, Pool
 from sqlalchemy.pool.base import ResetStyle
 
-from ..connectors.base import DROP, REUSE, Connector, select_one, socket_probe
-from ..connectors.dbapi import abandon
+from ..connectors.base import DROP, RESET, REUSE, Connector, select_one
+from ..connectors.pgcalls import Verdicts
 from ..errors import LeaseError, PoolTimeout
 from ..options import DEFAULTS, PoolOptions
 from ..pool import ConnectionPool
+from .sessions import DriverRules, rules_for
 
-__all__ = ["GunicornPool", "SQLAlchemyPoolTimeout"]
+__all__ = ["GunicornPool", "OWN_TIMEOUT", "SQLAlchemyPoolTimeout"]
+
+_IN_TRANS = 0x0001  # MySQL's SERVER_STATUS_IN_TRANS (the asyncio connector reads aiomysql's)
+
+#: Seconds each of the pool's own statements may take (ROLLBACK, the session reset, the reads of
+#: a new connection): past it the connection is dropped.
+OWN_TIMEOUT = 5.0
 
 logger = logging.getLogger("gunicorn_pool")
-
-_IN_TRANS = 0x0001  # MySQL's SERVER_STATUS_IN_TRANS
 
 
 class SQLAlchemyPoolTimeout(PoolTimeout, sa_exc.TimeoutError):
@@ -59,49 +68,23 @@ class SQLAlchemyPoolTimeout(PoolTimeout, sa_exc.TimeoutError):
 
 
 class _Entry:
-    """What the connector knows of one record: the DBAPI connection it opened, where, which driver."""
+    """What the connector knows of one record: the DBAPI connection it opened, where, which driver
+    (its class's top module, as opened), and its driver's rules and what they kept of the session
+    as the connect left it (:mod:`.sessions`; the asyncio connector keeps neither)."""
 
-    __slots__ = ("dbapi", "pid", "driver")
+    __slots__ = ("dbapi", "driver", "pid", "rules", "state")
 
-    def __init__(self, dbapi: Any, driver: str) -> None:
+    def __init__(self, dbapi: Any, driver: str, rules: Optional[DriverRules] = None, state: Any = None) -> None:
         self.dbapi = dbapi
         self.pid = os.getpid()
         self.driver = driver
-
-
-def _driver(dbapi: Any) -> str:
-    """``pymysql``, ``psycopg``, ``sqlite3`` or another module name: the DBAPI connection's driver."""
-    return type(dbapi).__module__.partition(".")[0]
-
-
-def _in_transaction(dbapi: Any, driver: str) -> Optional[bool]:
-    """Is a transaction open, as the driver says without a round trip? None: it does not say."""
-    if driver == "pymysql":
-        return dbapi._sock is None or bool(dbapi.server_status & _IN_TRANS)  # closed: not clean either
-    if driver == "psycopg":
-        return bool(dbapi.info.transaction_status)  # 0 is IDLE; ACTIVE, INTRANS, INERROR, UNKNOWN are not
-    if driver == "sqlite3":
-        return bool(dbapi.in_transaction)
-    return None
-
-
-def _autocommit_on(dbapi: Any, driver: str) -> bool:
-    if driver == "pymysql":
-        return bool(dbapi.get_autocommit())
-    if driver == "psycopg":
-        return bool(dbapi.autocommit)
-    return False  # sqlite3 and others: SQLAlchemy's dialect manages it
-
-
-def _autocommit_off(dbapi: Any, driver: str) -> None:
-    if driver == "pymysql":
-        dbapi.autocommit(False)
-    elif driver == "psycopg":
-        dbapi.autocommit = False
+        self.rules: DriverRules = rules if rules is not None else DriverRules()
+        self.state = state
 
 
 class RecordConnector(Connector):
-    """The connector of a :class:`GunicornPool`'s core: its connections are SQLAlchemy records."""
+    """The connector of a :class:`GunicornPool`'s core: its connections are SQLAlchemy records,
+    their sessions watched and reset by their driver's rules (:mod:`.sessions`)."""
 
     adapter = "sqlalchemy"
 
@@ -112,16 +95,21 @@ class RecordConnector(Connector):
         self._warned = False
         isolation = getattr(pool._dialect, "_on_connect_isolation_level", None)  # create_engine(isolation_level=)
         self._autocommit_wanted = isinstance(isolation, str) and isolation.upper() == "AUTOCOMMIT"
+        #: Bound of the pool's own statements (ROLLBACK, the session reset, the first connect's reads).
+        self.own_timeout = OWN_TIMEOUT
+        #: The PostgreSQL statement scan's verdicts, judged by the server's builtins (read once).
+        self.verdicts = Verdicts()
+        self.names_read = False
 
     # -- the physical connection ----------------------------------------------------------
 
     def connect(self) -> Any:
         record = self._pool._create_connection()  # SQLAlchemy's creator, then its connect events
         dbapi: Any = record.dbapi_connection
-        driver = _driver(dbapi)
+        driver, rules = type(dbapi).__module__.partition(".")[0], rules_for(dbapi)
         try:
-            if not self._autocommit_wanted and _autocommit_on(dbapi, driver):
-                _autocommit_off(dbapi, driver)
+            if not self._autocommit_wanted and rules.autocommit_on(dbapi):
+                rules.autocommit_off(dbapi)
                 if not self._warned:
                     self._warned = True
                     logger.warning(
@@ -129,12 +117,11 @@ class RecordConnector(Connector):
                         " off (SQLAlchemy's transactions need it off; ask for isolation_level='AUTOCOMMIT'"
                         " to keep it)", self.pool_name, self.dsn,
                     )  # fmt: skip
-            if _in_transaction(dbapi, driver):
-                dbapi.rollback()  # what the connect events ran leaves nothing open
+            state = rules.adopt(dbapi, self)  # what the connect events ran leaves nothing open
         except BaseException:
             record.close()
             raise
-        self._entries[id(record)] = _Entry(dbapi, driver)
+        self._entries[id(record)] = _Entry(dbapi, driver, rules, state)
         return record
 
     def close(self, raw: Any) -> None:
@@ -154,7 +141,7 @@ class RecordConnector(Connector):
         dbapis = [c for c in (entry.dbapi if entry else None, current) if c is not None]
         inherited = entry is not None and entry.pid != os.getpid()
         for dbapi in dict.fromkeys(dbapis):  # the one opened, and one SQLAlchemy reconnected since
-            _drop(dbapi, inherited=inherited)
+            rules_for(dbapi).drop(dbapi, inherited=inherited)
 
     # -- health ---------------------------------------------------------------------------
 
@@ -163,23 +150,18 @@ class RecordConnector(Connector):
         dbapi = raw.dbapi_connection
         if entry is None or dbapi is not entry.dbapi:
             raise sa_exc.DisconnectionError("the record lost its connection")
-        _ping(dbapi, entry.driver, timeout, self._pool._dialect)
+        entry.rules.ping(dbapi, timeout, self._pool._dialect)
 
     def probe(self, raw: Any) -> Optional[Callable[[], Any]]:
         dbapi = raw.dbapi_connection
-        driver = _driver(dbapi)
-        if driver == "pymysql":
-            return socket_probe(dbapi._sock)
-        if driver == "psycopg":
-            return socket_probe(dbapi.pgconn.socket)
-        return None
+        return rules_for(dbapi).probe(dbapi)
 
     def warm(self, raw: Any, timeout: float) -> None:
         self.ping(raw, timeout)
-        dbapi = raw.dbapi_connection
-        select_one(dbapi)  # SELECT 1 through the driver's cursor
-        if _in_transaction(dbapi, _driver(dbapi)) is not False:
-            dbapi.rollback()
+        entry = self._entries[id(raw)]
+        select_one(entry.dbapi)  # SELECT 1 through the driver's cursor
+        entry.rules.settle(entry.dbapi, commit=False, timeout=timeout)  # rolled back if it opened a transaction
+        entry.rules.ready(entry, timeout)
 
     # -- leases ------------------------------------------------------------------------------
 
@@ -187,65 +169,32 @@ class RecordConnector(Connector):
         entry = self._entries.get(id(raw))
         if entry is None or raw.dbapi_connection is not entry.dbapi:
             return False  # invalidated or reconnected by SQLAlchemy: finish() drops it
-        busy = _in_transaction(entry.dbapi, entry.driver)
-        if busy is None:  # a driver that does not say: SQLAlchemy's reset, if any, decides
+        clean = entry.rules.clean(entry)
+        if clean is None:  # a driver that does not say: SQLAlchemy's reset, if any, decides
             return self._pool._reset_on_return is not ResetStyle.reset_none
-        return not busy
+        return clean
 
     def finish(self, raw: Any, *, commit: bool, failed: bool = False) -> str:
+        """End the transaction (or roll back one that may be open); reset a session that may have
+        changed, then run the engine's ``connect`` events again on it (see :mod:`.sessions`)."""
         entry = self._entries.get(id(raw))
         dbapi = raw.dbapi_connection
         if entry is None or dbapi is not entry.dbapi:
             return DROP
-        if _in_transaction(dbapi, entry.driver) is not False:
-            if entry.driver == "pymysql" and dbapi._sock is None:
-                return DROP
-            dbapi.commit() if commit else dbapi.rollback()
-        return REUSE
-
-
-def _ping(dbapi: Any, driver: str, timeout: float, dialect: Any) -> None:
-    """A round trip bounded by *timeout* that opens no transaction."""
-    if driver == "pymysql":
-        from ..connectors import mysql  # PyMySQL is loaded already: this is its connection
-
-        mysql.ping(dbapi, timeout)
-    elif driver == "psycopg":
-        from ..connectors.postgresql import ping  # psycopg is loaded already: this is its connection
-
-        ping(dbapi, timeout)
-    elif driver == "sqlite3":
-        dbapi.execute("SELECT 1").fetchall()
-    else:
-        # A pool built without an engine has SQLAlchemy's stand-in dialect, which cannot ping.
-        do_ping = getattr(dialect, "do_ping", None)
-        if do_ping is not None:
-            do_ping(dbapi)
-        else:
-            select_one(dbapi)
-        if _in_transaction(dbapi, driver) is not False:
-            dbapi.rollback()
-
-
-def _drop(dbapi: Any, *, inherited: bool) -> None:
-    """Close *dbapi* without a word to the server where the driver allows; one inherited through
-    fork is never finished here (its session is the parent's)."""
-    driver = _driver(dbapi)
-    if inherited:
-        if driver == "psycopg":
-            from ..connectors.postgresql import drop_inherited
-
-            drop_inherited(dbapi)
-        else:
-            abandon(dbapi)
-        return
-    try:
-        if driver == "pymysql":
-            dbapi._force_close()  # closes the socket, sends no COM_QUIT
-        else:
-            dbapi.close()
-    except Exception:  # noqa: BLE001 - never raises
-        pass
+        rules, timeout = entry.rules, self.own_timeout
+        if rules.unusable(dbapi):
+            return DROP
+        rules.settle(dbapi, commit=commit, timeout=timeout)
+        if not rules.needs_reset(entry, failed):
+            rules.ready(entry, timeout)
+            return REUSE
+        server = rules.reset(entry, failed, timeout)
+        if server is None:
+            return DROP  # it cannot be reset: a new connection replaces it
+        if server:
+            self._pool.dispatch.connect(dbapi, raw)  # the session as the connect events left it
+        rules.ready(entry, timeout)
+        return RESET
 
 
 class GunicornPool(Pool):

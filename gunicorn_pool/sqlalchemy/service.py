@@ -38,6 +38,7 @@ from ..pool import ConnectionPool
 from ..registry import register
 from ..service import NamedPools
 from .pool import GunicornPool
+from .sessions import track_sessions
 
 __all__ = ["AdoptedEngines", "EngineConfig", "EnginePool", "adopt", "adopted_by_walk", "parse_engine_config"]
 
@@ -220,6 +221,7 @@ class _EngineService(NamedPools[EngineConfig]):
     def _build(self, name: str, config: EngineConfig) -> ConnectionPool:
         engine = self._engine_for(name, config)
         bound_connects(engine)
+        track_sessions(engine)  # what the exact reads need from each connect (sessions.py)
         pool = self._pool_class.from_pool(engine.pool, pool_name=name, url=engine.url, options=config)
         self._made[id(pool.core)] = (engine, pool)
         return pool.core
