@@ -26,7 +26,7 @@ connector's machinery (:mod:`gunicorn_pool.connectors`):
   connect left. A changed session gets ``DISCARD ALL``; changed settings are
   set back.
 - **psycopg2**: the engine's ``do_connect`` event (:func:`track_sessions`)
-  makes its connections :class:`PG2SAConnection` (psycopg2's
+  makes its connections ``PG2SAConnection`` (:func:`pg2_connection_class`; psycopg2's
   ``connection_factory``: psycopg2's connection class cannot be changed after
   the fact), the psycopg2 connector's tracked class. A connection made
   otherwise (``creator=``, a ``connection_factory`` of the app's) cannot be
@@ -50,13 +50,14 @@ registrations are). What they run is not counted as the user's change.
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import Any, Callable, Optional
 
 from ..connectors.base import socket_probe
 from ..connectors.dbapi import abandon
 from ..connectors.pgcalls import NAMES_SQL
 
-__all__ = ["DriverRules", "PG2SAConnection", "StatusExactSAConnection", "rules_for", "track_sessions"]
+__all__ = ["DriverRules", "StatusExactSAConnection", "pg2_connection_class", "rules_for", "track_sessions"]
 
 _IN_TRANS = 0x0001  # MySQL's SERVER_STATUS_IN_TRANS
 _AUTOCOMMIT = 0x0002  # SERVER_STATUS_AUTOCOMMIT
@@ -460,22 +461,28 @@ def _tracked_cursor(base: Any) -> Any:
 
 # -- psycopg2 -----------------------------------------------------------------------------------
 
-try:
-    import psycopg2  # noqa: F401
-except ImportError:  # pragma: no cover
-    PG2SAConnection: Any = None
-else:
-    from psycopg2.extensions import connection as _pg2_connection
+_PG2_CLASS: list[Any] = []  # PG2SAConnection, once built
 
-    from ..connectors.psycopg2 import PooledPG2Connection as _PooledPG2Connection
 
-    class PG2SAConnection(_PooledPG2Connection):  # type: ignore[no-redef]
-        """The psycopg2 connector's tracked connection class, as a psycopg2 ``connection_factory``
-        (psycopg2 calls it with the DSN and its own arguments). Its guard lets anyone through
-        (SQLAlchemy guards its connections); its cursors note what changes the session."""
+def pg2_connection_class() -> Any:
+    """``PG2SAConnection``: the psycopg2 connector's tracked connection class, as a psycopg2
+    ``connection_factory`` (psycopg2 calls it with the DSN and its own arguments). Its guard lets
+    anyone through (SQLAlchemy guards its connections); its cursors note what changes the session.
+    Built on first use, by a psycopg2 engine's first connect: an app on another driver never
+    imports psycopg2 for it (a C extension and libpq: ~2 MiB of private memory per worker)."""
+    if not _PG2_CLASS:
+        from psycopg2.extensions import connection as pg2_connection
 
-        def __init__(self, dsn: str, *args: Any, **kwargs: Any) -> None:
-            _pg2_connection.__init__(self, dsn, *args, **kwargs)  # psycopg2's own (no connect deadline)
+        from ..connectors.psycopg2 import PooledPG2Connection
+
+        class PG2SAConnection(PooledPG2Connection):
+            __doc__ = pg2_connection_class.__doc__
+
+            def __init__(self, dsn: str, *args: Any, **kwargs: Any) -> None:
+                pg2_connection.__init__(self, dsn, *args, **kwargs)  # psycopg2's own (no connect deadline)
+
+        _PG2_CLASS.append(PG2SAConnection)
+    return _PG2_CLASS[0]
 
 
 class _PG2State:
@@ -500,7 +507,7 @@ class Psycopg2Rules(_PostgreSQLRules):
         from ..connectors import psycopg2 as pg2
 
         pg2.end_transaction(dbapi, commit=False, timeout=owner.own_timeout)
-        tracked = PG2SAConnection is not None and type(dbapi) is PG2SAConnection
+        tracked = type(dbapi) is pg2_connection_class()
         if tracked:
             if not owner.names_read:
                 ((builtins, keywords),) = pg2.fetch(dbapi, NAMES_SQL, owner.own_timeout)
@@ -632,7 +639,8 @@ def rules_for(dbapi: Any) -> DriverRules:
         return _PSYCOPG
     if driver == "sqlite3":
         return _SQLITE
-    if PG2SAConnection is not None and isinstance(dbapi, _pg2_connection):
+    extensions = sys.modules.get("psycopg2.extensions")  # loaded if this is a psycopg2 connection
+    if extensions is not None and isinstance(dbapi, extensions.connection):
         return _PSYCOPG2
     return _OTHER
 
@@ -643,7 +651,7 @@ _MYSQL, _PSYCOPG, _PSYCOPG2, _SQLITE = MySQLRules(), PsycopgRules(), Psycopg2Rul
 def track_sessions(engine: Any) -> None:
     """Give *engine*'s connects what the exact reads need (a ``do_connect`` event): PyMySQL's
     ``CLIENT.SESSION_TRACK`` (the server then reports session changes), psycopg2's
-    ``connection_factory`` (:class:`PG2SAConnection`, unless the app set its own)."""
+    ``connection_factory`` (:func:`pg2_connection_class`, unless the app set its own)."""
     from sqlalchemy import event
 
     driver = engine.dialect.driver
@@ -656,5 +664,5 @@ def _track(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> No
         from pymysql.constants import CLIENT
 
         cparams["client_flag"] = int(cparams.get("client_flag") or 0) | CLIENT.SESSION_TRACK
-    elif dialect.driver == "psycopg2" and PG2SAConnection is not None:
-        cparams.setdefault("connection_factory", PG2SAConnection)
+    elif dialect.driver == "psycopg2":
+        cparams.setdefault("connection_factory", pg2_connection_class())
