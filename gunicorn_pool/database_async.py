@@ -58,6 +58,11 @@ logger = logging.getLogger("gunicorn_pool")
 
 #: Adapters with an asyncio driver, and the driver.
 ASYNC_ADAPTERS = {"mysql": "aiomysql", "postgresql": "psycopg (AsyncConnection)", "sqlite": "aiosqlite"}
+#: Drivers of the synchronous pools that have no asyncio API, and what to do instead.
+_SYNC_ONLY_DRIVERS = {
+    "psycopg2": "install psycopg[binary] and drop the driver key",
+    "mysqlclient": "drop the driver key: aiomysql is built on PyMySQL",
+}
 
 
 class AsyncDatabasePool(AsyncNamedPools[DatabaseConfig]):
@@ -78,6 +83,12 @@ class AsyncDatabasePool(AsyncNamedPools[DatabaseConfig]):
                 raise ConfigError(
                     f"pool {key!r}: AsyncDatabasePool has no asyncio driver for adapter {cfg.adapter!r}"
                     f" (it serves {', '.join(sorted(ASYNC_ADAPTERS))}); use DatabasePool from def endpoints"
+                )
+            if cfg.driver in _SYNC_ONLY_DRIVERS:
+                raise ConfigError(
+                    f"pool {key!r} ({cfg.address}): driver {cfg.driver!r} has no asyncio API; AsyncDatabasePool runs"
+                    f" {cfg.adapter} on {ASYNC_ADAPTERS[cfg.adapter]} ({_SYNC_ONLY_DRIVERS[cfg.driver]}), or use"
+                    " DatabasePool from def endpoints"
                 )
             if cfg.replicas:
                 raise ConfigError(f"pool {key!r}: AsyncDatabasePool does not serve replicas yet (DatabasePool does)")

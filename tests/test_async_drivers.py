@@ -543,6 +543,12 @@ def test_the_async_services_take_the_same_configs_and_refuse_what_they_do_not_se
         AsyncDatabasePool({"default": {"adapter": "dbapi", "creator": "sqlite3:connect"}})
     with pytest.raises(ConfigError, match="replicas"):
         AsyncDatabasePool({"default": {"adapter": "postgresql", "replicas": ["postgresql://u@r/db"]}})
+    # A synchronous driver asked for by name is refused, not silently swapped for the asyncio one.
+    with pytest.raises(ConfigError, match=r"pool 'default' \(db:5432\): driver 'psycopg2' has no asyncio API") as info:
+        AsyncDatabasePool("postgresql+psycopg2://app:s3cret@db:5432/shop")
+    assert "s3cret" not in str(info.value)
+    with pytest.raises(ConfigError, match="driver 'mysqlclient' has no asyncio API.*aiomysql"):
+        AsyncDatabasePool({"default": {"adapter": "mysql", "host": "db", "driver": "mysqlclient"}})
     db = AsyncDatabasePool("postgresql://app:s3cret@db:5432/shop")
     assert "s3cret" not in repr(db) and "app:***@db:5432" in repr(db)
     with pytest.raises(ConfigError, match="unknown option 'dbx'"):
