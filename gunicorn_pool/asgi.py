@@ -15,7 +15,10 @@ a WSGI one:
   (``load_wsgi``, ``post_worker_init``), so asyncio pools open in the lifespan
   startup, in the worker's own loop, before the app's own startup runs, and
   close after the app's own shutdown. The app's lifespan still runs as it
-  would (an app without one is fine: the startup completes anyway).
+  would (an app without one is fine: the startup completes anyway); what it
+  registered or created in its startup (``adopt(engine)`` there, an engine
+  kept in ``app.state``) is found and opened right after it, before the
+  server's first request.
 - with the server's lifespan switched off (gunicorn's ``asgi_lifespan =
   "off"``), the pools open on the first request instead, once, under a lock,
   bounded by ``warmup_timeout``, and a warning says so.
@@ -68,10 +71,14 @@ class RequestScopeASGI:
     """Runs each request of *app* in its own request scope; opens and closes the worker's asyncio
     pools in the lifespan (*startup* and *shutdown*: coroutine functions, or None)."""
 
-    def __init__(self, app: ASGIApp, *, startup: Optional[Hook] = None, shutdown: Optional[Hook] = None) -> None:
+    def __init__(self, app: ASGIApp, *, startup: Optional[Hook] = None, shutdown: Optional[Hook] = None,
+                 after_app_startup: Optional[Callable[[ASGIApp], Awaitable[None]]] = None) -> None:  # fmt: skip
         self.app = app
         self._startup = startup
         self._shutdown = shutdown
+        #: Run with the app once the app's own lifespan startup completed: what it registered or
+        #: created there (an engine adopted in its lifespan, ``app.state.engine``) opens then.
+        self._after_app_startup = after_app_startup
         self._started = startup is None
         self._starting: Optional[asyncio.Lock] = None
 
@@ -110,6 +117,12 @@ class RequestScopeASGI:
         if answer is not None and answer["type"] == "lifespan.startup.failed":
             await send(answer)
             return
+        if self._after_app_startup is not None:
+            try:
+                await self._after_app_startup(self.app)
+            except Exception as exc:  # noqa: BLE001 - a strict pool on the first start: refuse to serve
+                await send({"type": "lifespan.startup.failed", "message": f"gunicorn_pool: {exc}"})
+                return
         await send({"type": "lifespan.startup.complete"})
         message = await receive()
         answer = await app.forward({"type": "lifespan.shutdown"}, "lifespan.shutdown")

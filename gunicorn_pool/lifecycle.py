@@ -15,7 +15,9 @@ stock workers (:mod:`gunicorn_pool.hooks`) call these two functions::
                             gunicorn_pool.asgi for an ASGI app), start metrics
       -> user's post_worker_init (gunicorn)
       -> ASGI only, in the worker's event loop: the lifespan startup runs aboot():
-                            ainit_pool() of each asyncio service, before the app's startup
+                            ainit_pool() of each asyncio service, before the app's startup;
+                            after the app's startup, afind_late(): what the app registered or
+                            created there (an engine adopted in its lifespan) opens too
       -> serve requests
       -> ASGI only: the lifespan shutdown runs ashutdown() after the app's: aclose_pool()
       -> shutdown():        close_pool() each, in the worker's own pid only
@@ -50,7 +52,7 @@ from .registry import registered, settings
 from .service import settle_boot
 from .warmup import warm_worker
 
-__all__ = ["aboot", "ashutdown", "boot", "boot_dirty", "profile_for", "shutdown"]
+__all__ = ["aboot", "afind_late", "ashutdown", "boot", "boot_dirty", "profile_for", "shutdown"]
 
 logger = logging.getLogger("gunicorn_pool")
 
@@ -132,7 +134,9 @@ def boot(worker: Any) -> list[tuple[str, PoolInterface]]:
         if asgi:  # every request in a scope, and the asyncio pools opened in the lifespan
             from . import asgi as asgi_layer
 
-            setattr(worker, attribute, asgi_layer.RequestScopeASGI(app, startup=aboot, shutdown=ashutdown))  # type: ignore[arg-type]
+            scoped = asgi_layer.RequestScopeASGI(app, startup=aboot, shutdown=ashutdown,  # type: ignore[arg-type]
+                                                 after_app_startup=afind_late)  # fmt: skip
+            setattr(worker, attribute, scoped)
         else:
             wsgi.wrap(worker)  # every request in a scope: leaks reclaimed, request_connection() given back
     _booted.update(pid=os.getpid(), services=services, reporter=_start_reporter(worker, services),
@@ -274,6 +278,40 @@ async def aboot() -> None:
         _booted["otel"].attach(services)
     logger.info("gunicorn_pool: %d asyncio pool service(s) ready in %.1f ms", len(services),
                 (time.monotonic() - start) * 1000)  # fmt: skip
+
+
+async def afind_late(app: Any) -> None:
+    """After the app's own lifespan startup, in the worker's event loop: the services found now
+    and not at boot (``adopt(engine)`` or ``register()`` in the app's lifespan, an engine it keeps
+    in ``app.state``) open as the boot's would, within a fresh warm-up deadline (the synchronous
+    ones in a thread: their connects block), and join the worker's services (closed at exit,
+    reported). Raises only for a ``strict`` pool on the first start."""
+    if _booted["pid"] != os.getpid():
+        return
+    known = {id(service) for _, service in _booted["services"]}
+    found = [(name, service) for name, service in integrations.discover(app) if id(service) not in known]
+    if not found:
+        return
+    import asyncio
+
+    start = time.monotonic()
+    deadline = start + settings.warmup_timeout
+    synchronous = [(n, s) for n, s in found if not isinstance(s, AsyncPoolInterface)]
+    asynchronous = [(n, s) for n, s in found if isinstance(s, AsyncPoolInterface)]
+    _booted["services"].extend(found)  # closed at exit even if they fail to open now
+    if synchronous:
+        await asyncio.to_thread(_opened, synchronous, deadline)
+    if asynchronous:
+        results = await arun_all({name: service.ainit_pool() for name, service in asynchronous}, deadline=deadline)
+        try:
+            settle_boot(results, lambda name: f"pool service {name}")
+        except PoolStartupError as exc:
+            logger.critical("%s", exc)
+            raise
+    if _booted["otel"] is not None:
+        _booted["otel"].attach(found)
+    logger.info("gunicorn_pool: %d pool service(s) found after the app's lifespan startup, ready in %.1f ms",
+                len(found), (time.monotonic() - start) * 1000)  # fmt: skip
 
 
 async def ashutdown() -> None:
