@@ -57,7 +57,7 @@ ADOPTERS: dict[tuple[str, str], Adopter] = {
 }
 
 
-def discover(app: Any = None) -> list[tuple[str, PoolInterface]]:
+def discover(app: Any = None, *, entry_points: bool = True) -> list[tuple[str, PoolInterface]]:
     """Every service to open in this worker, with the integrations' finders and adopters
     (:func:`gunicorn_pool.registry.discover`). Never raises."""
-    return registry.discover(app, finders=FINDERS, adopters=ADOPTERS)
+    return registry.discover(app, finders=FINDERS, adopters=ADOPTERS, entry_points=entry_points)

@@ -289,7 +289,9 @@ async def afind_late(app: Any) -> None:
     if _booted["pid"] != os.getpid():
         return
     known = {id(service) for _, service in _booted["services"]}
-    found = [(name, service) for name, service in integrations.discover(app) if id(service) not in known]
+    # Entry points were read at boot: a factory among them would build its service again.
+    found = [(name, service) for name, service in integrations.discover(app, entry_points=False)
+             if id(service) not in known]  # fmt: skip
     if not found:
         return
     import asyncio

@@ -168,11 +168,12 @@ def registered() -> dict[str, PoolInterface]:
     return {k: r.service for k, r in _services.items() if r.config_run is None or r.config_run == current}
 
 
-def discover(app: Any = None, *, finders: Iterable[Finder] = (),
-             adopters: Optional[Adopters] = None) -> list[tuple[str, PoolInterface]]:  # fmt: skip
+def discover(app: Any = None, *, finders: Iterable[Finder] = (), adopters: Optional[Adopters] = None,
+             entry_points: bool = True) -> list[tuple[str, PoolInterface]]:  # fmt: skip
     """Every service to open in this worker, as (name, service) pairs: registered ones, entry
-    points, what each of *finders* yields, and what the walk of *app* finds (*adopters*: see
-    :func:`walk`). Never raises."""
+    points (unless *entry_points* is False: a discovery after the boot's, whose entry points'
+    factories would build their services again), what each of *finders* yields, and what the walk
+    of *app* finds (*adopters*: see :func:`walk`). Never raises."""
     found: list[tuple[str, PoolInterface]] = []
     seen: set[int] = set()
 
@@ -183,7 +184,7 @@ def discover(app: Any = None, *, finders: Iterable[Finder] = (),
 
     for name, service in registered().items():
         add(name, service)
-    if settings.entry_points:
+    if settings.entry_points and entry_points:
         for name, service in _from_entry_points():
             add(name, service)
     for finder in finders:

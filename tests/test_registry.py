@@ -146,6 +146,9 @@ def test_entry_points_are_discovered(tmp_path, monkeypatch):
     assert {"demo", "made"} <= set(found)
     assert found["demo"] is sys.modules["gp_ep_demo"].instance
     assert isinstance(found["made"], PoolInterface)
+    # A discovery after the boot's (the ASGI app's lifespan: lifecycle.afind_late) reads no entry
+    # point: the factory "made" would build a second service, and open a second pool set.
+    assert {"demo", "made"}.isdisjoint(dict(registry.discover(entry_points=False)))
     gunicorn_pool.configure(entry_points=False)
     assert "demo" not in dict(registry.discover())
 
