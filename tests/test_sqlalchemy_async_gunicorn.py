@@ -157,9 +157,12 @@ def test_a_leaked_async_session_is_reclaimed_when_its_request_ends_and_the_log_n
 @pytest.mark.parametrize("worker", list(WORKERS))
 def test_clients_gone_mid_query_leave_no_connection_out(login, database, gunicorn, worker):
     """30 clients send a request whose query sleeps 1 s on the server and hang up after 0.1 s; the
-    endpoint sees the disconnect and cancels its query task mid-query. SQLAlchemy invalidates
-    each interrupted connection; the pool drops it and frees its capacity: nothing stays out, the
-    next requests get answers."""
+    endpoint sees the disconnect and cancels its query task (mid-query for the few holding a
+    connection, in the pool's queue for the rest). A connection SQLAlchemy invalidated is dropped
+    and its capacity freed; one the driver left usable (asyncpg may finish the cancel itself) may
+    serve again: either way nothing stays out, and the next requests get answers with no error.
+    How many connections were opened is a figure, not a rule (a CI run under load saw 3: no
+    connection dropped)."""
     conf = sa_conf(login, database, worker=WORKERS[worker], max_size=3, timeout=5)
     server = started(gunicorn(conf, app=APP), 1)
     results, peak = concurrent_with_peak([lambda: _hang_up_after(server.port, "/sleep-watch?s=1", 0.1)] * 30,
@@ -173,7 +176,6 @@ def test_clients_gone_mid_query_leave_no_connection_out(login, database, gunicor
     status, body = server.get("/stats")
     opened = body["sa"]["default"]["connections_num"]
     figure(f"SA async {database} {worker}: connections opened over 30 hang-ups", opened, "")
-    assert opened > 3  # the interrupted connections were dropped, not lent again
     assert "Traceback" not in server.log(), server.log()[-3000:]
 
 
