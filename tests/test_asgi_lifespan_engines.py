@@ -7,7 +7,6 @@ Real gunicorn, MariaDB through aiomysql.
 from __future__ import annotations
 
 import signal
-from typing import Any
 
 import pytest
 from support import wait_until
