@@ -332,3 +332,36 @@ def test_the_ping_of_an_idle_connection_keeps_it(server: Server) -> None:
         await service.aclose_pool()
 
     run(main())
+
+
+@pytest.mark.mysql
+def test_an_aiomysql_connect_to_a_server_that_never_answers_ends_at_connect_timeout(tcp_proxy: Any, mysql_user: Any) -> None:
+    """aiomysql's ``connect_timeout`` bounds only its TCP connect: to a server that accepts and never
+    sends its greeting (the proxy's blackhole), the lifespan's warm-up and every connect waited
+    forever. The engine's connects are bounded as a whole: the warm-up fails after about 1 s,
+    a checkout raises within 4 s, and no socket is left open to the blackhole."""
+    from test_sqlalchemy_async_faults import established_to
+
+    from gunicorn_pool.errors import ConnectError
+
+    tcp_proxy.blackhole()
+    url = mysql_user.url(connect_timeout=1).replace("mysql://", "mysql+aiomysql://", 1)
+    url = url.replace(f":{mysql_user.port}/", f":{tcp_proxy.port}/", 1)
+    service = adopted(create_async_engine(url), min_size=1, max_size=2, timeout=5)
+
+    async def main() -> None:
+        start = time.monotonic()
+        with contextlib.suppress(Exception):  # the boot policy may raise the warm-up's failure
+            await asyncio.wait_for(service.ainit_pool(), 10)
+        assert time.monotonic() - start < 4.0
+        await asyncio.sleep(0.3)  # past the reconnect backoff (0.1 s): the checkout connects again
+        start = time.monotonic()
+        with pytest.raises(ConnectError, match="timed out after 1s"):
+            async with service.engine().connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        assert time.monotonic() - start < 4.0
+        assert mysql_user.password not in str(service.stats())
+        wait_until(lambda: established_to(tcp_proxy.port) == 0, 5, what="no socket left open to the blackhole")
+        await service.aclose_pool()
+
+    run(main())
