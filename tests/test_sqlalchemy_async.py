@@ -335,7 +335,9 @@ def test_the_ping_of_an_idle_connection_keeps_it(server: Server) -> None:
 
 
 @pytest.mark.mysql
-def test_an_aiomysql_connect_to_a_server_that_never_answers_ends_at_connect_timeout(tcp_proxy: Any, mysql_user: Any) -> None:
+def test_an_aiomysql_connect_to_a_server_that_never_answers_ends_at_connect_timeout(
+    tcp_proxy: Any, mysql_user: Any
+) -> None:
     """aiomysql's ``connect_timeout`` bounds only its TCP connect: to a server that accepts and never
     sends its greeting (the proxy's blackhole), the lifespan's warm-up and every connect waited
     forever. The engine's connects are bounded as a whole: the warm-up fails after about 1 s,
