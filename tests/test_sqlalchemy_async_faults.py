@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import ROOT, figure, poll_until_ok, wait_until
-from test_sqlalchemy_async_gunicorn import CONF, DATABASES, async_url, started
+import test_sqlalchemy_async_gunicorn as sa_gunicorn
+from support import ROOT, each_request_fails_within, fail_while_respawning, figure, poll_until_ok, wait_until
+from test_asgi_async_pools import boot_blackholed
+from test_sqlalchemy_async_gunicorn import CONF, async_url, started
 
 APP = "fastapi_sa_async_app:app"
 ASGI = "gunicorn_pool.AsgiWorker"
@@ -31,15 +33,8 @@ ASGI = "gunicorn_pool.AsgiWorker"
 PROXIES = {"postgresql": "pg_proxy", "asyncpg": "pg_proxy", "mysql": "tcp_proxy"}
 CONNECT_TIMEOUT = {"postgresql": "connect_timeout", "asyncpg": "timeout", "mysql": "connect_timeout"}
 
-
-@pytest.fixture(params=[pytest.param(name, marks=mark) for name, (_, _, mark) in DATABASES.items()])
-def database(request: Any) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-def login(database: str, request: Any) -> Any:
-    return request.getfixturevalue(DATABASES[database][0])
+database = sa_gunicorn.database  # the fixtures: each server and driver, and a login of the test's own
+login = sa_gunicorn.login
 
 
 @pytest.fixture
@@ -69,25 +64,7 @@ def test_server_down_during_respawns_never_halts_the_master_and_requests_heal(lo
                        extra="max_requests = 2")  # fmt: skip
     server = started(gunicorn(conf, app=APP), 2)
     assert server.get("/conn")[0] == 200
-    proxy.refuse()
-    proxy.cut()
-    boots = server.log().count("Booting worker")
-    deadline = time.monotonic() + 30
-    slowest = 0.0
-    while True:  # bounded: 30 s
-        start = time.monotonic()
-        try:
-            status, body = server.get("/conn", timeout=15)
-        except ConnectionResetError:  # a worker recycled by max_requests closed its socket under us
-            status, body = 503, {}
-        slowest = max(slowest, time.monotonic() - start)
-        assert server.alive(), server.log()[-3000:]
-        assert status in (500, 503), body
-        log = server.log()
-        if log.count("Booting worker") - boots >= 2 and "warm-up failed, will connect on demand" in log:
-            break  # respawns booted with the server down
-        assert time.monotonic() < deadline, log[-3000:]
-        time.sleep(0.1)
+    slowest = fail_while_respawning(server, proxy, within=30)
     figure(f"SA async {database}: slowest failed request with the server refusing", slowest)
     assert slowest < 5.0, slowest
     proxy.forward()
@@ -134,18 +111,9 @@ def test_a_server_blackholed_at_boot_bounds_the_boot_and_the_requests_then_heals
     proxy.blackhole()
     conf = faults_conf(login, database, port=proxy.port, connect_timeout=1, timeout=1)
     server = gunicorn(conf, app=APP)
-    start = time.monotonic()
-    started(server, 1)
-    booted = time.monotonic() - start
-    figure(f"SA async {database}: boot with the server blackholed (connect timeout 1 s)", booted)
-    assert booted < 8.0, booted
-    assert "warm-up failed, will connect on demand" in server.log()
-    for _ in range(3):
-        start = time.monotonic()
-        status, body = server.get("/conn", timeout=15)
-        took = time.monotonic() - start
-        figure(f"SA async {database}: a request with the server blackholed", took)
-        assert status in (500, 503) and took < 4.0, (status, took, body)
+    boot_blackholed(server, f"SA async {database}")
+    took = each_request_fails_within(server, "/conn", 4.0, (500, 503))
+    figure(f"SA async {database}: slowest request with the server blackholed", max(took))
     # every connect that timed out closed its socket (the proxy holds its side open)
     wait_until(lambda: established_to(proxy.port) == 0, 5, what="no socket left open to the blackhole")
     proxy.forward()
