@@ -181,15 +181,20 @@ def _create_engine_arguments(url: URL) -> Optional[set[str]]:
 
 def bound_connects(engine: Engine) -> None:
     """Give *engine*'s connects a ``connect_timeout`` (:data:`CONNECT_TIMEOUT`) where neither the URL
-    nor ``connect_args`` set one (PyMySQL waits 10 s by default, psycopg forever; aiomysql's
-    handshake is bounded by it too, see :func:`~.pool_async.aiomysql_connect`), and PyMySQL's
+    nor ``connect_args`` set one (PyMySQL waits 10 s by default, psycopg forever, asyncpg 60 s
+    (its ``timeout``); aiomysql's handshake is bounded by it too, see
+    :func:`~.pool_async.aiomysql_connect`), and PyMySQL's
     ``read_timeout`` unset is gunicorn's ``timeout`` in gthread and gevent workers (as for
     DatabasePool: gunicorn does not end a request hung on a query there)."""
-    if engine.dialect.driver in ("pymysql", "psycopg", "aiomysql") and not event.contains(engine, "do_connect", _bound):
+    drivers = ("pymysql", "psycopg", "aiomysql", "asyncpg")
+    if engine.dialect.driver in drivers and not event.contains(engine, "do_connect", _bound):
         event.listen(engine, "do_connect", _bound)
 
 
 def _bound(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> None:
+    if dialect.driver == "asyncpg":  # its name for it; 60 s by default
+        cparams.setdefault("timeout", CONNECT_TIMEOUT)
+        return
     cparams.setdefault("connect_timeout", CONNECT_TIMEOUT)
     if dialect.driver == "aiomysql" and _ASYNC_CREATOR:  # its connect_timeout: the TCP connect only
         from .pool_async import aiomysql_connect
