@@ -611,6 +611,45 @@ def refuse_during_respawns(server: Any, proxy: Any, requests: int) -> int:
         assert status in (500, 502), body
     return server.log().count("Booting worker") - boots
 
+def fail_while_respawning(server: Any, proxy: Any, *, within: float = 40.0, respawns: int = 2) -> float:
+    """Make *proxy* refuse new connects and cut the open ones, then send requests to /conn until
+    *respawns* workers booted meanwhile and one logged its failed warm-up (the server down during
+    respawns: ``max_requests`` small). Every answer is 500 or 503 (never a hang), the master
+    lives; fails after *within* seconds. Returns the slowest answer's seconds."""
+    proxy.refuse()
+    proxy.cut()
+    boots = server.log().count("Booting worker")
+    deadline = time.monotonic() + within
+    slowest = 0.0
+    while True:  # bounded: *within*
+        start = time.monotonic()
+        try:
+            status, body = server.get("/conn", timeout=15)
+        except ConnectionResetError:  # a worker recycled by max_requests closed its listening socket
+            status, body = 503, {}
+        slowest = max(slowest, time.monotonic() - start)
+        assert server.alive(), server.log()[-3000:]
+        assert status in (500, 503), body
+        log = server.log()
+        if log.count("Booting worker") - boots >= respawns and "warm-up failed, will connect on demand" in log:
+            return slowest  # respawns booted with the server down
+        assert time.monotonic() < deadline, log[-3000:]
+        time.sleep(0.1)
+
+
+def each_request_fails_within(server: Any, path: str, bound: float, statuses: tuple[int, ...],
+                              requests: int = 3) -> list[float]:  # fmt: skip
+    """Send *requests* requests to *path*: each answers one of *statuses* within *bound* seconds
+    (the server unreachable: never a hang). Returns their seconds."""
+    took = []
+    for _ in range(requests):
+        start = time.monotonic()
+        status, body = server.get(path, timeout=15)
+        took.append(time.monotonic() - start)
+        assert status in statuses and took[-1] < bound, (status, took[-1], body)
+    return took
+
+
 # -- pool helpers --------------------------------------------------------------------------------
 
 

@@ -13,7 +13,15 @@ import time
 from typing import Any
 
 import pytest
-from support import concurrent_with_peak, figure, http_get, poll_until_ok, wait_until
+from support import (
+    concurrent_with_peak,
+    each_request_fails_within,
+    fail_while_respawning,
+    figure,
+    http_get,
+    poll_until_ok,
+    wait_until,
+)
 
 APP = "fastapi_async_app:app"
 WORKERS = {"AsgiWorker": "gunicorn_pool.AsgiWorker", "UvicornWorker": "gunicorn_pool.UvicornWorker"}
@@ -252,22 +260,7 @@ def test_server_down_during_respawns_never_halts_the_master(login, proxy, databa
                       worker=WORKERS["UvicornWorker"], workers=2, extra="max_requests = 2")  # fmt: skip
     server = started(gunicorn(conf, app=APP), 2)
     assert server.get("/conn")[0] == 200
-    proxy.refuse()
-    proxy.cut()
-    boots = server.log().count("Booting worker")
-    deadline = time.monotonic() + 40
-    while True:  # bounded: 40 s
-        try:
-            status, body = server.get("/conn", timeout=15)
-        except ConnectionResetError:  # a worker recycled by max_requests closed its listening socket
-            status, body = 503, {}
-        assert server.alive(), server.log()[-3000:]
-        assert status in (500, 503), body
-        log = server.log()
-        if log.count("Booting worker") - boots >= 2 and "warm-up failed, will connect on demand" in log:
-            break  # respawns booted with the server down
-        assert time.monotonic() < deadline, log[-3000:]
-        time.sleep(0.1)
+    fail_while_respawning(server, proxy)
     proxy.forward()
     healed = poll_until_ok(server, "/conn", 10.0, streak=5)
     figure(f"{database} uvicorn: 5 straight 200s after the DB returned", healed)
@@ -287,23 +280,26 @@ def test_every_session_killed_is_replaced_before_the_next_request_uses_it(login,
     assert "dropping dead connection" in server.log()
 
 
+def boot_blackholed(server: Any, what: str, bound: float = 8.0) -> float:
+    """Start *server* (one worker) with its database blackholed and a connect timeout of 1 s: its
+    lifespan is ready within *bound* seconds, the warm-up's failure logged. Returns the seconds."""
+    start = time.monotonic()
+    started(server, 1)
+    booted = time.monotonic() - start
+    figure(f"{what}: boot with the server blackholed (connect timeout 1 s)", booted)
+    assert booted < bound, booted
+    assert "warm-up failed, will connect on demand" in server.log()
+    return booted
+
+
 @pytest.mark.timeout(90)
 def test_a_server_blackholed_at_boot_bounds_the_boot_and_the_requests(login, proxy, database, gunicorn):
     proxy.blackhole()
     conf = async_conf({"default": login.config(port=proxy.port, connect_timeout=1, timeout=1)},
                       worker=WORKERS["AsgiWorker"], workers=1)  # fmt: skip
     server = gunicorn(conf, app=APP)
-    start = time.monotonic()
-    started(server, 1)
-    booted = time.monotonic() - start
-    figure(f"{database} asgi: boot with the server blackholed (connect_timeout 1)", booted)
-    assert booted < 8.0, booted
-    assert "warm-up failed, will connect on demand" in server.log()
-    for _ in range(3):
-        start = time.monotonic()
-        status, body = server.get("/conn", timeout=15)
-        took = time.monotonic() - start
-        assert status == 503 and took < 3.0, (status, took, body)
+    boot_blackholed(server, f"{database} asgi")
+    each_request_fails_within(server, "/conn", 3.0, (503,))
     proxy.forward()
     healed = poll_until_ok(server, "/conn", 10.0, streak=5)
     figure(f"{database} asgi: 5 straight 200s after the blackhole lifted", healed)

@@ -332,3 +332,47 @@ def test_the_ping_of_an_idle_connection_keeps_it(server: Server) -> None:
         await service.aclose_pool()
 
     run(main())
+
+
+@pytest.mark.parametrize("kind", [pytest.param("mysql", marks=pytest.mark.mysql),
+                                  pytest.param("asyncpg", marks=pytest.mark.postgresql)])  # fmt: skip
+def test_a_connect_to_a_server_that_never_answers_ends_at_the_default_connect_timeout(
+    kind: str, monkeypatch: Any, request: Any
+) -> None:
+    """An engine whose URL and connect_args set no connect timeout gets gunicorn_pool's
+    (``CONNECT_TIMEOUT``, 1 s here), as a whole: aiomysql's own ``connect_timeout`` bounds only
+    its TCP connect, so to a server that accepts and never sends its greeting (the proxy's
+    blackhole) the lifespan's warm-up and every connect waited forever; asyncpg's ``timeout``
+    is 60 s by default. The warm-up fails after about 1 s, a checkout raises within 4 s, and no
+    socket is left open to the blackhole."""
+    from test_sqlalchemy_async_faults import established_to
+
+    from gunicorn_pool.errors import ConnectError
+    from gunicorn_pool.sqlalchemy import service as sa_service
+
+    monkeypatch.setattr(sa_service, "CONNECT_TIMEOUT", 1)
+    proxy = request.getfixturevalue("tcp_proxy" if kind == "mysql" else "pg_proxy")
+    user = Server(kind, request.getfixturevalue(SERVERS[kind][0]))
+    proxy.blackhole()
+    url = user.url().replace(f":{user.user.port}/", f":{proxy.port}/", 1)
+    service = adopted(create_async_engine(url), min_size=1, max_size=2, timeout=5)
+
+    async def main() -> None:
+        start = time.monotonic()
+        with contextlib.suppress(Exception):  # the boot policy may raise the warm-up's failure
+            await asyncio.wait_for(service.ainit_pool(), 10)
+        assert time.monotonic() - start < 4.0
+        await asyncio.sleep(0.3)  # past the reconnect backoff (0.1 s): the checkout connects again
+        start = time.monotonic()
+        with pytest.raises(ConnectError, match="timed out|[Tt]imeout"):
+            async with service.engine().connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        assert time.monotonic() - start < 4.0
+        for _ in range(50):  # 5 s at most; the loop runs meanwhile (a transport closes in its next turn)
+            if established_to(proxy.port) == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert established_to(proxy.port) == 0, "a socket left open to the blackhole"
+        await service.aclose_pool()
+
+    run(main())

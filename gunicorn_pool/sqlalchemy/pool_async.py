@@ -50,7 +50,7 @@ from ..options import DEFAULTS, PoolOptions
 from ..pool_async import AsyncConnectionPool
 from .pool import _IN_TRANS, GunicornPool, SQLAlchemyPoolTimeout, _Entry
 
-__all__ = ["AsyncGunicornPool", "AsyncRecordConnector"]
+__all__ = ["AsyncGunicornPool", "AsyncRecordConnector", "aiomysql_connect"]
 
 logger = logging.getLogger("gunicorn_pool")
 
@@ -99,6 +99,30 @@ def _drop(dbapi: Any) -> None:
             conn.terminate()  # closes the transport, no round trip
     except Exception:  # noqa: BLE001 - never raises
         pass
+
+
+async def aiomysql_connect(*args: Any, **kw: Any) -> Any:
+    """``aiomysql.connect()`` with its whole handshake bounded by ``connect_timeout``, for
+    SQLAlchemy's aiomysql dialect (its ``async_creator_fn``). aiomysql's own ``connect_timeout``
+    bounds only the TCP connect: a server that accepts and never answers (a blackhole, a hung
+    server, a full listen backlog behind a proxy) held the greeting's read, so the lifespan
+    startup and every request that opened a connection, forever. On a timeout or a cancellation
+    the socket is closed here (aiomysql closes it only on an ``Exception``)."""
+    import aiomysql
+
+    timeout = kw.get("connect_timeout")
+    conn = aiomysql.Connection(*args, **kw)
+    try:
+        await asyncio.wait_for(conn._connect(), timeout)
+    except asyncio.TimeoutError:
+        conn.close()
+        where = f"{kw.get('host', 'localhost')}:{kw.get('port', 3306)}"
+        raise aiomysql.OperationalError(2013, f"connect to {where} timed out after {timeout:g}s"
+                                              " (connect_timeout)") from None  # fmt: skip
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 class AsyncRecordConnector(AsyncConnector):

@@ -46,6 +46,8 @@ logger = logging.getLogger("gunicorn_pool")
 
 #: Seconds a connect may take when neither the URL nor connect_args bound it.
 CONNECT_TIMEOUT = 5
+#: SQLAlchemy's asyncio dialects take ``async_creator_fn`` (the coroutine that connects) since 2.0.16.
+_ASYNC_CREATOR = tuple(int(part) for part in sqlalchemy.__version__.split(".")[:3] if part.isdigit()) >= (2, 0, 16)
 #: Drivers used for a URL that names none (the project's: PyMySQL and psycopg 3).
 _DEFAULT_DRIVERS = {"mysql": "mysql+pymysql", "mariadb": "mariadb+pymysql", "postgresql": "postgresql+psycopg",
                     "postgres": "postgresql+psycopg"}  # fmt: skip
@@ -179,15 +181,25 @@ def _create_engine_arguments(url: URL) -> Optional[set[str]]:
 
 def bound_connects(engine: Engine) -> None:
     """Give *engine*'s connects a ``connect_timeout`` (:data:`CONNECT_TIMEOUT`) where neither the URL
-    nor ``connect_args`` set one (PyMySQL waits 10 s by default, psycopg forever), and PyMySQL's
+    nor ``connect_args`` set one (PyMySQL waits 10 s by default, psycopg forever, asyncpg 60 s
+    (its ``timeout``); aiomysql's handshake is bounded by it too, see
+    :func:`~.pool_async.aiomysql_connect`), and PyMySQL's
     ``read_timeout`` unset is gunicorn's ``timeout`` in gthread and gevent workers (as for
     DatabasePool: gunicorn does not end a request hung on a query there)."""
-    if engine.dialect.driver in ("pymysql", "psycopg", "aiomysql") and not event.contains(engine, "do_connect", _bound):
+    drivers = ("pymysql", "psycopg", "aiomysql", "asyncpg")
+    if engine.dialect.driver in drivers and not event.contains(engine, "do_connect", _bound):
         event.listen(engine, "do_connect", _bound)
 
 
 def _bound(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> None:
+    if dialect.driver == "asyncpg":  # its name for it; 60 s by default
+        cparams.setdefault("timeout", CONNECT_TIMEOUT)
+        return
     cparams.setdefault("connect_timeout", CONNECT_TIMEOUT)
+    if dialect.driver == "aiomysql" and _ASYNC_CREATOR:  # its connect_timeout: the TCP connect only
+        from .pool_async import aiomysql_connect
+
+        cparams.setdefault("async_creator_fn", aiomysql_connect)
     bound = current_profile().query_bound()
     if dialect.driver == "pymysql" and bound and "read_timeout" not in cparams:
         cparams["read_timeout"] = bound

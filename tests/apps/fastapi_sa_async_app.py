@@ -1,7 +1,8 @@
 """A FastAPI app on a SQLAlchemy ``create_async_engine()`` engine, the FastAPI + SQLAlchemy pattern:
 the app makes its engine at import and ``gunicorn_pool.sqlalchemy.adopt()`` puts it on a
 per-worker pool. The test's gunicorn.conf.py sets ``SA_ASYNC_URL`` (an aiomysql or psycopg URL)
-and ``SA_ASYNC_OPTIONS`` (adopt()'s pool options, JSON); with ``SA_ASYNC_SERVICE`` set, the
+and ``SA_ASYNC_OPTIONS`` (adopt()'s pool options, JSON), optionally ``SA_ASYNC_CONNECT_ARGS``
+(the engine's ``connect_args``, JSON: a driver's connect timeout); with ``SA_ASYNC_SERVICE`` set, the
 engine is instead ``gunicorn_pool.get(SA_ASYNC_SERVICE).engine()`` (EnginePool(..., asyncio=True)
 registered by the conf).
 
@@ -29,7 +30,8 @@ import gunicorn_pool.sqlalchemy
 
 SERVICE = os.environ.get("SA_ASYNC_SERVICE")
 if not SERVICE:
-    engine = create_async_engine(os.environ["SA_ASYNC_URL"])
+    connect_args = json.loads(os.environ.get("SA_ASYNC_CONNECT_ARGS", "{}"))
+    engine = create_async_engine(os.environ["SA_ASYNC_URL"], connect_args=connect_args)
     gunicorn_pool.sqlalchemy.adopt(engine, name="sa", **json.loads(os.environ.get("SA_ASYNC_OPTIONS", "{}")))
 
 app = FastAPI()
