@@ -416,20 +416,28 @@ class PGRules(SessionRules, ConnectorBase):
         raw._gp_taken_at = taken_at
         raw._gp_closed_by_user = False
 
+    @staticmethod
+    def _transaction_clean(raw: Any) -> bool:
+        """No transaction, query, COPY or pipeline left open, and the pool's own client settings:
+        all a return needs with ``reset_session`` off. No round trip."""
+        return bool(raw.pgconn.transaction_status == _TX_IDLE and not raw._gp_client and raw._pipeline is None)
+
     def is_clean(self, raw: Any) -> bool:
         """True if the lease of *raw* left nothing for :meth:`finish` to do: :meth:`check_in`'s
-        test (with ``reset_session`` off, only transactions and the pool's own settings), without
-        ending the lease. No round trip."""
-        if raw.pgconn.transaction_status != _TX_IDLE or raw._gp_client or raw._pipeline is not None:
-            return False
-        return not self.config.reset_session or not (
-            raw._gp_server
-            or raw.cursor_factory is not self._cursor
-            or raw.row_factory is not tuple_row
-            or raw.server_cursor_factory is not self._server_cursor
+        test (with ``reset_session`` off, :meth:`_transaction_clean`), without ending the lease.
+        No round trip."""
+        return self._transaction_clean(raw) and (
+            not self.config.reset_session
+            or not (
+                raw._gp_server
+                or raw.cursor_factory is not self._cursor
+                or raw.row_factory is not tuple_row
+                or raw.server_cursor_factory is not self._server_cursor
+            )
         )
 
     def check_in(self, raw: Any) -> bool:
+        # is_clean() written out: one call less on the hot path of every return
         if (
             raw.pgconn.transaction_status != _TX_IDLE  # a transaction, a query or COPY running, or closed
             or raw._gp_server
@@ -447,11 +455,9 @@ class PGRules(SessionRules, ConnectorBase):
 
     def _check_in_transaction(self, raw: Any) -> bool:
         """check_in() with ``reset_session`` off: only transactions and the pool's own settings."""
-        if raw.pgconn.transaction_status != _TX_IDLE or raw._gp_client or raw._pipeline is not None:
-            raw._gp_holder = None
-            return False
-        raw._gp_holder = IDLE
-        return True
+        clean = self._transaction_clean(raw)
+        raw._gp_holder = IDLE if clean else None  # None: finish() runs the pool's own statements
+        return clean
 
     @staticmethod
     def _unusable(raw: Any) -> bool:
