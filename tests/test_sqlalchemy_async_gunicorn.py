@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 from typing import Any
 
 import pytest
-from support import concurrent_with_peak, figure, http_get, wait_until
-from test_asgi_async_pools import WORKERS, _hang_up_after
+from support import concurrent_with_peak, figure, wait_until
+from test_asgi_async_pools import WORKERS, _hang_up_after, check_a_burst_stays_within_max_size
 
 APP = "fastapi_sa_async_app:app"
 #: The servers: (login fixture, asyncio driver, marker).
@@ -116,22 +115,8 @@ def test_concurrent_requests_never_exceed_max_size_and_checkouts_wait_at_most_ti
     TimeoutError) after about 1 s; none hangs."""
     conf = sa_conf(login, database, worker=WORKERS[worker], max_size=3, timeout=1.0)
     server = started(gunicorn(conf, app=APP), 1)
-
-    def call() -> tuple[int, float]:
-        start = time.monotonic()
-        status, _ = http_get(server.port, "/sleep?s=0.3", timeout=15)
-        return status, time.monotonic() - start
-
-    results, peak = concurrent_with_peak([call] * 60, login.count)
-    statuses = [status for status, _ in results]
-    assert len(results) == 60 and set(statuses) <= {200, 503}, sorted(set(statuses))
-    assert statuses.count(200) >= 3 and statuses.count(503) > 0
-    slowest_503 = max(took for status, took in results if status == 503)
-    figure(f"SA async {database} {worker}: 60 requests, max_size 3, peak sessions", peak, "")
-    figure(f"SA async {database} {worker}: slowest 503 (timeout 1 s)", slowest_503)
-    assert peak <= 3, peak
-    assert slowest_503 < 5.0, slowest_503  # 1 s of wait, plus the queueing of 60 clients on 2 cores
-    assert busy(server) == 0 and server.get("/conn")[0] == 200
+    check_a_burst_stays_within_max_size(server, login, busy, requests=60, max_size=3, slowest=5.0,
+                                        label=f"SA async {database} {worker}")  # fmt: skip
 
 
 @pytest.mark.timeout(90)

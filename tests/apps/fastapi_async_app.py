@@ -18,6 +18,7 @@ A pool that cannot serve in time (PoolTimeout, TooManyRequests, ConnectError) an
 import asyncio
 import os
 
+from _asgi import cancelled_when_client_leaves
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse
 
@@ -78,17 +79,7 @@ async def sleep(s: float = 0.2):
 
 @app.get("/sleep-watch")
 async def sleep_watch(request: Request, s: float = 1.0):
-    query = asyncio.ensure_future(_sleep(s))
-    while not query.done():
-        if await request.is_disconnected():
-            query.cancel()
-            break
-        await asyncio.wait({query}, timeout=0.05)
-    try:
-        await query
-    except asyncio.CancelledError:
-        return JSONResponse({"cancelled": True}, status_code=499)
-    return {"slept": s}
+    return await cancelled_when_client_leaves(request, _sleep(s), {"slept": s})
 
 
 @app.get("/sleep-timeout")

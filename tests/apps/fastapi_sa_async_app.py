@@ -15,10 +15,10 @@ registered by the conf).
 SQLAlchemy's pool timeout (SQLAlchemyPoolTimeout) answers 503.
 """
 
-import asyncio
 import json
 import os
 
+from _asgi import cancelled_when_client_leaves
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
@@ -73,17 +73,7 @@ async def sleep(s: float = 0.2):
 
 @app.get("/sleep-watch")
 async def sleep_watch(request: Request, s: float = 1.0):
-    query = asyncio.ensure_future(_sleep(s))
-    while not query.done():
-        if await request.is_disconnected():
-            query.cancel()
-            break
-        await asyncio.wait({query}, timeout=0.05)
-    try:
-        await query
-    except asyncio.CancelledError:
-        return JSONResponse({"cancelled": True}, status_code=499)
-    return {"slept": s}
+    return await cancelled_when_client_leaves(request, _sleep(s), {"slept": s})
 
 
 @app.get("/leak")
