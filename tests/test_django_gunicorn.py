@@ -348,14 +348,20 @@ def test_a_killed_session_is_replaced_before_the_next_requests_first_query(
     request's first query finds it dead (its socket polled, then pinged), drops it and runs on a
     new session; the request succeeds."""
     server = gunicorn(conf("sync", workers=1), app=APP, env=mysql_env(mysql_user, scratch_table, {"driver": driver}))
+    check_a_dead_kept_session_is_replaced(server, mysql_user)
+
+
+def check_a_dead_kept_session_is_replaced(server: Any, login: Any) -> None:
+    """Start *server* (one sync worker), end the session its Django keeps from the server side
+    (*login*'s ``kill``): the next request succeeds on a new session, the log says why."""
     server.start(workers_ready=1)
     first = get(server, "/conn/")[1]["conn_id"]
-    mysql_user.kill(first)
-    wait_until(lambda: first not in mysql_user.connection_ids(), 5, what="the session killed")
+    login.kill(first)
+    wait_until(lambda: first not in login.session_ids(), 5, what="the session ended by the server")
     status, body = get(server, "/conn/")
     assert status == 200 and body["conn_id"] != first, body
     assert "dropping dead connection" in server.log()
-    stop_and_check_no_session(server, mysql_user)
+    stop_and_check_no_session(server, login)
 
 
 @pytest.mark.mysql

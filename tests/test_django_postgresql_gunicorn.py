@@ -18,6 +18,7 @@ import pytest
 from support import APPS, PG_DB, PG_HOST, PG_PORT, ROOT, concurrent_with_peak, wait_until
 from test_django_gunicorn import (
     APP,
+    check_a_dead_kept_session_is_replaced,
     check_kept_across_requests,
     check_two_sync_workers,
     conf,
@@ -100,15 +101,7 @@ def test_a_terminated_session_is_replaced_before_the_next_requests_first_query(g
     next request's first query finds it dead (its socket polled, then pinged), drops it and runs
     on a new session; the request succeeds."""
     env = pg_env(pg_user, "pg-ours", table=table, psycopg2=driver == "psycopg2")
-    server = gunicorn(conf("sync", workers=1), app=APP, env=env)
-    server.start(workers_ready=1)
-    first = get(server, "/conn/")[1]["conn_id"]
-    pg_user.kill(first)
-    wait_until(lambda: first not in pg_user.session_ids(), 5, what="the session terminated")
-    status, body = get(server, "/conn/")
-    assert status == 200 and body["conn_id"] != first, body
-    assert "dropping dead connection" in server.log()
-    stop_and_check_no_session(server, pg_user)
+    check_a_dead_kept_session_is_replaced(gunicorn(conf("sync", workers=1), app=APP, env=env), pg_user)
 
 
 @pytest.mark.parametrize("kind", ["gthread", "gevent"])
