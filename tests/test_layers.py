@@ -132,3 +132,22 @@ def test_the_check_catches_an_upward_import(tmp_path, monkeypatch):
     (fake / "request.py").write_text("")
     monkeypatch.setattr(__import__(__name__), "PACKAGE", fake)
     assert ("pool", "request", "pool.py:2") in _edges()
+
+
+@pytest.mark.parametrize(("modules", "absent"), [
+    # A WSGI worker's own imports: service.py once imported pool_async, which loaded asyncio (31
+    # modules) in every WSGI master, held privately by each worker (bench/memory.py).
+    ("gunicorn_pool.database, gunicorn_pool.workers.sync, gunicorn_pool.lifecycle, gunicorn_pool.wsgi", "asyncio"),
+    # Adopted engines on MySQL: the psycopg2 connection class is built on a psycopg2 engine's first
+    # connect, not when gunicorn_pool.sqlalchemy is imported (psycopg2 and libpq: ~2.6 MiB a worker).
+    ("gunicorn_pool.sqlalchemy", "psycopg2"),
+])  # fmt: skip
+def test_a_worker_imports_only_what_its_pools_need(modules, absent):
+    import subprocess
+    import sys
+
+    code = f"import sys, {modules}; print({absent!r} in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "False", f"{absent} imported by {modules}"
